@@ -1,0 +1,49 @@
+// The command-line front end shared by slingshot-home, slingshot-agent and
+// slingshot-client: command words ("store init"), options from the command
+// line and from an INI config file (Boost.Program_options), --help,
+// --version, and one error convention.
+//
+// Precedence: command line, then the config file, then defaults. The config
+// file is --config FILE, else the program's default path if it exists.
+// Exit codes: 0 success, 1 the command failed, 2 usage error.
+#ifndef SLINGSHOT_CLI_H_
+#define SLINGSHOT_CLI_H_
+
+#include <boost/program_options.hpp>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "slingshot/status.h"
+
+namespace slingshot::cli {
+
+namespace po = boost::program_options;
+
+struct Command {
+  std::string words;    // e.g. "store init"
+  std::string summary;  // one line for the command list
+  std::string usage;    // e.g. "IMAGE --name NAME"
+  // Adds this command's options; positional names go into pos.
+  std::function<void(po::options_description&, po::positional_options_description&)> options;
+  // Runs the command; its Status is printed on failure.
+  std::function<Status(const po::variables_map&)> run;
+};
+
+struct Program {
+  std::string name;                 // "slingshot-home"
+  std::string description;          // one paragraph
+  std::string default_config;       // "/etc/slingshot/home.conf"
+  // Options every command takes (and the config file may set).
+  std::function<void(po::options_description&)> global_options;
+  std::vector<Command> commands;
+};
+
+int Main(const Program& program, int argc, char** argv);
+
+// Prints "key  value" lines aligned, for figures.
+void PrintFigure(const std::string& key, const std::string& value);
+
+}  // namespace slingshot::cli
+
+#endif  // SLINGSHOT_CLI_H_

@@ -1,0 +1,47 @@
+// File helpers with explicit durability (STYLE.md: flush, fsync, rename).
+#ifndef SLINGSHOT_FILE_UTIL_H_
+#define SLINGSHOT_FILE_UTIL_H_
+
+#include <string>
+
+#include "slingshot/chunk_id.h"
+#include "slingshot/status.h"
+
+namespace slingshot {
+
+// Writes data to path durably: a temp file beside it, write, fsync, rename
+// over path, fsync the directory. Readers see the old or the new file, never
+// a mix. mode applies to the new file (e.g. 0600 for secrets).
+Status WriteFileAtomic(const std::string& path, ByteView data, int mode = 0644);
+
+// Reads a whole file, refusing (Corruption) files larger than max_size.
+Result<Bytes> ReadFileBounded(const std::string& path, size_t max_size);
+
+// fsync a directory (after create/rename/unlink inside it).
+Status SyncDir(const std::string& dir);
+
+// Writes all of data to fd, retrying on EINTR and short writes.
+Status WriteAll(int fd, const void* data, size_t n, const std::string& what);
+// Reads exactly n bytes at offset; Corruption if the file is shorter.
+Status PreadExact(int fd, void* data, size_t n, uint64_t offset, const std::string& what);
+
+// Closes an fd on destruction.
+class UniqueFd {
+ public:
+  UniqueFd() = default;
+  explicit UniqueFd(int fd) : fd_(fd) {}
+  ~UniqueFd() { Reset(); }
+  UniqueFd(UniqueFd&& o) noexcept : fd_(o.Release()) {}
+  UniqueFd& operator=(UniqueFd&& o) noexcept { Reset(o.Release()); return *this; }
+  int get() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+  int Release() { int f = fd_; fd_ = -1; return f; }
+  void Reset(int fd = -1);
+
+ private:
+  int fd_ = -1;
+};
+
+}  // namespace slingshot
+
+#endif  // SLINGSHOT_FILE_UTIL_H_

@@ -1,0 +1,199 @@
+#include "slingshot/chunk_writer.h"
+
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <unordered_set>
+
+#include "slingshot/chunk_source.h"
+#include "slingshot/worker_pool.h"
+
+namespace slingshot {
+namespace {
+
+struct Batch {
+  Bytes data;                    // the chunks, back to back
+  std::vector<size_t> offsets;   // start of chunk i in data; offsets.back() == data.size()
+  std::vector<ChunkId> ids;
+  std::vector<uint8_t> state;    // per chunk: kZero, kDup, kNew
+  std::vector<EncodedChunk> encoded;
+  size_t first_index = 0;        // index of chunk 0 in the stream
+  ByteView chunk(size_t i) const { return {data.data() + offsets[i], offsets[i + 1] - offsets[i]}; }
+  size_t count() const { return offsets.size() - 1; }
+};
+
+enum : uint8_t { kZero = 0, kDup = 1, kNew = 2 };
+constexpr size_t kMaxBatchesInFlight = 2;
+
+}  // namespace
+
+struct ChunkWriter::Impl {
+  ChunkStore* store;
+  ChunkWriterOptions options;
+  WorkerPool pool;
+  std::unique_ptr<Batch> current;
+  std::vector<ChunkId> ids;                            // producer thread only
+  std::unordered_set<ChunkId, ChunkIdHash> seen;       // producer thread only
+  IngestStats stats;                                   // producer thread only
+
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<std::unique_ptr<Batch>> queue;            // guarded by mu
+  Status error;                                        // guarded by mu
+  bool closing = false;                                // guarded by mu
+  std::thread writer;
+
+  Impl(ChunkStore* s, const ChunkWriterOptions& o) : store(s), options(o), pool(o.threads) {
+    writer = std::thread([this] { WriterLoop(); });
+    NewBatch();
+  }
+
+  ~Impl() {
+    {
+      std::lock_guard<std::mutex> l(mu);
+      closing = true;
+    }
+    cv.notify_all();
+    writer.join();
+  }
+
+  void NewBatch() {
+    current = std::make_unique<Batch>();
+    current->data.reserve(options.batch_bytes + kMaxChunkSize);
+    current->offsets.push_back(0);
+    current->first_index = ids.size();
+  }
+
+  void WriterLoop() {
+    for (;;) {
+      std::unique_ptr<Batch> b;
+      {
+        std::unique_lock<std::mutex> l(mu);
+        cv.wait(l, [&] { return closing || !queue.empty(); });
+        if (queue.empty()) return;
+        b = std::move(queue.front());
+      }
+      Status st = error.ok() ? store->PutEncoded(b->encoded) : Status::OK();
+      {
+        std::lock_guard<std::mutex> l(mu);
+        queue.pop_front();
+        if (!st.ok() && error.ok()) error = st;
+      }
+      cv.notify_all();
+    }
+  }
+
+  Status CurrentError() {
+    std::lock_guard<std::mutex> l(mu);
+    return error;
+  }
+
+  // Hashes, deduplicates and compresses the current batch, then queues it.
+  Status Submit() {
+    Batch& b = *current;
+    const size_t n = b.count();
+    if (n == 0) return Status::OK();
+    b.ids.resize(n);
+    b.state.assign(n, kNew);
+    pool.ParallelFor(n, [&](size_t i) {
+      ByteView c = b.chunk(i);
+      if (IsAllZero(c)) {
+        b.state[i] = kZero;
+      } else {
+        b.ids[i] = ChunkId::Of(c);
+      }
+    });
+    std::vector<size_t> fresh;
+    for (size_t i = 0; i < n; ++i) {
+      size_t len = b.offsets[i + 1] - b.offsets[i];
+      if (b.state[i] == kZero) {
+        ++stats.zero_chunks;
+        stats.zero_bytes += len;
+      } else if (!seen.insert(b.ids[i]).second) {
+        b.state[i] = kDup;
+        ++stats.dup_chunks;
+        stats.dup_bytes += len;
+      } else {
+        fresh.push_back(i);
+      }
+    }
+    std::vector<EncodedChunk> enc(fresh.size());
+    std::vector<uint8_t> present(fresh.size(), 0);
+    std::mutex err_mu;
+    Status lookup_error;
+    pool.ParallelFor(fresh.size(), [&](size_t k) {
+      size_t i = fresh[k];
+      auto has = store->Contains(b.ids[i]);
+      if (!has.ok()) {
+        std::lock_guard<std::mutex> l(err_mu);
+        if (lookup_error.ok()) lookup_error = has.status();
+        return;
+      }
+      if (*has) {
+        present[k] = 1;
+        return;
+      }
+      enc[k].id = b.ids[i];
+      enc[k].value = ChunkStore::EncodeValue(b.chunk(i), options.compression_level);
+    });
+    SLINGSHOT_RETURN_IF_ERROR(lookup_error);
+    for (size_t k = 0; k < fresh.size(); ++k) {
+      size_t i = fresh[k];
+      size_t len = b.offsets[i + 1] - b.offsets[i];
+      if (present[k]) {
+        b.state[i] = kDup;
+        ++stats.dup_chunks;
+        stats.dup_bytes += len;
+      } else {
+        ++stats.new_chunks;
+        stats.new_bytes += len;
+        stats.stored_bytes += enc[k].value.size();
+        b.encoded.push_back(std::move(enc[k]));
+      }
+    }
+    ids.insert(ids.end(), b.ids.begin(), b.ids.end());
+    b.data = Bytes();  // the raw bytes are no longer needed
+    {
+      std::unique_lock<std::mutex> l(mu);
+      cv.wait(l, [&] { return queue.size() < kMaxBatchesInFlight || !error.ok(); });
+      if (!error.ok()) return error;
+      queue.push_back(std::move(current));
+    }
+    cv.notify_all();
+    NewBatch();
+    return Status::OK();
+  }
+};
+
+ChunkWriter::ChunkWriter(ChunkStore* store, const ChunkWriterOptions& options)
+    : impl_(std::make_unique<Impl>(store, options)) {}
+ChunkWriter::~ChunkWriter() = default;
+
+Status ChunkWriter::Add(ByteView chunk) {
+  if (chunk.size() > kMaxChunkSize) {
+    return Status::InvalidArgument("chunk of " + std::to_string(chunk.size()) + " bytes exceeds the limit");
+  }
+  SLINGSHOT_RETURN_IF_ERROR(impl_->CurrentError());
+  Batch& b = *impl_->current;
+  b.data.insert(b.data.end(), chunk.begin(), chunk.end());
+  b.offsets.push_back(b.data.size());
+  ++impl_->stats.chunks;
+  impl_->stats.logical_bytes += chunk.size();
+  if (b.data.size() >= impl_->options.batch_bytes) return impl_->Submit();
+  return Status::OK();
+}
+
+Result<std::vector<ChunkId>> ChunkWriter::Finish() {
+  SLINGSHOT_RETURN_IF_ERROR(impl_->Submit());
+  {
+    std::unique_lock<std::mutex> l(impl_->mu);
+    impl_->cv.wait(l, [&] { return impl_->queue.empty(); });
+    if (!impl_->error.ok()) return impl_->error;
+  }
+  return std::move(impl_->ids);
+}
+
+const IngestStats& ChunkWriter::stats() const { return impl_->stats; }
+
+}  // namespace slingshot

@@ -1,0 +1,90 @@
+#include "slingshot/file_util.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <filesystem>
+
+namespace slingshot {
+
+void UniqueFd::Reset(int fd) {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = fd;
+}
+
+Status WriteAll(int fd, const void* data, size_t n, const std::string& what) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  while (n > 0) {
+    ssize_t w = ::write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return Status::FromErrno("write " + what, errno);
+    }
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+  return Status::OK();
+}
+
+Status PreadExact(int fd, void* data, size_t n, uint64_t offset, const std::string& what) {
+  auto* p = static_cast<uint8_t*>(data);
+  while (n > 0) {
+    ssize_t r = ::pread(fd, p, n, static_cast<off_t>(offset));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return Status::FromErrno("read " + what, errno);
+    }
+    if (r == 0) return Status::Corruption(what + ": file ends early (truncated)");
+    p += r;
+    n -= static_cast<size_t>(r);
+    offset += static_cast<uint64_t>(r);
+  }
+  return Status::OK();
+}
+
+Status SyncDir(const std::string& dir) {
+  UniqueFd fd(::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd.valid()) return Status::FromErrno("open directory " + dir, errno);
+  if (::fsync(fd.get()) != 0) return Status::FromErrno("fsync directory " + dir, errno);
+  return Status::OK();
+}
+
+Status WriteFileAtomic(const std::string& path, ByteView data, int mode) {
+  std::filesystem::path p(path);
+  std::string dir = p.parent_path().string();
+  std::string tmp = path + ".tmp";
+  ::unlink(tmp.c_str());
+  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode));
+  if (!fd.valid()) return Status::FromErrno("create " + tmp, errno);
+  Status st = WriteAll(fd.get(), data.data(), data.size(), tmp);
+  if (st.ok() && ::fsync(fd.get()) != 0) st = Status::FromErrno("fsync " + tmp, errno);
+  fd.Reset();
+  if (st.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) st = Status::FromErrno("rename to " + path, errno);
+  if (!st.ok()) {
+    ::unlink(tmp.c_str());
+    return st;
+  }
+  return SyncDir(dir);
+}
+
+Result<Bytes> ReadFileBounded(const std::string& path, size_t max_size) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) {
+    int e = errno;
+    if (e == ENOENT) return Status::NotFound(path + ": no such file");
+    return Status::FromErrno("open " + path, e);
+  }
+  struct stat sb;
+  if (::fstat(fd.get(), &sb) != 0) return Status::FromErrno("stat " + path, errno);
+  if (static_cast<uint64_t>(sb.st_size) > max_size) {
+    return Status::Corruption(path + ": " + std::to_string(sb.st_size) +
+                              " bytes exceeds the limit of " + std::to_string(max_size));
+  }
+  Bytes out(static_cast<size_t>(sb.st_size));
+  SLINGSHOT_RETURN_IF_ERROR(PreadExact(fd.get(), out.data(), out.size(), 0, path));
+  return out;
+}
+
+}  // namespace slingshot

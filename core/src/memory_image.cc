@@ -1,0 +1,100 @@
+#include "slingshot/memory_image.h"
+
+#include "slingshot/chunk_store.h"
+#include "slingshot/coding.h"
+
+namespace slingshot {
+namespace {
+constexpr Magic kMagic = {'S', 'S', 'C', 'L'};
+constexpr uint16_t kVersion = 1;
+constexpr size_t kEntrySize = ChunkId::kSize + 4;
+constexpr size_t kMaxEntries = (256u << 20) / kEntrySize;
+}  // namespace
+
+Bytes ChunkList::Encode() const {
+  Bytes body;
+  body.reserve(12 + entries.size() * kEntrySize);
+  Encoder e(&body);
+  e.U64(total_size);
+  e.U32(static_cast<uint32_t>(entries.size()));
+  for (const auto& en : entries) {
+    e.Id(en.id);
+    e.U32(en.size);
+  }
+  return SealFrame(kMagic, kVersion, body);
+}
+
+Result<ChunkList> ChunkList::Decode(ByteView bytes) {
+  SLINGSHOT_ASSIGN_OR_RETURN(OpenedFrame f, OpenFrame(bytes, kMagic, kVersion,
+                                                      12 + kMaxEntries * kEntrySize, "memory chunk list"));
+  Decoder d(f.body, "memory chunk list");
+  ChunkList l;
+  l.total_size = d.U64();
+  uint32_t count = d.U32();
+  if (d.ok() && count > d.remaining() / kEntrySize) d.Fail("count " + std::to_string(count) + " exceeds the bytes present");
+  uint64_t sum = 0;
+  if (d.ok()) l.entries.reserve(count);
+  for (uint32_t i = 0; d.ok() && i < count; ++i) {
+    Entry en{d.Id(), d.U32()};
+    if (en.size == 0 || en.size > kMaxChunkSize) d.Fail("entry " + std::to_string(i) + " has size " + std::to_string(en.size));
+    sum += en.size;
+    l.entries.push_back(en);
+  }
+  if (d.ok() && sum != l.total_size) d.Fail("chunk sizes add up to " + std::to_string(sum) + ", not the stated " + std::to_string(l.total_size));
+  SLINGSHOT_RETURN_IF_ERROR(d.Finish());
+  return l;
+}
+
+struct MemoryImageWriter::Impl {
+  ChunkWriter writer;
+  FastCdcChunker chunker;
+  std::vector<uint32_t> sizes;
+  Impl(ChunkStore* store, const ChunkerOptions& c, const ChunkWriterOptions& w)
+      : writer(store, w), chunker(c, [this](ByteView chunk) {
+          sizes.push_back(static_cast<uint32_t>(chunk.size()));
+          return writer.Add(chunk);
+        }) {}
+};
+
+MemoryImageWriter::MemoryImageWriter(ChunkStore* store, const ChunkerOptions& chunker,
+                                     const ChunkWriterOptions& writer)
+    : impl_(std::make_unique<Impl>(store, chunker, writer)) {}
+MemoryImageWriter::~MemoryImageWriter() = default;
+
+Status MemoryImageWriter::Write(ByteView data) { return impl_->chunker.Write(data); }
+
+Result<ChunkList> MemoryImageWriter::Finish() {
+  SLINGSHOT_RETURN_IF_ERROR(impl_->chunker.Finish());
+  SLINGSHOT_ASSIGN_OR_RETURN(std::vector<ChunkId> ids, impl_->writer.Finish());
+  ChunkList list;
+  list.entries.reserve(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    list.entries.push_back({ids[i], impl_->sizes[i]});
+    list.total_size += impl_->sizes[i];
+  }
+  return list;
+}
+
+const IngestStats& MemoryImageWriter::stats() const { return impl_->writer.stats(); }
+
+Status ReadMemoryImage(const ChunkList& list, ChunkSource* source,
+                       const std::function<Status(ByteView)>& sink) {
+  Bytes zeros;
+  for (size_t i = 0; i < list.entries.size(); ++i) {
+    const auto& e = list.entries[i];
+    if (e.id.IsNull()) {  // an all-zero chunk is never stored
+      zeros.assign(e.size, 0);
+      SLINGSHOT_RETURN_IF_ERROR(sink(zeros));
+      continue;
+    }
+    SLINGSHOT_ASSIGN_OR_RETURN(Bytes data, source->Get(e.id));
+    if (data.size() != e.size) {
+      return Status::Corruption("memory chunk " + std::to_string(i) + " (" + e.id.Short() + ") is " +
+                                std::to_string(data.size()) + " bytes, the list says " + std::to_string(e.size));
+    }
+    SLINGSHOT_RETURN_IF_ERROR(sink(data));
+  }
+  return Status::OK();
+}
+
+}  // namespace slingshot

@@ -1,0 +1,361 @@
+// slingshot-home: the home server. This build manages its chunk store
+// (import/export of disk and memory images, verification, statistics,
+// garbage collection), bundles, and the home signing key.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+
+#include "slingshot/bundle.h"
+#include "slingshot/chunk_store.h"
+#include "slingshot/cli.h"
+#include "slingshot/coding.h"
+#include "slingshot/disk_table.h"
+#include "slingshot/file_util.h"
+#include "slingshot/gc.h"
+#include "slingshot/keys.h"
+#include "slingshot/memory_image.h"
+
+namespace slingshot {
+namespace {
+
+using cli::po::value;
+using cli::PrintFigure;
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point since) { return std::chrono::duration<double>(Clock::now() - since).count(); }
+std::string Rate(uint64_t bytes, double s) { return HumanBytes(static_cast<uint64_t>(bytes / std::max(s, 1e-9))) + "/s"; }
+std::string Fixed(double v, int digits = 2) {
+  char b[32];
+  std::snprintf(b, sizeof(b), "%.*f", digits, v);
+  return b;
+}
+
+Result<std::unique_ptr<ChunkStore>> OpenStore(const cli::po::variables_map& vm, bool create) {
+  ChunkStoreOptions o;
+  o.mode = ChunkStoreOptions::Mode::kTransactional;
+  o.create_if_missing = create;
+  o.compression_level = vm["compression-level"].as<int>();
+  o.db_cache_bytes = vm["db-cache-mb"].as<uint64_t>() << 20;
+  return ChunkStore::Open(vm["store"].as<std::string>(), o);
+}
+
+ChunkWriterOptions WriterOptions(const cli::po::variables_map& vm) {
+  ChunkWriterOptions w;
+  w.threads = vm["threads"].as<int>();
+  w.compression_level = vm["compression-level"].as<int>();
+  return w;
+}
+
+void PrintIngest(const IngestStats& s, double secs) {
+  PrintFigure("bytes", HumanBytes(s.logical_bytes) + " in " + std::to_string(s.chunks) + " chunks");
+  PrintFigure("zero", HumanBytes(s.zero_bytes) + " (" + std::to_string(s.zero_chunks) + " chunks, not stored)");
+  PrintFigure("duplicate", HumanBytes(s.dup_bytes) + " (" + std::to_string(s.dup_chunks) + " chunks)");
+  PrintFigure("new", HumanBytes(s.new_bytes) + " (" + std::to_string(s.new_chunks) + " chunks) stored as " +
+                         HumanBytes(s.stored_bytes));
+  PrintFigure("time", Fixed(secs, 3) + " s (" + Rate(s.logical_bytes, secs) + ")");
+}
+
+Status StoreInit(const cli::po::variables_map& vm) {
+  const std::string dir = vm["store"].as<std::string>();
+  if (std::filesystem::exists(dir + "/STORE")) return Status::AlreadyExists("a store already exists in " + dir);
+  SLINGSHOT_ASSIGN_OR_RETURN(auto store, OpenStore(vm, true));
+  std::printf("created transactional chunk store in %s\n", dir.c_str());
+  return Status::OK();
+}
+
+Status ImportDiskCmd(const cli::po::variables_map& vm) {
+  SLINGSHOT_ASSIGN_OR_RETURN(auto store, OpenStore(vm, false));
+  DiskImportOptions o;
+  o.chunk_size = vm["chunk-size"].as<uint32_t>();
+  o.writer = WriterOptions(vm);
+  auto t0 = Clock::now();
+  const std::string image = vm["image"].as<std::string>();
+  SLINGSHOT_ASSIGN_OR_RETURN(DiskImport imp, ImportDisk(image, store.get(), o));
+  SLINGSHOT_ASSIGN_OR_RETURN(ChunkId table_id, store->PutObject(imp.table.Encode()));
+  const std::string ref = "disk/" + vm["name"].as<std::string>();
+  SLINGSHOT_RETURN_IF_ERROR(store->SetRef({ref, ObjectKind::kDiskTable, table_id}));
+  double secs = Seconds(t0);
+  std::printf("imported %s as %s (table %s)\n", image.c_str(), ref.c_str(), table_id.Short().c_str());
+  PrintIngest(imp.stats, secs);
+  return Status::OK();
+}
+
+Result<Ref> RefOfKind(ChunkStore* store, const std::string& name, ObjectKind kind) {
+  SLINGSHOT_ASSIGN_OR_RETURN(Ref r, store->GetRef(name));
+  if (r.kind != kind) {
+    return Status::InvalidArgument("ref " + name + " is a " + ObjectKindName(r.kind) + ", not a " + ObjectKindName(kind));
+  }
+  return r;
+}
+
+Status ExportDiskCmd(const cli::po::variables_map& vm) {
+  SLINGSHOT_ASSIGN_OR_RETURN(auto store, OpenStore(vm, false));
+  SLINGSHOT_ASSIGN_OR_RETURN(Ref r, RefOfKind(store.get(), "disk/" + vm["name"].as<std::string>(), ObjectKind::kDiskTable));
+  SLINGSHOT_ASSIGN_OR_RETURN(Bytes tb, store->GetObject(r.object));
+  SLINGSHOT_ASSIGN_OR_RETURN(DiskTable t, DiskTable::Decode(tb));
+  auto t0 = Clock::now();
+  const std::string out = vm["output"].as<std::string>();
+  SLINGSHOT_RETURN_IF_ERROR(ExportDisk(t, store.get(), out));
+  double secs = Seconds(t0);
+  std::printf("exported %s to %s\n", r.name.c_str(), out.c_str());
+  PrintFigure("bytes", HumanBytes(t.image_size));
+  PrintFigure("time", Fixed(secs, 3) + " s (" + Rate(t.image_size, secs) + ")");
+  return Status::OK();
+}
+
+Status ImportMemoryCmd(const cli::po::variables_map& vm) {
+  SLINGSHOT_ASSIGN_OR_RETURN(auto store, OpenStore(vm, false));
+  ChunkerOptions co;
+  co.min_size = vm["min-chunk"].as<uint32_t>();
+  co.avg_size = vm["avg-chunk"].as<uint32_t>();
+  co.max_size = vm["max-chunk"].as<uint32_t>();
+  SLINGSHOT_RETURN_IF_ERROR(co.Validate());
+  const std::string in = vm["image"].as<std::string>();
+  UniqueFd fd(in == "-" ? ::dup(0) : ::open(in.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return Status::FromErrno("open " + in, errno);
+  auto t0 = Clock::now();
+  MemoryImageWriter w(store.get(), co, WriterOptions(vm));
+  Bytes buf(4u << 20);
+  for (;;) {
+    ssize_t n = ::read(fd.get(), buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Status::FromErrno("read " + in, errno);
+    if (n == 0) break;
+    SLINGSHOT_RETURN_IF_ERROR(w.Write(ByteView(buf.data(), static_cast<size_t>(n))));
+  }
+  SLINGSHOT_ASSIGN_OR_RETURN(ChunkList list, w.Finish());
+  SLINGSHOT_ASSIGN_OR_RETURN(ChunkId list_id, store->PutObject(list.Encode()));
+  const std::string ref = "memory/" + vm["name"].as<std::string>();
+  SLINGSHOT_RETURN_IF_ERROR(store->SetRef({ref, ObjectKind::kChunkList, list_id}));
+  std::printf("imported memory image %s as %s (%zu chunks, list %s)\n", in.c_str(), ref.c_str(), list.entries.size(),
+              list_id.Short().c_str());
+  PrintIngest(w.stats(), Seconds(t0));
+  return Status::OK();
+}
+
+Status ExportMemoryCmd(const cli::po::variables_map& vm) {
+  SLINGSHOT_ASSIGN_OR_RETURN(auto store, OpenStore(vm, false));
+  SLINGSHOT_ASSIGN_OR_RETURN(Ref r, RefOfKind(store.get(), "memory/" + vm["name"].as<std::string>(), ObjectKind::kChunkList));
+  SLINGSHOT_ASSIGN_OR_RETURN(Bytes lb, store->GetObject(r.object));
+  SLINGSHOT_ASSIGN_OR_RETURN(ChunkList list, ChunkList::Decode(lb));
+  const std::string out = vm["output"].as<std::string>();
+  UniqueFd fd(out == "-" ? ::dup(1) : ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (!fd.valid()) return Status::FromErrno("create " + out, errno);
+  SLINGSHOT_RETURN_IF_ERROR(ReadMemoryImage(list, store.get(), [&](ByteView b) { return WriteAll(fd.get(), b.data(), b.size(), out); }));
+  if (out != "-") std::fprintf(stderr, "exported %s (%s) to %s\n", r.name.c_str(), HumanBytes(list.total_size).c_str(), out.c_str());
+  return Status::OK();
+}
+
+Status VerifyCmd(const cli::po::variables_map& vm) {
+  SLINGSHOT_ASSIGN_OR_RETURN(auto store, OpenStore(vm, false));
+  auto t0 = Clock::now();
+  uint64_t bad = 0;
+  SLINGSHOT_ASSIGN_OR_RETURN(uint64_t checked, store->VerifyAll([&](const ChunkId&, const Status& st) {
+    ++bad;
+    std::fprintf(stderr, "BAD %s\n", st.ToString().c_str());
+  }));
+  uint64_t missing = 0;
+  Status walk = WalkReachable(store.get(), {}, [](const ChunkId&, ByteView) { return Status::OK(); },
+                              [&](const ChunkId& id) -> Status {
+                                SLINGSHOT_ASSIGN_OR_RETURN(bool has, store->Contains(id));
+                                if (!has) {
+                                  ++missing;
+                                  std::fprintf(stderr, "MISSING chunk %s\n", id.ToHex().c_str());
+                                }
+                                return Status::OK();
+                              });
+  PrintFigure("chunks checked", std::to_string(checked));
+  PrintFigure("damaged", std::to_string(bad));
+  PrintFigure("missing", std::to_string(missing));
+  PrintFigure("time", Fixed(Seconds(t0), 3) + " s");
+  if (!walk.ok()) return walk.Annotate("a ref's objects are damaged or missing");
+  if (bad || missing) {
+    return Status::Corruption(std::to_string(bad) + " damaged and " + std::to_string(missing) +
+                              " missing chunks; re-import the affected images or import a bundle that holds them");
+  }
+  std::printf("store %s is intact\n", store->dir().c_str());
+  return Status::OK();
+}
+
+Status StatsCmd(const cli::po::variables_map& vm) {
+  SLINGSHOT_ASSIGN_OR_RETURN(auto store, OpenStore(vm, false));
+  SLINGSHOT_ASSIGN_OR_RETURN(ChunkStoreStats s, store->Stats());
+  std::printf("store %s\n", store->dir().c_str());
+  PrintFigure("chunks", std::to_string(s.chunks));
+  PrintFigure("raw bytes", HumanBytes(s.raw_bytes));
+  PrintFigure("stored bytes", HumanBytes(s.stored_bytes));
+  PrintFigure("compression", s.stored_bytes ? Fixed(double(s.raw_bytes) / double(s.stored_bytes)) + "x" : "-");
+  PrintFigure("objects", std::to_string(s.objects));
+  PrintFigure("refs", std::to_string(s.refs));
+  return Status::OK();
+}
+
+Status RefsCmd(const cli::po::variables_map& vm) {
+  SLINGSHOT_ASSIGN_OR_RETURN(auto store, OpenStore(vm, false));
+  SLINGSHOT_ASSIGN_OR_RETURN(auto refs, store->ListRefs());
+  for (const auto& r : refs) std::printf("%-40s %-10s %s\n", r.name.c_str(), ObjectKindName(r.kind), r.object.ToHex().c_str());
+  return Status::OK();
+}
+
+Status GcCmd(const cli::po::variables_map& vm) {
+  SLINGSHOT_ASSIGN_OR_RETURN(auto store, OpenStore(vm, false));
+  if (vm.count("ref-delete")) {
+    for (const auto& n : vm["ref-delete"].as<std::vector<std::string>>()) {
+      SLINGSHOT_RETURN_IF_ERROR(store->GetRef(n).status());
+      SLINGSHOT_RETURN_IF_ERROR(store->DeleteRef(n));
+      std::printf("deleted ref %s\n", n.c_str());
+    }
+  }
+  auto t0 = Clock::now();
+  SLINGSHOT_ASSIGN_OR_RETURN(GcStats g, CollectGarbage(store.get()));
+  PrintFigure("refs", std::to_string(g.refs));
+  PrintFigure("live chunks", std::to_string(g.live_chunks));
+  PrintFigure("swept chunks", std::to_string(g.swept_chunks));
+  PrintFigure("live objects", std::to_string(g.live_objects));
+  PrintFigure("swept objects", std::to_string(g.swept_objects));
+  PrintFigure("time", Fixed(Seconds(t0), 3) + " s");
+  return Status::OK();
+}
+
+Status BundleExportCmd(const cli::po::variables_map& vm) {
+  SLINGSHOT_ASSIGN_OR_RETURN(auto store, OpenStore(vm, false));
+  BundleExportOptions o;
+  if (vm.count("ref")) o.refs = vm["ref"].as<std::vector<std::string>>();
+  o.zstd_level = vm["zstd-level"].as<int>();
+  const std::string out = vm["output"].as<std::string>();
+  auto t0 = Clock::now();
+  SLINGSHOT_ASSIGN_OR_RETURN(BundleStats s, ExportBundle(store.get(), out, o));
+  std::printf("wrote bundle %s\n", out.c_str());
+  PrintFigure("refs", std::to_string(s.refs));
+  PrintFigure("objects", std::to_string(s.objects));
+  PrintFigure("chunks", std::to_string(s.chunks) + " (" + HumanBytes(s.chunk_bytes) + ")");
+  PrintFigure("file", HumanBytes(s.file_bytes));
+  PrintFigure("time", Fixed(Seconds(t0), 3) + " s");
+  return Status::OK();
+}
+
+Status BundleImportCmd(const cli::po::variables_map& vm) {
+  SLINGSHOT_ASSIGN_OR_RETURN(auto store, OpenStore(vm, vm.count("create") > 0));
+  BundleImportOptions o;
+  std::optional<PublicKey> key;
+  if (vm.count("trust")) {
+    SLINGSHOT_ASSIGN_OR_RETURN(key, PublicKey::Load(vm["trust"].as<std::string>()));
+    o.trusted_key = &*key;
+  }
+  const std::string in = vm["input"].as<std::string>();
+  auto t0 = Clock::now();
+  SLINGSHOT_ASSIGN_OR_RETURN(BundleStats s, ImportBundle(in, store.get(), o));
+  std::printf("imported bundle %s (every chunk verified)\n", in.c_str());
+  PrintFigure("refs", std::to_string(s.refs));
+  PrintFigure("objects", std::to_string(s.objects));
+  PrintFigure("chunks", std::to_string(s.chunks) + " (" + HumanBytes(s.chunk_bytes) + ")");
+  PrintFigure("time", Fixed(Seconds(t0), 3) + " s");
+  return Status::OK();
+}
+
+Status KeyInitCmd(const cli::po::variables_map& vm) {
+  const std::string path = vm["key"].as<std::string>();
+  SLINGSHOT_ASSIGN_OR_RETURN(SigningKey k, SigningKey::Generate());
+  SLINGSHOT_RETURN_IF_ERROR(k.Save(path));
+  SLINGSHOT_RETURN_IF_ERROR(k.public_key().Save(path + ".pub"));
+  std::printf("created home key %s (mode 0600) and %s.pub, fingerprint %s\n", path.c_str(), path.c_str(),
+              k.public_key().Fingerprint().c_str());
+  return Status::OK();
+}
+
+Status KeyShowCmd(const cli::po::variables_map& vm) {
+  SLINGSHOT_ASSIGN_OR_RETURN(SigningKey k, SigningKey::Load(vm["key"].as<std::string>()));
+  std::printf("%s\n", k.public_key().Fingerprint().c_str());
+  return Status::OK();
+}
+
+}  // namespace
+}  // namespace slingshot
+
+int main(int argc, char** argv) {
+  using namespace slingshot;
+  using cli::po::value;
+  using Opts = cli::po::options_description;
+  using Pos = cli::po::positional_options_description;
+  auto none = [](Opts&, Pos&) {};
+  cli::Program p;
+  p.name = "slingshot-home";
+  p.description =
+      "The Slingshot home server: keeps the primary replicas' state in a transactional\n"
+      "chunk store and hands out signed checkpoints.";
+  p.default_config = "/etc/slingshot/home.conf";
+  p.global_options = [](Opts& d) {
+    d.add_options()
+        ("store", value<std::string>()->default_value("/var/lib/slingshot/store"), "chunk store directory")
+        ("key", value<std::string>()->default_value("/var/lib/slingshot/home.key"), "home signing key (Ed25519 PEM)")
+        ("compression-level", value<int>()->default_value(1), "zstd level for new chunks")
+        ("threads", value<int>()->default_value(0), "hashing/compression threads (0 = one per core)")
+        ("db-cache-mb", value<uint64_t>()->default_value(64), "Berkeley DB buffer pool size");
+  };
+  p.commands = {
+      {"store init", "create an empty transactional chunk store", "[--store DIR]", none, StoreInit},
+      {"store import-disk", "import a raw disk image as 64 KiB chunks; names it disk/NAME", "IMAGE --name NAME",
+       [](Opts& d, Pos& pos) {
+         d.add_options()("image", value<std::string>()->required(), "raw disk image")
+             ("name", value<std::string>()->required(), "name of the disk (ref disk/NAME)")
+             ("chunk-size", value<uint32_t>()->default_value(kDefaultDiskChunkSize), "chunk size in bytes");
+         pos.add("image", 1);
+       },
+       ImportDiskCmd},
+      {"store export-disk", "write disk/NAME back out as a raw image, bit for bit", "NAME OUTPUT",
+       [](Opts& d, Pos& pos) {
+         d.add_options()("name", value<std::string>()->required(), "disk name")
+             ("output", value<std::string>()->required(), "output file");
+         pos.add("name", 1).add("output", 1);
+       },
+       ExportDiskCmd},
+      {"store import-memory", "cut a memory image / save stream (or - for stdin) with FastCDC; names it memory/NAME",
+       "IMAGE --name NAME",
+       [](Opts& d, Pos& pos) {
+         d.add_options()("image", value<std::string>()->required(), "file, or - for standard input")
+             ("name", value<std::string>()->required(), "name (ref memory/NAME)")
+             ("min-chunk", value<uint32_t>()->default_value(4096), "FastCDC minimum chunk size")
+             ("avg-chunk", value<uint32_t>()->default_value(16384), "FastCDC average chunk size")
+             ("max-chunk", value<uint32_t>()->default_value(65536), "FastCDC maximum chunk size");
+         pos.add("image", 1);
+       },
+       ImportMemoryCmd},
+      {"store export-memory", "write memory/NAME out as one stream (or - for stdout)", "NAME OUTPUT",
+       [](Opts& d, Pos& pos) {
+         d.add_options()("name", value<std::string>()->required(), "memory image name")
+             ("output", value<std::string>()->required(), "output file, or -");
+         pos.add("name", 1).add("output", 1);
+       },
+       ExportMemoryCmd},
+      {"store verify", "read and hash-check every chunk; check every ref's graph is complete", "", none, VerifyCmd},
+      {"store stats", "print chunk, byte and ref counts", "", none, StatsCmd},
+      {"store refs", "list refs (the roots garbage collection keeps)", "", none, RefsCmd},
+      {"store gc", "delete chunks and objects no ref reaches", "[--ref-delete NAME]...",
+       [](Opts& d, Pos&) {
+         d.add_options()("ref-delete", value<std::vector<std::string>>(), "drop this ref first (repeatable)");
+       },
+       GcCmd},
+      {"bundle export", "write refs and all they reach to a .tar.zst bundle", "OUTPUT [--ref NAME]...",
+       [](Opts& d, Pos& pos) {
+         d.add_options()("output", value<std::string>()->required(), "bundle file to write")
+             ("ref", value<std::vector<std::string>>(), "ref to include (repeatable; default all)")
+             ("zstd-level", value<int>()->default_value(3), "bundle compression level");
+         pos.add("output", 1);
+       },
+       BundleExportCmd},
+      {"bundle import", "verify a bundle and import it; sets its refs only if all is intact", "INPUT [--trust KEY.pub]",
+       [](Opts& d, Pos& pos) {
+         d.add_options()("input", value<std::string>()->required(), "bundle file")
+             ("trust", value<std::string>(), "require every manifest to be signed by this public key")
+             ("create", "create the store if it does not exist");
+         pos.add("input", 1);
+       },
+       BundleImportCmd},
+      {"key init", "create the home's Ed25519 signing key (0600) and its .pub", "[--key FILE]", none, KeyInitCmd},
+      {"key show", "print the home key's fingerprint", "[--key FILE]", none, KeyShowCmd},
+  };
+  return cli::Main(p, argc, argv);
+}
