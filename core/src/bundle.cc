@@ -3,6 +3,7 @@
 #include <archive.h>
 #include <archive_entry.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zstd.h>
 
@@ -12,6 +13,7 @@
 #include <set>
 
 #include "slingshot/coding.h"
+#include "slingshot/crc32c.h"
 #include "slingshot/disk_table.h"
 #include "slingshot/file_util.h"
 #include "slingshot/gc.h"
@@ -28,6 +30,27 @@ constexpr size_t kMaxIndex = 64u << 20;
 constexpr size_t kMaxObject = 256u << 20;
 constexpr size_t kMaxRefs = 1u << 20;
 
+// The trailer: a zstd skippable frame (zstd tools skip it) that holds the
+// CRC-32C and length of every byte before it, so that a flip anywhere in the
+// file is caught, including bits the zstd format tells decoders to ignore.
+//   u32 0x184D2A5E  u32 20 (payload size)
+//   "SSBT"  u16 version 1  u16 0  u64 length  u32 crc
+constexpr uint32_t kSkippableMagic = 0x184D2A5E;
+constexpr size_t kTrailerSize = 28;
+
+Bytes Trailer(uint64_t length, uint32_t crc) {
+  Bytes t;
+  Encoder e(&t);
+  e.U32(kSkippableMagic);
+  e.U32(kTrailerSize - 8);
+  e.Raw("SSBT", 4);
+  e.U16(1);
+  e.U16(0);
+  e.U64(length);
+  e.U32(crc);
+  return t;
+}
+
 struct ArchiveWriteDeleter { void operator()(archive* a) const { archive_write_free(a); } };
 struct ArchiveReadDeleter { void operator()(archive* a) const { archive_read_free(a); } };
 struct EntryDeleter { void operator()(archive_entry* e) const { archive_entry_free(e); } };
@@ -39,9 +62,17 @@ struct ZstdSink {
   ZSTD_CCtx* cctx = nullptr;
   Bytes out = Bytes(ZSTD_CStreamOutSize());
   uint64_t written = 0;
+  uint32_t crc = 0;  // of every byte written, for the trailer
   Status status;
 
   ~ZstdSink() { ZSTD_freeCCtx(cctx); }
+
+  Status Emit(const void* p, size_t n) {
+    SLINGSHOT_RETURN_IF_ERROR(WriteAll(fd, p, n, path));
+    crc = crc32c::Extend(crc, p, n);
+    written += n;
+    return Status::OK();
+  }
 
   Status Init(int level) {
     cctx = ZSTD_createCCtx();
@@ -57,8 +88,7 @@ struct ZstdSink {
       ZSTD_outBuffer o{out.data(), out.size(), 0};
       size_t left = ZSTD_compressStream2(cctx, &o, &in, mode);
       if (ZSTD_isError(left)) return Status::IOError(std::string("zstd: ") + ZSTD_getErrorName(left));
-      SLINGSHOT_RETURN_IF_ERROR(WriteAll(fd, out.data(), o.pos, path));
-      written += o.pos;
+      SLINGSHOT_RETURN_IF_ERROR(Emit(out.data(), o.pos));
       bool done = mode == ZSTD_e_end ? left == 0 : in.pos == in.size;
       if (done) return Status::OK();
     }
@@ -153,8 +183,34 @@ struct ZstdSource {
   ZSTD_inBuffer ib{in.data(), 0, 0};
   bool eof = false;
   bool frame_done = false;
-  uint64_t file_bytes = 0;
+  uint64_t file_bytes = 0;  // bytes read so far
+  uint64_t data_end = 0;    // where the trailer starts
+  uint32_t crc = 0;
   Status status;
+
+  // Sizes the file and checks the trailer's own fields (its CRC is checked
+  // by CheckTrailer once every byte before it has been read).
+  Status Init() {
+    struct stat sb;
+    if (::fstat(fd.get(), &sb) != 0) return Status::FromErrno("stat " + path, errno);
+    uint64_t size = static_cast<uint64_t>(sb.st_size);
+    if (size < kTrailerSize) return Status::Corruption(path + ": too short to be a bundle");
+    data_end = size - kTrailerSize;
+    return Status::OK();
+  }
+
+  Status CheckTrailer() {
+    uint8_t t[kTrailerSize];
+    SLINGSHOT_RETURN_IF_ERROR(PreadExact(fd.get(), t, kTrailerSize, data_end, path));
+    Bytes want = Trailer(data_end, crc);
+    if (std::memcmp(t, want.data(), 16) != 0) {
+      return Status::Corruption(path + ": bundle trailer is missing or damaged (truncated or not a slingshot bundle)");
+    }
+    if (std::memcmp(t, want.data(), kTrailerSize) != 0) {
+      return Status::Corruption(path + ": bundle checksum mismatch (the file was damaged)");
+    }
+    return Status::OK();
+  }
 
   ~ZstdSource() { ZSTD_freeDCtx(dctx); }
 
@@ -162,10 +218,14 @@ struct ZstdSource {
   Result<ByteView> Next() {
     for (;;) {
       if (ib.pos == ib.size && !eof) {
-        ssize_t r;
-        do r = ::read(fd.get(), in.data(), in.size()); while (r < 0 && errno == EINTR);
-        if (r < 0) return Status::FromErrno("read " + path, errno);
+        size_t want = static_cast<size_t>(std::min<uint64_t>(in.size(), data_end - file_bytes));
+        ssize_t r = 0;
+        if (want > 0) {
+          do r = ::read(fd.get(), in.data(), want); while (r < 0 && errno == EINTR);
+          if (r < 0) return Status::FromErrno("read " + path, errno);
+        }
         if (r == 0) eof = true;
+        crc = crc32c::Extend(crc, in.data(), static_cast<size_t>(r));
         file_bytes += static_cast<uint64_t>(r);
         ib = {in.data(), static_cast<size_t>(r), 0};
       }
@@ -201,7 +261,7 @@ struct ZstdSource {
   Status DrainToEnd() {
     for (;;) {
       SLINGSHOT_ASSIGN_OR_RETURN(ByteView b, Next());
-      if (b.empty()) return Status::OK();
+      if (b.empty()) return CheckTrailer();
       if (!IsAllZero(b)) return Status::Corruption(path + ": data after the end of the archive");
     }
   }
@@ -287,6 +347,10 @@ Result<BundleStats> ExportBundle(ChunkStore* store, const std::string& path, con
   if (!st.ok()) return fail(st);
   if (archive_write_close(a.get()) != ARCHIVE_OK) return fail(sink.status.ok() ? ArchiveStatus(a.get(), "finish bundle") : sink.status);
   st = sink.Feed(nullptr, 0, ZSTD_e_end);
+  if (st.ok()) {
+    Bytes trailer = Trailer(sink.written, sink.crc);
+    st = sink.Emit(trailer.data(), trailer.size());
+  }
   if (st.ok() && ::fsync(fd.get()) != 0) st = Status::FromErrno("fsync " + tmp, errno);
   fd.Reset();
   if (st.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) st = Status::FromErrno("rename " + tmp, errno);
@@ -301,6 +365,7 @@ Result<BundleStats> ImportBundle(const std::string& path, ChunkStore* store, con
   src.path = path;
   src.fd = UniqueFd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!src.fd.valid()) return Status::FromErrno("open bundle " + path, errno);
+  SLINGSHOT_RETURN_IF_ERROR(src.Init());
   std::unique_ptr<archive, ArchiveReadDeleter> a(archive_read_new());
   archive_read_support_format_tar(a.get());
   if (archive_read_open(a.get(), &src, nullptr, &ZstdSource::ReadCb, nullptr) != ARCHIVE_OK) {
@@ -382,7 +447,7 @@ Result<BundleStats> ImportBundle(const std::string& path, ChunkStore* store, con
   }
   for (const auto& ref : index->refs) SLINGSHOT_RETURN_IF_ERROR(store->SetRef(ref));
   stats.refs = index->refs.size();
-  stats.file_bytes = src.file_bytes;
+  stats.file_bytes = src.file_bytes + kTrailerSize;
   return stats;
 }
 

@@ -28,6 +28,8 @@ constexpr uint16_t kSegVersion = 1;
 constexpr Magic kTruncMagic = {'S', 'S', 'L', 'T'};
 constexpr uint16_t kTruncVersion = 1;
 constexpr size_t kMaxGroupBytes = 4u << 20;
+constexpr uint64_t kMaxSegmentOption = 512ull << 20;
+constexpr uint64_t kMaxSegmentFile = kMaxSegmentOption + kMaxGroupBytes + (16u << 20) + 4096;
 constexpr uint32_t kHdr = EventLog::kHeaderSize;
 constexpr uint32_t kRecHdr = EventLog::kRecordHeaderSize;
 
@@ -68,9 +70,11 @@ void EncodeRecordHeader(uint8_t* h, uint32_t payload_crc, uint32_t len, uint64_t
 
 // Checks the record at seg[off]. seq_ok decides which seqs are acceptable.
 // On success fills rec (if given) and *next; on failure sets *why.
+// Lengths are bounded by the format's cap, not by options.max_payload: a
+// smaller configured limit must never make recovery cut records that were
+// acknowledged under a larger one.
 template <typename SeqOk>
-bool ParseRecord(ByteView seg, size_t off, uint32_t max_payload, SeqOk seq_ok, LogRecord* rec,
-                 size_t* next, std::string* why) {
+bool ParseRecord(ByteView seg, size_t off, SeqOk seq_ok, LogRecord* rec, size_t* next, std::string* why) {
   if (seg.size() - off < kRecHdr) {
     *why = "only " + std::to_string(seg.size() - off) + " bytes of a record header";
     return false;
@@ -78,8 +82,8 @@ bool ParseRecord(ByteView seg, size_t off, uint32_t max_payload, SeqOk seq_ok, L
   const uint8_t* h = seg.data() + off;
   uint32_t len = GetU32(h + 4);
   uint64_t seq = GetU64(h + 8);
-  if (len > max_payload || len > kMaxChunkSize) {
-    *why = "length field " + std::to_string(len) + " exceeds the payload limit";
+  if (len > kMaxChunkSize) {
+    *why = "length field " + std::to_string(len) + " exceeds the 16 MiB record limit";
     return false;
   }
   if (seg.size() - off - kRecHdr < len) {
@@ -112,7 +116,9 @@ bool ParseRecord(ByteView seg, size_t off, uint32_t max_payload, SeqOk seq_ok, L
 Status CheckSegHeader(ByteView seg, uint64_t want_first, const std::string& path) {
   if (seg.size() < kHdr) return Status::Corruption(path + ": segment header is truncated");
   if (std::memcmp(seg.data(), kSegMagic, 4) != 0) return Status::Corruption(path + ": not an event log segment (bad magic)");
-  if (crc32c::Value(seg.data(), 16) != GetU32(seg.data() + 16)) return Status::Corruption(path + ": segment header checksum mismatch");
+  if (crc32c::Value(seg.data(), 16) != GetU32(seg.data() + 16) || GetU32(seg.data() + 20) != 0) {
+    return Status::Corruption(path + ": segment header checksum mismatch");
+  }
   if (GetU16(seg.data() + 4) != kSegVersion) {
     return Status::Unsupported(path + ": segment version " + std::to_string(GetU16(seg.data() + 4)) + " is not supported by this build");
   }
@@ -156,7 +162,8 @@ struct EventLog::Impl {
   uint64_t truncated = 0;          // guarded by mu
   Status broken;                   // guarded by mu
 
-  uint64_t SegmentCap() const { return options.segment_bytes + kMaxGroupBytes + options.max_payload + 4096; }
+  // A fixed cap (not derived from options, which may change between runs).
+  static constexpr uint64_t SegmentCap() { return kMaxSegmentFile; }
 
   Result<Bytes> ReadSegment(const std::string& path, uint64_t limit) {
     UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
@@ -257,7 +264,7 @@ struct EventLog::Impl {
       std::string why;
       while (off < data.size()) {
         size_t next;
-        if (!ParseRecord(data, off, options.max_payload, [&](uint64_t s) { return s == expect; }, nullptr, &next, &why)) break;
+        if (!ParseRecord(data, off, [&](uint64_t s) { return s == expect; }, nullptr, &next, &why)) break;
         ++expect;
         off = next;
       }
@@ -271,7 +278,7 @@ struct EventLog::Impl {
         for (size_t p = off + 1; p + kRecHdr <= data.size(); ++p) {
           size_t n2;
           std::string w2;
-          if (ParseRecord(data, p, options.max_payload, [&](uint64_t s) { return s >= expect && s - expect < (1ull << 32); },
+          if (ParseRecord(data, p, [&](uint64_t s) { return s >= expect && s - expect < (1ull << 32); },
                           nullptr, &n2, &w2)) {
             return Status::Corruption("event log record damaged at " + where + ": " + why +
                                       ", yet an intact record follows at offset " + std::to_string(p) +
@@ -377,6 +384,9 @@ EventLog::~EventLog() {
 
 Result<std::unique_ptr<EventLog>> EventLog::Open(const std::string& dir, const EventLogOptions& options) {
   if (options.max_payload > kMaxChunkSize) return Status::InvalidArgument("max_payload above 16 MiB");
+  if (options.segment_bytes == 0 || options.segment_bytes > kMaxSegmentOption) {
+    return Status::InvalidArgument("segment_bytes must be 1 byte .. 512 MiB");
+  }
   if (!options.create_if_missing && !fs::exists(dir)) return Status::NotFound("no event log in " + dir);
   auto impl = std::make_unique<Impl>();
   impl->dir = dir;
@@ -466,8 +476,7 @@ Status EventLog::ReadFrom(uint64_t from, const std::function<bool(const LogRecor
     while (off < s.size) {
       size_t next;
       std::string why;
-      if (!ParseRecord(ByteView(*data).first(s.size), off, impl_->options.max_payload,
-                       [&](uint64_t q) { return q == expect; }, &rec, &next, &why)) {
+      if (!ParseRecord(ByteView(*data).first(s.size), off, [&](uint64_t q) { return q == expect; }, &rec, &next, &why)) {
         return Status::Corruption("event log record at " + s.path + " offset " + std::to_string(off) + " (seq " +
                                   std::to_string(expect) + ") is damaged: " + why);
       }

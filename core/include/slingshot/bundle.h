@@ -3,7 +3,10 @@
 //
 // File format: a POSIX ustar archive (written by libarchive) compressed as
 // a single zstd frame with a content checksum, i.e. a plain .tar.zst that
-// `tar --zstd -tvf` lists. Entries, in this order:
+// `tar --zstd -tvf` lists, then a zstd skippable frame (which zstd tools
+// skip) holding "SSBT", a version, and the length and CRC-32C of every byte
+// before it: a flip anywhere in the file is caught, even in bits that the
+// zstd format tells decoders to ignore. Entries, in this order:
 //   SLINGSHOT-BUNDLE   index: sealed frame (coding.h), magic "SSBN", v1:
 //                      u32 ref count, refs { str name, u8 kind, id },
 //                      u64 object count, u64 chunk count

@@ -1,0 +1,306 @@
+// ChunkStore on real Berkeley DB files in temp dirs: round trips, both
+// modes, corruption, lying lengths, crash durability (kill -9), GC.
+#include "slingshot/chunk_store.h"
+
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "slingshot/coding.h"
+#include "slingshot/crc32c.h"
+#include "slingshot/disk_table.h"
+#include "slingshot/gc.h"
+#include "test_util.h"
+
+namespace slingshot {
+namespace {
+
+using testing::RandomBytes;
+using testing::TempDir;
+using testing::TextBytes;
+
+std::unique_ptr<ChunkStore> OpenTxn(const std::string& dir) {
+  auto s = ChunkStore::Open(dir, {});
+  EXPECT_TRUE(s.ok()) << s.status().ToString();
+  return s.ok() ? std::move(s).value() : nullptr;
+}
+
+std::unique_ptr<ChunkStore> OpenCache(const std::string& dir, uint64_t budget) {
+  ChunkStoreOptions o;
+  o.mode = ChunkStoreOptions::Mode::kCache;
+  o.cache_budget_bytes = budget;
+  auto s = ChunkStore::Open(dir, o);
+  EXPECT_TRUE(s.ok()) << s.status().ToString();
+  return s.ok() ? std::move(s).value() : nullptr;
+}
+
+TEST(ChunkStoreTest, PutGetContainsRoundTrip) {
+  TempDir t;
+  auto store = OpenTxn(t.path());
+  Bytes a = RandomBytes(65536, 1), b = TextBytes(10000, 2);
+  auto ida = store->Put(a);
+  auto idb = store->Put(b);
+  ASSERT_TRUE(ida.ok() && idb.ok());
+  EXPECT_EQ(*ida, ChunkId::Of(a));
+  EXPECT_EQ(*store->Get(*ida), a);
+  EXPECT_EQ(*store->Get(*idb), b);
+  EXPECT_TRUE(*store->Contains(*ida));
+  ChunkId absent = ChunkId::Of(AsBytes("absent"));
+  EXPECT_FALSE(*store->Contains(absent));
+  EXPECT_TRUE(store->Get(absent).status().IsNotFound());
+  // Putting again is a no-op.
+  ASSERT_TRUE(store->Put(a).ok());
+  EXPECT_EQ(store->Stats()->chunks, 2u);
+}
+
+TEST(ChunkStoreTest, DataSurvivesReopen) {
+  TempDir t;
+  std::vector<ByteView> views;
+  std::vector<Bytes> chunks;
+  for (int i = 0; i < 20; ++i) chunks.push_back(RandomBytes(1000 + i * 997, i));
+  for (auto& c : chunks) views.push_back(c);
+  std::vector<ChunkId> ids;
+  {
+    auto store = OpenTxn(t.path());
+    ASSERT_TRUE(store->PutBatch(views, &ids).ok());
+  }
+  auto store = OpenTxn(t.path());
+  for (size_t i = 0; i < chunks.size(); ++i) EXPECT_EQ(*store->Get(ids[i]), chunks[i]);
+}
+
+TEST(ChunkStoreTest, CompressibleChunksAreStoredCompressed) {
+  TempDir t;
+  auto store = OpenTxn(t.path());
+  ASSERT_TRUE(store->Put(TextBytes(65536, 3)).ok());
+  ASSERT_TRUE(store->Put(RandomBytes(65536, 4)).ok());
+  auto s = store->Stats();
+  EXPECT_EQ(s->raw_bytes, 2u * 65536);
+  // The text chunk shrinks a lot; the random one is kept raw (+ header).
+  EXPECT_LT(s->stored_bytes, 65536u + 16 + 20000);
+}
+
+TEST(ChunkStoreTest, EveryBitFlipOfAnEncodedValueIsDetected) {
+  for (Bytes raw : {TextBytes(300, 5), RandomBytes(120, 6)}) {
+    ChunkId id = ChunkId::Of(raw);
+    Bytes v = ChunkStore::EncodeValue(raw, 1);
+    ASSERT_EQ(*ChunkStore::DecodeValue(id, v), raw);
+    for (size_t bit = 0; bit < v.size() * 8; ++bit) {
+      Bytes w = v;
+      w[bit / 8] ^= static_cast<uint8_t>(1u << (bit % 8));
+      auto r = ChunkStore::DecodeValue(id, w);
+      ASSERT_FALSE(r.ok()) << "bit " << bit;
+      ASSERT_TRUE(r.status().IsCorruption());
+    }
+  }
+}
+
+TEST(ChunkStoreTest, LyingLengthInValueHeaderIsRefused) {
+  Bytes raw = TextBytes(1000, 7);
+  ChunkId id = ChunkId::Of(raw);
+  Bytes v = ChunkStore::EncodeValue(raw, 1);
+  // Claim a 1 GiB chunk and fix up the CRC so only the length lies.
+  PutU32(v.data() + 4, 1u << 30);
+  PutU32(v.data() + 12, crc32c::Extend(crc32c::Value(v.data(), 12), v.data() + 16, v.size() - 16));
+  auto r = ChunkStore::DecodeValue(id, v);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("exceeds the chunk size limit"), std::string::npos);
+  // A raw length within bounds that disagrees with the zstd frame.
+  Bytes w = ChunkStore::EncodeValue(raw, 1);
+  PutU32(w.data() + 4, 999);
+  PutU32(w.data() + 12, crc32c::Extend(crc32c::Value(w.data(), 12), w.data() + 16, w.size() - 16));
+  EXPECT_TRUE(ChunkStore::DecodeValue(id, w).status().IsCorruption());
+}
+
+TEST(ChunkStoreTest, FlippedBitInTheDatabaseFileIsReported) {
+  TempDir t;
+  Bytes raw = RandomBytes(65536, 8);  // incompressible: stored verbatim
+  ChunkId id;
+  {
+    auto store = OpenTxn(t.path());
+    id = *store->Put(raw);
+    ASSERT_TRUE(store->Checkpoint().ok());
+  }
+  Bytes db = testing::ReadFile(t / "chunks.db");
+  size_t at = testing::Find(db, ByteView(raw).subspan(30000, 64));
+  ASSERT_NE(at, std::string::npos) << "chunk bytes not found in chunks.db";
+  testing::FlipBit(t / "chunks.db", (at + 10) * 8 + 3);
+  auto store = OpenTxn(t.path());
+  auto r = store->Get(id);
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(r.status().IsCorruption()) << r.status().ToString();
+  EXPECT_NE(r.status().message().find(id.ToHex()), std::string::npos);
+  uint64_t bad = 0;
+  ASSERT_TRUE(store->VerifyAll([&](const ChunkId& b, const Status&) { bad += b == id; }).ok());
+  EXPECT_EQ(bad, 1u);
+}
+
+TEST(ChunkStoreTest, ModeMismatchIsRefused) {
+  TempDir t;
+  { auto s = OpenTxn(t.path()); }
+  ChunkStoreOptions o;
+  o.mode = ChunkStoreOptions::Mode::kCache;
+  auto r = ChunkStore::Open(t.path(), o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Status::Code::kInvalidArgument);
+  ChunkStoreOptions none;
+  none.create_if_missing = false;
+  EXPECT_TRUE(ChunkStore::Open(t / "nothing", none).status().IsNotFound());
+}
+
+TEST(ChunkStoreTest, CacheEvictsLeastRecentlyUsedWithinBudget) {
+  TempDir t;
+  const uint64_t budget = 12 * (65536 + 16);
+  auto cache = OpenCache(t.path(), budget);
+  std::vector<ChunkId> ids;
+  for (int i = 0; i < 10; ++i) ids.push_back(*cache->Put(RandomBytes(65536, 100 + i)));
+  ASSERT_TRUE(cache->Get(ids[0]).ok());  // chunk 0 becomes the most recent
+  for (int i = 10; i < 20; ++i) ids.push_back(*cache->Put(RandomBytes(65536, 100 + i)));
+  auto s = cache->Stats();
+  EXPECT_LE(s->stored_bytes, budget);
+  EXPECT_EQ(s->evictions, 8u);
+  EXPECT_TRUE(*cache->Contains(ids[0]));
+  EXPECT_FALSE(*cache->Contains(ids[1]));
+  EXPECT_TRUE(*cache->Contains(ids[19]));
+}
+
+TEST(ChunkStoreTest, CacheReopenKeepsBudgetAndDamagedCacheStartsEmpty) {
+  TempDir t;
+  {
+    auto cache = OpenCache(t.path(), 0);
+    for (int i = 0; i < 10; ++i) ASSERT_TRUE(cache->Put(RandomBytes(65536, 200 + i)).ok());
+    ASSERT_TRUE(cache->Checkpoint().ok());
+  }
+  {
+    auto cache = OpenCache(t.path(), 4 * 65552);  // a smaller budget applies at once
+    EXPECT_LE(cache->Stats()->stored_bytes, 4u * 65552);
+  }
+  testing::WriteFile(t / "chunks.db", AsBytes("this is not a database"));
+  auto cache = OpenCache(t.path(), 0);
+  ASSERT_NE(cache, nullptr);
+  EXPECT_EQ(cache->Stats()->chunks, 0u);
+  EXPECT_TRUE(cache->Put(RandomBytes(10, 1)).ok());
+}
+
+TEST(ChunkStoreTest, ObjectsAndRefs) {
+  TempDir t;
+  auto store = OpenTxn(t.path());
+  Bytes obj = TextBytes(500, 9);
+  ChunkId oid = *store->PutObject(obj);
+  EXPECT_EQ(*store->GetObject(oid), obj);
+  ASSERT_TRUE(store->SetRef({"disk/a", ObjectKind::kDiskTable, oid}).ok());
+  ASSERT_TRUE(store->SetRef({"disk/b", ObjectKind::kDiskTable, oid}).ok());
+  auto refs = store->ListRefs();
+  ASSERT_EQ(refs->size(), 2u);
+  EXPECT_EQ((*refs)[0].name, "disk/a");
+  EXPECT_EQ(store->GetRef("disk/b")->object, oid);
+  ASSERT_TRUE(store->DeleteRef("disk/a").ok());
+  EXPECT_TRUE(store->GetRef("disk/a").status().IsNotFound());
+  EXPECT_FALSE(store->SetRef({"", ObjectKind::kDiskTable, oid}).ok());
+}
+
+// The child stores batches and reports each acknowledged batch on a pipe;
+// it is killed with SIGKILL mid-stream. Everything acknowledged must be
+// there after recovery, and nothing stored may be damaged.
+TEST(ChunkStoreTest, AcknowledgedPutsSurviveKill9) {
+  TempDir t;
+  { auto s = OpenTxn(t.path()); }
+  auto batch_chunk = [](uint64_t batch, int j) { return RandomBytes(8192 + 4096 * j, batch * 16 + j); };
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ::close(fds[0]);
+    auto s = ChunkStore::Open(t.path(), {});
+    if (!s.ok()) ::_exit(3);
+    for (uint64_t b = 0;; ++b) {
+      std::vector<Bytes> cs;
+      std::vector<ByteView> vs;
+      for (int j = 0; j < 8; ++j) cs.push_back(batch_chunk(b, j));
+      for (auto& c : cs) vs.push_back(c);
+      if (!(*s)->PutBatch(vs, nullptr).ok()) ::_exit(4);
+      if (::write(fds[1], &b, sizeof(b)) != sizeof(b)) ::_exit(5);
+    }
+  }
+  ::close(fds[1]);
+  uint64_t acked = 0, b;
+  bool any = false;
+  while (!any || acked < 25) {
+    ASSERT_EQ(::read(fds[0], &b, sizeof(b)), static_cast<ssize_t>(sizeof(b)));
+    acked = b;
+    any = true;
+  }
+  ::kill(pid, SIGKILL);
+  int status;
+  ::waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFSIGNALED(status));
+  while (::read(fds[0], &b, sizeof(b)) == static_cast<ssize_t>(sizeof(b))) acked = b;
+  ::close(fds[0]);
+
+  auto store = OpenTxn(t.path());
+  for (uint64_t i = 0; i <= acked; ++i) {
+    for (int j = 0; j < 8; ++j) {
+      Bytes want = batch_chunk(i, j);
+      auto got = store->Get(ChunkId::Of(want));
+      ASSERT_TRUE(got.ok()) << "batch " << i << " chunk " << j << ": " << got.status().ToString();
+      ASSERT_EQ(*got, want);
+    }
+  }
+  uint64_t bad = 0;
+  ASSERT_TRUE(store->VerifyAll([&](const ChunkId&, const Status&) { ++bad; }).ok());
+  EXPECT_EQ(bad, 0u);
+}
+
+TEST(GcTest, SweepsOnlyWhatNoRefReaches) {
+  TempDir t;
+  auto store = OpenTxn(t.path());
+  Bytes img1 = RandomBytes(10 * 65536, 11), img2 = RandomBytes(6 * 65536, 12);
+  std::memcpy(img2.data(), img1.data(), 65536);  // one shared chunk
+  testing::WriteFile(t / "1.img", img1);
+  testing::WriteFile(t / "2.img", img2);
+  for (auto [name, file] : {std::pair{"disk/1", "1.img"}, std::pair{"disk/2", "2.img"}}) {
+    auto imp = ImportDisk(t / file, store.get());
+    ASSERT_TRUE(imp.ok());
+    ASSERT_TRUE(store->SetRef({name, ObjectKind::kDiskTable, *store->PutObject(imp->table.Encode())}).ok());
+  }
+  ASSERT_TRUE(store->Put(AsBytes("orphan chunk")).ok());
+  auto g = CollectGarbage(store.get());
+  ASSERT_TRUE(g.ok());
+  EXPECT_EQ(g->swept_chunks, 1u);
+  EXPECT_EQ(g->live_chunks, 15u);
+
+  ASSERT_TRUE(store->DeleteRef("disk/1").ok());
+  g = CollectGarbage(store.get());
+  EXPECT_EQ(g->swept_chunks, 9u);
+  EXPECT_EQ(g->swept_objects, 1u);
+  auto r = store->GetRef("disk/2");
+  auto table = DiskTable::Decode(*store->GetObject(r->object));
+  ASSERT_TRUE(ExportDisk(*table, store.get(), t / "2.out").ok());
+  EXPECT_EQ(testing::ReadFile(t / "2.out"), img2);
+}
+
+TEST(GcTest, RefusesToSweepWhenAReachableObjectIsMissing) {
+  TempDir t;
+  auto store = OpenTxn(t.path());
+  ASSERT_TRUE(store->Put(AsBytes("some chunk")).ok());
+  ChunkId ghost = ChunkId::Of(AsBytes("no such object"));
+  ASSERT_TRUE(store->SetRef({"disk/ghost", ObjectKind::kDiskTable, ghost}).ok());
+  auto g = CollectGarbage(store.get());
+  ASSERT_FALSE(g.ok());
+  EXPECT_NE(g.status().message().find("before sweeping anything"), std::string::npos);
+  EXPECT_EQ(store->Stats()->chunks, 1u);
+}
+
+TEST(GcTest, ChunksStoredDuringCollectionAreKept) {
+  TempDir t;
+  auto store = OpenTxn(t.path());
+  auto guard = store->BeginGc();
+  ChunkId id = *store->Put(AsBytes("stored while marking"));
+  EXPECT_TRUE(store->IsProtected(id));
+  guard.reset();
+  EXPECT_FALSE(store->IsProtected(id));
+}
+
+}  // namespace
+}  // namespace slingshot

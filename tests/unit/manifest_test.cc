@@ -1,0 +1,111 @@
+// Ed25519 keys and signed manifests.
+#include "slingshot/manifest.h"
+
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include "slingshot/coding.h"
+#include "test_util.h"
+
+namespace slingshot {
+namespace {
+
+Manifest Sample() {
+  Manifest m;
+  m.service_id = "notepad";
+  m.service_type = "rfb";
+  m.epoch = 7;
+  m.last_seq = 1234;
+  m.created_ns = 1700000000123456789;
+  m.vm = {256, 1, "console=ttyS0 quiet", "qemu", "{\"machine\":\"q35\"}"};
+  m.disk_table = ChunkId::Of(AsBytes("table"));
+  m.disk_size = 1ull << 30;
+  m.memory_list = ChunkId::Of(AsBytes("list"));
+  m.memory_size = 90ull << 20;
+  return m;
+}
+
+TEST(ManifestTest, SignVerifyRoundTrip) {
+  auto key = SigningKey::Generate();
+  ASSERT_TRUE(key.ok());
+  Bytes s = SignManifest(Sample(), *key);
+  auto m = VerifyManifest(s, key->public_key());
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  EXPECT_EQ(*m, Sample());
+  EXPECT_EQ(*DecodeSignedManifestUnverified(s), Sample());
+}
+
+TEST(ManifestTest, OtherKeyIsRejected) {
+  auto home = SigningKey::Generate(), other = SigningKey::Generate();
+  Bytes forged = SignManifest(Sample(), *other);
+  auto m = VerifyManifest(forged, home->public_key());
+  ASSERT_FALSE(m.ok());
+  EXPECT_TRUE(m.status().IsCorruption());
+  EXPECT_NE(m.status().message().find("not by the trusted home key"), std::string::npos);
+}
+
+TEST(ManifestTest, EveryBitFlipIsDetected) {
+  auto key = SigningKey::Generate();
+  Bytes s = SignManifest(Sample(), *key);
+  for (size_t bit = 0; bit < s.size() * 8; ++bit) {
+    Bytes t = s;
+    t[bit / 8] ^= static_cast<uint8_t>(1u << (bit % 8));
+    ASSERT_FALSE(VerifyManifest(t, key->public_key()).ok()) << "bit " << bit;
+  }
+}
+
+TEST(ManifestTest, ValidEnvelopeWithForgedSignatureIsRejected) {
+  // Re-seal the envelope so its CRC is right: only the signature can catch it.
+  auto key = SigningKey::Generate();
+  Bytes s = SignManifest(Sample(), *key);
+  auto f = OpenFrame(s, {'S', 'S', 'M', 'S'}, 1, 1 << 24, "t");
+  ASSERT_TRUE(f.ok());
+  Bytes body(f->body.begin(), f->body.end());
+  body[20] ^= 1;  // inside the manifest
+  Bytes resealed = SealFrame({'S', 'S', 'M', 'S'}, 1, body);
+  auto m = VerifyManifest(resealed, key->public_key());
+  ASSERT_FALSE(m.ok());
+  EXPECT_NE(m.status().message().find("signature does not verify"), std::string::npos);
+}
+
+TEST(ManifestTest, LyingStringLengthIsRefused) {
+  Bytes body;
+  Encoder e(&body);
+  e.U32(0x7FFFFFFF);  // service id "length"
+  e.Raw("abc", 3);
+  auto m = Manifest::Decode(SealFrame({'S', 'S', 'M', 'F'}, 1, body));
+  ASSERT_FALSE(m.ok());
+  EXPECT_TRUE(m.status().IsCorruption());
+}
+
+TEST(KeysTest, SaveLoadWithStrictPermissions) {
+  testing::TempDir t;
+  auto key = SigningKey::Generate();
+  ASSERT_TRUE(key->Save(t / "home.key").ok());
+  ASSERT_TRUE(key->public_key().Save(t / "home.pub").ok());
+  struct stat sb;
+  ASSERT_EQ(::stat((t / "home.key").c_str(), &sb), 0);
+  EXPECT_EQ(sb.st_mode & 0777, 0600u);
+  EXPECT_EQ(key->Save(t / "home.key").code(), Status::Code::kAlreadyExists);
+  auto loaded = SigningKey::Load(t / "home.key");
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  EXPECT_EQ(loaded->public_key(), key->public_key());
+  auto pub = PublicKey::Load(t / "home.pub");
+  ASSERT_TRUE(pub.ok());
+  Bytes s = SignManifest(Sample(), *loaded);
+  EXPECT_TRUE(VerifyManifest(s, *pub).ok());
+  ::chmod((t / "home.key").c_str(), 0644);
+  auto loose = SigningKey::Load(t / "home.key");
+  ASSERT_FALSE(loose.ok());
+  EXPECT_NE(loose.status().message().find("chmod 600"), std::string::npos);
+}
+
+TEST(KeysTest, GarbageKeyFilesAreRejected) {
+  testing::TempDir t;
+  testing::WriteFile(t / "bad.pub", AsBytes("-----BEGIN PUBLIC KEY-----\nnonsense\n"));
+  EXPECT_TRUE(PublicKey::Load(t / "bad.pub").status().IsCorruption());
+  EXPECT_TRUE(SigningKey::Load(t / "absent.key").status().IsNotFound());
+}
+
+}  // namespace
+}  // namespace slingshot
