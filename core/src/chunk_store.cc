@@ -1,11 +1,16 @@
 #include "slingshot/chunk_store.h"
 
 #include <db_cxx.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <sys/uio.h>
+#include <unistd.h>
 #include <zstd.h>
 
 #include <atomic>
 #include <filesystem>
 #include <list>
+#include <map>
 #include <mutex>
 #include <unordered_map>
 #include <unordered_set>
@@ -28,6 +33,58 @@ constexpr size_t kMaxObjectSize = 256u << 20;  // a 16 TiB disk's chunk table
 constexpr size_t kMaxRefName = 1024;
 constexpr int kDeadlockRetries = 20;
 constexpr uint64_t kCheckpointEveryBytes = 256ull << 20;
+
+// Pack files (transactional mode): chunk values appended once, fsynced,
+// then indexed. See chunk_store.h.
+constexpr char kPackMagic[4] = {'S', 'S', 'P', 'K'};
+constexpr uint16_t kPackVersion = 1;
+constexpr uint64_t kPackHeaderSize = 16;
+constexpr uint64_t kPackRollBytes = 1ull << 30;
+constexpr size_t kEntryHeader = ChunkId::kSize + ChunkStore::kValueHeaderSize;
+
+// Index record of a chunk that lives in a pack, 28 bytes:
+//   "SL", u8 version 1, u8 0, u32 pack, u64 offset (of the value), u32 value
+//   length, u32 raw length, u32 CRC-32C of the preceding 24 bytes.
+constexpr size_t kLocationSize = 28;
+struct Location {
+  uint32_t pack = 0;
+  uint64_t offset = 0;
+  uint32_t length = 0;
+  uint32_t raw_len = 0;
+};
+
+std::array<uint8_t, kLocationSize> EncodeLocation(const Location& l) {
+  std::array<uint8_t, kLocationSize> b{};
+  b[0] = 'S';
+  b[1] = 'L';
+  b[2] = 1;
+  PutU32(b.data() + 4, l.pack);
+  PutU64(b.data() + 8, l.offset);
+  PutU32(b.data() + 16, l.length);
+  PutU32(b.data() + 20, l.raw_len);
+  PutU32(b.data() + 24, crc32c::Value(b.data(), 24));
+  return b;
+}
+
+bool IsLocation(ByteView v) { return v.size() >= 2 && v[0] == 'S' && v[1] == 'L'; }
+
+Result<Location> DecodeLocation(const ChunkId& id, ByteView v) {
+  if (v.size() != kLocationSize || v[2] != 1 || v[3] != 0 || crc32c::Value(v.data(), 24) != GetU32(v.data() + 24)) {
+    return Status::Corruption("chunk " + id.ToHex() + ": its index record is damaged");
+  }
+  Location l{GetU32(v.data() + 4), GetU64(v.data() + 8), GetU32(v.data() + 16), GetU32(v.data() + 20)};
+  if (l.length < ChunkStore::kValueHeaderSize || l.length > ChunkStore::kValueHeaderSize + kMaxChunkSize + 1024 ||
+      l.offset < kPackHeaderSize + ChunkId::kSize) {
+    return Status::Corruption("chunk " + id.ToHex() + ": its index record holds an impossible location");
+  }
+  return l;
+}
+
+std::string PackName(uint32_t n) {
+  char b[32];
+  std::snprintf(b, sizeof(b), "pack-%08u.dat", n);
+  return b;
+}
 
 Status DbStatus(int ret, const std::string& what) {
   if (ret == DB_NOTFOUND) return Status::NotFound(what + ": not found");
@@ -87,12 +144,141 @@ struct ChunkStore::Impl {
   std::unordered_map<ChunkId, LruEntry, ChunkIdHash> lru_index;
   uint64_t lru_bytes = 0;
 
+  // Packs (transactional mode).
+  std::string pack_dir;
+  std::mutex pack_mu;
+  UniqueFd active_pack_fd;      // guarded by pack_mu; invalid until the first write
+  uint32_t active_pack = 0;     // guarded by pack_mu
+  uint64_t active_size = 0;     // guarded by pack_mu
+  uint32_t max_pack = 0;        // guarded by pack_mu
+  std::mutex read_fds_mu;
+  std::map<uint32_t, std::shared_ptr<UniqueFd>> read_fds;  // guarded by read_fds_mu
+
   // Garbage-collection protection.
   mutable std::mutex gc_mu;
   int gc_active = 0;
   std::unordered_set<ChunkId, ChunkIdHash> gc_recent;
 
   bool txn() const { return options.mode == Mode::kTransactional; }
+
+  Status ScanPacks() {
+    pack_dir = dir + "/packs";
+    std::error_code ec;
+    fs::create_directories(pack_dir, ec);
+    if (ec) return Status::IOError("create " + pack_dir + ": " + ec.message());
+    for (const auto& e : fs::directory_iterator(pack_dir, ec)) {
+      unsigned n = 0;
+      std::string name = e.path().filename().string();
+      if (std::sscanf(name.c_str(), "pack-%8u.dat", &n) == 1 && PackName(n) == name) max_pack = std::max(max_pack, n);
+    }
+    return ec ? Status::IOError("list " + pack_dir + ": " + ec.message()) : Status::OK();
+  }
+
+  // A new pack for this process's writes: a pack is never appended to after
+  // a restart, so damage from a crash can only sit at the end of a pack.
+  Status StartPack() {  // pack_mu held
+    uint32_t n = max_pack + 1;
+    std::string path = pack_dir + "/" + PackName(n);
+    UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+    if (!fd.valid()) return Status::FromErrno("create pack " + path, errno);
+    uint8_t h[kPackHeaderSize] = {};
+    std::memcpy(h, kPackMagic, 4);
+    PutU16(h + 4, kPackVersion);
+    PutU32(h + 8, n);
+    PutU32(h + 12, crc32c::Value(h, 12));
+    Status st = WriteAll(fd.get(), h, sizeof(h), path);
+    if (st.ok() && ::fdatasync(fd.get()) != 0) st = Status::FromErrno("fsync " + path, errno);
+    if (st.ok()) st = SyncDir(pack_dir);
+    if (!st.ok()) {
+      ::unlink(path.c_str());
+      return st;
+    }
+    max_pack = n;
+    active_pack = n;
+    active_size = kPackHeaderSize;
+    active_pack_fd = std::move(fd);
+    return Status::OK();
+  }
+
+  // Appends entries (id + value) to the active pack and makes them durable.
+  Status AppendToPack(const std::vector<const EncodedChunk*>& chunks, std::vector<Location>* locs) {
+    size_t total = 0;
+    for (const auto* c : chunks) total += ChunkId::kSize + c->value.size();
+    std::lock_guard<std::mutex> l(pack_mu);
+    if (!active_pack_fd.valid() || active_size + total > kPackRollBytes) SLINGSHOT_RETURN_IF_ERROR(StartPack());
+    std::vector<iovec> iov;
+    iov.reserve(2 * chunks.size());
+    locs->clear();
+    uint64_t off = active_size;
+    for (const auto* c : chunks) {
+      iov.push_back({const_cast<uint8_t*>(c->id.bytes.data()), ChunkId::kSize});
+      iov.push_back({const_cast<uint8_t*>(c->value.data()), c->value.size()});
+      locs->push_back({active_pack, off + ChunkId::kSize, static_cast<uint32_t>(c->value.size()),
+                       GetU32(c->value.data() + 4)});
+      off += ChunkId::kSize + c->value.size();
+    }
+    const std::string path = pack_dir + "/" + PackName(active_pack);
+    int err = 0;
+    size_t done = 0, first = 0;  // bytes written; first iovec not fully written
+    while (first < iov.size()) {
+      int n = static_cast<int>(std::min<size_t>(iov.size() - first, IOV_MAX));
+      ssize_t w = ::pwritev(active_pack_fd.get(), iov.data() + first, n, static_cast<off_t>(active_size + done));
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) {
+        err = w < 0 ? errno : ENOSPC;
+        break;
+      }
+      done += static_cast<size_t>(w);
+      // Advance past what was written (a short write can end mid-iovec).
+      size_t left = static_cast<size_t>(w);
+      while (first < iov.size() && left >= iov[first].iov_len) left -= iov[first++].iov_len;
+      if (left > 0) {
+        iov[first].iov_base = static_cast<uint8_t*>(iov[first].iov_base) + left;
+        iov[first].iov_len -= left;
+      }
+    }
+    if (err == 0 && ::fdatasync(active_pack_fd.get()) != 0) err = errno;
+    if (err != 0) {
+      // Nothing was indexed; the bytes are garbage. Leave this pack behind
+      // (after a failed fsync its pages cannot be trusted) and use a new one.
+      if (::ftruncate(active_pack_fd.get(), static_cast<off_t>(active_size)) != 0) { /* garbage stays */ }
+      active_pack_fd.Reset();
+      return Status::FromErrno("append to pack " + path, err);
+    }
+    active_size += total;
+    return Status::OK();
+  }
+
+  Result<std::shared_ptr<UniqueFd>> PackReadFd(uint32_t n) {
+    std::lock_guard<std::mutex> l(read_fds_mu);
+    auto it = read_fds.find(n);
+    if (it != read_fds.end()) return it->second;
+    std::string path = pack_dir + "/" + PackName(n);
+    auto fd = std::make_shared<UniqueFd>(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd->valid()) {
+      int e = errno;
+      if (e == ENOENT) return Status::Corruption("pack " + path + " is missing");
+      return Status::FromErrno("open " + path, e);
+    }
+    read_fds[n] = fd;
+    return fd;
+  }
+
+  void ForgetPack(uint32_t n) {
+    std::lock_guard<std::mutex> l(read_fds_mu);
+    read_fds.erase(n);
+  }
+
+  // The encoded value of a chunk from its index record (inline or in a pack).
+  Result<Bytes> ValueOf(const ChunkId& id, ByteView record) {
+    if (!IsLocation(record)) return Bytes(record.begin(), record.end());
+    SLINGSHOT_ASSIGN_OR_RETURN(Location loc, DecodeLocation(id, record));
+    SLINGSHOT_ASSIGN_OR_RETURN(auto fd, PackReadFd(loc.pack));
+    Bytes v(loc.length);
+    Status st = PreadExact(fd->get(), v.data(), v.size(), loc.offset, PackName(loc.pack));
+    if (!st.ok()) return st.Annotate("chunk " + id.ToHex());
+    return v;
+  }
 
   ~Impl() { Close(); }
 
@@ -304,6 +490,7 @@ Result<std::unique_ptr<ChunkStore>> ChunkStore::Open(const std::string& dir,
     st = impl->OpenEnv();
   }
   if (!st.ok()) return st;
+  if (options.mode == Mode::kTransactional) SLINGSHOT_RETURN_IF_ERROR(impl->ScanPacks());
   if (options.mode == Mode::kCache) {
     SLINGSHOT_RETURN_IF_ERROR(impl->LoadLru());
     impl->EvictOverBudget();
@@ -390,31 +577,54 @@ Status ChunkStore::PutBatch(std::span<const ByteView> raws, std::vector<ChunkId>
 
 Status ChunkStore::PutEncoded(std::span<const EncodedChunk> chunks) {
   if (chunks.empty()) return Status::OK();
+  if (impl_->txn()) return PutToPacks(chunks);
   std::vector<uint8_t> inserted(chunks.size(), 0);
-  uint64_t bytes = 0;
   Status st = impl_->RunWrite("store " + std::to_string(chunks.size()) + " chunks in " + impl_->dir, [&](DbTxn* t) {
-    bytes = 0;
     for (size_t i = 0; i < chunks.size(); ++i) {
       Dbt key = KeyDbt(chunks[i].id);
       Dbt data(const_cast<uint8_t*>(chunks[i].value.data()), static_cast<uint32_t>(chunks[i].value.size()));
       int ret = impl_->chunks->put(t, &key, &data, DB_NOOVERWRITE);
-      if (ret == DB_KEYEXIST) {
-        inserted[i] = 0;
-        continue;
-      }
+      if (ret == DB_KEYEXIST) continue;
       if (ret != 0) return ret;
       inserted[i] = 1;
-      bytes += chunks[i].value.size();
     }
     return 0;
   });
   if (!st.ok()) return st;
   for (size_t i = 0; i < chunks.size(); ++i) {
     impl_->Remember(chunks[i].id);
-    if (!impl_->txn() && inserted[i]) impl_->LruInsert(chunks[i].id, static_cast<uint32_t>(chunks[i].value.size()));
+    if (inserted[i]) impl_->LruInsert(chunks[i].id, static_cast<uint32_t>(chunks[i].value.size()));
   }
   impl_->EvictOverBudget();
-  impl_->MaybeCheckpoint(bytes);
+  return Status::OK();
+}
+
+// Transactional mode: values go to a pack (written once, fsynced), then the
+// index entries are committed in one transaction. A crash between the two
+// leaves unindexed bytes in a pack: garbage, never a dangling index entry.
+Status ChunkStore::PutToPacks(std::span<const EncodedChunk> chunks) {
+  std::vector<const EncodedChunk*> fresh;
+  std::unordered_set<ChunkId, ChunkIdHash> batch;
+  for (const auto& c : chunks) {
+    if (!batch.insert(c.id).second) continue;
+    SLINGSHOT_ASSIGN_OR_RETURN(bool has, Contains(c.id));
+    if (!has) fresh.push_back(&c);
+  }
+  for (const auto& c : chunks) impl_->Remember(c.id);
+  if (fresh.empty()) return Status::OK();
+  std::vector<Location> locs;
+  SLINGSHOT_RETURN_IF_ERROR(impl_->AppendToPack(fresh, &locs));
+  SLINGSHOT_RETURN_IF_ERROR(impl_->RunWrite("index " + std::to_string(fresh.size()) + " chunks in " + impl_->dir, [&](DbTxn* t) {
+    for (size_t i = 0; i < fresh.size(); ++i) {
+      Dbt key = KeyDbt(fresh[i]->id);
+      auto rec = EncodeLocation(locs[i]);
+      Dbt data(rec.data(), kLocationSize);
+      int ret = impl_->chunks->put(t, &key, &data, DB_NOOVERWRITE);
+      if (ret != 0 && ret != DB_KEYEXIST) return ret;  // a concurrent put won: our copy is garbage
+    }
+    return 0;
+  }));
+  impl_->MaybeCheckpoint(locs.size() * (kLocationSize + 64));
   return Status::OK();
 }
 
@@ -425,7 +635,8 @@ Result<Bytes> ChunkStore::Get(const ChunkId& id) {
   if (ret == DB_NOTFOUND) return Status::NotFound("chunk " + id.ToHex() + " is not in " + Describe());
   if (ret != 0) return DbStatus(ret, "read chunk " + id.Short() + " from " + impl_->dir);
   if (!impl_->txn()) impl_->LruTouch(id);
-  return DecodeValue(id, data.view());
+  SLINGSHOT_ASSIGN_OR_RETURN(Bytes value, impl_->ValueOf(id, data.view()));
+  return DecodeValue(id, value);
 }
 
 Result<bool> ChunkStore::Contains(const ChunkId& id) {
@@ -602,7 +813,7 @@ Result<ChunkStoreStats> ChunkStore::Stats() {
   SLINGSHOT_RETURN_IF_ERROR(ForEachChunk([&](const ChunkId& id) { ids.push_back(id); return true; }));
   for (const auto& id : ids) {
     Dbt key = KeyDbt(id);
-    uint8_t hdr[kValueHeaderSize];
+    uint8_t hdr[kLocationSize];
     Dbt d(hdr, sizeof(hdr));
     d.set_ulen(sizeof(hdr));
     d.set_flags(DB_DBT_USERMEM | DB_DBT_PARTIAL);
@@ -612,7 +823,13 @@ Result<ChunkStoreStats> ChunkStore::Stats() {
     if (ret == DB_NOTFOUND) continue;
     if (ret != 0) return DbStatus(ret, "read chunk header");
     ++s.chunks;
-    if (d.get_size() == kValueHeaderSize) {
+    ByteView rec(hdr, d.get_size());
+    if (IsLocation(rec)) {
+      SLINGSHOT_ASSIGN_OR_RETURN(Location loc, DecodeLocation(id, rec));
+      s.raw_bytes += loc.raw_len;
+      s.stored_bytes += loc.length;
+      s.pack_live_bytes += ChunkId::kSize + loc.length;
+    } else if (d.get_size() >= kValueHeaderSize) {
       s.raw_bytes += GetU32(hdr + 4);
       s.stored_bytes += kValueHeaderSize + GetU32(hdr + 8);
     }
@@ -620,8 +837,146 @@ Result<ChunkStoreStats> ChunkStore::Stats() {
   SLINGSHOT_RETURN_IF_ERROR(ForEachObject([&](const ChunkId&) { ++s.objects; return true; }));
   SLINGSHOT_ASSIGN_OR_RETURN(auto refs, ListRefs());
   s.refs = refs.size();
+  if (impl_->txn()) {
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(impl_->pack_dir, ec)) {
+      ++s.packs;
+      s.pack_file_bytes += e.file_size(ec);
+    }
+  }
   s.evictions = impl_->evictions;
   return s;
+}
+
+Result<CompactStats> ChunkStore::CompactPacks(double min_garbage_ratio) {
+  CompactStats cs;
+  if (!impl_->txn()) return cs;
+  // Live entries per pack, from the index.
+  struct PackUse {
+    uint64_t live_bytes = 0;
+    uint64_t live_entries = 0;
+  };
+  std::map<uint32_t, PackUse> use;
+  {
+    Dbc* cur = nullptr;
+    int ret = impl_->chunks->cursor(nullptr, &cur, 0);
+    if (ret != 0) return DbStatus(ret, "scan index");
+    MallocDbt key, data;
+    key.set_flags(DB_DBT_REALLOC);
+    data.set_flags(DB_DBT_REALLOC);
+    Status st;
+    while ((ret = cur->get(&key, &data, DB_NEXT)) == 0) {
+      if (!IsLocation(data.view()) || key.get_size() != ChunkId::kSize) continue;
+      ChunkId id;
+      std::memcpy(id.bytes.data(), key.get_data(), ChunkId::kSize);
+      auto loc = DecodeLocation(id, data.view());
+      if (!loc.ok()) { st = loc.status(); break; }
+      use[loc->pack].live_bytes += ChunkId::kSize + loc->length;
+      ++use[loc->pack].live_entries;
+    }
+    cur->close();
+    if (!st.ok()) return st.Annotate("compaction stopped before changing anything");
+    if (ret != DB_NOTFOUND) return DbStatus(ret, "scan index");
+  }
+  uint32_t active;
+  {
+    std::lock_guard<std::mutex> l(impl_->pack_mu);
+    active = impl_->active_pack_fd.valid() ? impl_->active_pack : 0;
+  }
+  std::vector<std::pair<uint32_t, uint64_t>> packs;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(impl_->pack_dir, ec)) {
+    unsigned n = 0;
+    std::string name = e.path().filename().string();
+    if (std::sscanf(name.c_str(), "pack-%8u.dat", &n) == 1 && PackName(n) == name && n != active) {
+      packs.emplace_back(n, e.file_size(ec));
+    }
+  }
+  std::sort(packs.begin(), packs.end());
+  for (auto [n, size] : packs) {
+    const PackUse u = use[n];
+    const uint64_t garbage = size > kPackHeaderSize + u.live_bytes ? size - kPackHeaderSize - u.live_bytes : 0;
+    const bool small = size < kPackRollBytes / 16 && packs.size() > 1;
+    if (u.live_entries > 0 && !small && static_cast<double>(garbage) < min_garbage_ratio * static_cast<double>(size)) continue;
+    const std::string path = impl_->pack_dir + "/" + PackName(n);
+    // Copy the live entries (those the index still points at) to the active pack.
+    uint64_t moved = 0;
+    if (u.live_entries > 0) {
+      UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+      if (!fd.valid()) return Status::FromErrno("open " + path, errno);
+      std::vector<EncodedChunk> batch;
+      std::vector<Location> old_locs;
+      size_t batch_bytes = 0;
+      auto relocate = [&]() -> Status {
+        if (batch.empty()) return Status::OK();
+        std::vector<const EncodedChunk*> ptrs;
+        for (auto& c : batch) ptrs.push_back(&c);
+        std::vector<Location> locs;
+        SLINGSHOT_RETURN_IF_ERROR(impl_->AppendToPack(ptrs, &locs));
+        SLINGSHOT_RETURN_IF_ERROR(impl_->RunWrite("relocate chunks from " + path, [&](DbTxn* t) {
+          for (size_t i = 0; i < batch.size(); ++i) {
+            Dbt key = KeyDbt(batch[i].id);
+            MallocDbt cur;
+            int ret = impl_->chunks->get(t, &key, &cur, DB_RMW);
+            if (ret == DB_NOTFOUND) continue;  // deleted meanwhile
+            if (ret != 0) return ret;
+            auto now = DecodeLocation(batch[i].id, cur.view());
+            if (!now.ok() || now->pack != old_locs[i].pack || now->offset != old_locs[i].offset) continue;
+            auto rec = EncodeLocation(locs[i]);
+            Dbt data(rec.data(), kLocationSize);
+            if ((ret = impl_->chunks->put(t, &key, &data, 0)) != 0) return ret;
+          }
+          return 0;
+        }));
+        moved += batch.size();
+        batch.clear();
+        old_locs.clear();
+        batch_bytes = 0;
+        return Status::OK();
+      };
+      uint64_t off = kPackHeaderSize;
+      while (off + kEntryHeader <= size) {
+        uint8_t h[kEntryHeader];
+        if (!PreadExact(fd.get(), h, sizeof(h), off, path).ok()) break;
+        ChunkId id;
+        std::memcpy(id.bytes.data(), h, ChunkId::kSize);
+        const uint8_t* vh = h + ChunkId::kSize;
+        uint32_t data_len = GetU32(vh + 8);
+        if (vh[0] != 'S' || vh[1] != 'C' || data_len > kMaxChunkSize + 1024 ||
+            off + kEntryHeader + data_len > size) {
+          break;  // the torn end of a pack written before a crash
+        }
+        const uint64_t value_off = off + ChunkId::kSize;
+        const uint32_t value_len = static_cast<uint32_t>(kValueHeaderSize + data_len);
+        off += kEntryHeader + data_len;
+        Dbt key = KeyDbt(id);
+        MallocDbt cur;
+        if (impl_->chunks->get(nullptr, &key, &cur, 0) != 0) continue;
+        auto loc = DecodeLocation(id, cur.view());
+        if (!loc.ok() || loc->pack != n || loc->offset != value_off) continue;  // garbage
+        EncodedChunk c{id, Bytes(value_len)};
+        SLINGSHOT_RETURN_IF_ERROR(PreadExact(fd.get(), c.value.data(), value_len, value_off, path));
+        // Verify before copying: compaction must not launder a damaged value.
+        SLINGSHOT_RETURN_IF_ERROR(DecodeValue(id, c.value).status().Annotate("compaction kept " + path));
+        batch.push_back(std::move(c));
+        old_locs.push_back(*loc);
+        batch_bytes += value_len;
+        if (batch_bytes >= (16u << 20)) SLINGSHOT_RETURN_IF_ERROR(relocate());
+      }
+      SLINGSHOT_RETURN_IF_ERROR(relocate());
+      if (moved != u.live_entries) {
+        return Status::Corruption(path + ": " + std::to_string(u.live_entries - moved) +
+                                  " indexed chunks could not be found in it; the pack was kept. Run `store verify`");
+      }
+    }
+    impl_->ForgetPack(n);
+    if (::unlink(path.c_str()) != 0) return Status::FromErrno("remove " + path, errno);
+    ++cs.packs_removed;
+    cs.bytes_reclaimed += garbage;
+    cs.chunks_moved += moved;
+  }
+  if (cs.packs_removed) SLINGSHOT_RETURN_IF_ERROR(SyncDir(impl_->pack_dir));
+  return cs;
 }
 
 std::unique_ptr<ChunkStore::GcGuard> ChunkStore::BeginGc() {

@@ -24,7 +24,10 @@ struct Batch {
 };
 
 enum : uint8_t { kZero = 0, kDup = 1, kNew = 2 };
-constexpr size_t kMaxBatchesInFlight = 2;
+// Batches hashed ahead of the disk. When the disk is the bottleneck they
+// queue up, and the writer then commits them together: one pack write, one
+// fsync, one index transaction for all of them.
+constexpr size_t kMaxBatchesInFlight = 4;
 
 }  // namespace
 
@@ -42,6 +45,7 @@ struct ChunkWriter::Impl {
   std::deque<std::unique_ptr<Batch>> queue;            // guarded by mu
   Status error;                                        // guarded by mu
   bool closing = false;                                // guarded by mu
+  bool writing = false;                                // guarded by mu
   std::thread writer;
 
   Impl(ChunkStore* s, const ChunkWriterOptions& o) : store(s), options(o), pool(o.threads) {
@@ -65,19 +69,29 @@ struct ChunkWriter::Impl {
     current->first_index = ids.size();
   }
 
+  // Takes every queued batch, so the producer can queue more while these
+  // are written and synced.
   void WriterLoop() {
+    std::vector<EncodedChunk> merged;
     for (;;) {
-      std::unique_ptr<Batch> b;
+      bool failed;
       {
         std::unique_lock<std::mutex> l(mu);
         cv.wait(l, [&] { return closing || !queue.empty(); });
         if (queue.empty()) return;
-        b = std::move(queue.front());
+        failed = !error.ok();
+        merged.clear();
+        for (auto& b : queue) {
+          for (auto& c : b->encoded) merged.push_back(std::move(c));
+        }
+        queue.clear();
+        writing = true;
       }
-      Status st = error.ok() ? store->PutEncoded(b->encoded) : Status::OK();
+      cv.notify_all();
+      Status st = failed ? Status::OK() : store->PutEncoded(merged);
       {
         std::lock_guard<std::mutex> l(mu);
-        queue.pop_front();
+        writing = false;
         if (!st.ok() && error.ok()) error = st;
       }
       cv.notify_all();
@@ -188,7 +202,7 @@ Result<std::vector<ChunkId>> ChunkWriter::Finish() {
   SLINGSHOT_RETURN_IF_ERROR(impl_->Submit());
   {
     std::unique_lock<std::mutex> l(impl_->mu);
-    impl_->cv.wait(l, [&] { return impl_->queue.empty(); });
+    impl_->cv.wait(l, [&] { return impl_->queue.empty() && !impl_->writing; });
     if (!impl_->error.ok()) return impl_->error;
   }
   return std::move(impl_->ids);

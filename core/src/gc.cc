@@ -116,6 +116,8 @@ Result<GcStats> CollectGarbage(ChunkStore* store) {
   }));
   SLINGSHOT_RETURN_IF_ERROR(store->DeleteObjects(dead));
   stats.swept_objects = dead.size();
+  guard.reset();
+  SLINGSHOT_ASSIGN_OR_RETURN(stats.compaction, store->CompactPacks());
   return stats;
 }
 

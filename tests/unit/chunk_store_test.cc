@@ -112,20 +112,32 @@ TEST(ChunkStoreTest, LyingLengthInValueHeaderIsRefused) {
   EXPECT_TRUE(ChunkStore::DecodeValue(id, w).status().IsCorruption());
 }
 
-TEST(ChunkStoreTest, FlippedBitInTheDatabaseFileIsReported) {
+// Finds the file under dir that holds needle; returns its path and offset.
+std::pair<std::string, size_t> Locate(const std::string& dir, ByteView needle) {
+  for (const auto& e : std::filesystem::recursive_directory_iterator(dir)) {
+    if (!e.is_regular_file()) continue;
+    Bytes b = testing::ReadFile(e.path().string());
+    size_t at = testing::Find(b, needle);
+    if (at != std::string::npos) return {e.path().string(), at};
+  }
+  return {"", 0};
+}
+
+void FlippedBitIsReported(ChunkStoreOptions::Mode mode) {
   TempDir t;
   Bytes raw = RandomBytes(65536, 8);  // incompressible: stored verbatim
+  ChunkStoreOptions o;
+  o.mode = mode;
   ChunkId id;
   {
-    auto store = OpenTxn(t.path());
+    auto store = std::move(ChunkStore::Open(t.path(), o)).value();
     id = *store->Put(raw);
     ASSERT_TRUE(store->Checkpoint().ok());
   }
-  Bytes db = testing::ReadFile(t / "chunks.db");
-  size_t at = testing::Find(db, ByteView(raw).subspan(30000, 64));
-  ASSERT_NE(at, std::string::npos) << "chunk bytes not found in chunks.db";
-  testing::FlipBit(t / "chunks.db", (at + 10) * 8 + 3);
-  auto store = OpenTxn(t.path());
+  auto [file, at] = Locate(t.path(), ByteView(raw).subspan(30000, 64));
+  ASSERT_FALSE(file.empty()) << "chunk bytes not found in the store's files";
+  testing::FlipBit(file, (at + 10) * 8 + 3);
+  auto store = std::move(ChunkStore::Open(t.path(), o)).value();
   auto r = store->Get(id);
   ASSERT_FALSE(r.ok());
   EXPECT_TRUE(r.status().IsCorruption()) << r.status().ToString();
@@ -133,6 +145,80 @@ TEST(ChunkStoreTest, FlippedBitInTheDatabaseFileIsReported) {
   uint64_t bad = 0;
   ASSERT_TRUE(store->VerifyAll([&](const ChunkId& b, const Status&) { bad += b == id; }).ok());
   EXPECT_EQ(bad, 1u);
+}
+
+TEST(ChunkStoreTest, FlippedBitInAPackIsReported) { FlippedBitIsReported(ChunkStoreOptions::Mode::kTransactional); }
+TEST(ChunkStoreTest, FlippedBitInTheCacheDatabaseIsReported) { FlippedBitIsReported(ChunkStoreOptions::Mode::kCache); }
+
+TEST(ChunkStoreTest, DamagedIndexRecordIsReported) {
+  TempDir t;
+  ChunkId id;
+  {
+    auto store = OpenTxn(t.path());
+    id = *store->Put(RandomBytes(5000, 9));
+    ASSERT_TRUE(store->Checkpoint().ok());
+  }
+  // The one 28-byte location record: "SL", version 1, 0, pack 1.
+  const std::string file = t / "chunks.db";
+  Bytes db = testing::ReadFile(file);
+  const uint8_t prefix[] = {'S', 'L', 1, 0, 1, 0, 0, 0};
+  size_t at = testing::Find(db, ByteView(prefix, sizeof(prefix)));
+  ASSERT_NE(at, std::string::npos);
+  testing::FlipBit(file, (at + 9) * 8);  // inside the pack offset
+  auto store = OpenTxn(t.path());
+  auto r = store->Get(id);
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(r.status().IsCorruption()) << r.status().ToString();
+}
+
+TEST(ChunkStoreTest, CompactionReclaimsPacksAndKeepsLiveChunks) {
+  TempDir t;
+  std::vector<Bytes> keep, drop;
+  std::vector<ChunkId> keep_ids, drop_ids;
+  for (int round = 0; round < 3; ++round) {  // three processes, three packs
+    auto store = OpenTxn(t.path());
+    for (int i = 0; i < 20; ++i) {
+      Bytes b = RandomBytes(20000, round * 100 + i);
+      (i % 4 == 0 ? keep : drop).push_back(b);
+      (i % 4 == 0 ? keep_ids : drop_ids).push_back(*store->Put(b));
+    }
+  }
+  auto store = OpenTxn(t.path());
+  auto before = store->Stats();
+  EXPECT_EQ(before->packs, 3u);
+  ASSERT_TRUE(store->Delete(drop_ids).ok());
+  auto c = store->CompactPacks(0.25);
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ(c->packs_removed, 3u);
+  EXPECT_EQ(c->chunks_moved, keep.size());
+  auto after = store->Stats();
+  EXPECT_EQ(after->packs, 1u);
+  EXPECT_LT(after->pack_file_bytes, before->pack_file_bytes / 3);
+  for (size_t i = 0; i < keep.size(); ++i) ASSERT_EQ(*store->Get(keep_ids[i]), keep[i]);
+  store.reset();
+  store = OpenTxn(t.path());  // and after a restart
+  for (size_t i = 0; i < keep.size(); ++i) ASSERT_EQ(*store->Get(keep_ids[i]), keep[i]);
+  for (const auto& id : drop_ids) EXPECT_FALSE(*store->Contains(id));
+}
+
+TEST(ChunkStoreTest, CompactionRefusesToCopyADamagedChunk) {
+  TempDir t;
+  Bytes raw = RandomBytes(30000, 10);
+  ChunkId id, other;
+  {
+    auto store = OpenTxn(t.path());
+    id = *store->Put(raw);
+    other = *store->Put(RandomBytes(30000, 11));
+  }
+  auto [file, at] = Locate(t.path(), ByteView(raw).subspan(10000, 64));
+  ASSERT_NE(file.find("pack-"), std::string::npos);
+  testing::FlipBit(file, at * 8);
+  auto store = OpenTxn(t.path());
+  ASSERT_TRUE(store->Delete(std::vector<ChunkId>{other}).ok());
+  auto c = store->CompactPacks(0.1);
+  ASSERT_FALSE(c.ok());
+  EXPECT_TRUE(c.status().IsCorruption());
+  EXPECT_TRUE(std::filesystem::exists(file)) << "the pack with the only copy must be kept";
 }
 
 TEST(ChunkStoreTest, ModeMismatchIsRefused) {

@@ -3,11 +3,29 @@
 // manifests) and named refs that say what must be kept.
 //
 // Directory layout: a Berkeley DB environment holding
-//   chunks.db   btree: key = 32-byte ChunkId, value = chunk value (below)
+//   chunks.db   btree: key = 32-byte ChunkId, value = the chunk value (below,
+//               cache mode) or its location in a pack (transactional mode)
 //   objects.db  btree: key = SHA-256 of the object bytes, value = the bytes
 //               (each object is itself a sealed frame, see coding.h)
 //   refs.db     btree: key = ref name, value = u8 kind + 32-byte object id
-// and STORE, a sealed frame naming the mode and format version.
+// STORE, a sealed frame naming the mode and format version, and in
+// transactional mode packs/pack-NNNNNNNN.dat:
+//   header (16 bytes): "SSPK", u16 version 1, u16 0, u32 pack number,
+//                      u32 CRC-32C of the preceding 12 bytes
+//   entries, back to back: 32-byte id, then the chunk value
+// and the index value of such a chunk is a 28-byte location record:
+//   "SL", u8 1, u8 0, u32 pack, u64 offset of the value, u32 value length,
+//   u32 raw length, u32 CRC-32C of the preceding 24 bytes.
+//
+// Why packs: Berkeley DB logs every byte it stores and writes it again into
+// its pages, so a durable put of a 64 KiB chunk cost two disk writes plus
+// page-sized scatter. A value is now appended once to a pack and fsynced,
+// and only its small index record goes through the Berkeley DB transaction
+// (the layout of Venti's arenas and index, and of git's packs). A crash
+// between the two leaves unindexed garbage in a pack, never an index entry
+// without data. A process never appends to a pack it did not create, so
+// damage from a crash sits only at a pack's end. Deleted chunks leave
+// garbage in packs that CompactPacks reclaims.
 //
 // Chunk value format, version 1 (little-endian):
 //   magic     2 bytes  "SC"
@@ -84,6 +102,15 @@ struct ChunkStoreStats {
   uint64_t objects = 0;
   uint64_t refs = 0;
   uint64_t evictions = 0;     // cache mode, since open
+  uint64_t packs = 0;               // transactional mode
+  uint64_t pack_file_bytes = 0;     // size of all packs
+  uint64_t pack_live_bytes = 0;     // of which indexed entries
+};
+
+struct CompactStats {
+  uint64_t packs_removed = 0;
+  uint64_t chunks_moved = 0;
+  uint64_t bytes_reclaimed = 0;
 };
 
 class ChunkStore : public ChunkSource {
@@ -137,6 +164,12 @@ class ChunkStore : public ChunkSource {
 
   Result<ChunkStoreStats> Stats();
 
+  // Transactional mode: rewrites packs whose unindexed (garbage) share is at
+  // least min_garbage_ratio, and small packs, moving their live chunks into
+  // the current pack (each verified first), then deletes them. Cache mode:
+  // a no-op. Safe against crashes at any point (see above).
+  Result<CompactStats> CompactPacks(double min_garbage_ratio = 0.25);
+
   // While a guard is alive, chunks and objects stored are remembered, and
   // IsProtected() is true for them: garbage collection never sweeps a chunk
   // stored after it began marking.
@@ -155,6 +188,7 @@ class ChunkStore : public ChunkSource {
  private:
   struct Impl;
   explicit ChunkStore(std::unique_ptr<Impl> impl);
+  Status PutToPacks(std::span<const EncodedChunk> chunks);
   std::unique_ptr<Impl> impl_;
 };
 

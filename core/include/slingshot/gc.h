@@ -36,6 +36,7 @@ struct GcStats {
   uint64_t live_chunks = 0;
   uint64_t swept_objects = 0;
   uint64_t swept_chunks = 0;
+  CompactStats compaction;  // packs rewritten after the sweep
 };
 
 Result<GcStats> CollectGarbage(ChunkStore* store);
