@@ -190,6 +190,9 @@ Status StatsCmd(const cli::po::variables_map& vm) {
   PrintFigure("compression", s.stored_bytes ? Fixed(double(s.raw_bytes) / double(s.stored_bytes)) + "x" : "-");
   PrintFigure("objects", std::to_string(s.objects));
   PrintFigure("refs", std::to_string(s.refs));
+  PrintFigure("packs", std::to_string(s.packs) + " holding " + HumanBytes(s.pack_file_bytes) + ", " +
+                           HumanBytes(s.pack_file_bytes > s.pack_live_bytes ? s.pack_file_bytes - s.pack_live_bytes : 0) +
+                           " of it garbage or headers");
   return Status::OK();
 }
 
@@ -216,6 +219,9 @@ Status GcCmd(const cli::po::variables_map& vm) {
   PrintFigure("swept chunks", std::to_string(g.swept_chunks));
   PrintFigure("live objects", std::to_string(g.live_objects));
   PrintFigure("swept objects", std::to_string(g.swept_objects));
+  PrintFigure("packs rewritten", std::to_string(g.compaction.packs_removed) + " (" +
+                                     std::to_string(g.compaction.chunks_moved) + " chunks moved, " +
+                                     HumanBytes(g.compaction.bytes_reclaimed) + " reclaimed)");
   PrintFigure("time", Fixed(Seconds(t0), 3) + " s");
   return Status::OK();
 }

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what Slingshot needs to build, test and run the demo on Debian 12.
+# Skips packages already installed; uses sudo when not root.
+set -euo pipefail
+
+PACKAGES=(
+  # build
+  build-essential cmake pkg-config
+  libssl-dev libdb5.3++-dev libzstd-dev libarchive-dev libboost-program-options-dev
+  # tests
+  libgtest-dev
+  # demo: listing and checking bundles with stock tools
+  zstd tar coreutils
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then
+    SUDO=(sudo)
+  else
+    echo "install-deps: these packages are missing and I am not root (and there is no sudo):" >&2
+    echo "  ${missing[*]}" >&2
+    echo "install them as root: apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+"${SUDO[@]}" apt-get update -qq
+"${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
