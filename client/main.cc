@@ -50,9 +50,8 @@ Status LogShow(const cli::po::variables_map& vm) {
 int main(int argc, char** argv) {
   using namespace slingshot;
   using cli::po::value;
-  using Opts = cli::po::options_description;
-  using Pos = cli::po::positional_options_description;
-  auto none = [](Opts&, Pos&) {};
+  using Opts = cli::Options;
+  using Pos = cli::Positional;
   cli::Program p;
   p.name = "slingshot-client";
   p.description =
@@ -64,7 +63,7 @@ int main(int argc, char** argv) {
                     "event log directory");
   };
   p.commands = {
-      {"log stats", "recover the event log and print what it holds", "", none, LogStats},
+      {"log stats", "recover the event log and print what it holds", "", cli::NoOptions, LogStats},
       {"log show", "list records (seq, time, type, size)", "[--from SEQ] [--limit N]",
        [](Opts& d, Pos&) {
          d.add_options()("from", value<uint64_t>()->default_value(0), "first seq to show")

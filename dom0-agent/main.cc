@@ -60,9 +60,7 @@ Status CacheClear(const cli::po::variables_map& vm) {
 int main(int argc, char** argv) {
   using namespace slingshot;
   using cli::po::value;
-  using Opts = cli::po::options_description;
-  using Pos = cli::po::positional_options_description;
-  auto none = [](Opts&, Pos&) {};
+  using Opts = cli::Options;
   cli::Program p;
   p.name = "slingshot-agent";
   p.description =
@@ -75,9 +73,9 @@ int main(int argc, char** argv) {
         ("cache-budget-mb", value<uint64_t>()->default_value(4096), "most MiB the cache keeps before evicting");
   };
   p.commands = {
-      {"cache stats", "print what the chunk cache holds", "", none, CacheStats},
-      {"cache verify", "hash-check every cached chunk and drop damaged ones", "", none, CacheVerify},
-      {"cache clear", "delete the chunk cache", "", none, CacheClear},
+      {"cache stats", "print what the chunk cache holds", "", cli::NoOptions, CacheStats},
+      {"cache verify", "hash-check every cached chunk and drop damaged ones", "", cli::NoOptions, CacheVerify},
+      {"cache clear", "delete the chunk cache", "", cli::NoOptions, CacheClear},
   };
   return cli::Main(p, argc, argv);
 }

@@ -284,9 +284,8 @@ Status KeyShowCmd(const cli::po::variables_map& vm) {
 int main(int argc, char** argv) {
   using namespace slingshot;
   using cli::po::value;
-  using Opts = cli::po::options_description;
-  using Pos = cli::po::positional_options_description;
-  auto none = [](Opts&, Pos&) {};
+  using Opts = cli::Options;
+  using Pos = cli::Positional;
   cli::Program p;
   p.name = "slingshot-home";
   p.description =
@@ -302,7 +301,7 @@ int main(int argc, char** argv) {
         ("db-cache-mb", value<uint64_t>()->default_value(64), "Berkeley DB buffer pool size");
   };
   p.commands = {
-      {"store init", "create an empty transactional chunk store", "[--store DIR]", none, StoreInit},
+      {"store init", "create an empty transactional chunk store", "[--store DIR]", cli::NoOptions, StoreInit},
       {"store import-disk", "import a raw disk image as 64 KiB chunks; names it disk/NAME", "IMAGE --name NAME",
        [](Opts& d, Pos& pos) {
          d.add_options()("image", value<std::string>()->required(), "raw disk image")
@@ -336,9 +335,9 @@ int main(int argc, char** argv) {
          pos.add("name", 1).add("output", 1);
        },
        ExportMemoryCmd},
-      {"store verify", "read and hash-check every chunk; check every ref's graph is complete", "", none, VerifyCmd},
-      {"store stats", "print chunk, byte and ref counts", "", none, StatsCmd},
-      {"store refs", "list refs (the roots garbage collection keeps)", "", none, RefsCmd},
+      {"store verify", "read and hash-check every chunk; check every ref's graph is complete", "", cli::NoOptions, VerifyCmd},
+      {"store stats", "print chunk, byte and ref counts", "", cli::NoOptions, StatsCmd},
+      {"store refs", "list refs (the roots garbage collection keeps)", "", cli::NoOptions, RefsCmd},
       {"store gc", "delete chunks and objects no ref reaches", "[--ref-delete NAME]...",
        [](Opts& d, Pos&) {
          d.add_options()("ref-delete", value<std::vector<std::string>>(), "drop this ref first (repeatable)");
@@ -360,8 +359,8 @@ int main(int argc, char** argv) {
          pos.add("input", 1);
        },
        BundleImportCmd},
-      {"key init", "create the home's Ed25519 signing key (0600) and its .pub", "[--key FILE]", none, KeyInitCmd},
-      {"key show", "print the home key's fingerprint", "[--key FILE]", none, KeyShowCmd},
+      {"key init", "create the home's Ed25519 signing key (0600) and its .pub", "[--key FILE]", cli::NoOptions, KeyInitCmd},
+      {"key show", "print the home key's fingerprint", "[--key FILE]", cli::NoOptions, KeyShowCmd},
   };
   return cli::Main(p, argc, argv);
 }

@@ -62,6 +62,12 @@ int Main(const Program& p, int argc, char** argv) {
       }
     }
   }
+  if (!cmd && !args.empty() && !args[0].empty() && args[0][0] != '-') {
+    std::cerr << p.name << ": unknown command '" << args[0] << (args.size() > 1 && args[1][0] != '-' ? " " + args[1] : "")
+              << "'\n\n";
+    PrintCommands(p, std::cerr);
+    return 2;
+  }
   po::options_description global("Options for every command");
   AddCommon(global);
   if (p.global_options) p.global_options(global);
@@ -104,9 +110,6 @@ int Main(const Program& p, int argc, char** argv) {
     return 0;
   }
   if (!cmd) {
-    if (!args.empty() && !args[0].empty() && args[0][0] != '-') {
-      std::cerr << p.name << ": unknown command '" << args[0] << "'\n\n";
-    }
     PrintCommands(p, std::cerr);
     return 2;
   }

@@ -111,6 +111,19 @@ struct MallocDbt : Dbt {
   ByteView view() const { return {static_cast<const uint8_t*>(get_data()), get_size()}; }
 };
 
+// A Dbt that reads only the first N bytes of a value into its own buffer.
+template <size_t N>
+struct PrefixDbt : Dbt {
+  uint8_t buf[N];
+  PrefixDbt() : Dbt(buf, N) {
+    set_ulen(N);
+    set_flags(DB_DBT_USERMEM | DB_DBT_PARTIAL);
+    set_doff(0);
+    set_dlen(N);
+  }
+  ByteView view() const { return {buf, get_size()}; }
+};
+
 Dbt KeyDbt(const ChunkId& id) {
   return Dbt(const_cast<uint8_t*>(id.bytes.data()), ChunkId::kSize);
 }
@@ -422,12 +435,8 @@ struct ChunkStore::Impl {
     Dbt key(kbuf, sizeof(kbuf));
     key.set_ulen(sizeof(kbuf));
     key.set_flags(DB_DBT_USERMEM);
-    uint8_t hdr[kValueHeaderSize];
-    Dbt data(hdr, sizeof(hdr));
-    data.set_ulen(sizeof(hdr));
-    data.set_flags(DB_DBT_USERMEM | DB_DBT_PARTIAL);
-    data.set_doff(0);
-    data.set_dlen(sizeof(hdr));
+    PrefixDbt<kValueHeaderSize> data;
+    const uint8_t* hdr = data.buf;
     while ((ret = cur->get(&key, &data, DB_NEXT)) == 0) {
       if (key.get_size() != ChunkId::kSize) continue;
       ChunkId id;
@@ -813,17 +822,13 @@ Result<ChunkStoreStats> ChunkStore::Stats() {
   SLINGSHOT_RETURN_IF_ERROR(ForEachChunk([&](const ChunkId& id) { ids.push_back(id); return true; }));
   for (const auto& id : ids) {
     Dbt key = KeyDbt(id);
-    uint8_t hdr[kLocationSize];
-    Dbt d(hdr, sizeof(hdr));
-    d.set_ulen(sizeof(hdr));
-    d.set_flags(DB_DBT_USERMEM | DB_DBT_PARTIAL);
-    d.set_doff(0);
-    d.set_dlen(sizeof(hdr));
+    PrefixDbt<kLocationSize> d;
+    const uint8_t* hdr = d.buf;
     int ret = impl_->chunks->get(nullptr, &key, &d, 0);
     if (ret == DB_NOTFOUND) continue;
     if (ret != 0) return DbStatus(ret, "read chunk header");
     ++s.chunks;
-    ByteView rec(hdr, d.get_size());
+    ByteView rec = d.view();
     if (IsLocation(rec)) {
       SLINGSHOT_ASSIGN_OR_RETURN(Location loc, DecodeLocation(id, rec));
       s.raw_bytes += loc.raw_len;

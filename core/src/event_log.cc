@@ -162,23 +162,10 @@ struct EventLog::Impl {
   uint64_t truncated = 0;          // guarded by mu
   Status broken;                   // guarded by mu
 
-  // A fixed cap (not derived from options, which may change between runs).
-  static constexpr uint64_t SegmentCap() { return kMaxSegmentFile; }
-
+  // Reads a segment's first `limit` bytes. The cap is fixed by the format,
+  // not derived from options, which may change between runs.
   Result<Bytes> ReadSegment(const std::string& path, uint64_t limit) {
-    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!fd.valid()) {
-      int e = errno;
-      if (e == ENOENT) return Status::NotFound(path + ": gone");
-      return Status::FromErrno("open " + path, e);
-    }
-    struct stat sb;
-    if (::fstat(fd.get(), &sb) != 0) return Status::FromErrno("stat " + path, errno);
-    uint64_t size = std::min<uint64_t>(static_cast<uint64_t>(sb.st_size), limit);
-    if (size > SegmentCap()) return Status::Corruption(path + ": " + std::to_string(size) + " bytes is larger than any segment may be");
-    Bytes data(size);
-    SLINGSHOT_RETURN_IF_ERROR(PreadExact(fd.get(), data.data(), data.size(), 0, path));
-    return data;
+    return ReadFileBounded(path, kMaxSegmentFile, limit);
   }
 
   Status CreateSegment(uint64_t first_seq) {  // io_mu held
@@ -462,7 +449,7 @@ Status EventLog::ReadFrom(uint64_t from, const std::function<bool(const LogRecor
     if (s.last_seq < from) continue;
     auto data = impl_->ReadSegment(s.path, s.size);
     if (!data.ok()) {
-      if (data.status().IsNotFound()) {
+      if (data.status().IsNotFound()) {  // truncated away while we read?
         std::lock_guard<std::mutex> l(impl_->mu);
         if (s.last_seq <= impl_->truncated) continue;  // truncated while we read
       }

@@ -69,7 +69,7 @@ Status WriteFileAtomic(const std::string& path, ByteView data, int mode) {
   return SyncDir(dir);
 }
 
-Result<Bytes> ReadFileBounded(const std::string& path, size_t max_size) {
+Result<Bytes> ReadFileBounded(const std::string& path, size_t max_size, uint64_t read_limit) {
   UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd.valid()) {
     int e = errno;
@@ -78,11 +78,12 @@ Result<Bytes> ReadFileBounded(const std::string& path, size_t max_size) {
   }
   struct stat sb;
   if (::fstat(fd.get(), &sb) != 0) return Status::FromErrno("stat " + path, errno);
-  if (static_cast<uint64_t>(sb.st_size) > max_size) {
-    return Status::Corruption(path + ": " + std::to_string(sb.st_size) +
+  uint64_t size = std::min<uint64_t>(static_cast<uint64_t>(sb.st_size), read_limit);
+  if (size > max_size) {
+    return Status::Corruption(path + ": " + std::to_string(size) +
                               " bytes exceeds the limit of " + std::to_string(max_size));
   }
-  Bytes out(static_cast<size_t>(sb.st_size));
+  Bytes out(static_cast<size_t>(size));
   SLINGSHOT_RETURN_IF_ERROR(PreadExact(fd.get(), out.data(), out.size(), 0, path));
   return out;
 }

@@ -19,6 +19,10 @@
 namespace slingshot::cli {
 
 namespace po = boost::program_options;
+using Options = po::options_description;
+using Positional = po::positional_options_description;
+// For commands that take no options of their own.
+inline void NoOptions(Options&, Positional&) {}
 
 struct Command {
   std::string words;    // e.g. "store init"

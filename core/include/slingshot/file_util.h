@@ -14,8 +14,9 @@ namespace slingshot {
 // a mix. mode applies to the new file (e.g. 0600 for secrets).
 Status WriteFileAtomic(const std::string& path, ByteView data, int mode = 0644);
 
-// Reads a whole file, refusing (Corruption) files larger than max_size.
-Result<Bytes> ReadFileBounded(const std::string& path, size_t max_size);
+// Reads a whole file (or its first read_limit bytes), refusing (Corruption)
+// to read more than max_size. NotFound if it does not exist.
+Result<Bytes> ReadFileBounded(const std::string& path, size_t max_size, uint64_t read_limit = UINT64_MAX);
 
 // fsync a directory (after create/rename/unlink inside it).
 Status SyncDir(const std::string& dir);

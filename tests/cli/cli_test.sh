@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Black-box test of the three programs: INI config files, precedence,
+# exit codes (0 ok, 1 failed, 2 usage) and that errors say what to do.
+# Usage: cli_test.sh BUILD_DIR
+set -u
+B=$1
+HOME_BIN=$B/home/slingshot-home
+AGENT_BIN=$B/dom0-agent/slingshot-agent
+CLIENT_BIN=$B/client/slingshot-client
+W=$(mktemp -d)
+trap 'rm -rf "$W"' EXIT
+fails=0
+
+# expect CODE PATTERN -- command...: exit code CODE and output matching PATTERN.
+expect() {
+  local code=$1 pattern=$2
+  shift 3
+  local out rc
+  out=$("$@" 2>&1)
+  rc=$?
+  if [ "$rc" -ne "$code" ] || ! grep -qE -- "$pattern" <<<"$out"; then
+    echo "FAIL: $* -> exit $rc (want $code), output:"
+    echo "$out" | sed 's/^/    /'
+    echo "    (wanted /$pattern/)"
+    fails=$((fails + 1))
+  fi
+}
+
+head -c 300000 /dev/urandom > "$W/disk.img"
+
+# Options come from the config file...
+printf 'store = %s\ncompression-level = 3\n' "$W/from-config" > "$W/home.conf"
+expect 0 "created transactional chunk store in $W/from-config" -- "$HOME_BIN" store init --config "$W/home.conf"
+expect 0 "imported" -- "$HOME_BIN" store import-disk "$W/disk.img" --name d --config "$W/home.conf"
+expect 0 "disk/d +disk-table" -- "$HOME_BIN" store refs --config "$W/home.conf"
+# ...and the command line wins over it.
+expect 1 "no chunk store in $W/elsewhere.*store init" -- "$HOME_BIN" store refs --config "$W/home.conf" --store "$W/elsewhere"
+# A config key that no option has is an error, not ignored.
+printf 'stroe = /tmp/typo\n' > "$W/typo.conf"
+expect 2 "unrecognised option 'stroe'" -- "$HOME_BIN" store stats --config "$W/typo.conf"
+expect 2 "does not exist" -- "$HOME_BIN" store stats --config "$W/missing.conf"
+
+# Usage errors exit 2 and say how to get help.
+expect 2 "unknown command 'stor init'" -- "$HOME_BIN" stor init
+expect 2 "the option '--name' is required" -- "$HOME_BIN" store import-disk "$W/disk.img" --store "$W/from-config"
+expect 2 "Commands:" -- "$HOME_BIN"
+expect 0 "Options of 'store import-disk'" -- "$HOME_BIN" store import-disk --help
+
+# Failures exit 1 and say what was wrong.
+expect 1 "no ref named 'disk/nope'" -- "$HOME_BIN" store export-disk nope "$W/out" --store "$W/from-config"
+expect 0 "created home key" -- "$HOME_BIN" key init --key "$W/home.key"
+expect 1 "refusing to overwrite" -- "$HOME_BIN" key init --key "$W/home.key"
+chmod 644 "$W/home.key"
+expect 2 "chmod 600" -- "$HOME_BIN" key show --key "$W/home.key"
+printf 'not a bundle' > "$W/junk.tar.zst"
+expect 1 "Corruption" -- "$HOME_BIN" bundle import "$W/junk.tar.zst" --store "$W/from-config"
+
+# The agent's cache and the client's log.
+expect 0 "chunks +0" -- "$AGENT_BIN" cache stats --cache "$W/cache" --cache-budget-mb 1
+expect 2 "does not hold a chunk cache" -- "$AGENT_BIN" cache clear --cache "$W/from-config/packs"
+expect 0 "cleared cache" -- "$AGENT_BIN" cache clear --cache "$W/cache"
+expect 1 "no event log" -- "$CLIENT_BIN" log stats --log "$W/no-log"
+
+if [ "$fails" -ne 0 ]; then
+  echo "$fails check(s) failed"
+  exit 1
+fi
+echo "all CLI checks passed"
