@@ -7,8 +7,9 @@
 //   sha256     one thread hashing every 64 KiB block of the file (the
 //              baseline; measured before and after the ingests, the faster
 //              run is kept so the ratios are conservative)
-//   ingest     ImportDisk into a new transactional store (synchronous commits)
-//   reingest   the same import again (everything already stored)
+//   ingest     ImportDisk into a new transactional store (synchronous commits);
+//              --runs times, each into a fresh store, the median is reported
+//   reingest   the same import again (everything already stored); median
 //   memory     the same bytes through FastCDC into the store (for reference)
 //   log        8 threads appending 100-byte events with sync (group commit)
 // and prints, last, the RESULT line.
@@ -16,6 +17,7 @@
 #include <unistd.h>
 
 #include <boost/program_options.hpp>
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -114,6 +116,7 @@ int main(int argc, char** argv) {
       ("size-mb", po::value<uint64_t>()->default_value(1024), "image size in MiB")
       ("dir", po::value<std::string>(), "work directory (default: a new one under $TMPDIR)")
       ("threads", po::value<int>()->default_value(0), "ingest threads (0 = one per core)")
+      ("runs", po::value<int>()->default_value(3), "ingest and reingest runs (the median is reported)")
       ("log-seconds", po::value<double>()->default_value(2.0), "how long to measure log appends");
   po::variables_map vm;
   try {
@@ -147,19 +150,41 @@ int main(int argc, char** argv) {
   double sha_before = Sha256Seconds(image, size);
 
   ChunkStoreOptions so;  // transactional: every batch commit is fsynced
-  auto store = ChunkStore::Open(dir + "/store", so);
-  if (!store.ok()) Fail(store.status());
   DiskImportOptions io;
   io.writer.threads = vm["threads"].as<int>();
-  auto t0 = Clock::now();
-  auto first = ImportDisk(image, store->get(), io);
-  if (!first.ok()) Fail(first.status());
-  double ingest = Since(t0);
-  t0 = Clock::now();
-  auto second = ImportDisk(image, store->get(), io);
-  if (!second.ok()) Fail(second.status());
-  double reingest = Since(t0);
-  if (second->table.ids != first->table.ids || second->stats.new_chunks != 0) Fail(Status::Corruption("reingest differs"));
+  const int runs = std::max(1, vm["runs"].as<int>());
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  std::vector<double> ingests, reingests;
+  std::unique_ptr<ChunkStore> store;
+  Result<DiskImport> first = Status::NotFound("no run");
+  for (int r = 0; r < runs; ++r) {
+    store.reset();
+    fs::remove_all(dir + "/store");
+    auto opened = ChunkStore::Open(dir + "/store", so);
+    if (!opened.ok()) Fail(opened.status());
+    store = std::move(opened).value();
+    auto t0 = Clock::now();
+    first = ImportDisk(image, store.get(), io);
+    if (!first.ok()) Fail(first.status());
+    ingests.push_back(Since(t0));
+  }
+  for (int r = 0; r < runs; ++r) {
+    auto t0 = Clock::now();
+    auto again = ImportDisk(image, store.get(), io);
+    if (!again.ok()) Fail(again.status());
+    reingests.push_back(Since(t0));
+    if (again->table.ids != first->table.ids || again->stats.new_chunks != 0) Fail(Status::Corruption("reingest differs"));
+  }
+  const double ingest = median(ingests), reingest = median(reingests);
+  auto list = [](const std::vector<double>& v) {
+    std::string s;
+    for (double x : v) s += (s.empty() ? "" : " ") + std::to_string(x).substr(0, 5);
+    return s;
+  };
+  Clock::time_point t0;
 
   // The same bytes as a memory image through FastCDC, into a fresh store.
   double memory;
@@ -212,16 +237,16 @@ int main(int argc, char** argv) {
   const IngestStats& s = first->stats;
   double gbs = static_cast<double>(size) / 1e9;
   std::printf("  sha256 baseline   %.2f GB/s (one thread; %.3f s before, %.3f s after)\n", gbs / sha, sha_before, sha_after);
-  std::printf("  ingest            %.2f GB/s (%.3f s): %s new in %llu chunks stored as %s, %s duplicate, %s zero\n",
-              gbs / ingest, ingest, HumanBytes(s.new_bytes).c_str(), static_cast<unsigned long long>(s.new_chunks),
+  std::printf("  ingest            %.2f GB/s (median of %s s): %s new in %llu chunks stored as %s, %s duplicate, %s zero\n",
+              gbs / ingest, list(ingests).c_str(), HumanBytes(s.new_bytes).c_str(), static_cast<unsigned long long>(s.new_chunks),
               HumanBytes(s.stored_bytes).c_str(), HumanBytes(s.dup_bytes).c_str(), HumanBytes(s.zero_bytes).c_str());
-  std::printf("  reingest          %.2f GB/s (%.3f s)\n", gbs / reingest, reingest);
+  std::printf("  reingest          %.2f GB/s (median of %s s)\n", gbs / reingest, list(reingests).c_str());
   std::printf("  memory (FastCDC)  %.2f GB/s (%.3f s)\n", gbs / memory, memory);
   std::printf("  log appends       %.0f/s synced, 8 writers, %.1f s\n", appends / log_secs, log_secs);
   double dedup = static_cast<double>(s.logical_bytes) / static_cast<double>(std::max<uint64_t>(1, s.new_bytes));
   std::printf("RESULT ingest_vs_sha256=%.2f reingest_vs_sha256=%.2f dedup=%.2f log_appends_per_s=%.0f\n", sha / ingest,
               sha / reingest, dedup, appends / log_secs);
-  store->reset();
+  store.reset();
   if (own_dir) fs::remove_all(dir);
   return 0;
 }

@@ -1,6 +1,10 @@
 #include "slingshot/chunk_writer.h"
 
+#include <unistd.h>
+
+#include <cerrno>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <mutex>
 #include <thread>
@@ -13,13 +17,16 @@ namespace slingshot {
 namespace {
 
 struct Batch {
-  Bytes data;                    // the chunks, back to back
-  std::vector<size_t> offsets;   // start of chunk i in data; offsets.back() == data.size()
+  // The chunks, back to back. Not a vector: growing one zero-fills, and the
+  // bytes are about to be overwritten by a read anyway.
+  std::unique_ptr<uint8_t[]> data;
+  size_t size = 0, capacity = 0;
+  std::vector<size_t> offsets;   // start of chunk i in data; offsets.back() == size
   std::vector<ChunkId> ids;
   std::vector<uint8_t> state;    // per chunk: kZero, kDup, kNew
   std::vector<EncodedChunk> encoded;
   size_t first_index = 0;        // index of chunk 0 in the stream
-  ByteView chunk(size_t i) const { return {data.data() + offsets[i], offsets[i + 1] - offsets[i]}; }
+  ByteView chunk(size_t i) const { return {data.get() + offsets[i], offsets[i + 1] - offsets[i]}; }
   size_t count() const { return offsets.size() - 1; }
 };
 
@@ -64,7 +71,8 @@ struct ChunkWriter::Impl {
 
   void NewBatch() {
     current = std::make_unique<Batch>();
-    current->data.reserve(options.batch_bytes + kMaxChunkSize);
+    current->capacity = options.batch_bytes + kMaxChunkSize;
+    current->data.reset(new uint8_t[current->capacity]);
     current->offsets.push_back(0);
     current->first_index = ids.size();
   }
@@ -167,7 +175,7 @@ struct ChunkWriter::Impl {
       }
     }
     ids.insert(ids.end(), b.ids.begin(), b.ids.end());
-    b.data = Bytes();  // the raw bytes are no longer needed
+    b.data.reset();  // the raw bytes are no longer needed
     {
       std::unique_lock<std::mutex> l(mu);
       cv.wait(l, [&] { return queue.size() < kMaxBatchesInFlight || !error.ok(); });
@@ -190,12 +198,38 @@ Status ChunkWriter::Add(ByteView chunk) {
   }
   SLINGSHOT_RETURN_IF_ERROR(impl_->CurrentError());
   Batch& b = *impl_->current;
-  b.data.insert(b.data.end(), chunk.begin(), chunk.end());
-  b.offsets.push_back(b.data.size());
+  std::memcpy(b.data.get() + b.size, chunk.data(), chunk.size());  // capacity: batch_bytes + one max chunk
+  b.size += chunk.size();
+  b.offsets.push_back(b.size);
   ++impl_->stats.chunks;
   impl_->stats.logical_bytes += chunk.size();
-  if (b.data.size() >= impl_->options.batch_bytes) return impl_->Submit();
+  if (b.size >= impl_->options.batch_bytes) return impl_->Submit();
   return Status::OK();
+}
+
+Result<size_t> ChunkWriter::AddFromFile(int fd, uint64_t offset, uint32_t chunk_size, const std::string& what) {
+  if (chunk_size == 0 || chunk_size > kMaxChunkSize) return Status::InvalidArgument("bad chunk size");
+  SLINGSHOT_RETURN_IF_ERROR(impl_->CurrentError());
+  Batch& b = *impl_->current;
+  // Whole chunks that fit below batch_bytes (at least one).
+  size_t room = impl_->options.batch_bytes > b.size ? impl_->options.batch_bytes - b.size : 0;
+  size_t want = std::max<size_t>(1, room / chunk_size) * chunk_size;
+  size_t got = 0;
+  while (got < want) {
+    ssize_t r = ::pread(fd, b.data.get() + b.size + got, want - got, static_cast<off_t>(offset + got));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return Status::FromErrno("read " + what, errno);
+    if (r == 0) break;
+    got += static_cast<size_t>(r);
+  }
+  for (size_t p = 0; p < got; p += chunk_size) {
+    b.offsets.push_back(b.size + std::min<size_t>(got, p + chunk_size));
+    ++impl_->stats.chunks;
+  }
+  b.size += got;
+  impl_->stats.logical_bytes += got;
+  if (b.size >= impl_->options.batch_bytes) SLINGSHOT_RETURN_IF_ERROR(impl_->Submit());
+  return got;
 }
 
 Result<std::vector<ChunkId>> ChunkWriter::Finish() {

@@ -80,25 +80,11 @@ Result<DiskImport> ImportDisk(const std::string& path, ChunkStore* store,
   DiskImport out;
   out.table.chunk_size = options.chunk_size;
   ChunkWriter writer(store, options.writer);
-  const size_t read_size = std::max<size_t>(options.chunk_size, 8u << 20);
-  Bytes buf(read_size);
   uint64_t offset = 0;
   for (;;) {
-    ssize_t n = ::pread(fd.get(), buf.data(), buf.size(), static_cast<off_t>(offset));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Status::FromErrno("read " + path, errno);
-    }
-    if (n == 0) break;
-    // Whole chunks only, except at end of file.
-    size_t usable = static_cast<size_t>(n);
-    if (usable % options.chunk_size != 0 && usable == buf.size()) usable -= usable % options.chunk_size;
-    for (size_t p = 0; p < usable; p += options.chunk_size) {
-      size_t len = std::min<size_t>(options.chunk_size, usable - p);
-      SLINGSHOT_RETURN_IF_ERROR(writer.Add(ByteView(buf.data() + p, len)));
-    }
-    offset += usable;
-    if (usable % options.chunk_size != 0) break;  // a short last chunk ends the image
+    SLINGSHOT_ASSIGN_OR_RETURN(size_t n, writer.AddFromFile(fd.get(), offset, options.chunk_size, path));
+    offset += n;
+    if (n == 0 || n % options.chunk_size != 0) break;  // end of file (a short last chunk ends it)
   }
   SLINGSHOT_ASSIGN_OR_RETURN(out.table.ids, writer.Finish());
   out.table.image_size = offset;

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "slingshot/chunk_id.h"
@@ -51,6 +52,11 @@ class ChunkWriter {
   // Adds the next chunk (copied; at most kMaxChunkSize bytes). Returns the
   // first error of an earlier batch, after which the writer is failed.
   Status Add(ByteView chunk);
+  // Reads the file at offset straight into the current batch (no copy) and
+  // adds what it read as chunks of chunk_size, the last one short at end of
+  // file. Reads at most one batch; returns the bytes read, 0 at end of file.
+  // what names the file in errors.
+  Result<size_t> AddFromFile(int fd, uint64_t offset, uint32_t chunk_size, const std::string& what);
   // Waits for every batch; returns each chunk's id in Add order (the null id
   // for an all-zero chunk). Call once.
   Result<std::vector<ChunkId>> Finish();
