@@ -4,7 +4,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSLINGSHOT_WERROR=ON
 
-.PHONY: all deps build check demo bench clean
+.PHONY: all deps build check demo bench sanitize tsan clean
 
 all: build
 
@@ -27,5 +27,18 @@ demo: build
 bench: build
 	$(BUILD)/bench/store_bench
 
+# The default suite under AddressSanitizer and UndefinedBehaviorSanitizer.
+sanitize: deps
+	cmake -S . -B $(BUILD)-asan -DCMAKE_BUILD_TYPE=Debug -DSLINGSHOT_WERROR=ON \
+	  -DCMAKE_CXX_FLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
+	cmake --build $(BUILD)-asan -j$(JOBS)
+	cd $(BUILD)-asan && ctest -LE 'nested|long|bench' --output-on-failure -j$(JOBS)
+
+# The unit tests under ThreadSanitizer.
+tsan: deps
+	cmake -S . -B $(BUILD)-tsan -DCMAKE_BUILD_TYPE=Debug -DSLINGSHOT_WERROR=ON -DCMAKE_CXX_FLAGS="-fsanitize=thread"
+	cmake --build $(BUILD)-tsan -j$(JOBS) --target slingshot_unit_tests
+	TSAN_OPTIONS="halt_on_error=1 suppressions=$(CURDIR)/tests/tsan.supp" $(BUILD)-tsan/tests/unit/slingshot_unit_tests
+
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) $(BUILD)-asan $(BUILD)-tsan

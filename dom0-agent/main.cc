@@ -6,6 +6,7 @@
 #include "slingshot/chunk_store.h"
 #include "slingshot/cli.h"
 #include "slingshot/coding.h"
+#include "slingshot/file_util.h"
 
 namespace slingshot {
 namespace {
@@ -46,6 +47,10 @@ Status CacheClear(const cli::po::variables_map& vm) {
   const std::string dir = vm["cache"].as<std::string>();
   if (std::filesystem::exists(dir) && !std::filesystem::exists(dir + "/STORE")) {
     return Status::InvalidArgument(dir + " does not hold a chunk cache; refusing to delete it");
+  }
+  UniqueFd lock;
+  if (std::filesystem::exists(dir)) {
+    SLINGSHOT_ASSIGN_OR_RETURN(lock, LockDirectory(dir, "chunk cache"));  // not while an agent uses it
   }
   std::error_code ec;
   std::filesystem::remove_all(dir, ec);

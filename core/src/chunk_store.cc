@@ -142,6 +142,7 @@ const char* ObjectKindName(ObjectKind k) {
 struct ChunkStore::Impl {
   std::string dir;
   ChunkStoreOptions options;
+  UniqueFd lock;  // one process at a time: recovery must never run under another
   std::unique_ptr<DbEnv> env;
   std::unique_ptr<Db> chunks, objects, refs;
   std::atomic<uint64_t> bytes_since_checkpoint{0};
@@ -486,6 +487,7 @@ Result<std::unique_ptr<ChunkStore>> ChunkStore::Open(const std::string& dir,
     return existing.status();
   }
 
+  SLINGSHOT_ASSIGN_OR_RETURN(impl->lock, LockDirectory(dir, "chunk store"));
   Status st = impl->OpenEnv();
   if (!st.ok() && options.mode == Mode::kCache) {
     // A cache holds nothing that cannot be fetched again: start it afresh.
@@ -494,7 +496,7 @@ Result<std::unique_ptr<ChunkStore>> ChunkStore::Open(const std::string& dir,
     impl->Close();
     std::error_code ec;
     for (const auto& e : fs::directory_iterator(dir, ec)) {
-      if (e.path().filename() != "STORE") fs::remove_all(e.path(), ec);
+      if (e.path().filename() != "STORE" && e.path().filename() != "LOCK") fs::remove_all(e.path(), ec);
     }
     st = impl->OpenEnv();
   }

@@ -150,6 +150,7 @@ struct EventLog::Impl {
   std::string dir;
   EventLogOptions options;
   LogRecovery recovery;
+  UniqueFd lock;  // one writer process at a time
 
   std::mutex io_mu;  // held by whoever writes files; taken before mu
   std::mutex mu;
@@ -197,6 +198,7 @@ struct EventLog::Impl {
     std::error_code ec;
     fs::create_directories(dir, ec);
     if (ec) return Status::IOError("create " + dir + ": " + ec.message());
+    SLINGSHOT_ASSIGN_OR_RETURN(lock, LockDirectory(dir, "event log"));
     auto marker = ReadFileBounded(dir + "/TRUNCATED", 4096);
     if (marker.ok()) {
       SLINGSHOT_ASSIGN_OR_RETURN(OpenedFrame f, OpenFrame(*marker, kTruncMagic, kTruncVersion, 64, dir + "/TRUNCATED"));

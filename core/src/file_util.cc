@@ -1,6 +1,7 @@
 #include "slingshot/file_util.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -12,6 +13,19 @@ namespace slingshot {
 void UniqueFd::Reset(int fd) {
   if (fd_ >= 0) ::close(fd_);
   fd_ = fd;
+}
+
+Result<UniqueFd> LockDirectory(const std::string& dir, const std::string& what) {
+  std::string path = dir + "/LOCK";
+  UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+  if (!fd.valid()) return Status::FromErrno("open " + path, errno);
+  if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+    if (errno == EWOULDBLOCK) {
+      return Status::IOError(what + " " + dir + " is in use by another process; stop it, or run this command through it");
+    }
+    return Status::FromErrno("lock " + path, errno);
+  }
+  return fd;
 }
 
 Status WriteAll(int fd, const void* data, size_t n, const std::string& what) {

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -266,6 +267,59 @@ TEST(ChunkStoreTest, CacheReopenKeepsBudgetAndDamagedCacheStartsEmpty) {
   ASSERT_NE(cache, nullptr);
   EXPECT_EQ(cache->Stats()->chunks, 0u);
   EXPECT_TRUE(cache->Put(RandomBytes(10, 1)).ok());
+}
+
+TEST(ChunkStoreTest, SecondOpenWhileInUseIsRefused) {
+  TempDir t;
+  for (auto mode : {ChunkStoreOptions::Mode::kTransactional, ChunkStoreOptions::Mode::kCache}) {
+    ChunkStoreOptions o;
+    o.mode = mode;
+    std::string dir = t / (mode == ChunkStoreOptions::Mode::kCache ? "cache" : "store");
+    auto first = ChunkStore::Open(dir, o);
+    ASSERT_TRUE(first.ok());
+    ChunkId id = *(*first)->Put(AsBytes("kept"));
+    auto second = ChunkStore::Open(dir, o);
+    ASSERT_FALSE(second.ok());
+    EXPECT_NE(second.status().message().find("in use by another process"), std::string::npos);
+    first->reset();
+    auto third = ChunkStore::Open(dir, o);
+    ASSERT_TRUE(third.ok()) << third.status().ToString();
+    EXPECT_TRUE(*(*third)->Contains(id));
+  }
+}
+
+// RLIMIT_FSIZE stands in for a full disk: the failed put reports it and
+// loses nothing that was stored before; the store works once space returns.
+TEST(ChunkStoreTest, FullDiskFailsThePutAndLosesNothing) {
+  TempDir t;
+  Bytes before = RandomBytes(50000, 21), big = RandomBytes(3 << 20, 22), after = RandomBytes(1000, 23);
+  { ASSERT_TRUE(OpenTxn(t.path())->Put(before).ok()); }
+  pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    ::signal(SIGXFSZ, SIG_IGN);
+    auto s = ChunkStore::Open(t.path(), {});
+    if (!s.ok()) ::_exit(10);
+    rlimit lim;
+    lim.rlim_cur = lim.rlim_max = 1u << 20;  // no file may grow past 1 MiB
+    if (::setrlimit(RLIMIT_FSIZE, &lim) != 0) ::_exit(11);
+    auto r = (*s)->Put(big);
+    if (r.ok() || r.status().code() != Status::Code::kIOError) ::_exit(12);
+    auto small = (*s)->Put(after);
+    if (!small.ok()) ::_exit(13);
+    ::_exit(0);
+  }
+  int status;
+  ::waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status));
+  ASSERT_EQ(WEXITSTATUS(status), 0);
+  auto store = OpenTxn(t.path());
+  EXPECT_EQ(*store->Get(ChunkId::Of(before)), before);
+  EXPECT_EQ(*store->Get(ChunkId::Of(after)), after);
+  EXPECT_FALSE(*store->Contains(ChunkId::Of(big)));
+  uint64_t bad = 0;
+  ASSERT_TRUE(store->VerifyAll([&](const ChunkId&, const Status&) { ++bad; }).ok());
+  EXPECT_EQ(bad, 0u);
 }
 
 TEST(ChunkStoreTest, ObjectsAndRefs) {

@@ -197,6 +197,17 @@ TEST(EventLogTest, LyingLengthFieldIsRefusedNotTrusted) {
   EXPECT_TRUE(log.status().IsCorruption());
 }
 
+TEST(EventLogTest, SecondWriterIsRefused) {
+  TempDir t;
+  auto first = OpenLog(t.path());
+  ASSERT_TRUE(first->Append(1, AsBytes("one")).ok());
+  auto second = EventLog::Open(t.path());
+  ASSERT_FALSE(second.ok());
+  EXPECT_NE(second.status().message().find("in use by another process"), std::string::npos);
+  first.reset();
+  EXPECT_EQ(OpenLog(t.path())->last_seq(), 1u);
+}
+
 TEST(EventLogTest, OversizedAppendIsRefused) {
   TempDir t;
   EventLogOptions o;

@@ -8,7 +8,8 @@
 //   objects.db  btree: key = SHA-256 of the object bytes, value = the bytes
 //               (each object is itself a sealed frame, see coding.h)
 //   refs.db     btree: key = ref name, value = u8 kind + 32-byte object id
-// STORE, a sealed frame naming the mode and format version, and in
+// STORE, a sealed frame naming the mode and format version, LOCK (held
+// with flock by the one process that has the store open), and in
 // transactional mode packs/pack-NNNNNNNN.dat:
 //   header (16 bytes): "SSPK", u16 version 1, u16 0, u32 pack number,
 //                      u32 CRC-32C of the preceding 12 bytes
@@ -43,7 +44,7 @@
 //   kTransactional (home): every Put/PutBatch is one Berkeley DB transaction,
 //     committed with a synchronous log flush before it returns, so an
 //     acknowledged put survives kill -9 and power loss. Opening runs
-//     recovery. One process at a time.
+//     recovery. One process at a time: a second Open fails with IOError.
 //   kCache (surrogate): no transactions, no log; bounded by a byte budget,
 //     least-recently-used chunks are evicted. After a crash the cache may be
 //     damaged; Open then recreates it empty (a cache holds no hard state).

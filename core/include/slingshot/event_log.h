@@ -5,6 +5,7 @@
 //
 // Directory layout:
 //   seg-<first seq, 20 digits>.log   segments, append-only, rolled by size
+//   LOCK                              flock'ed by the process that has it open
 //   TRUNCATED                         sealed frame (coding.h, magic "SSLT"):
 //                                     u64 seq; records <= seq are discarded
 //

@@ -43,6 +43,11 @@ class UniqueFd {
   int fd_ = -1;
 };
 
+// Takes an exclusive advisory lock (flock) on dir/LOCK for as long as the
+// returned fd stays open. `what` names the directory's owner in the error
+// ("chunk store", "event log"): IOError saying another process holds it.
+Result<UniqueFd> LockDirectory(const std::string& dir, const std::string& what);
+
 }  // namespace slingshot
 
 #endif  // SLINGSHOT_FILE_UTIL_H_
