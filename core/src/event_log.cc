@@ -113,6 +113,29 @@ bool ParseRecord(ByteView seg, size_t off, SeqOk seq_ok, LogRecord* rec, size_t*
   return true;
 }
 
+// After a power loss, a write that was never synced can come back with any
+// of its pages lost: they read as zeros, while later pages of the same write
+// survive. Every such hole is a run of zeros ending on a sector boundary that
+// starts either at a sector boundary or where the damaged record starts (the
+// part of its page that held older, synced bytes survives). An acknowledged
+// record cannot follow such a hole: its fdatasync would have written the
+// hole's page too. So a bad record at `bad` followed by an intact record at
+// `next` is a lost write, safe to cut, when [bad, next) holds such a zero
+// run; any other damage is corruption.
+bool LostWriteBetween(ByteView seg, size_t bad, size_t next) {
+  constexpr size_t kSector = 512;
+  size_t run_start = bad;
+  for (size_t i = bad; i < next; ++i) {
+    if (seg[i] != 0) {
+      run_start = i + 1;
+      continue;
+    }
+    const size_t end = i + 1;
+    if (end % kSector == 0 && (run_start == bad || end - run_start >= kSector)) return true;
+  }
+  return false;
+}
+
 Status CheckSegHeader(ByteView seg, uint64_t want_first, const std::string& path) {
   if (seg.size() < kHdr) return Status::Corruption(path + ": segment header is truncated");
   if (std::memcmp(seg.data(), kSegMagic, 4) != 0) return Status::Corruption(path + ": not an event log segment (bad magic)");
@@ -263,12 +286,17 @@ struct EventLog::Impl {
           return Status::Corruption("event log record damaged at " + where + ": " + why +
                                     "; later segments exist, so this is not a torn write. Move the log aside and report it");
         }
-        // Any intact record after the bad one means damage, not a torn write.
+        // An intact record after the bad one means damage, not a torn
+        // write, unless the gap shows a lost write (see LostWriteBetween).
         for (size_t p = off + 1; p + kRecHdr <= data.size(); ++p) {
           size_t n2;
           std::string w2;
           if (ParseRecord(data, p, [&](uint64_t s) { return s >= expect && s - expect < (1ull << 32); },
                           nullptr, &n2, &w2)) {
+            if (LostWriteBetween(data, off, p)) {
+              why += " (a lost write: zeroed sectors before intact records that were never synced)";
+              break;
+            }
             return Status::Corruption("event log record damaged at " + where + ": " + why +
                                       ", yet an intact record follows at offset " + std::to_string(p) +
                                       ": this is damage, not a torn write. Move the log aside and report it");

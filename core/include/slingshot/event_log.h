@@ -24,9 +24,11 @@
 // Recovery (Open): every segment is scanned and every record checked. In
 // the last segment, an invalid record with no valid record after it is a
 // torn write: the tail is cut (reported in recovery()) and appends continue
-// from there. An invalid record anywhere else, or one followed by intact
-// records, is damage, not a torn write: Open fails with Corruption saying
-// where, and changes nothing.
+// from there. So is an invalid record followed by intact ones when the gap
+// holds zeroed sectors: pages of a never-synced write lost in a power cut
+// (an acknowledged record cannot follow such a hole, since its fdatasync
+// would have written it). Any other invalid record is damage, not a torn
+// write: Open fails with Corruption saying where, and changes nothing.
 //
 // Durability: Append(sync=true) returns after the record and all before it
 // are on disk (fdatasync). Concurrent appenders share one write and one
