@@ -4,7 +4,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSLINGSHOT_WERROR=ON
 
-.PHONY: all deps build check demo bench sanitize tsan clean
+.PHONY: all deps build check demo bench sanitize tsan analyze clean
 
 all: build
 
@@ -40,5 +40,12 @@ tsan: deps
 	cmake --build $(BUILD)-tsan -j$(JOBS) --target slingshot_unit_tests
 	TSAN_OPTIONS="halt_on_error=1 suppressions=$(CURDIR)/tests/tsan.supp" $(BUILD)-tsan/tests/unit/slingshot_unit_tests
 
+# Builds with clang's -Wthread-safety as an error: every GUARDED_BY member
+# and REQUIRES method (core/include/slingshot/mutex.h) is checked.
+analyze:
+	@scripts/install-deps.sh clang
+	CXX=clang++ cmake -S . -B $(BUILD)-clang -DSLINGSHOT_WERROR=ON -DCMAKE_CXX_FLAGS="-Wthread-safety"
+	cmake --build $(BUILD)-clang -j$(JOBS)
+
 clean:
-	rm -rf $(BUILD) $(BUILD)-asan $(BUILD)-tsan
+	rm -rf $(BUILD) $(BUILD)-asan $(BUILD)-tsan $(BUILD)-clang

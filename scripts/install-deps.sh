@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what Slingshot needs to build, test and run the demo on Debian 12.
+# Installs what Slingshot needs to build, test and run the demo on Debian 12,
+# plus any packages named as arguments (e.g. clang for `make analyze`).
 # Skips packages already installed; uses sudo when not root.
 set -euo pipefail
 
@@ -11,6 +12,7 @@ PACKAGES=(
   libgtest-dev
   # demo: listing and checking bundles with stock tools
   zstd tar coreutils
+  "$@"
 )
 
 missing=()

@@ -11,7 +11,6 @@
 #include <filesystem>
 #include <list>
 #include <map>
-#include <mutex>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -19,6 +18,7 @@
 #include "slingshot/crc32c.h"
 #include "slingshot/file_util.h"
 #include "slingshot/log.h"
+#include "slingshot/mutex.h"
 
 namespace slingshot {
 namespace fs = std::filesystem;
@@ -149,33 +149,34 @@ struct ChunkStore::Impl {
   std::atomic<uint64_t> evictions{0};
 
   // Cache mode: LRU over stored chunks.
-  std::mutex lru_mu;
-  std::list<ChunkId> lru;  // front = most recent
+  Mutex lru_mu;
+  std::list<ChunkId> lru GUARDED_BY(lru_mu);  // front = most recent
   struct LruEntry {
     std::list<ChunkId>::iterator it;
     uint32_t size;
   };
-  std::unordered_map<ChunkId, LruEntry, ChunkIdHash> lru_index;
-  uint64_t lru_bytes = 0;
+  std::unordered_map<ChunkId, LruEntry, ChunkIdHash> lru_index GUARDED_BY(lru_mu);
+  uint64_t lru_bytes GUARDED_BY(lru_mu) = 0;
 
   // Packs (transactional mode).
   std::string pack_dir;
-  std::mutex pack_mu;
-  UniqueFd active_pack_fd;      // guarded by pack_mu; invalid until the first write
-  uint32_t active_pack = 0;     // guarded by pack_mu
-  uint64_t active_size = 0;     // guarded by pack_mu
-  uint32_t max_pack = 0;        // guarded by pack_mu
-  std::mutex read_fds_mu;
-  std::map<uint32_t, std::shared_ptr<UniqueFd>> read_fds;  // guarded by read_fds_mu
+  Mutex pack_mu;
+  UniqueFd active_pack_fd GUARDED_BY(pack_mu);  // invalid until the first write
+  uint32_t active_pack GUARDED_BY(pack_mu) = 0;
+  uint64_t active_size GUARDED_BY(pack_mu) = 0;
+  uint32_t max_pack GUARDED_BY(pack_mu) = 0;
+  Mutex read_fds_mu;
+  std::map<uint32_t, std::shared_ptr<UniqueFd>> read_fds GUARDED_BY(read_fds_mu);
 
   // Garbage-collection protection.
-  mutable std::mutex gc_mu;
-  int gc_active = 0;
-  std::unordered_set<ChunkId, ChunkIdHash> gc_recent;
+  mutable Mutex gc_mu;
+  int gc_active GUARDED_BY(gc_mu) = 0;
+  std::unordered_set<ChunkId, ChunkIdHash> gc_recent GUARDED_BY(gc_mu);
 
   bool txn() const { return options.mode == Mode::kTransactional; }
 
-  Status ScanPacks() {
+  Status ScanPacks() EXCLUDES(pack_mu) {
+    MutexLock l(&pack_mu);
     pack_dir = dir + "/packs";
     std::error_code ec;
     fs::create_directories(pack_dir, ec);
@@ -190,7 +191,7 @@ struct ChunkStore::Impl {
 
   // A new pack for this process's writes: a pack is never appended to after
   // a restart, so damage from a crash can only sit at the end of a pack.
-  Status StartPack() {  // pack_mu held
+  Status StartPack() REQUIRES(pack_mu) {
     uint32_t n = max_pack + 1;
     std::string path = pack_dir + "/" + PackName(n);
     UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
@@ -218,7 +219,7 @@ struct ChunkStore::Impl {
   Status AppendToPack(const std::vector<const EncodedChunk*>& chunks, std::vector<Location>* locs) {
     size_t total = 0;
     for (const auto* c : chunks) total += ChunkId::kSize + c->value.size();
-    std::lock_guard<std::mutex> l(pack_mu);
+    MutexLock l(&pack_mu);
     if (!active_pack_fd.valid() || active_size + total > kPackRollBytes) SLINGSHOT_RETURN_IF_ERROR(StartPack());
     std::vector<iovec> iov;
     iov.reserve(2 * chunks.size());
@@ -264,7 +265,7 @@ struct ChunkStore::Impl {
   }
 
   Result<std::shared_ptr<UniqueFd>> PackReadFd(uint32_t n) {
-    std::lock_guard<std::mutex> l(read_fds_mu);
+    MutexLock l(&read_fds_mu);
     auto it = read_fds.find(n);
     if (it != read_fds.end()) return it->second;
     std::string path = pack_dir + "/" + PackName(n);
@@ -279,7 +280,7 @@ struct ChunkStore::Impl {
   }
 
   void ForgetPack(uint32_t n) {
-    std::lock_guard<std::mutex> l(read_fds_mu);
+    MutexLock l(&read_fds_mu);
     read_fds.erase(n);
   }
 
@@ -372,7 +373,7 @@ struct ChunkStore::Impl {
   }
 
   void Remember(const ChunkId& id) {
-    std::lock_guard<std::mutex> l(gc_mu);
+    MutexLock l(&gc_mu);
     if (gc_active > 0) gc_recent.insert(id);
   }
 
@@ -387,19 +388,19 @@ struct ChunkStore::Impl {
 
   // Cache mode bookkeeping.
   void LruTouch(const ChunkId& id) {
-    std::lock_guard<std::mutex> l(lru_mu);
+    MutexLock l(&lru_mu);
     auto it = lru_index.find(id);
     if (it != lru_index.end()) lru.splice(lru.begin(), lru, it->second.it);
   }
   void LruInsert(const ChunkId& id, uint32_t size) {
-    std::lock_guard<std::mutex> l(lru_mu);
+    MutexLock l(&lru_mu);
     if (lru_index.count(id)) return;
     lru.push_front(id);
     lru_index[id] = {lru.begin(), size};
     lru_bytes += size;
   }
   void LruErase(const ChunkId& id) {
-    std::lock_guard<std::mutex> l(lru_mu);
+    MutexLock l(&lru_mu);
     auto it = lru_index.find(id);
     if (it == lru_index.end()) return;
     lru_bytes -= it->second.size;
@@ -409,7 +410,7 @@ struct ChunkStore::Impl {
   void EvictOverBudget() {
     uint64_t budget = options.cache_budget_bytes;
     if (txn() || budget == 0) return;
-    std::lock_guard<std::mutex> l(lru_mu);
+    MutexLock l(&lru_mu);
     while (lru_bytes > budget && !lru.empty()) {
       ChunkId victim = lru.back();
       Dbt key = KeyDbt(victim);
@@ -887,7 +888,7 @@ Result<CompactStats> ChunkStore::CompactPacks(double min_garbage_ratio) {
   }
   uint32_t active;
   {
-    std::lock_guard<std::mutex> l(impl_->pack_mu);
+    MutexLock l(&impl_->pack_mu);
     active = impl_->active_pack_fd.valid() ? impl_->active_pack : 0;
   }
   std::vector<std::pair<uint32_t, uint64_t>> packs;
@@ -987,18 +988,18 @@ Result<CompactStats> ChunkStore::CompactPacks(double min_garbage_ratio) {
 }
 
 std::unique_ptr<ChunkStore::GcGuard> ChunkStore::BeginGc() {
-  std::lock_guard<std::mutex> l(impl_->gc_mu);
+  MutexLock l(&impl_->gc_mu);
   ++impl_->gc_active;
   return std::make_unique<GcGuard>(this);
 }
 
 ChunkStore::GcGuard::~GcGuard() {
-  std::lock_guard<std::mutex> l(store_->impl_->gc_mu);
+  MutexLock l(&store_->impl_->gc_mu);
   if (--store_->impl_->gc_active == 0) store_->impl_->gc_recent.clear();
 }
 
 bool ChunkStore::IsProtected(const ChunkId& id) const {
-  std::lock_guard<std::mutex> l(impl_->gc_mu);
+  MutexLock l(&impl_->gc_mu);
   return impl_->gc_recent.count(id) != 0;
 }
 

@@ -3,14 +3,13 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <condition_variable>
 #include <cstring>
 #include <deque>
-#include <mutex>
 #include <thread>
 #include <unordered_set>
 
 #include "slingshot/chunk_source.h"
+#include "slingshot/mutex.h"
 #include "slingshot/worker_pool.h"
 
 namespace slingshot {
@@ -47,12 +46,12 @@ struct ChunkWriter::Impl {
   std::unordered_set<ChunkId, ChunkIdHash> seen;       // producer thread only
   IngestStats stats;                                   // producer thread only
 
-  std::mutex mu;
-  std::condition_variable cv;
-  std::deque<std::unique_ptr<Batch>> queue;            // guarded by mu
-  Status error;                                        // guarded by mu
-  bool closing = false;                                // guarded by mu
-  bool writing = false;                                // guarded by mu
+  Mutex mu;
+  CondVar cv;
+  std::deque<std::unique_ptr<Batch>> queue GUARDED_BY(mu);
+  Status error GUARDED_BY(mu);
+  bool closing GUARDED_BY(mu) = false;
+  bool writing GUARDED_BY(mu) = false;
   std::thread writer;
 
   Impl(ChunkStore* s, const ChunkWriterOptions& o) : store(s), options(o), pool(o.threads) {
@@ -62,10 +61,10 @@ struct ChunkWriter::Impl {
 
   ~Impl() {
     {
-      std::lock_guard<std::mutex> l(mu);
+      MutexLock l(&mu);
       closing = true;
     }
-    cv.notify_all();
+    cv.SignalAll();
     writer.join();
   }
 
@@ -79,13 +78,13 @@ struct ChunkWriter::Impl {
 
   // Takes every queued batch, so the producer can queue more while these
   // are written and synced.
-  void WriterLoop() {
+  void WriterLoop() EXCLUDES(mu) {
     std::vector<EncodedChunk> merged;
     for (;;) {
       bool failed;
       {
-        std::unique_lock<std::mutex> l(mu);
-        cv.wait(l, [&] { return closing || !queue.empty(); });
+        MutexLock l(&mu);
+        while (!closing && queue.empty()) cv.Wait(&mu);
         if (queue.empty()) return;
         failed = !error.ok();
         merged.clear();
@@ -95,24 +94,24 @@ struct ChunkWriter::Impl {
         queue.clear();
         writing = true;
       }
-      cv.notify_all();
+      cv.SignalAll();
       Status st = failed ? Status::OK() : store->PutEncoded(merged);
       {
-        std::lock_guard<std::mutex> l(mu);
+        MutexLock l(&mu);
         writing = false;
         if (!st.ok() && error.ok()) error = st;
       }
-      cv.notify_all();
+      cv.SignalAll();
     }
   }
 
-  Status CurrentError() {
-    std::lock_guard<std::mutex> l(mu);
+  Status CurrentError() EXCLUDES(mu) {
+    MutexLock l(&mu);
     return error;
   }
 
   // Hashes, deduplicates and compresses the current batch, then queues it.
-  Status Submit() {
+  Status Submit() EXCLUDES(mu) {
     Batch& b = *current;
     const size_t n = b.count();
     if (n == 0) return Status::OK();
@@ -142,13 +141,13 @@ struct ChunkWriter::Impl {
     }
     std::vector<EncodedChunk> enc(fresh.size());
     std::vector<uint8_t> present(fresh.size(), 0);
-    std::mutex err_mu;
-    Status lookup_error;
+    Mutex err_mu;
+    Status lookup_error;  // guarded by err_mu
     pool.ParallelFor(fresh.size(), [&](size_t k) {
       size_t i = fresh[k];
       auto has = store->Contains(b.ids[i]);
       if (!has.ok()) {
-        std::lock_guard<std::mutex> l(err_mu);
+        MutexLock l(&err_mu);
         if (lookup_error.ok()) lookup_error = has.status();
         return;
       }
@@ -159,7 +158,10 @@ struct ChunkWriter::Impl {
       enc[k].id = b.ids[i];
       enc[k].value = ChunkStore::EncodeValue(b.chunk(i), options.compression_level);
     });
-    SLINGSHOT_RETURN_IF_ERROR(lookup_error);
+    {
+      MutexLock l(&err_mu);
+      SLINGSHOT_RETURN_IF_ERROR(lookup_error);
+    }
     for (size_t k = 0; k < fresh.size(); ++k) {
       size_t i = fresh[k];
       size_t len = b.offsets[i + 1] - b.offsets[i];
@@ -177,12 +179,12 @@ struct ChunkWriter::Impl {
     ids.insert(ids.end(), b.ids.begin(), b.ids.end());
     b.data.reset();  // the raw bytes are no longer needed
     {
-      std::unique_lock<std::mutex> l(mu);
-      cv.wait(l, [&] { return queue.size() < kMaxBatchesInFlight || !error.ok(); });
+      MutexLock l(&mu);
+      while (queue.size() >= kMaxBatchesInFlight && error.ok()) cv.Wait(&mu);
       if (!error.ok()) return error;
       queue.push_back(std::move(current));
     }
-    cv.notify_all();
+    cv.SignalAll();
     NewBatch();
     return Status::OK();
   }
@@ -235,8 +237,8 @@ Result<size_t> ChunkWriter::AddFromFile(int fd, uint64_t offset, uint32_t chunk_
 Result<std::vector<ChunkId>> ChunkWriter::Finish() {
   SLINGSHOT_RETURN_IF_ERROR(impl_->Submit());
   {
-    std::unique_lock<std::mutex> l(impl_->mu);
-    impl_->cv.wait(l, [&] { return impl_->queue.empty() && !impl_->writing; });
+    MutexLock l(&impl_->mu);
+    while (!impl_->queue.empty() || impl_->writing) impl_->cv.Wait(&impl_->mu);
     if (!impl_->error.ok()) return impl_->error;
   }
   return std::move(impl_->ids);

@@ -6,11 +6,9 @@
 
 #include <algorithm>
 #include <chrono>
-#include <condition_variable>
 #include <cstdio>
 #include <deque>
 #include <filesystem>
-#include <mutex>
 #include <vector>
 
 #include "slingshot/chunk_source.h"
@@ -18,6 +16,7 @@
 #include "slingshot/crc32c.h"
 #include "slingshot/file_util.h"
 #include "slingshot/log.h"
+#include "slingshot/mutex.h"
 
 namespace slingshot {
 namespace fs = std::filesystem;
@@ -175,16 +174,16 @@ struct EventLog::Impl {
   LogRecovery recovery;
   UniqueFd lock;  // one writer process at a time
 
-  std::mutex io_mu;  // held by whoever writes files; taken before mu
-  std::mutex mu;
-  std::condition_variable cv;
-  std::deque<Writer*> writers;     // guarded by mu
-  std::vector<Segment> segments;   // guarded by mu (modified under io_mu too)
-  UniqueFd active;                 // guarded by io_mu
-  bool unsynced = false;           // guarded by io_mu
-  uint64_t next_seq = 1;           // guarded by mu
-  uint64_t truncated = 0;          // guarded by mu
-  Status broken;                   // guarded by mu
+  Mutex io_mu ACQUIRED_BEFORE(mu);  // held by whoever writes files
+  Mutex mu;
+  CondVar cv;
+  std::deque<Writer*> writers GUARDED_BY(mu);
+  std::vector<Segment> segments GUARDED_BY(mu);  // changed only with io_mu held too
+  UniqueFd active GUARDED_BY(io_mu);
+  bool unsynced GUARDED_BY(io_mu) = false;
+  uint64_t next_seq GUARDED_BY(mu) = 1;
+  uint64_t truncated GUARDED_BY(mu) = 0;
+  Status broken GUARDED_BY(mu);
 
   // Reads a segment's first `limit` bytes. The cap is fixed by the format,
   // not derived from options, which may change between runs.
@@ -192,7 +191,7 @@ struct EventLog::Impl {
     return ReadFileBounded(path, kMaxSegmentFile, limit);
   }
 
-  Status CreateSegment(uint64_t first_seq) {  // io_mu held
+  Status CreateSegment(uint64_t first_seq) REQUIRES(io_mu) EXCLUDES(mu) {
     // The old segment must be durable before records land in a new one:
     // recovery treats damage in any segment but the last as corruption.
     if (active.valid() && unsynced) {
@@ -212,12 +211,13 @@ struct EventLog::Impl {
     }
     active = std::move(fd);
     unsynced = false;
-    std::lock_guard<std::mutex> l(mu);
+    MutexLock l(&mu);
     segments.push_back({first_seq, first_seq - 1, path, kHdr});
     return Status::OK();
   }
 
-  Status Recover() {
+  // Runs inside Open, before any other thread can see the log.
+  Status Recover() NO_THREAD_SAFETY_ANALYSIS {
     std::error_code ec;
     fs::create_directories(dir, ec);
     if (ec) return Status::IOError("create " + dir + ": " + ec.message());
@@ -334,8 +334,8 @@ struct EventLog::Impl {
     return Status::OK();
   }
 
-  // Writes a group of records (leader only). io_mu held, mu not held.
-  Status WriteGroup(std::vector<Writer*>& group, uint64_t first_seq) {
+  // Writes a group of records (leader only).
+  Status WriteGroup(std::vector<Writer*>& group, uint64_t first_seq) REQUIRES(io_mu) EXCLUDES(mu) {
     Bytes buf;
     size_t total = 0;
     for (auto* w : group) total += kRecHdr + w->payload.size();
@@ -352,12 +352,12 @@ struct EventLog::Impl {
     }
     Segment seg;
     {
-      std::lock_guard<std::mutex> l(mu);
+      MutexLock l(&mu);
       seg = segments.back();
     }
     if (seg.size + total > options.segment_bytes && seg.last_seq >= seg.first_seq) {
       SLINGSHOT_RETURN_IF_ERROR(CreateSegment(first_seq));
-      std::lock_guard<std::mutex> l(mu);
+      MutexLock l(&mu);
       seg = segments.back();
     }
     ssize_t w = 0;
@@ -372,7 +372,7 @@ struct EventLog::Impl {
       int err = w < 0 ? errno : ENOSPC;
       // Take back the partial write so no torn record stays in the log.
       if (::ftruncate(active.get(), static_cast<off_t>(seg.size)) != 0) {
-        std::lock_guard<std::mutex> l(mu);
+        MutexLock l(&mu);
         broken = Status::FromErrno("event log " + seg.path + " could not undo a failed write; reopen the log to recover", errno);
       }
       return Status::FromErrno("append to event log " + seg.path, err);
@@ -381,13 +381,13 @@ struct EventLog::Impl {
     if (sync) {
       if (::fdatasync(active.get()) != 0) {
         int err = errno;
-        std::lock_guard<std::mutex> l(mu);
+        MutexLock l(&mu);
         broken = Status::FromErrno("fsync event log " + seg.path + " failed; reopen the log to recover", err);
         return broken;
       }
       unsynced = false;
     }
-    std::lock_guard<std::mutex> l(mu);
+    MutexLock l(&mu);
     segments.back().size += total;
     segments.back().last_seq = first_seq + group.size() - 1;
     return Status::OK();
@@ -424,17 +424,18 @@ Result<uint64_t> EventLog::Append(uint16_t type, ByteView payload, bool sync, in
   w.time_ns = time_ns < 0 ? NowNs() : time_ns;
   w.sync = sync;
   Impl& m = *impl_;
-  std::unique_lock<std::mutex> l(m.mu);
+  m.mu.Lock();
   m.writers.push_back(&w);
-  m.cv.wait(l, [&] { return w.done || m.writers.front() == &w; });
+  while (!w.done && m.writers.front() != &w) m.cv.Wait(&m.mu);
   if (w.done) {
+    m.mu.Unlock();
     if (!w.status.ok()) return w.status;
     return w.seq;
   }
   // This writer leads: it writes its own record and those queued behind it.
-  l.unlock();
-  std::lock_guard<std::mutex> io(m.io_mu);
-  l.lock();
+  m.mu.Unlock();
+  MutexLock io(&m.io_mu);
+  m.mu.Lock();
   std::vector<Writer*> group;
   size_t bytes = 0;
   for (Writer* x : m.writers) {
@@ -444,9 +445,9 @@ Result<uint64_t> EventLog::Append(uint16_t type, ByteView payload, bool sync, in
   }
   uint64_t first = m.next_seq;
   Status st = m.broken;
-  l.unlock();
+  m.mu.Unlock();
   if (st.ok()) st = m.WriteGroup(group, first);
-  l.lock();
+  m.mu.Lock();
   if (st.ok()) m.next_seq += group.size();
   for (size_t i = 0; i < group.size(); ++i) {
     group[i]->status = st;
@@ -454,13 +455,14 @@ Result<uint64_t> EventLog::Append(uint16_t type, ByteView payload, bool sync, in
     group[i]->done = true;
     m.writers.pop_front();
   }
-  m.cv.notify_all();
+  m.cv.SignalAll();
+  m.mu.Unlock();
   if (!st.ok()) return st;
   return w.seq;
 }
 
 Status EventLog::Sync() {
-  std::lock_guard<std::mutex> io(impl_->io_mu);
+  MutexLock io(&impl_->io_mu);
   if (impl_->unsynced && ::fdatasync(impl_->active.get()) != 0) return Status::FromErrno("fsync event log", errno);
   impl_->unsynced = false;
   return Status::OK();
@@ -470,7 +472,7 @@ Status EventLog::ReadFrom(uint64_t from, const std::function<bool(const LogRecor
   std::vector<Segment> segs;
   uint64_t trunc;
   {
-    std::lock_guard<std::mutex> l(impl_->mu);
+    MutexLock l(&impl_->mu);
     segs = impl_->segments;
     trunc = impl_->truncated;
   }
@@ -480,7 +482,7 @@ Status EventLog::ReadFrom(uint64_t from, const std::function<bool(const LogRecor
     auto data = impl_->ReadSegment(s.path, s.size);
     if (!data.ok()) {
       if (data.status().IsNotFound()) {  // truncated away while we read?
-        std::lock_guard<std::mutex> l(impl_->mu);
+        MutexLock l(&impl_->mu);
         if (s.last_seq <= impl_->truncated) continue;  // truncated while we read
       }
       return data.status();
@@ -507,10 +509,10 @@ Status EventLog::ReadFrom(uint64_t from, const std::function<bool(const LogRecor
 
 Status EventLog::TruncateUpTo(uint64_t seq) {
   Impl& m = *impl_;
-  std::lock_guard<std::mutex> io(m.io_mu);
+  MutexLock io(&m.io_mu);
   uint64_t last;
   {
-    std::lock_guard<std::mutex> l(m.mu);
+    MutexLock l(&m.mu);
     last = m.next_seq - 1;
     seq = std::min(seq, last);
     if (seq <= m.truncated) return Status::OK();
@@ -520,7 +522,7 @@ Status EventLog::TruncateUpTo(uint64_t seq) {
   SLINGSHOT_RETURN_IF_ERROR(WriteFileAtomic(m.dir + "/TRUNCATED", SealFrame(kTruncMagic, kTruncVersion, body), 0600));
   Segment active_seg;
   {
-    std::lock_guard<std::mutex> l(m.mu);
+    MutexLock l(&m.mu);
     m.truncated = seq;
     active_seg = m.segments.back();
   }
@@ -530,7 +532,7 @@ Status EventLog::TruncateUpTo(uint64_t seq) {
   }
   std::vector<std::string> doomed;
   {
-    std::lock_guard<std::mutex> l(m.mu);
+    MutexLock l(&m.mu);
     while (m.segments.size() > 1 && m.segments.front().last_seq <= seq) {
       doomed.push_back(m.segments.front().path);
       m.segments.erase(m.segments.begin());
@@ -541,12 +543,12 @@ Status EventLog::TruncateUpTo(uint64_t seq) {
 }
 
 uint64_t EventLog::last_seq() const {
-  std::lock_guard<std::mutex> l(impl_->mu);
+  MutexLock l(&impl_->mu);
   return impl_->next_seq - 1;
 }
 
 uint64_t EventLog::truncated_seq() const {
-  std::lock_guard<std::mutex> l(impl_->mu);
+  MutexLock l(&impl_->mu);
   return impl_->truncated;
 }
 

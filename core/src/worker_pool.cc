@@ -9,36 +9,34 @@ WorkerPool::WorkerPool(int threads) {
 
 WorkerPool::~WorkerPool() {
   {
-    std::lock_guard<std::mutex> l(mu_);
+    MutexLock l(&mu_);
     stop_ = true;
   }
-  work_cv_.notify_all();
+  work_cv_.SignalAll();
   for (auto& t : threads_) t.join();
 }
 
 // Claims indexes one at a time until none remain (items are coarse: chunks).
+// Drops the lock around each call.
 void WorkerPool::RunShare() {
-  std::unique_lock<std::mutex> l(mu_);
   while (fn_ != nullptr && next_ < n_) {
     size_t i = next_++;
     const auto* fn = fn_;
-    l.unlock();
+    mu_.Unlock();
     (*fn)(i);
-    l.lock();
-    if (++done_ == n_) done_cv_.notify_all();
+    mu_.Lock();
+    if (++done_ == n_) done_cv_.SignalAll();
   }
 }
 
 void WorkerPool::WorkerLoop() {
   uint64_t seen = 0;
-  std::unique_lock<std::mutex> l(mu_);
+  MutexLock l(&mu_);
   for (;;) {
-    work_cv_.wait(l, [&] { return stop_ || generation_ != seen; });
+    while (!stop_ && generation_ == seen) work_cv_.Wait(&mu_);
     if (stop_) return;
     seen = generation_;
-    l.unlock();
     RunShare();
-    l.lock();
   }
 }
 
@@ -48,18 +46,15 @@ void WorkerPool::ParallelFor(size_t n, const std::function<void(size_t)>& fn) {
     for (size_t i = 0; i < n; ++i) fn(i);
     return;
   }
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    fn_ = &fn;
-    n_ = n;
-    next_ = 0;
-    done_ = 0;
-    ++generation_;
-  }
-  work_cv_.notify_all();
+  MutexLock l(&mu_);
+  fn_ = &fn;
+  n_ = n;
+  next_ = 0;
+  done_ = 0;
+  ++generation_;
+  work_cv_.SignalAll();
   RunShare();
-  std::unique_lock<std::mutex> l(mu_);
-  done_cv_.wait(l, [&] { return done_ == n_; });
+  while (done_ != n_) done_cv_.Wait(&mu_);
   fn_ = nullptr;
 }
 

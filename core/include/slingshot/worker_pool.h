@@ -3,12 +3,13 @@
 #ifndef SLINGSHOT_WORKER_POOL_H_
 #define SLINGSHOT_WORKER_POOL_H_
 
-#include <condition_variable>
 #include <cstddef>
+#include <cstdint>
 #include <functional>
-#include <mutex>
 #include <thread>
 #include <vector>
+
+#include "slingshot/mutex.h"
 
 namespace slingshot {
 
@@ -23,19 +24,21 @@ class WorkerPool {
 
   // Runs fn(i) for every i in [0, n) across the pool and the calling thread;
   // returns when all calls have returned. fn must not throw.
-  void ParallelFor(size_t n, const std::function<void(size_t)>& fn);
+  void ParallelFor(size_t n, const std::function<void(size_t)>& fn) EXCLUDES(mu_);
   int parallelism() const { return static_cast<int>(threads_.size()) + 1; }
 
  private:
-  void WorkerLoop();
-  void RunShare();
-  std::mutex mu_;
-  std::condition_variable work_cv_, done_cv_;
+  void WorkerLoop() EXCLUDES(mu_);
+  void RunShare() REQUIRES(mu_);
+  Mutex mu_;
+  CondVar work_cv_, done_cv_;
   std::vector<std::thread> threads_;
-  const std::function<void(size_t)>* fn_ = nullptr;  // guarded by mu_
-  size_t n_ = 0, next_ = 0, done_ = 0;               // guarded by mu_
-  uint64_t generation_ = 0;                          // guarded by mu_
-  bool stop_ = false;                                // guarded by mu_
+  const std::function<void(size_t)>* fn_ GUARDED_BY(mu_) = nullptr;
+  size_t n_ GUARDED_BY(mu_) = 0;
+  size_t next_ GUARDED_BY(mu_) = 0;
+  size_t done_ GUARDED_BY(mu_) = 0;
+  uint64_t generation_ GUARDED_BY(mu_) = 0;
+  bool stop_ GUARDED_BY(mu_) = false;
 };
 
 }  // namespace slingshot
