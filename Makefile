@@ -4,7 +4,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSLINGSHOT_WERROR=ON
 
-.PHONY: all deps build check demo bench sanitize tsan analyze clean
+.PHONY: all deps build check demo bench sanitize tsan analyze fuzz clean
 
 all: build
 
@@ -47,5 +47,19 @@ analyze:
 	CXX=clang++ cmake -S . -B $(BUILD)-clang -DSLINGSHOT_WERROR=ON -DCMAKE_CXX_FLAGS="-Wthread-safety"
 	cmake --build $(BUILD)-clang -j$(JOBS)
 
+# libFuzzer on every parser of untrusted bytes, FUZZ_SECONDS per target,
+# starting from a corpus of real objects (kept in $(BUILD)-fuzz/corpus).
+FUZZ_SECONDS ?= 60
+fuzz:
+	@scripts/install-deps.sh clang
+	CXX=clang++ cmake -S . -B $(BUILD)-fuzz -DSLINGSHOT_FUZZ=ON -DSLINGSHOT_BUILD_BENCH=OFF \
+	  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS="-fsanitize=address,undefined,fuzzer-no-link"
+	cmake --build $(BUILD)-fuzz -j$(JOBS) --target fuzz_decoders fuzz_files make_seeds
+	$(BUILD)-fuzz/tests/fuzz/make_seeds $(BUILD)-fuzz/corpus
+	$(BUILD)-fuzz/tests/fuzz/fuzz_decoders -max_total_time=$(FUZZ_SECONDS) -max_len=65536 \
+	  $(BUILD)-fuzz/corpus/decoders
+	$(BUILD)-fuzz/tests/fuzz/fuzz_files -max_total_time=$(FUZZ_SECONDS) -max_len=262144 \
+	  $(BUILD)-fuzz/corpus/files
+
 clean:
-	rm -rf $(BUILD) $(BUILD)-asan $(BUILD)-tsan $(BUILD)-clang
+	rm -rf $(BUILD) $(BUILD)-asan $(BUILD)-tsan $(BUILD)-clang $(BUILD)-fuzz

@@ -5,8 +5,11 @@
 // its memory chunk list). A chunk or object that no ref reaches is garbage.
 //
 // Safety: if any reachable object is missing or damaged, marking fails and
-// nothing is swept (a partial mark would delete live chunks). Chunks stored
-// while a collection runs are never swept (ChunkStore::BeginGc).
+// nothing is swept (a partial mark would delete live chunks). Chunks and
+// objects stored while a collection runs are never swept
+// (ChunkStore::BeginGc). A ref set during a collection to objects stored
+// *before* it began is not protected: a caller that sets refs concurrently
+// (the home daemon, later) must serialize SetRef with CollectGarbage.
 #ifndef SLINGSHOT_GC_H_
 #define SLINGSHOT_GC_H_
 

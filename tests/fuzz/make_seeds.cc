@@ -1,0 +1,84 @@
+// Writes a seed corpus of real objects for the fuzz targets: make_seeds DIR.
+// Each file starts with the selector byte its target switches on.
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "slingshot/bundle.h"
+#include "slingshot/chunk_store.h"
+#include "slingshot/coding.h"
+#include "slingshot/disk_table.h"
+#include "slingshot/event_log.h"
+#include "slingshot/manifest.h"
+#include "slingshot/memory_image.h"
+
+using namespace slingshot;
+namespace fs = std::filesystem;
+
+namespace {
+void Seed(const std::string& dir, const std::string& name, uint8_t selector, ByteView body) {
+  std::ofstream f(dir + "/" + name, std::ios::binary | std::ios::trunc);
+  f.put(static_cast<char>(selector));
+  f.write(reinterpret_cast<const char*>(body.data()), static_cast<std::streamsize>(body.size()));
+}
+Bytes Body(ByteView frame) { return Bytes(frame.begin() + 12, frame.end() - 4); }  // strip the seal
+Bytes Slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return Bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: make_seeds DIR\n");
+    return 2;
+  }
+  const std::string out = argv[1];
+  const std::string dec = out + "/decoders", files = out + "/files", work = out + "/work";
+  fs::create_directories(dec);
+  fs::create_directories(files);
+  fs::remove_all(work);
+  auto key = SigningKey::Generate().value();
+
+  DiskTable t;
+  t.image_size = 3 * 65536 + 10;
+  t.ids = {ChunkId::Of(AsBytes("a")), ChunkId(), ChunkId::Of(AsBytes("b")), ChunkId::Of(AsBytes("c"))};
+  ChunkList l;
+  l.entries = {{ChunkId::Of(AsBytes("x")), 100}, {ChunkId(), 4096}};
+  l.total_size = 4196;
+  Manifest m;
+  m.service_id = "notepad";
+  m.service_type = "rfb";
+  m.epoch = 3;
+  m.vm = {256, 1, "console=ttyS0", "qemu", "{}"};
+  Bytes signed_m = SignManifest(m, key);
+  Seed(dec, "table", 0, t.Encode());
+  Seed(dec, "list", 1, l.Encode());
+  Seed(dec, "signed", 2, signed_m);
+  Seed(dec, "manifest", 3, m.Encode());
+  Seed(dec, "value", 4, ChunkStore::EncodeValue(AsBytes("some chunk bytes, some chunk bytes"), 1));
+  Seed(dec, "table-body", 6, Body(t.Encode()));
+  Seed(dec, "list-body", 7, Body(l.Encode()));
+  Seed(dec, "manifest-body", 8, Body(m.Encode()));
+  Seed(dec, "signed-body", 9, Body(signed_m));
+
+  {
+    auto log = EventLog::Open(work + "/log").value();
+    for (int i = 0; i < 20; ++i) (void)log->Append(static_cast<uint16_t>(i % 3), AsBytes("key event " + std::to_string(i)));
+  }
+  Seed(files, "segment", 0, Slurp(work + "/log/seg-00000000000000000001.log"));
+  {
+    auto store = ChunkStore::Open(work + "/store", {}).value();
+    Bytes img(3 * 65536, 7);
+    std::ofstream(work + "/d.img", std::ios::binary).write(reinterpret_cast<const char*>(img.data()), img.size());
+    auto imp = ImportDisk(work + "/d.img", store.get()).value();
+    ChunkId tid = store->PutObject(imp.table.Encode()).value();
+    (void)store->SetRef({"disk/seed", ObjectKind::kDiskTable, tid});
+    (void)ExportBundle(store.get(), work + "/b.tar.zst");
+  }
+  Seed(files, "bundle", 1, Slurp(work + "/b.tar.zst"));
+  fs::remove_all(work);
+  std::printf("seeds written to %s\n", out.c_str());
+  return 0;
+}
