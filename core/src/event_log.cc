@@ -185,10 +185,12 @@ struct EventLog::Impl {
   uint64_t truncated GUARDED_BY(mu) = 0;
   Status broken GUARDED_BY(mu);
 
-  // Reads a segment's first `limit` bytes. The cap is fixed by the format,
-  // not derived from options, which may change between runs.
-  Result<Bytes> ReadSegment(const std::string& path, uint64_t limit) {
-    return ReadFileBounded(path, kMaxSegmentFile, limit);
+  // Maps a segment's first `limit` bytes (no copy: a replay of a large
+  // segment costs no heap). The cap is fixed by the format, not derived from
+  // options, which may change between runs. Mapped bytes are never cut from
+  // under a reader: only bytes past the committed size are ever truncated.
+  Result<MappedFile> MapSegment(const std::string& path, uint64_t limit) {
+    return MappedFile::Open(path, kMaxSegmentFile, limit);
   }
 
   Status CreateSegment(uint64_t first_seq) REQUIRES(io_mu) EXCLUDES(mu) {
@@ -249,7 +251,8 @@ struct EventLog::Impl {
     for (size_t i = 0; i < files.size(); ++i) {
       const bool last = i + 1 == files.size();
       const auto& [first, path] = files[i];
-      SLINGSHOT_ASSIGN_OR_RETURN(Bytes data, ReadSegment(path, UINT64_MAX));
+      SLINGSHOT_ASSIGN_OR_RETURN(MappedFile mapped, MapSegment(path, UINT64_MAX));
+      ByteView data = mapped.view();
       Status hs = CheckSegHeader(data, first, path);
       if (!hs.ok()) {
         if (last && data.size() <= kHdr) {  // torn creation of a new segment
@@ -479,23 +482,24 @@ Status EventLog::ReadFrom(uint64_t from, const std::function<bool(const LogRecor
   from = std::max(from, trunc + 1);
   for (const auto& s : segs) {
     if (s.last_seq < from) continue;
-    auto data = impl_->ReadSegment(s.path, s.size);
-    if (!data.ok()) {
-      if (data.status().IsNotFound()) {  // truncated away while we read?
+    auto mapped = impl_->MapSegment(s.path, s.size);
+    if (!mapped.ok()) {
+      if (mapped.status().IsNotFound()) {
         MutexLock l(&impl_->mu);
-        if (s.last_seq <= impl_->truncated) continue;  // truncated while we read
+        if (s.last_seq <= impl_->truncated) continue;  // truncated away while we read
       }
-      return data.status();
+      return mapped.status();
     }
-    if (data->size() < s.size) return Status::Corruption(s.path + ": segment is shorter than what was written to it");
-    SLINGSHOT_RETURN_IF_ERROR(CheckSegHeader(*data, s.first_seq, s.path));
+    const ByteView data = mapped->view();
+    if (data.size() < s.size) return Status::Corruption(s.path + ": segment is shorter than what was written to it");
+    SLINGSHOT_RETURN_IF_ERROR(CheckSegHeader(data, s.first_seq, s.path));
     uint64_t expect = s.first_seq;
     size_t off = kHdr;
     LogRecord rec;
     while (off < s.size) {
       size_t next;
       std::string why;
-      if (!ParseRecord(ByteView(*data).first(s.size), off, [&](uint64_t q) { return q == expect; }, &rec, &next, &why)) {
+      if (!ParseRecord(data.first(s.size), off, [&](uint64_t q) { return q == expect; }, &rec, &next, &why)) {
         return Status::Corruption("event log record at " + s.path + " offset " + std::to_string(off) + " (seq " +
                                   std::to_string(expect) + ") is damaged: " + why);
       }

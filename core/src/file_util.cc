@@ -2,10 +2,12 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <filesystem>
 
 namespace slingshot {
@@ -56,6 +58,44 @@ Status PreadExact(int fd, void* data, size_t n, uint64_t offset, const std::stri
     offset += static_cast<uint64_t>(r);
   }
   return Status::OK();
+}
+
+Result<MappedFile> MappedFile::Open(const std::string& path, uint64_t max_size, uint64_t limit) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) {
+    int e = errno;
+    if (e == ENOENT) return Status::NotFound(path + ": no such file");
+    return Status::FromErrno("open " + path, e);
+  }
+  struct stat sb;
+  if (::fstat(fd.get(), &sb) != 0) return Status::FromErrno("stat " + path, errno);
+  uint64_t size = std::min<uint64_t>(static_cast<uint64_t>(sb.st_size), limit);
+  if (size > max_size) {
+    return Status::Corruption(path + ": " + std::to_string(size) + " bytes exceeds the limit of " + std::to_string(max_size));
+  }
+  MappedFile m;
+  if (size == 0) return m;
+  void* p = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd.get(), 0);
+  if (p == MAP_FAILED) return Status::FromErrno("map " + path, errno);
+  ::madvise(p, size, MADV_SEQUENTIAL);
+  m.data_ = static_cast<const uint8_t*>(p);
+  m.size_ = static_cast<size_t>(size);
+  return m;
+}
+
+MappedFile& MappedFile::operator=(MappedFile&& o) noexcept {
+  if (this != &o) {
+    if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+    data_ = o.data_;
+    size_ = o.size_;
+    o.data_ = nullptr;
+    o.size_ = 0;
+  }
+  return *this;
+}
+
+MappedFile::~MappedFile() {
+  if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
 }
 
 Status SyncDir(const std::string& dir) {

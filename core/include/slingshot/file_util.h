@@ -18,6 +18,25 @@ Status WriteFileAtomic(const std::string& path, ByteView data, int mode = 0644);
 // to read more than max_size. NotFound if it does not exist.
 Result<Bytes> ReadFileBounded(const std::string& path, size_t max_size, uint64_t read_limit = UINT64_MAX);
 
+// A read-only memory mapping of a file's first bytes. Movable; unmaps on
+// destruction. The file must not shrink below the mapped length while the
+// mapping lives (reads past the end of a file raise SIGBUS).
+class MappedFile {
+ public:
+  // Maps min(file size, limit) bytes; Corruption if that exceeds max_size.
+  // NotFound if the file does not exist.
+  static Result<MappedFile> Open(const std::string& path, uint64_t max_size, uint64_t limit = UINT64_MAX);
+  MappedFile() = default;
+  MappedFile(MappedFile&& o) noexcept : data_(o.data_), size_(o.size_) { o.data_ = nullptr; o.size_ = 0; }
+  MappedFile& operator=(MappedFile&& o) noexcept;
+  ~MappedFile();
+  ByteView view() const { return {data_, size_}; }
+
+ private:
+  const uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+};
+
 // fsync a directory (after create/rename/unlink inside it).
 Status SyncDir(const std::string& dir);
 
