@@ -32,7 +32,9 @@ constexpr uint16_t kStoreVersion = 1;
 constexpr size_t kMaxObjectSize = 256u << 20;  // a 16 TiB disk's chunk table
 constexpr size_t kMaxRefName = 1024;
 constexpr int kDeadlockRetries = 20;
-constexpr uint64_t kCheckpointEveryBytes = 256ull << 20;
+// A Berkeley DB checkpoint after this many bytes of logged index records, so
+// that old log files can be removed (DB_LOG_AUTO_REMOVE).
+constexpr uint64_t kCheckpointEveryBytes = 64ull << 20;
 
 // Pack files (transactional mode): chunk values appended once, fsynced,
 // then indexed. See chunk_store.h.
