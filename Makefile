@@ -51,7 +51,7 @@ analyze:
 # starting from a corpus of real objects (kept in $(BUILD)-fuzz/corpus).
 FUZZ_SECONDS ?= 60
 fuzz:
-	@scripts/install-deps.sh clang
+	@scripts/install-deps.sh clang libclang-rt-14-dev
 	CXX=clang++ cmake -S . -B $(BUILD)-fuzz -DSLINGSHOT_FUZZ=ON -DSLINGSHOT_BUILD_BENCH=OFF \
 	  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS="-fsanitize=address,undefined,fuzzer-no-link"
 	cmake --build $(BUILD)-fuzz -j$(JOBS) --target fuzz_decoders fuzz_files make_seeds
