@@ -60,19 +60,36 @@ Status PreadExact(int fd, void* data, size_t n, uint64_t offset, const std::stri
   return Status::OK();
 }
 
-Result<MappedFile> MappedFile::Open(const std::string& path, uint64_t max_size, uint64_t limit) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd.valid()) {
+namespace {
+// Opens path for reading and sizes what will be read: min(file size, limit),
+// refused (Corruption) above max_size.
+struct BoundedFile {
+  UniqueFd fd;
+  uint64_t size = 0;
+};
+Result<BoundedFile> OpenBounded(const std::string& path, uint64_t max_size, uint64_t limit) {
+  BoundedFile f;
+  f.fd = UniqueFd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!f.fd.valid()) {
     int e = errno;
     if (e == ENOENT) return Status::NotFound(path + ": no such file");
     return Status::FromErrno("open " + path, e);
   }
   struct stat sb;
-  if (::fstat(fd.get(), &sb) != 0) return Status::FromErrno("stat " + path, errno);
-  uint64_t size = std::min<uint64_t>(static_cast<uint64_t>(sb.st_size), limit);
-  if (size > max_size) {
-    return Status::Corruption(path + ": " + std::to_string(size) + " bytes exceeds the limit of " + std::to_string(max_size));
+  if (::fstat(f.fd.get(), &sb) != 0) return Status::FromErrno("stat " + path, errno);
+  f.size = std::min<uint64_t>(static_cast<uint64_t>(sb.st_size), limit);
+  if (f.size > max_size) {
+    return Status::Corruption(path + ": " + std::to_string(f.size) + " bytes exceeds the limit of " +
+                              std::to_string(max_size));
   }
+  return f;
+}
+}  // namespace
+
+Result<MappedFile> MappedFile::Open(const std::string& path, uint64_t max_size, uint64_t limit) {
+  SLINGSHOT_ASSIGN_OR_RETURN(BoundedFile f, OpenBounded(path, max_size, limit));
+  const uint64_t size = f.size;
+  UniqueFd& fd = f.fd;
   MappedFile m;
   if (size == 0) return m;
   void* p = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd.get(), 0);
@@ -124,21 +141,9 @@ Status WriteFileAtomic(const std::string& path, ByteView data, int mode) {
 }
 
 Result<Bytes> ReadFileBounded(const std::string& path, size_t max_size, uint64_t read_limit) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd.valid()) {
-    int e = errno;
-    if (e == ENOENT) return Status::NotFound(path + ": no such file");
-    return Status::FromErrno("open " + path, e);
-  }
-  struct stat sb;
-  if (::fstat(fd.get(), &sb) != 0) return Status::FromErrno("stat " + path, errno);
-  uint64_t size = std::min<uint64_t>(static_cast<uint64_t>(sb.st_size), read_limit);
-  if (size > max_size) {
-    return Status::Corruption(path + ": " + std::to_string(size) +
-                              " bytes exceeds the limit of " + std::to_string(max_size));
-  }
-  Bytes out(static_cast<size_t>(size));
-  SLINGSHOT_RETURN_IF_ERROR(PreadExact(fd.get(), out.data(), out.size(), 0, path));
+  SLINGSHOT_ASSIGN_OR_RETURN(BoundedFile f, OpenBounded(path, max_size, read_limit));
+  Bytes out(static_cast<size_t>(f.size));
+  SLINGSHOT_RETURN_IF_ERROR(PreadExact(f.fd.get(), out.data(), out.size(), 0, path));
   return out;
 }
 

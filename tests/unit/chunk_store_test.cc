@@ -294,25 +294,18 @@ TEST(ChunkStoreTest, FullDiskFailsThePutAndLosesNothing) {
   TempDir t;
   Bytes before = RandomBytes(50000, 21), big = RandomBytes(3 << 20, 22), after = RandomBytes(1000, 23);
   { ASSERT_TRUE(OpenTxn(t.path())->Put(before).ok()); }
-  pid_t pid = ::fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
+  int code = testing::RunInChild([&] {
     ::signal(SIGXFSZ, SIG_IGN);
     auto s = ChunkStore::Open(t.path(), {});
-    if (!s.ok()) ::_exit(10);
+    if (!s.ok()) return 10;
     rlimit lim;
     lim.rlim_cur = lim.rlim_max = 1u << 20;  // no file may grow past 1 MiB
-    if (::setrlimit(RLIMIT_FSIZE, &lim) != 0) ::_exit(11);
+    if (::setrlimit(RLIMIT_FSIZE, &lim) != 0) return 11;
     auto r = (*s)->Put(big);
-    if (r.ok() || r.status().code() != Status::Code::kIOError) ::_exit(12);
-    auto small = (*s)->Put(after);
-    if (!small.ok()) ::_exit(13);
-    ::_exit(0);
-  }
-  int status;
-  ::waitpid(pid, &status, 0);
-  ASSERT_TRUE(WIFEXITED(status));
-  ASSERT_EQ(WEXITSTATUS(status), 0);
+    if (r.ok() || r.status().code() != Status::Code::kIOError) return 12;
+    return (*s)->Put(after).ok() ? 0 : 13;
+  });
+  ASSERT_EQ(code, 0);
   auto store = OpenTxn(t.path());
   EXPECT_EQ(*store->Get(ChunkId::Of(before)), before);
   EXPECT_EQ(*store->Get(ChunkId::Of(after)), after);
@@ -346,37 +339,22 @@ TEST(ChunkStoreTest, AcknowledgedPutsSurviveKill9) {
   TempDir t;
   { auto s = OpenTxn(t.path()); }
   auto batch_chunk = [](uint64_t batch, int j) { return RandomBytes(8192 + 4096 * j, batch * 16 + j); };
-  int fds[2];
-  ASSERT_EQ(::pipe(fds), 0);
-  pid_t pid = ::fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    ::close(fds[0]);
-    auto s = ChunkStore::Open(t.path(), {});
-    if (!s.ok()) ::_exit(3);
-    for (uint64_t b = 0;; ++b) {
-      std::vector<Bytes> cs;
-      std::vector<ByteView> vs;
-      for (int j = 0; j < 8; ++j) cs.push_back(batch_chunk(b, j));
-      for (auto& c : cs) vs.push_back(c);
-      if (!(*s)->PutBatch(vs, nullptr).ok()) ::_exit(4);
-      if (::write(fds[1], &b, sizeof(b)) != sizeof(b)) ::_exit(5);
-    }
-  }
-  ::close(fds[1]);
-  uint64_t acked = 0, b;
-  bool any = false;
-  while (!any || acked < 25) {
-    ASSERT_EQ(::read(fds[0], &b, sizeof(b)), static_cast<ssize_t>(sizeof(b)));
-    acked = b;
-    any = true;
-  }
-  ::kill(pid, SIGKILL);
-  int status;
-  ::waitpid(pid, &status, 0);
-  ASSERT_TRUE(WIFSIGNALED(status));
-  while (::read(fds[0], &b, sizeof(b)) == static_cast<ssize_t>(sizeof(b))) acked = b;
-  ::close(fds[0]);
+  auto last = testing::KillDuringWrites(
+      [&](const std::function<void(uint64_t)>& ack) {
+        auto s = ChunkStore::Open(t.path(), {});
+        if (!s.ok()) return;
+        for (uint64_t b = 0;; ++b) {
+          std::vector<Bytes> cs;
+          std::vector<ByteView> vs;
+          for (int j = 0; j < 8; ++j) cs.push_back(batch_chunk(b, j));
+          for (auto& c : cs) vs.push_back(c);
+          if (!(*s)->PutBatch(vs, nullptr).ok()) return;
+          ack(b);
+        }
+      },
+      /*after=*/26);
+  ASSERT_TRUE(last.has_value()) << "the writer failed before it was killed";
+  const uint64_t acked = *last;
 
   auto store = OpenTxn(t.path());
   for (uint64_t i = 0; i <= acked; ++i) {

@@ -346,25 +346,19 @@ TEST(EventLogTest, FullDiskLeavesNoPartialRecord) {
     auto log = OpenLog(t.path());
     for (uint64_t i = 1; i <= 10; ++i) ASSERT_TRUE(log->Append(1, PayloadFor(i)).ok());
   }
-  pid_t pid = ::fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
+  int code = testing::RunInChild([&] {
     ::signal(SIGXFSZ, SIG_IGN);
     auto log = EventLog::Open(t.path());
-    if (!log.ok()) ::_exit(10);
+    if (!log.ok()) return 10;
     rlimit lim;
     lim.rlim_cur = lim.rlim_max = fs::file_size(FirstSegment(t.path())) + 1000;
-    if (::setrlimit(RLIMIT_FSIZE, &lim) != 0) ::_exit(11);
+    if (::setrlimit(RLIMIT_FSIZE, &lim) != 0) return 11;
     auto big = (*log)->Append(1, Bytes(3000, 7));
-    if (big.ok() || big.status().code() != Status::Code::kIOError) ::_exit(12);
+    if (big.ok() || big.status().code() != Status::Code::kIOError) return 12;
     auto small = (*log)->Append(1, PayloadFor(11));
-    if (!small.ok() || *small != 11) ::_exit(13);
-    ::_exit(0);
-  }
-  int status;
-  ::waitpid(pid, &status, 0);
-  ASSERT_TRUE(WIFEXITED(status));
-  ASSERT_EQ(WEXITSTATUS(status), 0);
+    return small.ok() && *small == 11 ? 0 : 13;
+  });
+  ASSERT_EQ(code, 0);
   auto log = OpenLog(t.path());
   EXPECT_EQ(log->recovery().torn_bytes, 0u);
   auto recs = ReadAll(log.get());
@@ -374,31 +368,19 @@ TEST(EventLogTest, FullDiskLeavesNoPartialRecord) {
 
 TEST(EventLogTest, AcknowledgedAppendsSurviveKill9) {
   TempDir t;
-  int fds[2];
-  ASSERT_EQ(::pipe(fds), 0);
-  pid_t pid = ::fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    ::close(fds[0]);
-    auto log = EventLog::Open(t.path());
-    if (!log.ok()) ::_exit(3);
-    for (uint64_t i = 1;; ++i) {
-      auto s = (*log)->Append(1, PayloadFor(i, 1 + i % 300));
-      if (!s.ok() || *s != i) ::_exit(4);
-      if (::write(fds[1], &i, sizeof(i)) != sizeof(i)) ::_exit(5);
-    }
-  }
-  ::close(fds[1]);
-  uint64_t acked = 0, s;
-  while (acked < 300) {
-    ASSERT_EQ(::read(fds[0], &s, sizeof(s)), static_cast<ssize_t>(sizeof(s)));
-    acked = s;
-  }
-  ::kill(pid, SIGKILL);
-  int status;
-  ::waitpid(pid, &status, 0);
-  while (::read(fds[0], &s, sizeof(s)) == static_cast<ssize_t>(sizeof(s))) acked = s;
-  ::close(fds[0]);
+  auto last = testing::KillDuringWrites(
+      [&](const std::function<void(uint64_t)>& ack) {
+        auto log = EventLog::Open(t.path());
+        if (!log.ok()) return;
+        for (uint64_t i = 1;; ++i) {
+          auto s = (*log)->Append(1, PayloadFor(i, 1 + i % 300));
+          if (!s.ok() || *s != i) return;
+          ack(i);
+        }
+      },
+      /*after=*/300);
+  ASSERT_TRUE(last.has_value()) << "the writer failed before it was killed";
+  const uint64_t acked = *last;
   auto log = OpenLog(t.path());
   auto recs = ReadAll(log.get());
   ASSERT_GE(recs.size(), acked);

@@ -5,9 +5,14 @@
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <optional>
 #include <random>
 #include <string>
 
@@ -75,6 +80,55 @@ inline void FlipBit(const std::string& path, uint64_t bit) {
   ASSERT_LT(bit / 8, b.size());
   b[bit / 8] ^= static_cast<uint8_t>(1u << (bit % 8));
   WriteFile(path, b);
+}
+
+// Runs fn in a forked child and returns its exit code (-1 if it died of a
+// signal). For tests that change process-wide state (rlimits) or crash.
+inline int RunInChild(const std::function<int()>& fn) {
+  pid_t pid = ::fork();
+  if (pid == 0) ::_exit(fn());
+  if (pid < 0) return -2;
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+// Crash test harness. Runs write(ack) in a child, which calls ack(v) after
+// each durable step; once `after` acks have reached the parent, the child is
+// killed with SIGKILL mid-stream. Returns the last value acknowledged (acks
+// already in the pipe when it died count: they were acknowledged), or
+// nullopt if the child stopped on its own (its write failed).
+inline std::optional<uint64_t> KillDuringWrites(
+    const std::function<void(const std::function<void(uint64_t)>& ack)>& write, uint64_t after) {
+  int fds[2];
+  if (::pipe(fds) != 0) return std::nullopt;
+  pid_t pid = ::fork();
+  if (pid < 0) return std::nullopt;
+  if (pid == 0) {
+    ::close(fds[0]);
+    write([&](uint64_t v) {
+      if (::write(fds[1], &v, sizeof(v)) != sizeof(v)) ::_exit(5);
+    });
+    ::_exit(4);  // write() must not return: it writes until killed
+  }
+  ::close(fds[1]);
+  uint64_t acks = 0, last = 0, v;
+  bool ok = true;
+  while (acks < after) {
+    if (::read(fds[0], &v, sizeof(v)) != static_cast<ssize_t>(sizeof(v))) {
+      ok = false;  // the child ended early
+      break;
+    }
+    last = v;
+    ++acks;
+  }
+  ::kill(pid, SIGKILL);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  while (::read(fds[0], &v, sizeof(v)) == static_cast<ssize_t>(sizeof(v))) last = v;
+  ::close(fds[0]);
+  if (!ok || !WIFSIGNALED(status)) return std::nullopt;
+  return last;
 }
 
 // Offset of needle in haystack, or npos.
