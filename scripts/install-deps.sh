@@ -8,6 +8,10 @@ PACKAGES=(
   # build
   build-essential cmake pkg-config
   libssl-dev libdb5.3++-dev libzstd-dev libarchive-dev libboost-program-options-dev
+  nlohmann-json3-dev libvncserver-dev libxen-dev
+  # virtual machines: QEMU (TCG here), qemu-nbd for disks in tests; the test
+  # guest image is packed with cpio from packages fetched by apt-get download
+  qemu-system-x86 qemu-utils cpio gzip kmod
   # tests
   libgtest-dev
   # demo: listing and checking bundles with stock tools

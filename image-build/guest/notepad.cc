@@ -1,0 +1,218 @@
+// slingshot-notepad: the deterministic test service that runs inside the test
+// guest (see image-build/guest-image.sh).
+//
+// - RFB on port 5900 (libvncserver): each key press edits the document and
+//   the screen is redrawn by notepad::Render, a pure function of the text.
+// - A line protocol on port 5901 for tests and benchmarks:
+//     "doc"  -> "doc <length> <fnv1a64 hex>"   (also printed on the console)
+//     "text" -> "text <length>\n" followed by the document bytes
+//     "save" -> "saved <length>" after writing the document to the disk
+// - With --disk DEV the document is loaded from DEV at start and "save"
+//   writes it there: sector 0 holds magic "NPAD", version, length and
+//   checksum; the text follows from byte 512.
+// Nothing here reads a clock or a random source, so two runs fed the same
+// keys show the same pixels.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <rfb/rfb.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "notepad_render.h"
+
+namespace {
+
+constexpr int kRfbPort = 5900;
+constexpr int kControlPort = 5901;
+constexpr uint32_t kDiskVersion = 1;
+
+struct State {
+  notepad::Font font;
+  std::string doc;
+  std::vector<uint32_t> fb;
+  rfbScreenInfoPtr screen = nullptr;
+  std::string disk;
+  bool dirty = true;
+};
+State g;
+
+void Redraw() {
+  notepad::Render(g.font, g.doc, g.fb.data());
+  rfbMarkRectAsModified(g.screen, 0, 0, notepad::kWidth, notepad::kHeight);
+  g.dirty = false;
+}
+
+void OnKey(rfbBool down, rfbKeySym key, rfbClientPtr) {
+  if (down && notepad::ApplyKey(static_cast<uint32_t>(key), &g.doc)) {
+    g.dirty = true;
+  }
+}
+
+void PutLe32(uint8_t* p, uint64_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
+}
+uint32_t GetLe32(const uint8_t* p) {
+  return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 |
+         uint32_t(p[3]) << 24;
+}
+
+std::string SaveToDisk() {
+  if (g.disk.empty()) return "error no disk (start with --disk DEV)";
+  std::vector<uint8_t> buf(512 + g.doc.size());
+  memcpy(buf.data(), "NPAD", 4);
+  PutLe32(&buf[4], kDiskVersion);
+  PutLe32(&buf[8], g.doc.size());
+  uint64_t sum = notepad::Checksum(g.doc);
+  PutLe32(&buf[12], sum);
+  PutLe32(&buf[16], sum >> 32);
+  memcpy(buf.data() + 512, g.doc.data(), g.doc.size());
+  int fd = open(g.disk.c_str(), O_WRONLY);
+  if (fd < 0) return "error cannot open " + g.disk + ": " + strerror(errno);
+  ssize_t n = pwrite(fd, buf.data(), buf.size(), 0);
+  bool ok = n == static_cast<ssize_t>(buf.size()) && fsync(fd) == 0;
+  close(fd);
+  if (!ok) return "error cannot write " + g.disk;
+  return "saved " + std::to_string(g.doc.size());
+}
+
+void LoadFromDisk() {
+  int fd = open(g.disk.c_str(), O_RDONLY);
+  if (fd < 0) {
+    printf("notepad: cannot open %s: %s\n", g.disk.c_str(), strerror(errno));
+    return;
+  }
+  uint8_t head[512];
+  if (pread(fd, head, sizeof head, 0) == sizeof head &&
+      memcmp(head, "NPAD", 4) == 0) {
+    uint32_t len = GetLe32(&head[8]);
+    uint64_t sum = GetLe32(&head[12]) | uint64_t(GetLe32(&head[16])) << 32;
+    std::string doc(len <= notepad::kMaxDocument ? len : 0, '\0');
+    if (GetLe32(&head[4]) != kDiskVersion || len > notepad::kMaxDocument ||
+        pread(fd, doc.data(), len, 512) != static_cast<ssize_t>(len) ||
+        notepad::Checksum(doc) != sum) {
+      printf("notepad: the document on %s is damaged; starting empty\n",
+             g.disk.c_str());
+    } else {
+      g.doc = std::move(doc);
+      printf("notepad: loaded %u bytes from %s\n", len, g.disk.c_str());
+    }
+  }
+  close(fd);
+}
+
+std::string DocLine() {
+  char line[80];
+  snprintf(line, sizeof line, "doc %zu %016" PRIx64, g.doc.size(),
+           notepad::Checksum(g.doc));
+  return line;
+}
+
+// One control connection: reads a command line, answers, closes.
+void ServeControl(int fd) {
+  std::string line;
+  char c;
+  while (line.size() < 64 && read(fd, &c, 1) == 1 && c != '\n') line += c;
+  std::string reply;
+  if (line == "doc") {
+    reply = DocLine() + "\n";
+    printf("notepad: %s\n", DocLine().c_str());
+    fflush(stdout);
+  } else if (line == "text") {
+    reply = "text " + std::to_string(g.doc.size()) + "\n" + g.doc;
+  } else if (line == "save") {
+    reply = SaveToDisk() + "\n";
+  } else {
+    reply = "error unknown command (doc, text, save)\n";
+  }
+  size_t off = 0;
+  while (off < reply.size()) {
+    ssize_t n = write(fd, reply.data() + off, reply.size() - off);
+    if (n <= 0) break;
+    off += static_cast<size_t>(n);
+  }
+  close(fd);
+}
+
+int ListenTcp(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_ANY);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+      listen(fd, 8) != 0) {
+    perror("notepad: control port");
+    return -1;
+  }
+  return fd;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string font_path = "/usr/share/notepad.psf";
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--font" && i + 1 < argc) {
+      font_path = argv[++i];
+    } else if (a == "--disk" && i + 1 < argc) {
+      g.disk = argv[++i];
+    } else {
+      fprintf(stderr, "usage: %s [--font PSF] [--disk DEV]\n", argv[0]);
+      return 2;
+    }
+  }
+  std::string error;
+  auto font = notepad::LoadPsf(font_path, &error);
+  if (!font) {
+    fprintf(stderr, "notepad: %s\n", error.c_str());
+    return 1;
+  }
+  g.font = std::move(*font);
+  if (!g.disk.empty()) LoadFromDisk();
+
+  rfbLogEnable(0);
+  g.fb.resize(size_t(notepad::kWidth) * notepad::kHeight);
+  g.screen = rfbGetScreen(nullptr, nullptr, notepad::kWidth, notepad::kHeight,
+                          8, 3, 4);
+  g.screen->desktopName = "slingshot-notepad";
+  g.screen->frameBuffer = reinterpret_cast<char*>(g.fb.data());
+  g.screen->serverFormat.redShift = 16;
+  g.screen->serverFormat.greenShift = 8;
+  g.screen->serverFormat.blueShift = 0;
+  g.screen->alwaysShared = TRUE;
+  g.screen->kbdAddEvent = OnKey;
+  // No pointer sprite: the screen must be a function of the document alone.
+  g.screen->cursor = nullptr;
+  g.screen->port = kRfbPort;
+  g.screen->ipv6port = 0;
+  rfbInitServer(g.screen);
+  int control = ListenTcp(kControlPort);
+  if (control < 0 || !rfbIsActive(g.screen)) return 1;
+  Redraw();
+  printf("notepad: ready rfb=%d control=%d %s\n", kRfbPort, kControlPort,
+         DocLine().c_str());
+  fflush(stdout);
+
+  for (;;) {
+    rfbProcessEvents(g.screen, 10000);
+    if (g.dirty) Redraw();
+    pollfd p{control, POLLIN, 0};
+    while (poll(&p, 1, 0) == 1) {
+      int c = accept4(control, nullptr, nullptr, SOCK_CLOEXEC);
+      if (c < 0) break;
+      ServeControl(c);
+    }
+  }
+}

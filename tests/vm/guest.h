@@ -1,0 +1,61 @@
+// Test helpers for real VMs running the notepad test guest
+// (image-build/guest-image.sh): specs, the notepad's control port, and an
+// RFB client (libvncclient) that types and reads the screen.
+#ifndef SLINGSHOT_TESTS_VM_GUEST_H_
+#define SLINGSHOT_TESTS_VM_GUEST_H_
+
+#include <rfb/rfbclient.h>
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "notepad_render.h"
+#include "slingshot/hypervisor.h"
+
+namespace slingshot::testing {
+
+constexpr uint16_t kRfbPort = 5900;
+constexpr uint16_t kControlPort = 5901;
+
+// The guest image built into the build directory.
+std::string GuestDir();
+
+// A spec for the notepad guest: 128 MiB, one vCPU, ports 5900 and 5901.
+VmSpec NotepadSpec(const std::string& name, const std::string& run_dir);
+
+// One request on the notepad's control port ("doc", "text", "save"); the
+// whole answer. Error if the port does not answer.
+Result<std::string> Control(const Endpoint& ep, const std::string& command);
+// The document's text (the "text" command, without its header).
+Result<std::string> DocumentText(const Endpoint& ep);
+// Waits until the control port answers (the guest has booted).
+Status WaitForNotepad(const Endpoint& ep, std::chrono::milliseconds timeout);
+// Waits until the document equals want; the error shows the last text seen.
+Status WaitForText(const Endpoint& ep, const std::string& want,
+                   std::chrono::milliseconds timeout);
+
+// A real RFB client session.
+class RfbSession {
+ public:
+  static Result<std::unique_ptr<RfbSession>> Connect(const Endpoint& ep);
+  ~RfbSession();
+  // Sends each character as a key press and release (newline as Return).
+  Status Type(const std::string& text);
+  // Asks for a full update and waits until the framebuffer equals what
+  // notepad::Render draws for `text`; the error counts differing pixels.
+  Status WaitForScreen(const notepad::Font& font, const std::string& text,
+                       std::chrono::milliseconds timeout);
+
+ private:
+  explicit RfbSession(rfbClient* c) : client_(c) {}
+  Status Pump(int timeout_ms);
+  rfbClient* client_;
+};
+
+// Pids of live processes whose command line contains needle.
+std::vector<int> ProcessesMatching(const std::string& needle);
+
+}  // namespace slingshot::testing
+
+#endif  // SLINGSHOT_TESTS_VM_GUEST_H_

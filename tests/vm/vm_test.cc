@@ -1,0 +1,323 @@
+// Real VMs under QEMU (TCG on these machines) running the notepad guest,
+// driven with real RFB input. Label: vm.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <atomic>
+#include <thread>
+
+#include "../unit/test_util.h"
+#include "guest.h"
+#include "slingshot/chunk_store.h"
+#include "slingshot/coding.h"
+#include "slingshot/file_util.h"
+#include "slingshot/mutex.h"
+#include "slingshot/hypervisor.h"
+#include "slingshot/memory_image.h"
+#include "slingshot/vm_stream.h"
+
+namespace slingshot::testing {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr auto kBootTimeout = 60s;
+
+class VmTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    HypervisorOptions o;
+    o.backend = "qemu";
+    o.accel = "tcg";
+    auto h = OpenHypervisor(o);
+    ASSERT_TRUE(h.ok()) << h.status().ToString();
+    hv_ = std::move(*h);
+    std::string error;
+    auto font = notepad::LoadPsf(GuestDir() + "/notepad.psf", &error);
+    ASSERT_TRUE(font) << error;
+    font_ = *font;
+  }
+
+  VmSpec Spec(const std::string& name) { return NotepadSpec(name, dir_ / name); }
+
+  Endpoint Ep(const std::string& name, uint16_t port) {
+    auto ep = hv_->ServiceEndpoint(name, port);
+    EXPECT_TRUE(ep.ok()) << ep.status().ToString();
+    return ep.ok() ? *ep : Endpoint{};
+  }
+
+  void BootAndWait(const VmSpec& spec) {
+    ASSERT_TRUE(hv_->Boot(spec).ok());
+    Status s = WaitForNotepad(Ep(spec.name, kControlPort), kBootTimeout);
+    ASSERT_TRUE(s.ok()) << s.ToString();
+  }
+
+  void TypeAndWait(const std::string& vm, const std::string& keys, const std::string& want) {
+    auto rfb = RfbSession::Connect(Ep(vm, kRfbPort));
+    ASSERT_TRUE(rfb.ok()) << rfb.status().ToString();
+    ASSERT_TRUE((*rfb)->Type(keys).ok());
+    Status s = WaitForText(Ep(vm, kControlPort), want, 30s);
+    ASSERT_TRUE(s.ok()) << s.ToString();
+    s = (*rfb)->WaitForScreen(font_, want, 30s);
+    ASSERT_TRUE(s.ok()) << s.ToString();
+  }
+
+  Result<CheckpointStats> CheckpointTo(const std::string& vm, Bytes* out, bool keep_running = true) {
+    out->clear();
+    return hv_->Checkpoint(vm, [out](ByteView b) {
+      out->insert(out->end(), b.begin(), b.end());
+      return Status::OK();
+    }, keep_running);
+  }
+
+  static StreamProducer From(const Bytes& bytes, size_t piece = 100000) {
+    return [&bytes, piece](const ByteSink& sink) {
+      for (size_t off = 0; off < bytes.size(); off += piece) {
+        SLINGSHOT_RETURN_IF_ERROR(
+            sink(ByteView(bytes).subspan(off, std::min(piece, bytes.size() - off))));
+      }
+      return Status::OK();
+    };
+  }
+
+  TempDir dir_;
+  std::unique_ptr<Hypervisor> hv_;
+  notepad::Font font_;
+};
+
+TEST_F(VmTest, CheckpointKeepsRunningAndRestoresExactState) {
+  BootAndWait(Spec("a"));
+  TypeAndWait("a", "Hello, Slingshot!\nline two", "Hello, Slingshot!\nline two");
+
+  Bytes ckpt;
+  auto stats = CheckpointTo("a", &ckpt);
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  EXPECT_GT(stats->stream_bytes, 1u << 20);
+  EXPECT_EQ(stats->stream_bytes, ckpt.size());
+  ASSERT_EQ(hv_->Info("a")->state, VmState::kRunning);
+
+  // The original keeps running and takes more input.
+  TypeAndWait("a", " and more", "Hello, Slingshot!\nline two and more");
+
+  auto r = hv_->Restore(Spec("b"), From(ckpt));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->stream_bytes, ckpt.size());
+  // The replica shows exactly the checkpoint-time document, on screen too,
+  // and takes new input.
+  auto text = DocumentText(Ep("b", kControlPort));
+  ASSERT_TRUE(text.ok()) << text.status().ToString();
+  EXPECT_EQ(*text, "Hello, Slingshot!\nline two");
+  auto rfb = RfbSession::Connect(Ep("b", kRfbPort));
+  ASSERT_TRUE(rfb.ok());
+  Status s = (*rfb)->WaitForScreen(font_, "Hello, Slingshot!\nline two", 30s);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  rfb->reset();
+  TypeAndWait("b", "!", "Hello, Slingshot!\nline two!");
+  // The two replicas are independent.
+  EXPECT_TRUE(WaitForText(Ep("a", kControlPort), "Hello, Slingshot!\nline two and more", 5s).ok());
+  EXPECT_EQ(hv_->List().size(), 2u);
+}
+
+TEST_F(VmTest, KilledQemuIsReportedDead) {
+  std::atomic<int> deaths{0};
+  std::string why;
+  slingshot::Mutex mu;
+  hv_->OnDeath([&](const std::string& name, const std::string& reason) {
+    slingshot::MutexLock l(&mu);
+    why = name + ": " + reason;
+    deaths++;
+  });
+  ASSERT_TRUE(hv_->Boot(Spec("victim")).ok());
+  auto info = hv_->Info("victim");
+  ASSERT_TRUE(info.ok());
+  ASSERT_EQ(info->state, VmState::kRunning);
+  int pid = std::stoi(info->detail.substr(4));  // "pid N"
+  ASSERT_EQ(kill(pid, SIGKILL), 0);
+  for (int i = 0; i < 100 && deaths == 0; ++i) std::this_thread::sleep_for(50ms);
+  ASSERT_EQ(deaths, 1);
+  {
+    slingshot::MutexLock l(&mu);
+    EXPECT_NE(why.find("victim: qemu killed by signal 9"), std::string::npos) << why;
+  }
+  EXPECT_EQ(hv_->Info("victim")->state, VmState::kDead);
+  auto c = hv_->Checkpoint("victim", [](ByteView) { return Status::OK(); }, true);
+  EXPECT_FALSE(c.ok());
+  EXPECT_NE(c.status().message().find("dead"), std::string::npos) << c.status().ToString();
+  EXPECT_TRUE(hv_->Destroy("victim").ok());
+  EXPECT_TRUE(hv_->List().empty());
+}
+
+TEST_F(VmTest, DamagedCheckpointStreamIsRefusedAndLeavesNoProcess) {
+  BootAndWait(Spec("src"));
+  TypeAndWait("src", "abc", "abc");
+  Bytes ckpt;
+  ASSERT_TRUE(CheckpointTo("src", &ckpt).ok());
+
+  Bytes corrupt = ckpt;
+  corrupt[corrupt.size() / 2] ^= 0x40;
+  auto r = hv_->Restore(Spec("bad"), From(corrupt));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Status::Code::kCorruption) << r.status().ToString();
+  EXPECT_NE(r.status().message().find("checksum"), std::string::npos) << r.status().ToString();
+  EXPECT_FALSE(hv_->Info("bad").ok());
+  EXPECT_TRUE(ProcessesMatching(dir_ / "bad").empty());
+
+  Bytes truncated(ckpt.begin(), ckpt.begin() + ckpt.size() * 6 / 10);
+  r = hv_->Restore(Spec("short"), From(truncated));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Status::Code::kCorruption);
+  EXPECT_NE(r.status().message().find("truncated"), std::string::npos) << r.status().ToString();
+  EXPECT_TRUE(ProcessesMatching(dir_ / "short").empty());
+
+  // Same VM stream, wrong machine: refused before any QEMU starts.
+  VmSpec big = Spec("big");
+  big.memory_mib = 256;
+  r = hv_->Restore(big, From(ckpt));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Status::Code::kInvalidArgument) << r.status().ToString();
+  EXPECT_TRUE(ProcessesMatching(dir_ / "big").empty());
+
+  // A stream that is not a VM stream at all.
+  Bytes junk = RandomBytes(100000, 7);
+  r = hv_->Restore(Spec("junk"), From(junk));
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("not a Slingshot VM stream"), std::string::npos);
+
+  // The intact stream still restores, and the source is untouched.
+  r = hv_->Restore(Spec("good"), From(ckpt));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_TRUE(WaitForText(Ep("good", kControlPort), "abc", 10s).ok());
+  EXPECT_EQ(hv_->List().size(), 2u);
+}
+
+TEST_F(VmTest, FailingSinkAbandonsCheckpointAndGuestRunsOn) {
+  BootAndWait(Spec("a"));
+  uint64_t seen = 0;
+  auto r = hv_->Checkpoint("a", [&](ByteView b) {
+    seen += b.size();
+    return seen > (2u << 20) ? Status::IOError("disk full (test)") : Status::OK();
+  }, true);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("disk full (test)"), std::string::npos) << r.status().ToString();
+  EXPECT_EQ(hv_->Info("a")->state, VmState::kRunning);
+  TypeAndWait("a", "still here", "still here");
+  // And the next checkpoint works.
+  Bytes ckpt;
+  auto ok = CheckpointTo("a", &ckpt);
+  EXPECT_TRUE(ok.ok()) << ok.status().ToString();
+}
+
+TEST_F(VmTest, IdleCheckpointsShareMostChunks) {
+  BootAndWait(Spec("idle"));
+  TypeAndWait("idle", "idle guest", "idle guest");
+  auto store = ChunkStore::Open(dir_ / "store", {});
+  ASSERT_TRUE(store.ok()) << store.status().ToString();
+  IngestStats first, second;
+  for (IngestStats* st : {&first, &second}) {
+    MemoryImageWriter w(store->get(), ChunkerOptions{});
+    auto c = hv_->Checkpoint("idle", [&](ByteView b) { return w.Write(b); }, true);
+    ASSERT_TRUE(c.ok()) << c.status().ToString();
+    auto list = w.Finish();
+    ASSERT_TRUE(list.ok());
+    EXPECT_EQ(list->total_size, c->stream_bytes);
+    *st = w.stats();
+    std::this_thread::sleep_for(1s);
+  }
+  double ratio = double(second.new_bytes) / double(first.new_bytes + first.dup_bytes);
+  std::printf("first: %s new, second: %s new (%.3f of the stream)\n",
+              HumanBytes(first.new_bytes).c_str(), HumanBytes(second.new_bytes).c_str(), ratio);
+  EXPECT_LE(ratio, 0.2);
+  // The stored image restores.
+  (void)0;
+}
+
+TEST_F(VmTest, DiskServedOverNbdKeepsTheDocument) {
+  auto qemu_nbd = [&](const std::string& sock, const std::string& file) {
+    pid_t pid = fork();
+    if (pid == 0) {
+      execlp("qemu-nbd", "qemu-nbd", "--persistent", "--shared=4", "-f", "raw",
+             ("--socket=" + sock).c_str(), file.c_str(), nullptr);
+      _exit(127);
+    }
+    for (int i = 0; i < 100 && access(sock.c_str(), F_OK) != 0; ++i) std::this_thread::sleep_for(20ms);
+    return pid;
+  };
+  std::string image = dir_ / "disk.img";
+  ASSERT_EQ(truncate((image).c_str(), 0), -1);  // does not exist yet
+  {
+    std::ofstream f(image);
+  }
+  ASSERT_EQ(truncate(image.c_str(), 16 << 20), 0);
+  std::string sock = dir_ / "nbd.sock";
+  pid_t server = qemu_nbd(sock, image);
+  ASSERT_GT(server, 0);
+
+  VmSpec spec = Spec("disk1");
+  spec.cmdline += " slingshot.disk=auto";
+  spec.disk = NbdDisk{sock, "", 0, "", false};
+  BootAndWait(spec);
+  TypeAndWait("disk1", "kept on disk", "kept on disk");
+  auto saved = Control(Ep("disk1", kControlPort), "save");
+  ASSERT_TRUE(saved.ok());
+  EXPECT_EQ(*saved, "saved 12\n");
+  ASSERT_TRUE(hv_->Destroy("disk1").ok());
+
+  // The bytes really went through NBD into the file.
+  auto raw = ReadFileBounded(image, 16 << 20);
+  ASSERT_TRUE(raw.ok());
+  EXPECT_EQ(std::string(raw->begin(), raw->begin() + 4), "NPAD");
+  EXPECT_EQ(std::string(raw->begin() + 512, raw->begin() + 524), "kept on disk");
+
+  // A fresh VM on the same disk starts with the document.
+  VmSpec again = spec;
+  again.name = "disk2";
+  again.run_dir = dir_ / "disk2";
+  BootAndWait(again);
+  EXPECT_TRUE(WaitForText(Ep("disk2", kControlPort), "kept on disk", 10s).ok());
+  ASSERT_TRUE(hv_->Destroy("disk2").ok());
+  kill(server, SIGTERM);
+  waitpid(server, nullptr, 0);
+}
+
+TEST_F(VmTest, NoQemuOutlivesItsProcess) {
+  // A child process boots a VM and dies without cleaning up (SIGKILL):
+  // its qemu must go with it.
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  std::string run = dir_ / "orphan";
+  pid_t pid = fork();
+  if (pid == 0) {
+    alarm(120);  // never hang the suite
+    HypervisorOptions o;
+    o.backend = "qemu";
+    o.accel = "tcg";
+    auto h = OpenHypervisor(o);
+    if (!h.ok() || !(*h)->Boot(NotepadSpec("orphan", run)).ok()) _exit(1);
+    int qpid = std::stoi((*h)->Info("orphan")->detail.substr(4));
+    if (write(fds[1], &qpid, sizeof qpid) != sizeof qpid) _exit(2);
+    pause();
+    _exit(0);
+  }
+  close(fds[1]);
+  int qpid = 0;
+  ASSERT_EQ(read(fds[0], &qpid, sizeof qpid), static_cast<ssize_t>(sizeof qpid));
+  close(fds[0]);
+  ASSERT_EQ(kill(qpid, 0), 0);
+  kill(pid, SIGKILL);
+  waitpid(pid, nullptr, 0);
+  bool gone = false;
+  for (int i = 0; i < 100 && !gone; ++i) {
+    gone = ProcessesMatching(run).empty();
+    if (!gone) std::this_thread::sleep_for(20ms);
+  }
+  EXPECT_TRUE(gone) << "qemu " << qpid << " outlived its parent";
+
+  // Destroying the Hypervisor object takes its VMs along.
+  ASSERT_TRUE(hv_->Boot(Spec("owned")).ok());
+  hv_.reset();
+  EXPECT_TRUE(ProcessesMatching(dir_ / "owned").empty());
+}
+
+}  // namespace
+}  // namespace slingshot::testing
