@@ -9,6 +9,7 @@
 #include "slingshot/disk_table.h"
 #include "slingshot/manifest.h"
 #include "slingshot/memory_image.h"
+#include "slingshot/vm_stream.h"
 
 using namespace slingshot;
 
@@ -29,7 +30,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
   ByteView in(data + 1, size - 1);
   static const PublicKey key = SigningKey::Generate().value().public_key();
-  switch (data[0] % 10) {
+  switch (data[0] % 11) {
     case 0:
       CheckTable(DiskTable::Decode(in));
       break;
@@ -67,6 +68,19 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     case 9:
       (void)VerifyManifest(SealFrame({'S', 'S', 'M', 'S'}, 1, in), key);
       break;
+    case 10: {
+      // A VM stream fed in uneven pieces: whatever it hands on must add up
+      // to what it claims once it reports complete.
+      uint64_t payload = 0;
+      VmStreamReader r([](const VmStreamHeader&) { return Status::OK(); },
+                       [&](ByteView b) { payload += b.size(); return Status::OK(); });
+      size_t step = 1 + in.size() % 7;
+      for (size_t off = 0; off < in.size(); off += step) {
+        if (!r.Feed(in.subspan(off, std::min(step, in.size() - off))).ok()) break;
+      }
+      if (r.Finish().ok() && payload > r.bytes_read()) __builtin_trap();
+      break;
+    }
   }
   return 0;
 }

@@ -12,6 +12,7 @@
 #include "slingshot/event_log.h"
 #include "slingshot/manifest.h"
 #include "slingshot/memory_image.h"
+#include "slingshot/vm_stream.h"
 
 using namespace slingshot;
 namespace fs = std::filesystem;
@@ -62,6 +63,14 @@ int main(int argc, char** argv) {
   Seed(dec, "list-body", 7, Body(l.Encode()));
   Seed(dec, "manifest-body", 8, Body(m.Encode()));
   Seed(dec, "signed-body", 9, Body(signed_m));
+  {
+    Bytes vs;
+    VmStreamWriter w([&](ByteView b) { vs.insert(vs.end(), b.begin(), b.end()); return Status::OK(); });
+    (void)w.Begin({"qemu", 128, 1, "{\"machine\":\"pc\"}"});
+    (void)w.Write(AsBytes("QEVM save stream bytes"));
+    (void)w.Finish();
+    Seed(dec, "vm-stream", 10, vs);
+  }
 
   {
     auto log = EventLog::Open(work + "/log").value();

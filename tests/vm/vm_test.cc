@@ -8,7 +8,7 @@
 #include <thread>
 
 #include "../unit/test_util.h"
-#include "guest.h"
+#include "notepad_client.h"
 #include "slingshot/chunk_store.h"
 #include "slingshot/coding.h"
 #include "slingshot/file_util.h"

@@ -1,4 +1,4 @@
-#include "guest.h"
+#include "notepad_client.h"
 
 #include <arpa/inet.h>
 #include <dirent.h>

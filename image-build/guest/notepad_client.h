@@ -1,8 +1,8 @@
-// Test helpers for real VMs running the notepad test guest
+// Host-side helpers for VMs running the notepad test guest
 // (image-build/guest-image.sh): specs, the notepad's control port, and an
 // RFB client (libvncclient) that types and reads the screen.
-#ifndef SLINGSHOT_TESTS_VM_GUEST_H_
-#define SLINGSHOT_TESTS_VM_GUEST_H_
+#ifndef SLINGSHOT_IMAGE_BUILD_GUEST_NOTEPAD_CLIENT_H_
+#define SLINGSHOT_IMAGE_BUILD_GUEST_NOTEPAD_CLIENT_H_
 
 #include <rfb/rfbclient.h>
 
@@ -58,4 +58,4 @@ std::vector<int> ProcessesMatching(const std::string& needle);
 
 }  // namespace slingshot::testing
 
-#endif  // SLINGSHOT_TESTS_VM_GUEST_H_
+#endif  // SLINGSHOT_IMAGE_BUILD_GUEST_NOTEPAD_CLIENT_H_
