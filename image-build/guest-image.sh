@@ -7,8 +7,9 @@
 #
 # Writes OUT_DIR/vmlinuz, OUT_DIR/initrd.img, OUT_DIR/notepad.psf and
 # OUT_DIR/versions.txt. Debian packages are fetched once with
-# `apt-get download` into OUT_DIR/debs (nothing is installed on the host) and
-# reused. The initramfs is packed with sorted names and zero mtimes, so the
+# `apt-get download` into $SLINGSHOT_DEB_CACHE (default
+# ~/.cache/slingshot/debs; nothing is installed on the host) and reused by
+# every build directory. The initramfs is packed with sorted names and zero mtimes, so the
 # same inputs give the same bytes.
 #
 # Guest kernel parameters read by /init:
@@ -19,18 +20,20 @@ set -euo pipefail
 
 out=${1:?usage: guest-image.sh OUT_DIR NOTEPAD_BINARY}
 notepad=${2:?usage: guest-image.sh OUT_DIR NOTEPAD_BINARY}
-mkdir -p "$out/debs"
+debs=${SLINGSHOT_DEB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/slingshot/debs}
+mkdir -p "$out" "$debs"
 out=$(cd "$out" && pwd)
+debs=$(cd "$debs" && pwd)
 
 fetch() {  # fetch PACKAGE -> path of its .deb in the cache
   local pkg=$1 deb
-  deb=$(ls "$out"/debs/"${pkg}"_*.deb 2>/dev/null | head -1 || true)
+  deb=$(ls "$debs"/"${pkg}"_*.deb 2>/dev/null | head -1 || true)
   if [[ -z $deb ]]; then
-    (cd "$out/debs" && apt-get download "$pkg" >/dev/null 2>&1) || {
+    (cd "$debs" && apt-get download "$pkg" >/dev/null 2>&1) || {
       echo "guest-image: cannot download $pkg; run 'apt-get update' (or scripts/install-deps.sh) and retry" >&2
       exit 1
     }
-    deb=$(ls "$out"/debs/"${pkg}"_*.deb | head -1)
+    deb=$(ls "$debs"/"${pkg}"_*.deb | head -1)
   fi
   echo "$deb"
 }
@@ -38,7 +41,7 @@ fetch() {  # fetch PACKAGE -> path of its .deb in the cache
 kernel_pkg=$(apt-cache depends linux-image-amd64 2>/dev/null |
              awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
 if [[ -z $kernel_pkg ]]; then
-  kernel_pkg=$(ls "$out"/debs/linux-image-[0-9]*_*.deb 2>/dev/null | head -1 |
+  kernel_pkg=$(ls "$debs"/linux-image-[0-9]*_*.deb 2>/dev/null | head -1 |
                xargs -r basename | cut -d_ -f1)
 fi
 [[ -n $kernel_pkg ]] || { echo "guest-image: cannot resolve linux-image-amd64; run 'apt-get update'" >&2; exit 1; }
@@ -135,7 +138,7 @@ cp "$work/kernel/boot/vmlinuz-$kver" "$work/vmlinuz"
 cp "$root/usr/share/notepad.psf" "$work/notepad.psf"
 {
   echo "kernel $kernel_pkg $kver"
-  for d in "$out"/debs/*.deb; do basename "$d"; done
+  for d in "$debs"/*.deb; do basename "$d"; done
 } > "$work/versions.txt"
 for f in vmlinuz initrd.img notepad.psf versions.txt; do mv -f "$work/$f" "$out/$f"; done
 echo "guest-image: $out/vmlinuz ($kver), $out/initrd.img ($(du -k "$out/initrd.img" | cut -f1) KiB)"

@@ -18,7 +18,8 @@ namespace slingshot::testing {
 constexpr uint16_t kRfbPort = 5900;
 constexpr uint16_t kControlPort = 5901;
 
-// The guest image built into the build directory.
+// The guest image built into the build directory ($SLINGSHOT_GUEST_DIR
+// overrides it).
 std::string GuestDir();
 
 // A spec for the notepad guest: 128 MiB, one vCPU, ports 5900 and 5901.

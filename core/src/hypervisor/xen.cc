@@ -447,8 +447,8 @@ class XenHypervisor final : public Hypervisor {
     return AddDevices(vm, cfg);
   }
 
-  // Points a checkpoint's config at this replica: its name, a new UUID,
-  // its own disk and NIC.
+  // Points a checkpoint's config at this replica: its name, a new UUID, its
+  // own disk. The NIC keeps its MAC, which the guest's memory remembers.
   Status Retarget(XenVm* vm, libxl_domain_config* cfg) {
     free(cfg->c_info.name);
     cfg->c_info.name = Dup(vm->spec.name);
@@ -457,11 +457,19 @@ class XenHypervisor final : public Hypervisor {
     free(cfg->disks);
     cfg->disks = nullptr;
     cfg->num_disks = 0;
-    for (int i = 0; i < cfg->num_nics; ++i) libxl_device_nic_dispose(&cfg->nics[i]);
-    free(cfg->nics);
-    cfg->nics = nullptr;
-    cfg->num_nics = 0;
-    return AddDevices(vm, cfg);
+    bool had_nic = cfg->num_nics > 0;
+    if (had_nic) {
+      for (int i = 0; i < cfg->num_nics; ++i) {
+        free(cfg->nics[i].bridge);
+        cfg->nics[i].bridge = Dup(kBridge);
+      }
+    }
+    VmSpec devices = vm->spec;
+    if (had_nic) devices.service_ports.clear();  // AddDevices would add a second NIC
+    std::swap(vm->spec, devices);
+    Status s = AddDevices(vm, cfg);
+    std::swap(vm->spec, devices);
+    return s;
   }
 
   Result<std::shared_ptr<XenVm>> Reserve(const VmSpec& spec) {

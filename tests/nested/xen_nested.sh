@@ -1,0 +1,120 @@
+#!/bin/bash
+# The nested Xen proof (ctest -L nested): boots Xen 4.17 under QEMU TCG with
+# a Debian dom0 and runs xen_proof there, which drives the Xen backend on
+# the notepad test guest as a PV domain.
+#
+#   tests/nested/xen_nested.sh BUILD_DIR
+#
+# The dom0 root (debootstrap: xen-utils, the Debian kernel, nbd-client,
+# iproute2) is built once into BUILD_DIR/nested and reused; each run packs it
+# with xen_proof, the libraries it links and the guest image into one
+# initramfs, so dom0 needs no disk. PLATFORM.md has the why of each step.
+set -euo pipefail
+
+build=$(cd "${1:?usage: xen_nested.sh BUILD_DIR}" && pwd)
+work=$build/nested
+root=$work/dom0-root
+mkdir -p "$work"
+export PATH=$PATH:/usr/sbin:/sbin
+
+need() { command -v "$1" >/dev/null || { echo "xen_nested: $1 is missing (install $2)" >&2; exit 1; }; }
+need debootstrap debootstrap
+need qemu-system-x86_64 qemu-system-x86
+need cpio cpio
+need depmod kmod
+
+t0=$(date +%s)
+if [[ ! -e $root/.complete ]]; then
+  echo "xen_nested: building the dom0 root with debootstrap (once; about a minute)"
+  rm -rf "$root" "$root.tmp"
+  debootstrap --variant=minbase \
+    --include=linux-image-amd64,xen-utils-4.17,xen-hypervisor-4.17-amd64,nbd-client,iproute2,kmod,busybox \
+    bookworm "$root.tmp" http://deb.debian.org/debian > "$work/debootstrap.log" 2>&1 || {
+      echo "xen_nested: debootstrap failed; its log ends:" >&2; tail -20 "$work/debootstrap.log" >&2; exit 1; }
+  mv "$root.tmp" "$root"
+  touch "$root/.complete"
+fi
+t_root=$(date +%s)
+
+kver=$(ls "$root/lib/modules" | head -1)
+stage=$work/stage
+rm -rf "$stage" && mkdir -p "$stage"
+# dom0's tree, without what a test never uses (docs, most drivers).
+(cd "$root" && tar --exclude=./usr/share/doc --exclude=./usr/share/man --exclude=./usr/share/locale \
+   --exclude=./lib/modules --exclude=./usr/lib/modules --exclude=./usr/lib/firmware --exclude=./boot --exclude=./var/cache/apt --exclude=./var/lib/apt/lists \
+   --exclude=./.complete -cf - .) | (cd "$stage" && tar -xf -)
+mods=$root/lib/modules/$kver
+for dir in kernel/drivers/xen kernel/drivers/block/xen-blkback kernel/drivers/net/xen-netback \
+           kernel/drivers/block/nbd.ko kernel/net/bridge kernel/net/802 kernel/net/llc; do
+  [[ -e $mods/$dir ]] || continue
+  mkdir -p "$stage/lib/modules/$kver/$(dirname "$dir")"
+  cp -a "$mods/$dir" "$stage/lib/modules/$kver/$(dirname "$dir")/"
+done
+cp "$mods"/modules.order "$mods"/modules.builtin* "$stage/lib/modules/$kver/"
+depmod -b "$stage" "$kver"
+
+# Our program, every library it links, and the guest.
+mkdir -p "$stage/opt/slingshot/lib" "$stage/opt/slingshot/guest"
+cp "$build/tests/nested/xen_proof" "$stage/opt/slingshot/"
+for lib in $(ldd "$build/tests/nested/xen_proof" | awk '/=> \// {print $3}'); do
+  cp -L "$lib" "$stage/opt/slingshot/lib/"
+done
+cp "$build/guest/vmlinuz" "$build/guest/initrd.img" "$build/guest/notepad.psf" "$stage/opt/slingshot/guest/"
+
+cat > "$stage/init" <<'INIT'
+#!/bin/sh
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mkdir -p /dev/pts /dev/shm /run /tmp /var/run /var/log/xen /var/lib/xen
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /tmp
+ln -sf /proc/self/fd /dev/fd
+ln -sf /proc/self/fd/0 /dev/stdin
+ln -sf /proc/self/fd/1 /dev/stdout
+ln -sf /proc/self/fd/2 /dev/stderr
+for m in xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xen-blkback xen-netback nbd bridge; do
+  modprobe $m 2>/dev/null
+done
+mount -t xenfs xenfs /proc/xen
+X=/usr/lib/xen-4.17/bin
+$X/xenstored --pid-file /run/xenstored.pid
+$X/xen-init-dom0
+$X/xenconsoled --pid-file=/run/xenconsoled.pid
+ip link set lo up
+ip link add xenbr0 type bridge
+ip addr add 10.0.2.2/24 dev xenbr0
+ip link set xenbr0 up
+echo "SLINGSHOT-NESTED dom0 ready after $(cut -d' ' -f1 /proc/uptime) s"
+SLINGSHOT_GUEST_DIR=/opt/slingshot/guest LD_LIBRARY_PATH=/opt/slingshot/lib \
+  /opt/slingshot/xen_proof 2>&1
+echo "SLINGSHOT-NESTED exit $?"
+echo o > /proc/sysrq-trigger
+sleep 30
+INIT
+chmod 0755 "$stage/init"
+(cd "$stage" && find . | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0) | gzip -1 > "$work/dom0-initrd.img"
+gunzip -c "$root"/boot/xen-4.17-amd64.gz > "$work/xen"
+cp "$root/boot/vmlinuz-$kver" "$work/dom0-vmlinuz"
+t_pack=$(date +%s)
+echo "xen_nested: dom0 initramfs $(du -m "$work/dom0-initrd.img" | cut -f1) MiB; booting Xen under QEMU TCG"
+
+log=$work/console.log
+timeout 1500 qemu-system-x86_64 -accel tcg,thread=multi -cpu qemu64,+svm,+npt -smp 2 -m 3072 \
+  -nographic -no-reboot -nodefaults -serial "file:$log" \
+  -kernel "$work/xen" \
+  -initrd "$work/dom0-vmlinuz console=hvc0 earlyprintk=xen quiet,$work/dom0-initrd.img" \
+  -append "console=com1 com1=115200,8n1 dom0_mem=2048M,max:2048M" || true
+t_end=$(date +%s)
+
+grep -a 'XEN-PROOF\|SLINGSHOT-NESTED' "$log" || true
+echo "xen_nested: dom0 root $((t_root - t0)) s, packing $((t_pack - t_root)) s, Xen run $((t_end - t_pack)) s"
+if grep -aq 'XEN-PROOF RESULT' "$log" && grep -aq 'SLINGSHOT-NESTED exit 0' "$log"; then
+  grep -a 'XEN-PROOF RESULT' "$log" | tail -1
+  exit 0
+fi
+echo "xen_nested: the proof did not pass; the console log ($log) ends:" >&2
+tail -40 "$log" >&2
+exit 1
