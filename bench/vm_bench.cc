@@ -92,7 +92,9 @@ int main(int argc, char** argv) {
     auto rfb = RfbSession::Connect(*rfb_ep);
     if (!rfb.ok()) return Fail(rfb.status(), "RFB");
     (void)(*rfb)->Type("benchmark document\n");
-    if (Status s = WaitForText(*ctl, "benchmark document\n", 30s); !s.ok()) return Fail(s, "typing");
+    if (Status s = WaitForText(*ctl, "benchmark document\n", 30s, rfb->get()); !s.ok()) {
+      return Fail(s, "typing");
+    }
   }
 
   auto store = ChunkStore::Open(dir + "/store", {});

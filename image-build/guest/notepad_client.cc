@@ -99,7 +99,8 @@ Status WaitForNotepad(const Endpoint& ep, std::chrono::milliseconds timeout) {
                          " ms: " + last.ToString());
 }
 
-Status WaitForText(const Endpoint& ep, const std::string& want, std::chrono::milliseconds timeout) {
+Status WaitForText(const Endpoint& ep, const std::string& want, std::chrono::milliseconds timeout,
+                   RfbSession* rfb) {
   auto deadline = Clock::now() + timeout;
   std::string seen = "(nothing)";
   while (Clock::now() < deadline) {
@@ -108,7 +109,11 @@ Status WaitForText(const Endpoint& ep, const std::string& want, std::chrono::mil
       if (*r == want) return Status::OK();
       seen = "'" + *r + "'";
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    if (rfb) {
+      SLINGSHOT_RETURN_IF_ERROR(rfb->Pump(50));
+    } else {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
   }
   return Status::IOError("document is " + seen + ", expected '" + want + "'");
 }
@@ -139,14 +144,19 @@ Status RfbSession::Type(const std::string& text) {
     if (!SendKeyEvent(client_, key, TRUE) || !SendKeyEvent(client_, key, FALSE)) {
       return Status::IOError("RFB: sending a key event failed");
     }
+    SLINGSHOT_RETURN_IF_ERROR(Pump(0));
   }
   return Status::OK();
 }
 
 Status RfbSession::Pump(int timeout_ms) {
-  int r = WaitForMessage(client_, static_cast<unsigned>(timeout_ms) * 1000);
-  if (r < 0) return Status::IOError("RFB connection failed");
-  if (r > 0 && !HandleRFBServerMessage(client_)) return Status::IOError("RFB: bad server message");
+  auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
+  do {
+    int r = WaitForMessage(client_, timeout_ms > 0 ? 10000 : 0);
+    if (r < 0) return Status::IOError("RFB connection failed");
+    if (r > 0 && !HandleRFBServerMessage(client_)) return Status::IOError("RFB: bad server message");
+    if (r == 0 && timeout_ms == 0) break;
+  } while (Clock::now() < deadline);
   return Status::OK();
 }
 

@@ -32,17 +32,25 @@ Result<std::string> Control(const Endpoint& ep, const std::string& command);
 Result<std::string> DocumentText(const Endpoint& ep);
 // Waits until the control port answers (the guest has booted).
 Status WaitForNotepad(const Endpoint& ep, std::chrono::milliseconds timeout);
+class RfbSession;
 // Waits until the document equals want; the error shows the last text seen.
+// With rfb, keeps reading that session's screen updates meanwhile: a VNC
+// client that stops reading stalls the notepad once the socket buffers
+// fill (libvncserver then blocks writing its update, and drops the client
+// after 20 s), as any real client would keep reading.
 Status WaitForText(const Endpoint& ep, const std::string& want,
-                   std::chrono::milliseconds timeout);
+                   std::chrono::milliseconds timeout, RfbSession* rfb = nullptr);
 
 // A real RFB client session.
 class RfbSession {
  public:
   static Result<std::unique_ptr<RfbSession>> Connect(const Endpoint& ep);
   ~RfbSession();
-  // Sends each character as a key press and release (newline as Return).
+  // Sends each character as a key press and release (newline as Return),
+  // reading screen updates between keys.
   Status Type(const std::string& text);
+  // Handles the server messages that arrive within timeout_ms.
+  Status Pump(int timeout_ms);
   // Asks for a full update and waits until the framebuffer equals what
   // notepad::Render draws for `text`; the error counts differing pixels.
   Status WaitForScreen(const notepad::Font& font, const std::string& text,
@@ -50,7 +58,6 @@ class RfbSession {
 
  private:
   explicit RfbSession(rfbClient* c) : client_(c) {}
-  Status Pump(int timeout_ms);
   rfbClient* client_;
 };
 

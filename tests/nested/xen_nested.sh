@@ -71,6 +71,7 @@ mkdir -p /dev/pts /dev/shm /run /tmp /var/run /var/log/xen /var/lib/xen
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /tmp
+mkdir -p /run/xen /run/xenstored /var/lib/xen /var/log/xen
 ln -sf /proc/self/fd /dev/fd
 ln -sf /proc/self/fd/0 /dev/stdin
 ln -sf /proc/self/fd/1 /dev/stdout

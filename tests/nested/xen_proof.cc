@@ -34,7 +34,7 @@ Status TypeAndCheck(Hypervisor& h, const std::string& vm, const std::string& key
   SLINGSHOT_ASSIGN_OR_RETURN(Endpoint ctl, h.ServiceEndpoint(vm, kControlPort));
   SLINGSHOT_ASSIGN_OR_RETURN(std::unique_ptr<RfbSession> rfb, RfbSession::Connect(rfb_ep));
   SLINGSHOT_RETURN_IF_ERROR(rfb->Type(keys));
-  return WaitForText(ctl, want, 120s);
+  return WaitForText(ctl, want, 120s, rfb.get());
 }
 
 }  // namespace

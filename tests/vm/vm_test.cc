@@ -57,7 +57,7 @@ class VmTest : public ::testing::Test {
     auto rfb = RfbSession::Connect(Ep(vm, kRfbPort));
     ASSERT_TRUE(rfb.ok()) << rfb.status().ToString();
     ASSERT_TRUE((*rfb)->Type(keys).ok());
-    Status s = WaitForText(Ep(vm, kControlPort), want, 30s);
+    Status s = WaitForText(Ep(vm, kControlPort), want, 30s, rfb->get());
     ASSERT_TRUE(s.ok()) << s.ToString();
     s = (*rfb)->WaitForScreen(font_, want, 30s);
     ASSERT_TRUE(s.ok()) << s.ToString();

@@ -105,13 +105,9 @@ class XenHypervisor final : public Hypervisor {
       MutexLock op(&vm->op_mu);
       Kill(vm.get());
     }
-    if (xs_) {
-      xs_unwatch(xs_, "@releaseDomain", "slingshot");
-      // Wake the monitor: a write to our own key fires no watch, so poke
-      // @releaseDomain's reader by closing; the thread exits on error.
-      shutdown(xs_fileno(xs_), SHUT_RDWR);
-    }
+    // The monitor sees stopping_ within one poll interval.
     if (monitor_.joinable()) monitor_.join();
+    if (xs_) xs_unwatch(xs_, "@releaseDomain", "slingshot");
     if (xs_) xs_close(xs_);
     if (ctx_) libxl_ctx_free(ctx_);
     if (logger_) xtl_logger_destroy(reinterpret_cast<xentoollog_logger*>(logger_));
@@ -531,8 +527,14 @@ class XenHypervisor final : public Hypervisor {
 
   void Monitor() {
     for (;;) {
+      {
+        MutexLock l(&mu_);
+        if (stopping_) return;
+      }
       pollfd p{xs_fileno(xs_), POLLIN, 0};
-      if (poll(&p, 1, -1) < 0 && errno != EINTR) return;
+      int pr = poll(&p, 1, 500);
+      if (pr < 0 && errno != EINTR) return;
+      if (pr <= 0) continue;  // xs_read_watch would block: only read when readable
       unsigned int n = 0;
       char** ev = xs_read_watch(xs_, &n);
       if (!ev) return;  // closed: shutting down
