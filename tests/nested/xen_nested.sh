@@ -6,7 +6,7 @@
 #   tests/nested/xen_nested.sh BUILD_DIR
 #
 # The dom0 root (debootstrap: xen-utils, the Debian kernel, nbd-client,
-# iproute2) is built once into BUILD_DIR/nested and reused; each run packs it
+# qemu-utils for qemu-nbd, iproute2) is built once into BUILD_DIR/nested and reused; each run packs it
 # with xen_proof, the libraries it links and the guest image into one
 # initramfs, so dom0 needs no disk. PLATFORM.md has the why of each step.
 set -euo pipefail
@@ -24,15 +24,16 @@ need cpio cpio
 need depmod kmod
 
 t0=$(date +%s)
-if [[ ! -e $root/.complete ]]; then
+packages=linux-image-amd64,xen-utils-4.17,xen-hypervisor-4.17-amd64,nbd-client,qemu-utils,iproute2,kmod,busybox
+if [[ "$(cat "$root/.complete" 2>/dev/null)" != "$packages" ]]; then
   echo "xen_nested: building the dom0 root with debootstrap (once; about a minute)"
   rm -rf "$root" "$root.tmp"
   debootstrap --variant=minbase \
-    --include=linux-image-amd64,xen-utils-4.17,xen-hypervisor-4.17-amd64,nbd-client,iproute2,kmod,busybox \
+    --include="$packages" \
     bookworm "$root.tmp" http://deb.debian.org/debian > "$work/debootstrap.log" 2>&1 || {
       echo "xen_nested: debootstrap failed; its log ends:" >&2; tail -20 "$work/debootstrap.log" >&2; exit 1; }
   mv "$root.tmp" "$root"
-  touch "$root/.complete"
+  echo "$packages" > "$root/.complete"
 fi
 t_root=$(date +%s)
 

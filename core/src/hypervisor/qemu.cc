@@ -226,6 +226,7 @@ class QemuHypervisor final : public Hypervisor {
     bool started = false;
     VmStreamReader reader(
         [&](const VmStreamHeader& h) -> Status {
+          vm->op_mu.AssertHeld();  // called from stream() below, under op
           SLINGSHOT_RETURN_IF_ERROR(CheckHeader(h, spec));
           SLINGSHOT_RETURN_IF_ERROR(Start(vm.get(), /*incoming=*/true));
           started = true;

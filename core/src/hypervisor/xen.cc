@@ -556,10 +556,20 @@ class XenHypervisor final : public Hypervisor {
         libxl_dominfo info;
         libxl_dominfo_init(&info);
         int rc = libxl_domain_info(ctx_, &info, domid);
-        bool gone = rc == ERROR_DOMAIN_NOTFOUND || (rc == 0 && (info.dying || info.shutdown));
-        std::string why = rc == ERROR_DOMAIN_NOTFOUND ? "domain " + std::to_string(domid) + " is gone"
-                          : "domain " + std::to_string(domid) + " shut down (reason " +
-                                std::to_string(static_cast<int>(info.shutdown_reason)) + ")";
+        // A suspended domain (a checkpoint in progress, or one kept paused
+        // after it) is shut down with reason "suspend" but not dead.
+        bool gone = rc == ERROR_DOMAIN_NOTFOUND ||
+                    (rc == 0 && (info.dying || (info.shutdown && info.shutdown_reason !=
+                                                                   LIBXL_SHUTDOWN_REASON_SUSPEND)));
+        std::string why = "domain " + std::to_string(domid);
+        if (rc == ERROR_DOMAIN_NOTFOUND) {
+          why += " is gone";
+        } else if (info.dying) {
+          why += " was destroyed";
+        } else {
+          const char* reason = libxl_shutdown_reason_to_string(info.shutdown_reason);
+          why += std::string(" shut down (") + (reason ? reason : "unknown reason") + ")";
+        }
         libxl_dominfo_dispose(&info);
         if (!gone) continue;
         {
