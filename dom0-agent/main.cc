@@ -7,6 +7,7 @@
 #include "slingshot/cli.h"
 #include "slingshot/coding.h"
 #include "slingshot/file_util.h"
+#include "slingshot/hypervisor.h"
 
 namespace slingshot {
 namespace {
@@ -59,6 +60,19 @@ Status CacheClear(const cli::po::variables_map& vm) {
   return Status::OK();
 }
 
+// Opens the hypervisor the agent would run replicas on, as configured, and
+// says which it is (the log line above says why).
+Status HypervisorProbe(const cli::po::variables_map& vm) {
+  HypervisorOptions o;
+  o.backend = vm["hypervisor"].as<std::string>();
+  o.accel = vm["accel"].as<std::string>();
+  o.qemu_binary = vm["qemu"].as<std::string>();
+  SLINGSHOT_ASSIGN_OR_RETURN(std::unique_ptr<Hypervisor> h, OpenHypervisor(o));
+  cli::PrintFigure("hypervisor", h->Name());
+  cli::PrintFigure("replicas", std::to_string(h->List().size()));
+  return Status::OK();
+}
+
 }  // namespace
 }  // namespace slingshot
 
@@ -75,12 +89,19 @@ int main(int argc, char** argv) {
   p.global_options = [](Opts& d) {
     d.add_options()
         ("cache", value<std::string>()->default_value("/var/cache/slingshot/chunks"), "chunk cache directory")
-        ("cache-budget-mb", value<uint64_t>()->default_value(4096), "most MiB the cache keeps before evicting");
+        ("cache-budget-mb", value<uint64_t>()->default_value(4096), "most MiB the cache keeps before evicting")
+        ("hypervisor", value<std::string>()->default_value("auto"),
+         "auto (Xen in a Xen dom0, else QEMU), qemu or xen")
+        ("accel", value<std::string>()->default_value("auto"),
+         "QEMU: auto (KVM if a probe guest runs fast enough, else TCG), kvm or tcg")
+        ("qemu", value<std::string>()->default_value("qemu-system-x86_64"), "QEMU binary");
   };
   p.commands = {
       {"cache stats", "print what the chunk cache holds", "", cli::NoOptions, CacheStats},
       {"cache verify", "hash-check every cached chunk and drop damaged ones", "", cli::NoOptions, CacheVerify},
       {"cache clear", "delete the chunk cache", "", cli::NoOptions, CacheClear},
+      {"hypervisor probe", "say which hypervisor replicas would run on, and why", "", cli::NoOptions,
+       HypervisorProbe},
   };
   return cli::Main(p, argc, argv);
 }

@@ -61,6 +61,13 @@ expect 2 "does not hold a chunk cache" -- "$AGENT_BIN" cache clear --cache "$W/f
 expect 0 "cleared cache" -- "$AGENT_BIN" cache clear --cache "$W/cache"
 expect 1 "no event log" -- "$CLIENT_BIN" log stats --log "$W/no-log"
 
+# Which hypervisor the agent picks, and clear refusals.
+expect 0 "hypervisor +qemu-tcg" -- "$AGENT_BIN" hypervisor probe --hypervisor qemu --accel tcg
+expect 0 "not running under Xen" -- "$AGENT_BIN" hypervisor probe --accel tcg --log-level info
+expect 2 "auto, qemu or xen" -- "$AGENT_BIN" hypervisor probe --hypervisor vmware
+expect 1 "install qemu-system-x86" -- "$AGENT_BIN" hypervisor probe --hypervisor qemu --qemu no-such-qemu
+expect 1 "dom0" -- "$AGENT_BIN" hypervisor probe --hypervisor xen
+
 if [ "$fails" -ne 0 ]; then
   echo "$fails check(s) failed"
   exit 1

@@ -81,7 +81,7 @@ class XenHypervisor final : public Hypervisor {
       h->ctx_ = nullptr;
       return Status::Unsupported(
           "cannot open libxl (libxl_ctx_alloc failed: no Xen hypervisor or no privileged "
-          "access). The Xen backend runs only in a Xen dom0 as root; use backend=qemu elsewhere");
+          "access). The Xen backend runs only in a Xen dom0 as root; elsewhere use the QEMU backend (hypervisor = qemu)");
     }
     static const libxl_childproc_hooks hooks = {
         libxl_sigchld_owner_libxl_always_selective_reap, nullptr, nullptr};
