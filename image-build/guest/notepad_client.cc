@@ -126,6 +126,7 @@ Result<std::unique_ptr<RfbSession>> RfbSession::Connect(const Endpoint& ep) {
   c->format.redShift = 16;
   c->format.greenShift = 8;
   c->format.blueShift = 0;
+  free(c->serverHost);  // rfbGetClient's own empty string
   c->serverHost = strdup(ep.host.c_str());
   c->serverPort = ep.port;
   c->appData.encodingsString = "raw";
@@ -136,7 +137,13 @@ Result<std::unique_ptr<RfbSession>> RfbSession::Connect(const Endpoint& ep) {
   return std::unique_ptr<RfbSession>(new RfbSession(c));
 }
 
-RfbSession::~RfbSession() { rfbClientCleanup(client_); }
+RfbSession::~RfbSession() {
+  // rfbClientCleanup leaves the framebuffer (the application's, by
+  // libvncclient's contract) to us.
+  free(client_->frameBuffer);
+  client_->frameBuffer = nullptr;
+  rfbClientCleanup(client_);
+}
 
 Status RfbSession::Type(const std::string& text) {
   for (char ch : text) {
