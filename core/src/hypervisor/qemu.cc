@@ -21,6 +21,7 @@
 
 #include "child.h"
 #include "qmp.h"
+#include "vm_registry.h"
 #include "slingshot/hypervisor.h"
 #include "slingshot/coding.h"
 #include "slingshot/log.h"
@@ -64,15 +65,7 @@ Result<uint16_t> FreeTcpPort() {
 }
 
 Status ValidateSpec(const VmSpec& s) {
-  if (s.name.empty() || s.name.size() > 48) {
-    return Status::InvalidArgument("VM name must have 1..48 characters");
-  }
-  for (char c : s.name) {
-    if (!isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.') {
-      return Status::InvalidArgument("VM name '" + s.name +
-                                     "' may hold only letters, digits, '-', '_' and '.'");
-    }
-  }
+  SLINGSHOT_RETURN_IF_ERROR(ValidateVmName(s.name));
   if (s.kernel.empty() || access(s.kernel.c_str(), R_OK) != 0) {
     return Status::InvalidArgument("VM " + s.name + ": kernel '" + s.kernel + "' is not readable");
   }
@@ -130,13 +123,7 @@ class QemuHypervisor final : public Hypervisor {
   }
 
   ~QemuHypervisor() override {
-    std::map<std::string, std::shared_ptr<Vm>> vms;
-    {
-      MutexLock l(&mu_);
-      vms.swap(vms_);
-      stopping_ = true;
-    }
-    for (auto& [name, vm] : vms) Kill(vm.get());
+    for (auto& vm : vms_.Close()) Kill(vm.get());
     Wake();
     monitor_.join();
   }
@@ -148,7 +135,7 @@ class QemuHypervisor final : public Hypervisor {
     MutexLock op(&vm->op_mu);
     Status s = Start(vm.get(), /*incoming=*/false);
     if (!s.ok()) {
-      Forget(vm);
+      vms_.Forget(vm);
       return s;
     }
     LogInfo("VM " + spec.name + " booted (" + Name() + ")");
@@ -157,7 +144,7 @@ class QemuHypervisor final : public Hypervisor {
 
   Result<CheckpointStats> Checkpoint(const std::string& name, const ByteSink& sink,
                                      bool keep_running) override {
-    SLINGSHOT_ASSIGN_OR_RETURN(std::shared_ptr<Vm> vm, Find(name));
+    SLINGSHOT_ASSIGN_OR_RETURN(std::shared_ptr<Vm> vm, vms_.Find(name));
     MutexLock op(&vm->op_mu);
     if (!vm->Alive()) return Status::IOError("VM " + name + " is dead: " + vm->Obituary());
     CheckpointStats stats;
@@ -251,7 +238,7 @@ class QemuHypervisor final : public Hypervisor {
     if (s.ok()) s = Qmp(vm.get(), "cont").status();
     if (!s.ok()) {
       if (started) Kill(vm.get());
-      Forget(vm);
+      vms_.Forget(vm);
       return s.Annotate("restore of " + spec.name);
     }
     SetState(vm.get(), VmState::kRunning);
@@ -263,14 +250,7 @@ class QemuHypervisor final : public Hypervisor {
   }
 
   Status Destroy(const std::string& name) override {
-    std::shared_ptr<Vm> vm;
-    {
-      MutexLock l(&mu_);
-      auto it = vms_.find(name);
-      if (it == vms_.end()) return Status::NotFound("no VM named " + name);
-      vm = it->second;
-      vms_.erase(it);
-    }
+    SLINGSHOT_ASSIGN_OR_RETURN(std::shared_ptr<Vm> vm, vms_.Remove(name));
     MutexLock op(&vm->op_mu);
     Kill(vm.get());
     vm->qmp.reset();
@@ -280,23 +260,18 @@ class QemuHypervisor final : public Hypervisor {
   }
 
   std::vector<VmInfo> List() override {
-    std::vector<std::shared_ptr<Vm>> vms;
-    {
-      MutexLock l(&mu_);
-      for (auto& [n, vm] : vms_) vms.push_back(vm);
-    }
     std::vector<VmInfo> out;
-    for (auto& vm : vms) out.push_back(InfoOf(vm.get()));
+    for (auto& vm : vms_.All()) out.push_back(InfoOf(vm.get()));
     return out;
   }
 
   Result<VmInfo> Info(const std::string& name) override {
-    SLINGSHOT_ASSIGN_OR_RETURN(std::shared_ptr<Vm> vm, Find(name));
+    SLINGSHOT_ASSIGN_OR_RETURN(std::shared_ptr<Vm> vm, vms_.Find(name));
     return InfoOf(vm.get());
   }
 
   Result<Endpoint> ServiceEndpoint(const std::string& name, uint16_t guest_port) override {
-    SLINGSHOT_ASSIGN_OR_RETURN(std::shared_ptr<Vm> vm, Find(name));
+    SLINGSHOT_ASSIGN_OR_RETURN(std::shared_ptr<Vm> vm, vms_.Find(name));
     auto it = vm->ports.find(guest_port);
     if (it == vm->ports.end()) {
       return Status::NotFound("VM " + name + " exposes no guest port " +
@@ -305,10 +280,7 @@ class QemuHypervisor final : public Hypervisor {
     return Endpoint{"127.0.0.1", it->second};
   }
 
-  void OnDeath(DeathCallback callback) override {
-    MutexLock l(&mu_);
-    on_death_ = std::move(callback);
-  }
+  void OnDeath(DeathCallback callback) override { vms_.SetDeathCallback(std::move(callback)); }
 
  private:
   VmStreamHeader Header(const VmSpec& spec) const {
@@ -480,26 +452,7 @@ class QemuHypervisor final : public Hypervisor {
 
   Result<std::shared_ptr<Vm>> Reserve(const VmSpec& spec) {
     SLINGSHOT_RETURN_IF_ERROR(ValidateSpec(spec));
-    MutexLock l(&mu_);
-    if (stopping_) return Status::IOError("hypervisor is shutting down");
-    if (vms_.count(spec.name)) return Status::AlreadyExists("a VM named " + spec.name + " exists");
-    auto vm = std::make_shared<Vm>();
-    vm->spec = spec;
-    vms_[spec.name] = vm;
-    return vm;
-  }
-
-  void Forget(const std::shared_ptr<Vm>& vm) {
-    MutexLock l(&mu_);
-    auto it = vms_.find(vm->spec.name);
-    if (it != vms_.end() && it->second == vm) vms_.erase(it);
-  }
-
-  Result<std::shared_ptr<Vm>> Find(const std::string& name) {
-    MutexLock l(&mu_);
-    auto it = vms_.find(name);
-    if (it == vms_.end()) return Status::NotFound("no VM named " + name);
-    return it->second;
+    return vms_.Reserve(spec);
   }
 
   static void Kill(Vm* vm) {
@@ -537,17 +490,14 @@ class QemuHypervisor final : public Hypervisor {
   // dead and tells the death callback.
   void Monitor() {
     for (;;) {
+      if (vms_.closed()) return;
       std::vector<std::shared_ptr<Vm>> vms;
       std::vector<pollfd> fds{{wake_.get(), POLLIN, 0}};
-      {
-        MutexLock l(&mu_);
-        if (stopping_) return;
-        for (auto& [n, vm] : vms_) {
-          MutexLock s(&vm->state_mu);
-          if (vm->child && vm->state != VmState::kDead) {
-            vms.push_back(vm);
-            fds.push_back({vm->child->pidfd(), POLLIN, 0});
-          }
+      for (auto& vm : vms_.All()) {
+        MutexLock st(&vm->state_mu);
+        if (vm->child && vm->state != VmState::kDead) {
+          vms.push_back(vm);
+          fds.push_back({vm->child->pidfd(), POLLIN, 0});
         }
       }
       if (poll(fds.data(), fds.size(), -1) < 0 && errno != EINTR) return;
@@ -570,12 +520,7 @@ class QemuHypervisor final : public Hypervisor {
           why = vm->death;
         }
         LogWarning("VM " + vm->spec.name + " died: " + why);
-        DeathCallback cb;
-        {
-          MutexLock l(&mu_);
-          cb = on_death_;
-        }
-        if (cb) cb(vm->spec.name, why);
+        vms_.ReportDeath(vm->spec.name, why);
       }
     }
   }
@@ -583,10 +528,7 @@ class QemuHypervisor final : public Hypervisor {
   const std::string qemu_;
   const bool kvm_;
   UniqueFd wake_;
-  Mutex mu_;
-  std::map<std::string, std::shared_ptr<Vm>> vms_ GUARDED_BY(mu_);
-  bool stopping_ GUARDED_BY(mu_) = false;
-  DeathCallback on_death_ GUARDED_BY(mu_);
+  VmRegistry<Vm> vms_;
   std::thread monitor_;
 };
 

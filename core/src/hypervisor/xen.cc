@@ -27,6 +27,7 @@ extern "C" {
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <fstream>
@@ -35,6 +36,7 @@ extern "C" {
 #include <thread>
 
 #include "child.h"
+#include "vm_registry.h"
 #include "slingshot/coding.h"
 #include "slingshot/hypervisor.h"
 #include "slingshot/log.h"
@@ -62,7 +64,7 @@ char* Dup(const std::string& s) { return strdup(s.c_str()); }
 
 struct XenVm {
   VmSpec spec;
-  uint32_t domid = kNoDomain;
+  std::atomic<uint32_t> domid{kNoDomain};  // read by the monitor thread
   std::string nbd_device;  // /dev/nbdN we attached, or empty
   Mutex op_mu;
   Mutex state_mu;
@@ -95,17 +97,11 @@ class XenHypervisor final : public Hypervisor {
   }
 
   ~XenHypervisor() override {
-    std::map<std::string, std::shared_ptr<XenVm>> vms;
-    {
-      MutexLock l(&mu_);
-      vms.swap(vms_);
-      stopping_ = true;
-    }
-    for (auto& [n, vm] : vms) {
+    for (auto& vm : vms_.Close()) {
       MutexLock op(&vm->op_mu);
       Kill(vm.get());
     }
-    // The monitor sees stopping_ within one poll interval.
+    // The monitor sees the registry closed within one poll interval.
     if (monitor_.joinable()) monitor_.join();
     if (xs_) xs_unwatch(xs_, "@releaseDomain", "slingshot");
     if (xs_) xs_close(xs_);
@@ -134,7 +130,7 @@ class XenHypervisor final : public Hypervisor {
     libxl_domain_config_dispose(&cfg);
     if (!s.ok()) {
       Kill(vm.get());
-      Forget(vm);
+      vms_.Forget(vm);
       return s;
     }
     LogInfo("VM " + spec.name + " booted as Xen domain " + std::to_string(domid));
@@ -143,7 +139,7 @@ class XenHypervisor final : public Hypervisor {
 
   Result<CheckpointStats> Checkpoint(const std::string& name, const ByteSink& sink,
                                      bool keep_running) override {
-    SLINGSHOT_ASSIGN_OR_RETURN(std::shared_ptr<XenVm> vm, Find(name));
+    SLINGSHOT_ASSIGN_OR_RETURN(std::shared_ptr<XenVm> vm, vms_.Find(name));
     MutexLock op(&vm->op_mu);
     if (StateOf(vm.get()) == VmState::kDead) return Status::IOError("VM " + name + " is dead");
     auto t0 = Clock::now();
@@ -212,7 +208,7 @@ class XenHypervisor final : public Hypervisor {
     auto t0 = Clock::now();
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
-      Forget(vm);
+      vms_.Forget(vm);
       return Status::FromErrno("socketpair", errno);
     }
     UniqueFd ours(sv[0]), theirs(sv[1]);
@@ -290,7 +286,7 @@ class XenHypervisor final : public Hypervisor {
     }
     if (!s.ok()) {
       Kill(vm.get());
-      Forget(vm);
+      vms_.Forget(vm);
       return s.Annotate("restore of " + spec.name);
     }
     SetState(vm.get(), VmState::kRunning);
@@ -302,58 +298,38 @@ class XenHypervisor final : public Hypervisor {
   }
 
   Status Destroy(const std::string& name) override {
-    std::shared_ptr<XenVm> vm;
-    {
-      MutexLock l(&mu_);
-      auto it = vms_.find(name);
-      if (it == vms_.end()) return Status::NotFound("no VM named " + name);
-      vm = it->second;
-      vms_.erase(it);
-    }
+    SLINGSHOT_ASSIGN_OR_RETURN(std::shared_ptr<XenVm> vm, vms_.Remove(name));
     MutexLock op(&vm->op_mu);
     Kill(vm.get());
     return Status::OK();
   }
 
   std::vector<VmInfo> List() override {
-    std::vector<std::shared_ptr<XenVm>> vms;
-    {
-      MutexLock l(&mu_);
-      for (auto& [n, vm] : vms_) vms.push_back(vm);
-    }
     std::vector<VmInfo> out;
-    for (auto& vm : vms) out.push_back(InfoOf(vm.get()));
+    for (auto& vm : vms_.All()) out.push_back(InfoOf(vm.get()));
     return out;
   }
 
   Result<VmInfo> Info(const std::string& name) override {
-    SLINGSHOT_ASSIGN_OR_RETURN(std::shared_ptr<XenVm> vm, Find(name));
+    SLINGSHOT_ASSIGN_OR_RETURN(std::shared_ptr<XenVm> vm, vms_.Find(name));
     return InfoOf(vm.get());
   }
 
   Result<Endpoint> ServiceEndpoint(const std::string& name, uint16_t guest_port) override {
-    SLINGSHOT_ASSIGN_OR_RETURN(std::shared_ptr<XenVm> vm, Find(name));
+    SLINGSHOT_ASSIGN_OR_RETURN(std::shared_ptr<XenVm> vm, vms_.Find(name));
     for (uint16_t p : vm->spec.service_ports) {
       if (p == guest_port) return Endpoint{kGuestAddress, guest_port};
     }
     return Status::NotFound("VM " + name + " exposes no guest port " + std::to_string(guest_port));
   }
 
-  void OnDeath(DeathCallback callback) override {
-    MutexLock l(&mu_);
-    on_death_ = std::move(callback);
-  }
+  void OnDeath(DeathCallback callback) override { vms_.SetDeathCallback(std::move(callback)); }
 
  private:
   XenHypervisor() = default;
 
   Status ValidateSpec(const VmSpec& s) {
-    if (s.name.empty() || s.name.size() > 48) return Status::InvalidArgument("VM name must have 1..48 characters");
-    for (char c : s.name) {
-      if (!isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '_' && c != '.') {
-        return Status::InvalidArgument("VM name '" + s.name + "' may hold only letters, digits, '-', '_' and '.'");
-      }
-    }
+    SLINGSHOT_RETURN_IF_ERROR(ValidateVmName(s.name));
     if (access(s.kernel.c_str(), R_OK) != 0) return Status::InvalidArgument("kernel '" + s.kernel + "' is not readable");
     if (!s.initrd.empty() && access(s.initrd.c_str(), R_OK) != 0) {
       return Status::InvalidArgument("initrd '" + s.initrd + "' is not readable");
@@ -470,31 +446,12 @@ class XenHypervisor final : public Hypervisor {
 
   Result<std::shared_ptr<XenVm>> Reserve(const VmSpec& spec) {
     SLINGSHOT_RETURN_IF_ERROR(ValidateSpec(spec));
-    MutexLock l(&mu_);
-    if (stopping_) return Status::IOError("hypervisor is shutting down");
-    if (vms_.count(spec.name)) return Status::AlreadyExists("a VM named " + spec.name + " exists");
     uint32_t existing;
     if (libxl_name_to_domid(ctx_, spec.name.c_str(), &existing) == 0) {
       return Status::AlreadyExists("a Xen domain named " + spec.name + " already runs (domid " +
                                    std::to_string(existing) + ")");
     }
-    auto vm = std::make_shared<XenVm>();
-    vm->spec = spec;
-    vms_[spec.name] = vm;
-    return vm;
-  }
-
-  void Forget(const std::shared_ptr<XenVm>& vm) {
-    MutexLock l(&mu_);
-    auto it = vms_.find(vm->spec.name);
-    if (it != vms_.end() && it->second == vm) vms_.erase(it);
-  }
-
-  Result<std::shared_ptr<XenVm>> Find(const std::string& name) {
-    MutexLock l(&mu_);
-    auto it = vms_.find(name);
-    if (it == vms_.end()) return Status::NotFound("no VM named " + name);
-    return it->second;
+    return vms_.Reserve(spec);
   }
 
   void Kill(XenVm* vm) {
@@ -527,10 +484,7 @@ class XenHypervisor final : public Hypervisor {
 
   void Monitor() {
     for (;;) {
-      {
-        MutexLock l(&mu_);
-        if (stopping_) return;
-      }
+      if (vms_.closed()) return;
       pollfd p{xs_fileno(xs_), POLLIN, 0};
       int pr = poll(&p, 1, 500);
       if (pr < 0 && errno != EINTR) return;
@@ -539,13 +493,7 @@ class XenHypervisor final : public Hypervisor {
       char** ev = xs_read_watch(xs_, &n);
       if (!ev) return;  // closed: shutting down
       free(ev);
-      std::vector<std::shared_ptr<XenVm>> vms;
-      {
-        MutexLock l(&mu_);
-        if (stopping_) return;
-        for (auto& [name, vm] : vms_) vms.push_back(vm);
-      }
-      for (auto& vm : vms) {
+      for (auto& vm : vms_.All()) {
         uint32_t domid;
         {
           MutexLock s(&vm->state_mu);
@@ -579,12 +527,7 @@ class XenHypervisor final : public Hypervisor {
           vm->death = why;
         }
         LogWarning("VM " + vm->spec.name + " died: " + why);
-        DeathCallback cb;
-        {
-          MutexLock l(&mu_);
-          cb = on_death_;
-        }
-        if (cb) cb(vm->spec.name, why);
+        vms_.ReportDeath(vm->spec.name, why);
       }
     }
   }
@@ -592,10 +535,7 @@ class XenHypervisor final : public Hypervisor {
   libxl_ctx* ctx_ = nullptr;
   xentoollog_logger_stdiostream* logger_ = nullptr;
   struct xs_handle* xs_ = nullptr;
-  Mutex mu_;
-  std::map<std::string, std::shared_ptr<XenVm>> vms_ GUARDED_BY(mu_);
-  bool stopping_ GUARDED_BY(mu_) = false;
-  DeathCallback on_death_ GUARDED_BY(mu_);
+  VmRegistry<XenVm> vms_;
   std::thread monitor_;
 };
 
