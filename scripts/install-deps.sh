@@ -12,6 +12,8 @@ PACKAGES=(
   # virtual machines: QEMU (TCG here), qemu-nbd for disks in tests; the test
   # guest image is packed with cpio from packages fetched by apt-get download
   qemu-system-x86 qemu-utils cpio gzip kmod
+  # NBD interop tests: libnbd's nbdinfo and nbdcopy
+  libnbd-bin
   # tests
   libgtest-dev
   # demo: listing and checking bundles with stock tools

@@ -1,0 +1,248 @@
+// The NBD server against real clients: libnbd's nbdinfo and nbdcopy,
+// qemu-img, QEMU's block driver under a booting guest, and raw sockets for
+// malformed input. Label: nbd.
+#include "slingshot/nbd_server.h"
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+
+#include "../unit/test_util.h"
+#include "notepad_client.h"
+#include "slingshot/file_util.h"
+
+namespace slingshot::testing {
+namespace {
+
+using namespace std::chrono_literals;
+
+struct Ran {
+  int exit_code;
+  std::string output;
+};
+
+Ran Shell(const std::string& cmd) {
+  std::string out;
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  if (!p) return {-1, "popen failed"};
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  int st = pclose(p);
+  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
+}
+
+void WriteFile(const std::string& path, const Bytes& b) {
+  std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(b.data()), b.size());
+}
+
+Bytes Slurp(const std::string& path) {
+  auto r = ReadFileBounded(path, 1 << 30);
+  EXPECT_TRUE(r.ok()) << r.status().ToString();
+  return r.ok() ? *r : Bytes();
+}
+
+class NbdTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    data_ = RandomBytes(8 << 20, 42);
+    WriteFile(dir_ / "disk.img", data_);
+    WriteFile(dir_ / "blank.img", Bytes(8 << 20, 0));
+    sock_ = dir_ / "nbd.sock";
+  }
+
+  void Serve(bool writable = false) {
+    auto ro = OpenFileExport(dir_ / "disk.img", true);
+    auto rw = OpenFileExport(dir_ / "blank.img", false);
+    ASSERT_TRUE(ro.ok() && rw.ok());
+    ASSERT_TRUE(server_.AddExport("disk", *ro, "the test image").ok());
+    ASSERT_TRUE(server_.AddExport("blank", *rw).ok());
+    ASSERT_TRUE(server_.ListenUnix(sock_).ok());
+    auto port = server_.ListenTcp("127.0.0.1", 0);
+    ASSERT_TRUE(port.ok());
+    port_ = *port;
+    ASSERT_TRUE(server_.Start().ok());
+    (void)writable;
+  }
+
+  std::string Unix(const std::string& exp) { return "'nbd+unix:///" + exp + "?socket=" + sock_ + "'"; }
+  std::string Tcp(const std::string& exp) {
+    return "nbd://127.0.0.1:" + std::to_string(port_) + "/" + exp;
+  }
+
+  // A raw client: handshake with NBD_OPT_EXPORT_NAME, returns the socket.
+  UniqueFd RawConnect(const std::string& exp) {
+    UniqueFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::strcpy(a.sun_path, sock_.c_str());
+    EXPECT_EQ(connect(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    uint8_t hello[18];
+    EXPECT_EQ(recv(fd.get(), hello, 18, MSG_WAITALL), 18);
+    std::string m;
+    auto be32 = [&](uint32_t v) { for (int i = 3; i >= 0; --i) m.push_back(char(v >> (8 * i))); };
+    be32(3);  // fixed newstyle, no zeroes
+    m += "IHAVEOPT";
+    be32(1);  // EXPORT_NAME
+    be32(static_cast<uint32_t>(exp.size()));
+    m += exp;
+    EXPECT_EQ(send(fd.get(), m.data(), m.size(), 0), static_cast<ssize_t>(m.size()));
+    uint8_t info[10];
+    EXPECT_EQ(recv(fd.get(), info, 10, MSG_WAITALL), 10);
+    return fd;
+  }
+
+  static std::string Request(uint16_t type, uint64_t handle, uint64_t offset, uint32_t length,
+                             uint32_t magic = 0x25609513) {
+    std::string r;
+    auto be = [&](uint64_t v, int n) { for (int i = n - 1; i >= 0; --i) r.push_back(char(v >> (8 * i))); };
+    be(magic, 4);
+    be(0, 2);
+    be(type, 2);
+    be(handle, 8);
+    be(offset, 8);
+    be(length, 4);
+    return r;
+  }
+
+  TempDir dir_;
+  Bytes data_;
+  std::string sock_;
+  uint16_t port_ = 0;
+  NbdServer server_;
+};
+
+TEST_F(NbdTest, NbdinfoReadsSizeAndListsExports) {
+  Serve();
+  Ran r = Shell("nbdinfo --size " + Unix("disk"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.output, "8388608\n");
+  r = Shell("nbdinfo --list 'nbd+unix://?socket=" + sock_ + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("export=\"disk\""), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("export=\"blank\""), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("the test image"), std::string::npos) << r.output;
+  r = Shell("nbdinfo " + Unix("disk"));
+  EXPECT_NE(r.output.find("is_read_only: true"), std::string::npos) << r.output;
+}
+
+TEST_F(NbdTest, NbdcopyReadsBitIdenticalOverUnixAndTcp) {
+  Serve();
+  Ran r = Shell("nbdcopy " + Unix("disk") + " " + (dir_ / "out1.img"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(Slurp(dir_ / "out1.img") == data_);
+  r = Shell("nbdcopy " + Tcp("disk") + " " + (dir_ / "out2.img"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(Slurp(dir_ / "out2.img") == data_);
+}
+
+TEST_F(NbdTest, NbdcopyWritesAndFlushes) {
+  Serve();
+  Ran r = Shell("nbdcopy --flush " + (dir_ / "disk.img") + " " + Tcp("blank"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(Slurp(dir_ / "blank.img") == data_);
+}
+
+TEST_F(NbdTest, QemuImgConvertsFromAndToTheServer) {
+  Serve();
+  Ran r = Shell("qemu-img convert -f raw -O raw " + Unix("disk") + " " + (dir_ / "q.img"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(Slurp(dir_ / "q.img") == data_);
+  r = Shell("qemu-img convert -n -f raw -O raw " + (dir_ / "disk.img") + " " + Unix("blank"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(Slurp(dir_ / "blank.img") == data_);
+}
+
+TEST_F(NbdTest, ReadOnlyExportRefusesWritesAndUnknownExportsAreRefused) {
+  Serve();
+  Ran r = Shell("nbdcopy " + (dir_ / "blank.img") + " " + Unix("disk"));
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(Slurp(dir_ / "disk.img") == data_);
+  r = Shell("nbdinfo " + Unix("nope"));
+  EXPECT_NE(r.exit_code, 0);
+  // NBD_REP_ERR_UNKNOWN, which libnbd reports as ENOENT.
+  EXPECT_NE(r.output.find("No such file or directory for export: nope"), std::string::npos)
+      << r.output;
+  // The server still serves.
+  EXPECT_EQ(Shell("nbdinfo --size " + Unix("disk")).exit_code, 0);
+}
+
+TEST_F(NbdTest, BadRequestsGetErrorsAndMalformedFramesEndOnlyTheirConnection) {
+  Serve();
+  UniqueFd fd = RawConnect("disk");
+  // A read past the end: EINVAL, and the connection goes on.
+  std::string req = Request(0, 7, 8 << 20, 4096);
+  ASSERT_EQ(send(fd.get(), req.data(), req.size(), 0), static_cast<ssize_t>(req.size()));
+  uint8_t reply[16];
+  ASSERT_EQ(recv(fd.get(), reply, 16, MSG_WAITALL), 16);
+  EXPECT_EQ(reply[7], 22);   // error = EINVAL
+  EXPECT_EQ(reply[15], 7);   // handle echoed
+  req = Request(0, 8, 4096, 16);
+  ASSERT_EQ(send(fd.get(), req.data(), req.size(), 0), static_cast<ssize_t>(req.size()));
+  uint8_t ok[32];
+  ASSERT_EQ(recv(fd.get(), ok, 32, MSG_WAITALL), 32);
+  EXPECT_EQ(ok[7], 0);
+  EXPECT_EQ(std::memcmp(ok + 16, data_.data() + 4096, 16), 0);
+  // A write to a read-only export: EPERM.
+  req = Request(1, 9, 0, 4) + "abcd";
+  ASSERT_EQ(send(fd.get(), req.data(), req.size(), 0), static_cast<ssize_t>(req.size()));
+  ASSERT_EQ(recv(fd.get(), reply, 16, MSG_WAITALL), 16);
+  EXPECT_EQ(reply[7], 1);
+
+  // Meanwhile another client is served; then garbage ends the raw one.
+  EXPECT_EQ(Shell("nbdinfo --size " + Unix("disk")).exit_code, 0);
+  req = Request(0, 10, 0, 16, 0xdeadbeef);
+  ASSERT_EQ(send(fd.get(), req.data(), req.size(), 0), static_cast<ssize_t>(req.size()));
+  char c;
+  EXPECT_EQ(recv(fd.get(), &c, 1, 0), 0);  // closed, no reply
+  EXPECT_GE(server_.stats().bad_requests, 3u);
+  // An oversized option and junk instead of a handshake.
+  UniqueFd junk(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::strcpy(a.sun_path, sock_.c_str());
+  ASSERT_EQ(connect(junk.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  std::string j = std::string("\0\0\0\3", 4) + "IHAVEOPT" + std::string("\0\0\0\7\x7f\xff\xff\xff", 8);
+  ASSERT_EQ(send(junk.get(), j.data(), j.size(), 0), static_cast<ssize_t>(j.size()));
+  char drain[64];
+  while (recv(junk.get(), drain, sizeof drain, 0) > 0) {
+  }
+  Ran r = Shell("nbdcopy " + Unix("disk") + " " + (dir_ / "after.img"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(Slurp(dir_ / "after.img") == data_);
+}
+
+TEST_F(NbdTest, QemuGuestBootsWithItsDiskOnTheServer) {
+  Serve();
+  HypervisorOptions o;
+  o.backend = "qemu";
+  o.accel = "tcg";
+  auto hv = OpenHypervisor(o);
+  ASSERT_TRUE(hv.ok());
+  VmSpec spec = NotepadSpec("nbdvm", dir_ / "vm");
+  spec.cmdline += " slingshot.disk=auto";
+  spec.disk = NbdDisk{sock_, "", 0, "blank", false};
+  ASSERT_TRUE((*hv)->Boot(spec).ok());
+  auto ctl = (*hv)->ServiceEndpoint("nbdvm", kControlPort);
+  ASSERT_TRUE(WaitForNotepad(*ctl, 60s).ok());
+  auto rfb = RfbSession::Connect(*(*hv)->ServiceEndpoint("nbdvm", kRfbPort));
+  ASSERT_TRUE(rfb.ok());
+  ASSERT_TRUE((*rfb)->Type("on our NBD").ok());
+  ASSERT_TRUE(WaitForText(*ctl, "on our NBD", 30s, rfb->get()).ok());
+  auto saved = Control(*ctl, "save");
+  ASSERT_TRUE(saved.ok());
+  EXPECT_EQ(*saved, "saved 10\n");
+  ASSERT_TRUE((*hv)->Destroy("nbdvm").ok());
+  Bytes b = Slurp(dir_ / "blank.img");
+  EXPECT_EQ(std::string(b.begin(), b.begin() + 4), "NPAD");
+  EXPECT_EQ(std::string(b.begin() + 512, b.begin() + 522), "on our NBD");
+  EXPECT_GE(server_.stats().requests, 4u);  // at least: reads, the write, a flush
+}
+
+}  // namespace
+}  // namespace slingshot::testing
