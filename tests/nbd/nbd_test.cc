@@ -14,6 +14,8 @@
 
 #include "../unit/test_util.h"
 #include "notepad_client.h"
+#include "slingshot/chunk_store.h"
+#include "slingshot/chunk_table_export.h"
 #include "slingshot/file_util.h"
 
 namespace slingshot::testing {
@@ -215,6 +217,45 @@ TEST_F(NbdTest, BadRequestsGetErrorsAndMalformedFramesEndOnlyTheirConnection) {
   Ran r = Shell("nbdcopy " + Unix("disk") + " " + (dir_ / "after.img"));
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_TRUE(Slurp(dir_ / "after.img") == data_);
+}
+
+TEST(NbdChunkTableTest, ChunkTableExportServesNbdcopyAndQemuImgAndFreezes) {
+  TempDir dir;
+  auto store = ChunkStore::Open(dir / "store", {});
+  ASSERT_TRUE(store.ok());
+  Bytes image = RandomBytes(4 << 20, 9);
+  std::fill(image.begin(), image.begin() + (1 << 20), 0);
+  WriteFile(dir / "disk.img", image);
+  auto imp = ImportDisk(dir / "disk.img", store->get());
+  ASSERT_TRUE(imp.ok());
+  auto exp = ChunkTableExport::Open(imp->table, store->get(), dir / "overlay");
+  ASSERT_TRUE(exp.ok());
+  ChunkTableExport* raw = exp->get();
+  NbdServer server;
+  ASSERT_TRUE(server.AddExport("disk", std::shared_ptr<BlockExport>(std::move(*exp))).ok());
+  std::string sock = dir / "nbd.sock";
+  ASSERT_TRUE(server.ListenUnix(sock).ok());
+  ASSERT_TRUE(server.Start().ok());
+  const std::string uri = "'nbd+unix:///disk?socket=" + sock + "'";
+
+  Ran r = Shell("nbdcopy " + uri + " " + (dir / "read.img"));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_TRUE(Slurp(dir / "read.img") == image);
+
+  // qemu-img writes a new image through the export; freeze stores it.
+  Bytes next = RandomBytes(4 << 20, 10);
+  WriteFile(dir / "next.img", next);
+  r = Shell("qemu-img convert -n -f raw -O raw " + (dir / "next.img") + " " + uri);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_GT(raw->stats().dirty_chunks, 0u);
+  auto frozen = raw->Freeze(store->get());
+  ASSERT_TRUE(frozen.ok());
+  ASSERT_TRUE(ExportDisk(*frozen, store->get(), dir / "frozen.img").ok());
+  EXPECT_TRUE(Slurp(dir / "frozen.img") == next);
+  // The original table still describes the original disk.
+  ASSERT_TRUE(ExportDisk(imp->table, store->get(), dir / "orig.img").ok());
+  EXPECT_TRUE(Slurp(dir / "orig.img") == image);
+  server.Stop();
 }
 
 TEST_F(NbdTest, QemuGuestBootsWithItsDiskOnTheServer) {
