@@ -86,20 +86,8 @@ struct ChunkTableExport::Impl {
   }
 
   Status PwriteAll(uint64_t off, ByteView data) {
-    size_t done = 0;
-    while (done < data.size()) {
-      ssize_t n = pwrite(overlay.get(), data.data() + done, data.size() - done,
-                         static_cast<off_t>(off + done));
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) {
-        return errno == ENOSPC
-                   ? Status::ResourceExhausted("the disk overlay " + overlay_path +
-                                               " is on a full file system; free space there")
-                   : Status::FromErrno("writing the disk overlay " + overlay_path, errno);
-      }
-      done += static_cast<size_t>(n);
-    }
-    return Status::OK();
+    return slingshot::PwriteAll(overlay.get(), data.data(), data.size(), off,
+                                "disk overlay " + overlay_path);
   }
 
   // Calls fn(chunk index, offset within chunk, position in the request, length)

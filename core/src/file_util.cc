@@ -44,6 +44,24 @@ Status WriteAll(int fd, const void* data, size_t n, const std::string& what) {
   return Status::OK();
 }
 
+Status PwriteAll(int fd, const void* data, size_t n, uint64_t offset, const std::string& what) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  while (n > 0) {
+    ssize_t w = ::pwrite(fd, p, n, static_cast<off_t>(offset));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      if (errno == ENOSPC || errno == EDQUOT) {
+        return Status::ResourceExhausted("write " + what + ": the file system is full; free space there and retry");
+      }
+      return Status::FromErrno("write " + what, errno);
+    }
+    p += w;
+    n -= static_cast<size_t>(w);
+    offset += static_cast<uint64_t>(w);
+  }
+  return Status::OK();
+}
+
 Status PreadExact(int fd, void* data, size_t n, uint64_t offset, const std::string& what) {
   auto* p = static_cast<uint8_t*>(data);
   while (n > 0) {

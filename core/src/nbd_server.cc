@@ -91,14 +91,7 @@ class FileExport final : public BlockExport {
     return PreadExact(fd_.get(), out.data(), out.size(), off, "export");
   }
   Status Write(uint64_t off, ByteView data) override {
-    size_t done = 0;
-    while (done < data.size()) {
-      ssize_t n = pwrite(fd_.get(), data.data() + done, data.size() - done, off + done);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) return Status::FromErrno("export write", errno);
-      done += static_cast<size_t>(n);
-    }
-    return Status::OK();
+    return PwriteAll(fd_.get(), data.data(), data.size(), off, "export");
   }
   Status Flush() override {
     return fdatasync(fd_.get()) == 0 ? Status::OK() : Status::FromErrno("export flush", errno);

@@ -42,6 +42,9 @@ Status SyncDir(const std::string& dir);
 
 // Writes all of data to fd, retrying on EINTR and short writes.
 Status WriteAll(int fd, const void* data, size_t n, const std::string& what);
+// Writes all of data at offset, retrying on EINTR and short writes.
+// ResourceExhausted when the file system is full, IOError otherwise.
+Status PwriteAll(int fd, const void* data, size_t n, uint64_t offset, const std::string& what);
 // Reads exactly n bytes at offset; Corruption if the file is shorter.
 Status PreadExact(int fd, void* data, size_t n, uint64_t offset, const std::string& what);
 
