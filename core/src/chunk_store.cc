@@ -137,6 +137,7 @@ const char* ObjectKindName(ObjectKind k) {
     case ObjectKind::kDiskTable: return "disk-table";
     case ObjectKind::kChunkList: return "chunk-list";
     case ObjectKind::kManifest: return "manifest";
+    case ObjectKind::kWorkingSet: return "working-set";
   }
   return "unknown";
 }
@@ -653,6 +654,16 @@ Result<Bytes> ChunkStore::Get(const ChunkId& id) {
   return DecodeValue(id, value);
 }
 
+Result<Bytes> ChunkStore::GetEncoded(const ChunkId& id) {
+  Dbt key = KeyDbt(id);
+  MallocDbt data;
+  int ret = impl_->chunks->get(nullptr, &key, &data, 0);
+  if (ret == DB_NOTFOUND) return Status::NotFound("chunk " + id.ToHex() + " is not in " + Describe());
+  if (ret != 0) return DbStatus(ret, "read chunk " + id.Short() + " from " + impl_->dir);
+  if (!impl_->txn()) impl_->LruTouch(id);
+  return impl_->ValueOf(id, data.view());
+}
+
 Result<bool> ChunkStore::Contains(const ChunkId& id) {
   Dbt key = KeyDbt(id);
   int ret = impl_->chunks->exists(nullptr, &key, 0);
@@ -776,7 +787,7 @@ Status ChunkStore::SetRef(const Ref& ref) {
 
 namespace {
 Result<Ref> DecodeRef(std::string name, ByteView v) {
-  if (v.size() != 1 + ChunkId::kSize || v[0] < 1 || v[0] > 3) return Status::Corruption("ref " + name + " is damaged");
+  if (v.size() != 1 + ChunkId::kSize || v[0] < 1 || v[0] > 4) return Status::Corruption("ref " + name + " is damaged");
   Ref r{std::move(name), static_cast<ObjectKind>(v[0]), {}};
   std::memcpy(r.object.bytes.data(), v.data() + 1, ChunkId::kSize);
   return r;

@@ -23,6 +23,8 @@ struct ChunkTableExport::Impl {
   mutable Mutex mu;
   std::vector<bool> in_overlay GUARDED_BY(mu);  // chunk i lives in the overlay file
   std::vector<bool> dirty GUARDED_BY(mu);       // written since the last freeze
+  std::vector<bool> read_once GUARDED_BY(mu);   // recorded in first_reads
+  std::vector<size_t> first_reads GUARDED_BY(mu);
   // LRU of decoded base chunks, by chunk index.
   std::list<size_t> lru GUARDED_BY(mu);
   std::unordered_map<size_t, std::pair<Bytes, std::list<size_t>::iterator>> cache GUARDED_BY(mu);
@@ -137,6 +139,7 @@ Result<std::unique_ptr<ChunkTableExport>> ChunkTableExport::Open(
     MutexLock l(&impl->mu);
     impl->in_overlay.assign(table.ids.size(), false);
     impl->dirty.assign(table.ids.size(), false);
+    impl->read_once.assign(table.ids.size(), false);
   }
   return std::unique_ptr<ChunkTableExport>(new ChunkTableExport(std::move(impl)));
 }
@@ -157,10 +160,28 @@ Status ChunkTableExport::Read(uint64_t offset, std::span<uint8_t> out) {
       return PreadExact(m.overlay.get(), out.data() + pos, n, m.ChunkOffset(i) + in,
                         "disk overlay " + m.overlay_path);
     }
+    if (!m.read_once[i] && !m.table.ids[i].IsNull()) {
+      m.read_once[i] = true;
+      m.first_reads.push_back(i);
+    }
     SLINGSHOT_ASSIGN_OR_RETURN(const Bytes* base, m.BaseChunk(i));
     std::memcpy(out.data() + pos, base->data() + in, n);
     return Status::OK();
   });
+}
+
+std::vector<ChunkId> ChunkTableExport::FirstReads() const {
+  MutexLock l(&impl_->mu);
+  std::vector<ChunkId> ids;
+  ids.reserve(impl_->first_reads.size());
+  for (size_t i : impl_->first_reads) ids.push_back(impl_->table.ids[i]);
+  return ids;
+}
+
+void ChunkTableExport::RestartFirstReads() {
+  MutexLock l(&impl_->mu);
+  impl_->first_reads.clear();
+  impl_->read_once.assign(impl_->table.ids.size(), false);
 }
 
 Status ChunkTableExport::Write(uint64_t offset, ByteView data) {

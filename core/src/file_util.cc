@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <algorithm>
 #include <filesystem>
 
@@ -163,6 +164,21 @@ Result<Bytes> ReadFileBounded(const std::string& path, size_t max_size, uint64_t
   Bytes out(static_cast<size_t>(f.size));
   SLINGSHOT_RETURN_IF_ERROR(PreadExact(f.fd.get(), out.data(), out.size(), 0, path));
   return out;
+}
+
+Result<Bytes> ReadPrivateFile(const std::string& path, size_t max_size) {
+  struct stat sb;
+  if (::stat(path.c_str(), &sb) != 0) {
+    if (errno == ENOENT) return Status::NotFound(path + ": no such key file");
+    return Status::FromErrno("stat " + path, errno);
+  }
+  if (sb.st_mode & 077) {
+    char mode[8];
+    std::snprintf(mode, sizeof(mode), "%03o", static_cast<unsigned>(sb.st_mode & 0777));
+    return Status::InvalidArgument(path + ": private key is readable by others (mode " + mode +
+                                   "); run chmod 600 " + path);
+  }
+  return ReadFileBounded(path, max_size);
 }
 
 }  // namespace slingshot

@@ -10,31 +10,10 @@
 #include <cstdlib>
 
 #include "slingshot/file_util.h"
+#include "openssl_util.h"
 
 namespace slingshot {
 namespace {
-
-std::string OpenSslError() {
-  unsigned long e = ERR_get_error();
-  if (e == 0) return "unknown OpenSSL error";
-  char buf[256];
-  ERR_error_string_n(e, buf, sizeof(buf));
-  ERR_clear_error();
-  return buf;
-}
-
-struct PkeyDeleter { void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); } };
-using PkeyPtr = std::unique_ptr<EVP_PKEY, PkeyDeleter>;
-struct BioDeleter { void operator()(BIO* b) const { BIO_free(b); } };
-using BioPtr = std::unique_ptr<BIO, BioDeleter>;
-struct MdCtxDeleter { void operator()(EVP_MD_CTX* c) const { EVP_MD_CTX_free(c); } };
-using MdCtxPtr = std::unique_ptr<EVP_MD_CTX, MdCtxDeleter>;
-
-Bytes BioContents(BIO* b) {
-  char* p = nullptr;
-  long n = BIO_get_mem_data(b, &p);
-  return Bytes(p, p + n);
-}
 
 constexpr size_t kMaxKeyFile = 16 * 1024;
 
@@ -115,18 +94,7 @@ Result<SigningKey> SigningKey::Generate() {
 }
 
 Result<SigningKey> SigningKey::Load(const std::string& path) {
-  struct stat sb;
-  if (::stat(path.c_str(), &sb) != 0) {
-    if (errno == ENOENT) return Status::NotFound(path + ": no such key file");
-    return Status::FromErrno("stat " + path, errno);
-  }
-  if (sb.st_mode & 077) {
-    char mode[8];
-    std::snprintf(mode, sizeof(mode), "%03o", static_cast<unsigned>(sb.st_mode & 0777));
-    return Status::InvalidArgument(path + ": private key is readable by others (mode " + mode +
-                                   "); run chmod 600 " + path);
-  }
-  SLINGSHOT_ASSIGN_OR_RETURN(Bytes pem, ReadFileBounded(path, kMaxKeyFile));
+  SLINGSHOT_ASSIGN_OR_RETURN(Bytes pem, ReadPrivateFile(path, kMaxKeyFile));
   BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
   SigningKey k;
   k.impl_->key.reset(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));

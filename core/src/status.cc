@@ -14,6 +14,8 @@ const char* CodeName(Status::Code code) {
     case Status::Code::kUnsupported: return "Unsupported";
     case Status::Code::kAlreadyExists: return "AlreadyExists";
     case Status::Code::kResourceExhausted: return "ResourceExhausted";
+    case Status::Code::kPermissionDenied: return "PermissionDenied";
+    case Status::Code::kUnavailable: return "Unavailable";
   }
   return "Unknown";
 }

@@ -7,6 +7,8 @@
 #ifndef SLINGSHOT_CHUNK_SOURCE_H_
 #define SLINGSHOT_CHUNK_SOURCE_H_
 
+#include <functional>
+#include <span>
 #include <string>
 
 #include "slingshot/chunk_id.h"
@@ -27,6 +29,22 @@ class ChunkSource {
   virtual Result<Bytes> Get(const ChunkId& id) = 0;
   // For messages and statistics: "store /var/lib/slingshot/store", "home".
   virtual std::string Describe() const = 0;
+
+  // Receives each chunk of a GetMany, in the order asked, with Get's result.
+  using Sink = std::function<void(const ChunkId& id, Result<Bytes>&& chunk)>;
+  // Gets many chunks; sources that can pipeline (the home) override it. The
+  // returned Status is an error only if the source itself failed (then some
+  // ids may not have reached the sink); per-chunk errors go to the sink.
+  virtual Status GetMany(std::span<const ChunkId> ids, const Sink& sink) {
+    for (const auto& id : ids) sink(id, Get(id));
+    return Status::OK();
+  }
+  // False only when this source knows, without I/O, that it lacks id (the
+  // stick has an index in memory); a fetch chain skips it then.
+  virtual bool MayHave(const ChunkId& id) const {
+    (void)id;
+    return true;
+  }
 };
 
 }  // namespace slingshot

@@ -87,7 +87,7 @@ struct EncodedChunk {
 };
 
 // What a ref points at.
-enum class ObjectKind : uint8_t { kDiskTable = 1, kChunkList = 2, kManifest = 3 };
+enum class ObjectKind : uint8_t { kDiskTable = 1, kChunkList = 2, kManifest = 3, kWorkingSet = 4 };
 const char* ObjectKindName(ObjectKind k);
 
 struct Ref {
@@ -141,6 +141,10 @@ class ChunkStore : public ChunkSource {
   Status PutBatch(std::span<const ByteView> raws, std::vector<ChunkId>* ids);
 
   Result<Bytes> Get(const ChunkId& id) override;
+  // The stored value (format above), not decoded: what the chunk service
+  // sends, so compressed chunks cross the network compressed. The receiver
+  // verifies it with DecodeValue.
+  Result<Bytes> GetEncoded(const ChunkId& id);
   // Stored value length without reading the value (NotFound if absent).
   Result<bool> Contains(const ChunkId& id);
   // Deletes chunks (absent ids are ignored), in one transaction.

@@ -19,6 +19,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "slingshot/chunk_source.h"
 #include "slingshot/disk_table.h"
@@ -60,6 +61,13 @@ class ChunkTableExport final : public BlockExport {
   // null id) and returns the table now served.
   Result<DiskTable> Freeze(ChunkStore* store);
   ChunkTableExportStats stats() const;
+
+  // The working set (working_set.h): ids of the table's chunks in the order
+  // they were first read from the base since open or the last restart
+  // (chunks served from the overlay and all-zero chunks are left out).
+  std::vector<ChunkId> FirstReads() const;
+  // Starts a new recording (after the VM booted or was restored).
+  void RestartFirstReads();
 
  private:
   struct Impl;

@@ -18,6 +18,10 @@ Status WriteFileAtomic(const std::string& path, ByteView data, int mode = 0644);
 // to read more than max_size. NotFound if it does not exist.
 Result<Bytes> ReadFileBounded(const std::string& path, size_t max_size, uint64_t read_limit = UINT64_MAX);
 
+// Reads a secret (a private key): NotFound if absent, InvalidArgument (saying
+// how to fix it) if group or others may read it, else as ReadFileBounded.
+Result<Bytes> ReadPrivateFile(const std::string& path, size_t max_size);
+
 // A read-only memory mapping of a file's first bytes. Movable; unmaps on
 // destruction. The file must not shrink below the mapped length while the
 // mapping lives (reads past the end of a file raise SIGBUS).

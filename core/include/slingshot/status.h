@@ -38,10 +38,14 @@ class [[nodiscard]] Status {
     kUnsupported,
     kAlreadyExists,
     kResourceExhausted,
+    kPermissionDenied,  // the peer is not trusted or not allowed
+    kUnavailable,       // a peer or service cannot be reached (or timed out)
   };
 
   Status() = default;
   static Status OK() { return Status(); }
+  // For codes carried over the wire.
+  static Status FromCode(Code code, std::string msg) { return Status(code, std::move(msg)); }
   static Status NotFound(std::string msg) { return Status(Code::kNotFound, std::move(msg)); }
   static Status Corruption(std::string msg) { return Status(Code::kCorruption, std::move(msg)); }
   static Status InvalidArgument(std::string msg) {
@@ -54,6 +58,10 @@ class [[nodiscard]] Status {
   static Status AlreadyExists(std::string msg) {
     return Status(Code::kAlreadyExists, std::move(msg));
   }
+  static Status PermissionDenied(std::string msg) {
+    return Status(Code::kPermissionDenied, std::move(msg));
+  }
+  static Status Unavailable(std::string msg) { return Status(Code::kUnavailable, std::move(msg)); }
   static Status ResourceExhausted(std::string msg) {
     return Status(Code::kResourceExhausted, std::move(msg));
   }

@@ -1,0 +1,141 @@
+// The wire protocol between Slingshot's programs (DESIGN.md §3, §6): frames
+// and the one catalogue of messages. Frames travel inside TLS 1.3
+// (transport.h); this file knows nothing about sockets.
+//
+// Frame, version 1 (little-endian), a 24-byte header then the payload:
+//   magic        4 bytes  "SSWP"
+//   version      u16      1
+//   type         u16      MessageType (below)
+//   request      u32      chosen by the requester, echoed by every reply
+//   length       u32      payload bytes, <= kMaxWirePayload
+//   payload_crc  u32      CRC-32C of the payload
+//   header_crc   u32      CRC-32C of the preceding 20 bytes
+// A reader checks the header CRC before it believes the length, and the
+// payload CRC before it decodes. A frame of another version is answered with
+// an Error naming both versions, then the connection is closed: a peer that
+// speaks another version would not understand anything else we said.
+//
+// Requests and replies: a requester may send many requests before reading
+// replies (pipelining); a server answers them in the order received. Most
+// requests get one reply; GetChunks gets one ChunkData per id, in order.
+// Any request may instead get an Error.
+//
+// Every message is one struct in the Message variant: the catalogue. Adding a
+// message means adding a struct, a MessageType and its codec in wire.cc, and
+// nothing else.
+#ifndef SLINGSHOT_WIRE_H_
+#define SLINGSHOT_WIRE_H_
+
+#include <cstdint>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "slingshot/chunk_id.h"
+#include "slingshot/chunk_source.h"
+#include "slingshot/status.h"
+
+namespace slingshot::wire {
+
+constexpr uint16_t kVersion = 1;
+constexpr size_t kHeaderSize = 24;
+// The largest payload: one chunk value (kMaxChunkSize plus its header) and
+// its id, with room to spare. Objects (tables, lists) are capped by it too.
+constexpr uint32_t kMaxWirePayload = kMaxChunkSize + 4096;
+// Ids per GetChunks request.
+constexpr uint32_t kMaxBatch = 1024;
+// Ids in a WorkingSet reply (a 64 GiB disk of 64 KiB chunks, all touched, is
+// 1 Mi ids: 32 MiB, over the frame cap, so the set is truncated at this many).
+constexpr uint32_t kMaxWorkingSet = kMaxWirePayload / ChunkId::kSize - 16;
+
+enum class MessageType : uint16_t {
+  kHello = 1,          // both ways, first: who I am, what I speak
+  kError = 2,          // a reply: the request failed, and why
+  kGetChunks = 3,      // ids -> one ChunkData each
+  kChunkData = 4,      // one chunk's stored value, or absent
+  kGetObject = 5,      // object id -> ObjectData
+  kObjectData = 6,
+  kGetRef = 7,         // ref name -> RefData
+  kRefData = 8,
+  kGetWorkingSet = 9,  // disk table id -> WorkingSet
+  kWorkingSet = 10,
+};
+const char* MessageTypeName(MessageType t);
+
+struct Hello {
+  uint16_t min_version = kVersion;
+  uint16_t max_version = kVersion;
+  std::string software;  // "slingshot-home 0.3.0"
+};
+
+struct Error {
+  Status::Code code = Status::Code::kIOError;
+  std::string message;
+  Status ToStatus(std::string_view peer) const;
+};
+
+struct GetChunks {
+  std::vector<ChunkId> ids;  // 1..kMaxBatch
+};
+
+struct ChunkData {
+  ChunkId id;
+  bool present = false;
+  Bytes value;  // the stored value (chunk_store.h format); unverified until decoded
+};
+
+struct GetObject {
+  ChunkId id;
+};
+
+struct ObjectData {
+  ChunkId id;
+  Bytes bytes;  // unverified until hashed
+};
+
+struct GetRef {
+  std::string name;
+};
+
+struct RefData {
+  std::string name;
+  uint8_t kind = 0;  // ObjectKind
+  ChunkId object;
+};
+
+struct GetWorkingSet {
+  ChunkId table;
+};
+
+struct WorkingSet {
+  ChunkId table;
+  std::vector<ChunkId> ids;  // first-read order; may be empty
+};
+
+using Message = std::variant<Hello, Error, GetChunks, ChunkData, GetObject, ObjectData, GetRef,
+                             RefData, GetWorkingSet, WorkingSet>;
+
+MessageType TypeOf(const Message& m);
+
+struct FrameHeader {
+  uint16_t version = kVersion;
+  MessageType type{};
+  uint32_t request = 0;
+  uint32_t length = 0;
+  uint32_t payload_crc = 0;
+};
+
+// A whole frame: header and payload.
+Bytes EncodeFrame(uint32_t request, const Message& m);
+
+// Checks a 24-byte header. Corruption for a bad magic, CRC or length;
+// Unsupported (naming both versions) for another version.
+Result<FrameHeader> DecodeHeader(ByteView header);
+
+// Checks the payload's CRC and decodes it as h.type. Corruption for a bad
+// CRC, an unknown type or a malformed body (saying which field).
+Result<Message> DecodePayload(const FrameHeader& h, ByteView payload);
+
+}  // namespace slingshot::wire
+
+#endif  // SLINGSHOT_WIRE_H_

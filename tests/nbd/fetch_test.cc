@@ -1,0 +1,424 @@
+// Disks on demand, the network half: the chunk service over real TLS 1.3 on
+// loopback, portable storage in a real directory, and the fetch chain that
+// composes them with a real cache store. Label: nbd.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+
+#include "../unit/test_util.h"
+#include "slingshot/chunk_service.h"
+#include "slingshot/chunk_store.h"
+#include "slingshot/chunk_table_export.h"
+#include "slingshot/coding.h"
+#include "slingshot/crc32c.h"
+#include "slingshot/disk_table.h"
+#include "slingshot/fetch_chain.h"
+#include "slingshot/file_util.h"
+#include "slingshot/nbd_server.h"
+#include "slingshot/portable.h"
+#include "slingshot/transport.h"
+#include "slingshot/working_set.h"
+
+namespace slingshot::testing {
+namespace {
+
+void WriteFile(const std::string& path, const Bytes& b) {
+  std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(b.data()), b.size());
+}
+
+// A home: a store holding a disk, its CA, and the chunk service on loopback.
+class FetchTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto store = ChunkStore::Open(dir_ / "home", {});
+    ASSERT_TRUE(store.ok()) << store.status().ToString();
+    home_store_ = std::move(*store);
+    image_ = RandomBytes(4 << 20, 7);
+    std::fill(image_.begin(), image_.begin() + (256 << 10), 0);  // four zero chunks
+    WriteFile(dir_ / "disk.img", image_);
+    auto imp = ImportDisk(dir_ / "disk.img", home_store_.get());
+    ASSERT_TRUE(imp.ok());
+    table_ = imp->table;
+    auto tid = home_store_->PutObject(table_.Encode());
+    ASSERT_TRUE(tid.ok());
+    table_id_ = *tid;
+    ASSERT_TRUE(home_store_->SetRef(Ref{"disk/test", ObjectKind::kDiskTable, table_id_}).ok());
+    for (const auto& id : table_.ids) {
+      if (!id.IsNull()) ids_.push_back(id);
+    }
+
+    auto ca = CertificateAuthority::Create("test home", 3600);
+    ASSERT_TRUE(ca.ok()) << ca.status().ToString();
+    ca_ = std::make_unique<CertificateAuthority>(std::move(*ca));
+    auto home = ca_->Issue("home", "home", 3600);
+    auto surrogate = ca_->Issue("hotspot-1", "surrogate", 3600);
+    ASSERT_TRUE(home.ok() && surrogate.ok());
+    home_creds_ = *home;
+    surrogate_creds_ = *surrogate;
+    service_ = std::make_unique<ChunkService>(home_store_.get());
+    StartServer();
+  }
+
+  void StartServer() {
+    ServerOptions o;
+    o.software = "test-home";
+    auto s = Server::Start(home_creds_, o, service_.get());
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    server_ = std::move(*s);
+  }
+
+  std::unique_ptr<HomeSource> OpenHome(HomeSourceOptions o = {}) {
+    auto h = HomeSource::Open("127.0.0.1", server_->port(), surrogate_creds_, o);
+    EXPECT_TRUE(h.ok()) << h.status().ToString();
+    return h.ok() ? std::move(*h) : nullptr;
+  }
+
+  std::unique_ptr<ChunkStore> OpenCache(const std::string& name) {
+    ChunkStoreOptions o;
+    o.mode = ChunkStore::Mode::kCache;
+    auto c = ChunkStore::Open(dir_ / name, o);
+    EXPECT_TRUE(c.ok());
+    return c.ok() ? std::move(*c) : nullptr;
+  }
+
+  // Writes the given chunks (from the home store) to a stick directory.
+  void WriteStick(const std::string& stick, const std::vector<ChunkId>& ids) {
+    auto w = PortableWriter::Open(stick);
+    ASSERT_TRUE(w.ok());
+    for (const auto& id : ids) {
+      auto raw = home_store_->Get(id);
+      ASSERT_TRUE(raw.ok());
+      ASSERT_TRUE((*w)->Add(id, *raw).ok());
+    }
+    ASSERT_TRUE((*w)->Commit().ok());
+  }
+
+  // Reads the whole disk through a chunk-table export over the given source.
+  Bytes ReadDisk(ChunkSource* source) {
+    auto exp = ChunkTableExport::Open(table_, source, dir_ / "overlay");
+    EXPECT_TRUE(exp.ok());
+    Bytes out(table_.image_size);
+    EXPECT_TRUE((*exp)->Read(0, out).ok());
+    return out;
+  }
+
+  TempDir dir_;
+  std::unique_ptr<ChunkStore> home_store_;
+  Bytes image_;
+  DiskTable table_;
+  ChunkId table_id_;
+  std::vector<ChunkId> ids_;
+  std::unique_ptr<CertificateAuthority> ca_;
+  TlsCredentials home_creds_, surrogate_creds_;
+  std::unique_ptr<ChunkService> service_;
+  std::unique_ptr<Server> server_;
+};
+
+TEST_F(FetchTest, ChunkServiceServesBatchedPipelinedVerifiedChunksOverTls) {
+  HomeSourceOptions o;
+  o.batch = 8;
+  o.window = 4;
+  auto home = OpenHome(o);
+  ASSERT_TRUE(home);
+  size_t got = 0;
+  ASSERT_TRUE(home->GetMany(ids_, [&](const ChunkId& id, Result<Bytes>&& r) {
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_EQ(ChunkId::Of(*r), id);
+    EXPECT_EQ(id, ids_[got]);  // in the order asked
+    ++got;
+  }).ok());
+  EXPECT_EQ(got, ids_.size());
+  auto st = home->stats();
+  EXPECT_EQ(st.chunks, ids_.size());
+  EXPECT_EQ(st.requests, (ids_.size() + 7) / 8);  // batched: one request per 8 ids
+  EXPECT_EQ(st.connects, 1u);                      // one connection, reused
+  EXPECT_EQ(service_->stats().chunks_sent, ids_.size());
+
+  // Absent chunks are reported as absent, objects and refs come verified.
+  ChunkId absent = ChunkId::Of(AsBytes("not stored anywhere"));
+  EXPECT_TRUE(home->Get(absent).status().IsNotFound());
+  auto ref = home->GetRef("disk/test");
+  ASSERT_TRUE(ref.ok()) << ref.status().ToString();
+  EXPECT_EQ(ref->object, table_id_);
+  auto obj = home->GetObject(table_id_);
+  ASSERT_TRUE(obj.ok());
+  auto t = DiskTable::Decode(*obj);
+  ASSERT_TRUE(t.ok());
+  EXPECT_EQ(t->ids, table_.ids);
+  EXPECT_TRUE(home->GetRef("no/such/ref").status().IsNotFound());
+}
+
+TEST_F(FetchTest, UnauthenticatedPeersGetNothing) {
+  // A certificate from another CA.
+  auto other_ca = CertificateAuthority::Create("someone else", 3600);
+  ASSERT_TRUE(other_ca.ok());
+  auto stranger = other_ca->Issue("stranger", "surrogate", 3600);
+  ASSERT_TRUE(stranger.ok());
+  auto h = HomeSource::Open("127.0.0.1", server_->port(), *stranger);
+  ASSERT_FALSE(h.ok());
+  EXPECT_EQ(h.status().code(), Status::Code::kPermissionDenied) << h.status().ToString();
+
+  // Our CA, but expired.
+  auto expired = ca_->Issue("old", "surrogate", -60);
+  ASSERT_TRUE(expired.ok());
+  h = HomeSource::Open("127.0.0.1", server_->port(), *expired);
+  ASSERT_FALSE(h.ok());
+  EXPECT_EQ(h.status().code(), Status::Code::kPermissionDenied);
+  EXPECT_NE(h.status().message().find("expired"), std::string::npos) << h.status().ToString();
+
+  // A server that is not the home (its certificate says "surrogate").
+  ServerOptions so;
+  auto impostor = Server::Start(surrogate_creds_, so, service_.get());
+  ASSERT_TRUE(impostor.ok());
+  h = HomeSource::Open("127.0.0.1", (*impostor)->port(), surrogate_creds_);
+  ASSERT_FALSE(h.ok());
+  EXPECT_NE(h.status().message().find("not a home"), std::string::npos) << h.status().ToString();
+
+  // Plain TCP speaking our framing without TLS gets no chunk.
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(server_->port());
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  Bytes frame = wire::EncodeFrame(1, wire::GetChunks{{ids_[0]}});
+  ASSERT_EQ(write(fd, frame.data(), frame.size()), ssize_t(frame.size()));
+  Bytes reply(1 << 16);
+  ssize_t n = read(fd, reply.data(), reply.size());
+  close(fd);
+  EXPECT_LT(n, 1000);  // at most a TLS alert, never a chunk
+
+  EXPECT_EQ(service_->stats().chunks_sent, 0u);
+  EXPECT_GE(server_->stats().refused, 3u);
+}
+
+TEST_F(FetchTest, MalformedFramesGetACleanErrorAndTheServerKeepsServing) {
+  auto c = Connection::Connect("127.0.0.1", server_->port(), surrogate_creds_);
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+
+  // A payload that fails its checksum: an Error, and the connection goes on.
+  Bytes frame = wire::EncodeFrame(5, wire::GetChunks{{ids_[0]}});
+  frame.back() ^= 1;
+  ASSERT_TRUE((*c)->SendRaw(frame).ok());
+  auto f = (*c)->Receive(5000);
+  ASSERT_TRUE(f.ok()) << f.status().ToString();
+  auto* e = std::get_if<wire::Error>(&f->message);
+  ASSERT_NE(e, nullptr);
+  EXPECT_NE(e->message.find("checksum"), std::string::npos) << e->message;
+  ASSERT_TRUE((*c)->Send(6, wire::GetChunks{{ids_[0]}}).ok());
+  auto ok = (*c)->Expect(6, wire::MessageType::kChunkData);
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+
+  // A request the service does not answer: an Error naming it.
+  ASSERT_TRUE((*c)->Send(7, wire::Hello{}).ok());
+  auto bad = (*c)->Expect(7, wire::MessageType::kChunkData);
+  EXPECT_EQ(bad.status().code(), Status::Code::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("Hello"), std::string::npos);
+
+  // A frame from a future version: an Error naming both versions, then close.
+  Bytes future = wire::EncodeFrame(8, wire::GetChunks{{ids_[0]}});
+  PutU16(future.data() + 4, 2);
+  PutU32(future.data() + 20, crc32c::Value(future.data(), 20));
+  ASSERT_TRUE((*c)->SendRaw(future).ok());
+  f = (*c)->Receive(5000);
+  ASSERT_TRUE(f.ok()) << f.status().ToString();
+  e = std::get_if<wire::Error>(&f->message);
+  ASSERT_NE(e, nullptr);
+  EXPECT_EQ(e->code, Status::Code::kUnsupported);
+  EXPECT_NE(e->message.find("version 2"), std::string::npos) << e->message;
+  EXPECT_FALSE((*c)->Receive(5000).ok());  // closed by the server
+
+  // Garbage instead of a header: an Error, then close.
+  auto c2 = Connection::Connect("127.0.0.1", server_->port(), surrogate_creds_);
+  ASSERT_TRUE(c2.ok());
+  ASSERT_TRUE((*c2)->SendRaw(Bytes(wire::kHeaderSize, 'x')).ok());
+  f = (*c2)->Receive(5000);
+  ASSERT_TRUE(f.ok());
+  ASSERT_TRUE(std::holds_alternative<wire::Error>(f->message));
+  EXPECT_NE(std::get<wire::Error>(f->message).message.find("magic"), std::string::npos);
+
+  // Others are served all along.
+  auto home = OpenHome();
+  ASSERT_TRUE(home);
+  EXPECT_TRUE(home->Get(ids_[1]).ok());
+  EXPECT_GE(server_->stats().bad_frames, 3u);
+}
+
+TEST_F(FetchTest, ACorruptedStickChunkIsCaughtAndFetchedFromHome) {
+  std::string stick = dir_ / "stick";
+  WriteStick(stick, ids_);
+  // Damage one chunk's bytes in the pack (past its id and value header).
+  std::string pack = stick + "/slingshot-chunks/pack-00000001.dat";
+  Bytes p = *ReadFileBounded(pack, 1 << 30);
+  p[16 + 32 + 16 + 100] ^= 0xff;
+  WriteFile(pack, p);
+
+  auto portable = PortableSource::Open(stick);
+  ASSERT_TRUE(portable.ok());
+  auto home = OpenHome();
+  auto cache = OpenCache("cache");
+  FetchChain chain(cache.get(), {portable->get(), home.get()});
+  EXPECT_TRUE(ReadDisk(&chain) == image_);
+  auto st = chain.stats();
+  EXPECT_EQ(st.sources[0].corrupt, 1u);
+  EXPECT_EQ(st.sources[0].chunks, ids_.size() - 1);
+  EXPECT_EQ(st.sources[1].chunks, 1u);  // only the damaged one from home
+  EXPECT_EQ(st.not_found, 0u);
+  // The good copy is now cached: reading again touches no source.
+  EXPECT_TRUE(ReadDisk(&chain) == image_);
+  EXPECT_EQ(chain.stats().cache_hits, ids_.size());
+}
+
+TEST_F(FetchTest, ACompleteStickServesTheDiskOverNbdWithHomeUnreachable) {
+  std::string stick = dir_ / "stick";
+  WriteStick(stick, ids_);
+  uint16_t port = server_->port();
+  server_->Stop();
+  auto home = HomeSource::Open("127.0.0.1", port, surrogate_creds_);
+  ASSERT_FALSE(home.ok());
+  EXPECT_EQ(home.status().code(), Status::Code::kUnavailable) << home.status().ToString();
+
+  auto portable = PortableSource::Open(stick);
+  ASSERT_TRUE(portable.ok());
+  auto cache = OpenCache("cache");
+  FetchChain chain(cache.get(), {portable->get()});
+  auto exp = ChunkTableExport::Open(table_, &chain, dir_ / "overlay");
+  ASSERT_TRUE(exp.ok());
+  NbdServer nbd;
+  ASSERT_TRUE(nbd.AddExport("disk", std::shared_ptr<BlockExport>(std::move(*exp))).ok());
+  std::string sock = dir_ / "nbd.sock";
+  ASSERT_TRUE(nbd.ListenUnix(sock).ok());
+  ASSERT_TRUE(nbd.Start().ok());
+  std::string out = dir_ / "read.img";
+  std::string cmd = "nbdcopy 'nbd+unix:///disk?socket=" + sock + "' " + out + " 2>&1";
+  ASSERT_EQ(system(cmd.c_str()), 0);
+  auto got = ReadFileBounded(out, 1 << 30);
+  ASSERT_TRUE(got.ok());
+  EXPECT_TRUE(*got == image_);
+  EXPECT_EQ(chain.stats().sources[0].chunks, ids_.size());
+  nbd.Stop();
+}
+
+TEST_F(FetchTest, AStaleStickCostsTheFetchNothing) {
+  // The stick holds an older disk: a quarter of today's chunks and many
+  // chunks no longer used.
+  std::vector<ChunkId> stale;
+  for (size_t i = 0; i < ids_.size(); i += 4) stale.push_back(ids_[i]);
+  std::string stick = dir_ / "stick";
+  WriteStick(stick, stale);
+  {
+    auto w = PortableWriter::Open(stick);
+    ASSERT_TRUE(w.ok());
+    for (int i = 0; i < 20; ++i) {
+      Bytes old = RandomBytes(64 << 10, 1000 + i);
+      ASSERT_TRUE((*w)->Add(ChunkId::Of(old), old).ok());
+    }
+    ASSERT_TRUE((*w)->Commit().ok());
+  }
+  HomeSourceOptions o;
+  o.batch = 8;
+  // Home alone, as the baseline.
+  auto home_alone = OpenHome(o);
+  auto cache_a = OpenCache("cache-a");
+  FetchChain alone(cache_a.get(), {home_alone.get()});
+  ASSERT_TRUE(alone.Fetch(ids_).ok());
+
+  auto portable = PortableSource::Open(stick);
+  ASSERT_TRUE(portable.ok());
+  auto home = OpenHome(o);
+  auto cache = OpenCache("cache-b");
+  FetchChain chain(cache.get(), {portable->get(), home.get()});
+  size_t delivered = 0;
+  ASSERT_TRUE(chain.Fetch(ids_, [&](const ChunkId& id, Result<Bytes>&& r) {
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    EXPECT_EQ(ChunkId::Of(*r), id);
+    ++delivered;
+  }).ok());
+  EXPECT_EQ(delivered, ids_.size());
+  auto st = chain.stats();
+  // The stick was never asked for what it lacks (its index said so) ...
+  EXPECT_EQ((*portable)->stats().misses, 0u);
+  EXPECT_EQ(st.sources[0].misses, 0u);
+  // ... every chunk came from exactly one source ...
+  EXPECT_EQ(st.sources[0].chunks + st.sources[1].chunks, ids_.size());
+  EXPECT_LE(st.sources[0].chunks, stale.size());
+  // ... and the home got no more requests than when it worked alone.
+  EXPECT_LE(home->stats().requests, home_alone->stats().requests);
+  EXPECT_LE(home->stats().chunks, ids_.size());
+}
+
+TEST_F(FetchTest, TheHomesWorkingSetIsPrefetchedInOrderByTheSurrogate) {
+  // At home, the primary reads chunks in some order after boot.
+  auto primary = ChunkTableExport::Open(table_, home_store_.get(), dir_ / "home-overlay");
+  ASSERT_TRUE(primary.ok());
+  std::vector<size_t> order = {40, 5, 63, 5, 17, 2, 40, 33};  // chunks 0-3 are zero
+  Bytes buf(4096);
+  for (size_t i : order) ASSERT_TRUE((*primary)->Read(i * table_.chunk_size + 10, buf).ok());
+  std::vector<ChunkId> ws = (*primary)->FirstReads();
+  ASSERT_EQ(ws.size(), 5u);  // repeats recorded once, the zero chunk 2 not at all
+  EXPECT_EQ(ws[0], table_.ids[40]);
+  EXPECT_EQ(ws[1], table_.ids[5]);
+  EXPECT_EQ(ws[4], table_.ids[33]);
+  ASSERT_TRUE(SaveWorkingSet(home_store_.get(), WorkingSetRecord{table_id_, ws}).ok());
+
+  // The surrogate asks for it and prefetches it in the background.
+  auto home = OpenHome();
+  auto got = home->GetWorkingSet(table_id_);
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(*got, ws);
+  auto none = home->GetWorkingSet(ChunkId::Of(AsBytes("no such table")));
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE(none->empty());
+
+  auto cache = OpenCache("cache");
+  FetchChain chain(cache.get(), {home.get()});
+  Prefetcher pf(&chain, *got);
+  ASSERT_TRUE(pf.Wait().ok());
+  EXPECT_EQ(pf.done(), ws.size());
+  // The replica's first reads now hit the cache and cost the home nothing more.
+  uint64_t fetched = home->stats().chunks;
+  auto replica = ChunkTableExport::Open(table_, &chain, dir_ / "replica-overlay");
+  ASSERT_TRUE(replica.ok());
+  for (size_t i : order) ASSERT_TRUE((*replica)->Read(i * table_.chunk_size + 10, buf).ok());
+  EXPECT_EQ(home->stats().chunks, fetched);
+  EXPECT_EQ(chain.stats().cache_hits, ws.size());
+}
+
+TEST_F(FetchTest, PortableWriterKeepsOnlyWantedChunksAndADamagedIndexIsRefused) {
+  std::string stick = dir_ / "stick";
+  WriteStick(stick, std::vector<ChunkId>(ids_.begin(), ids_.begin() + 10));
+  // Sync to a new wanted set: the other chunks are added, unwanted ones dropped.
+  std::unordered_set<ChunkId, ChunkIdHash> want(ids_.begin() + 5, ids_.end());
+  {
+    auto w = PortableWriter::Open(stick);
+    ASSERT_TRUE(w.ok());
+    for (const auto& id : want) {
+      if ((*w)->Has(id)) continue;
+      ASSERT_TRUE((*w)->Add(id, *home_store_->Get(id)).ok());
+    }
+    ASSERT_TRUE((*w)->Commit(&want).ok());
+    EXPECT_EQ((*w)->stats().added, want.size() - 5);
+    EXPECT_EQ((*w)->stats().dropped, 5u);
+  }
+  auto p = PortableSource::Open(stick);
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ((*p)->size(), want.size());
+  for (const auto& id : want) ASSERT_TRUE((*p)->Get(id).ok());
+  EXPECT_FALSE((*p)->MayHave(ids_[0]));
+  // A damaged index is refused with a clear error (and loses nothing else).
+  std::string index = stick + "/slingshot-chunks/INDEX";
+  Bytes b = *ReadFileBounded(index, 1 << 30);
+  b[b.size() / 2] ^= 1;
+  WriteFile(index, b);
+  auto broken = PortableSource::Open(stick);
+  ASSERT_FALSE(broken.ok());
+  EXPECT_TRUE(broken.status().IsCorruption()) << broken.status().ToString();
+}
+
+}  // namespace
+}  // namespace slingshot::testing
