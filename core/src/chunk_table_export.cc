@@ -32,6 +32,29 @@ struct ChunkTableExport::Impl {
 
   uint64_t ChunkOffset(size_t i) const { return uint64_t(i) * table.chunk_size; }
 
+  // Reads chunk i's base bytes (id) from the source; no lock needed.
+  Result<Bytes> FetchBase(size_t i, const ChunkId& id, uint32_t len) {
+    SLINGSHOT_ASSIGN_OR_RETURN(Bytes bytes, source->Get(id));
+    if (bytes.size() != len) {
+      return Status::Corruption("disk chunk " + std::to_string(i) + " has " + std::to_string(bytes.size()) +
+                                " bytes, the table says " + std::to_string(len));
+    }
+    return bytes;
+  }
+
+  // Puts chunk i's base bytes into the LRU.
+  const Bytes* Insert(size_t i, Bytes bytes) REQUIRES(mu) {
+    if (auto it = cache.find(i); it != cache.end()) return &it->second.first;
+    if (cache.size() >= options.cached_chunks && !lru.empty()) {
+      cache.erase(lru.back());
+      lru.pop_back();
+    }
+    lru.push_front(i);
+    auto [pos, ok] = cache.emplace(i, std::make_pair(std::move(bytes), lru.begin()));
+    (void)ok;
+    return &pos->second.first;
+  }
+
   // The base (table) bytes of chunk i, through the LRU.
   Result<const Bytes*> BaseChunk(size_t i) REQUIRES(mu) {
     auto it = cache.find(i);
@@ -45,22 +68,10 @@ struct ChunkTableExport::Impl {
       bytes.assign(len, 0);
       stats.zero_chunk_reads++;
     } else {
-      SLINGSHOT_ASSIGN_OR_RETURN(bytes, source->Get(table.ids[i]));
-      if (bytes.size() != len) {
-        return Status::Corruption("disk chunk " + std::to_string(i) + " has " +
-                                  std::to_string(bytes.size()) + " bytes, the table says " +
-                                  std::to_string(len));
-      }
+      SLINGSHOT_ASSIGN_OR_RETURN(bytes, FetchBase(i, table.ids[i], len));
       stats.chunks_fetched++;
     }
-    if (cache.size() >= options.cached_chunks && !lru.empty()) {
-      cache.erase(lru.back());
-      lru.pop_back();
-    }
-    lru.push_front(i);
-    auto [pos, ok] = cache.emplace(i, std::make_pair(std::move(bytes), lru.begin()));
-    (void)ok;
-    return &pos->second.first;
+    return Insert(i, std::move(bytes));
   }
 
   void Uncache(size_t i) REQUIRES(mu) {
@@ -153,7 +164,36 @@ bool ChunkTableExport::read_only() const { return impl_->options.read_only; }
 Status ChunkTableExport::Read(uint64_t offset, std::span<uint8_t> out) {
   Impl& m = *impl_;
   SLINGSHOT_RETURN_IF_ERROR(m.CheckRange(offset, out.size()));
+  // Chunks that must come from the source are fetched without the lock, so
+  // that a slow fetch (from the home, over the WAN) does not hold up other
+  // requests, and several connections verify chunks in parallel.
+  struct Need {
+    size_t index;
+    ChunkId id;
+    uint32_t len;
+    Result<Bytes> bytes = Status::OK();
+  };
+  std::vector<Need> need;
+  {
+    MutexLock l(&m.mu);
+    if (out.empty()) return Status::OK();
+    size_t first = static_cast<size_t>(offset / m.table.chunk_size);
+    size_t last = static_cast<size_t>((offset + out.size() - 1) / m.table.chunk_size);
+    for (size_t i = first; i <= last; ++i) {
+      if (m.in_overlay[i] || m.table.ids[i].IsNull() || m.cache.count(i)) continue;
+      need.push_back(Need{i, m.table.ids[i], m.table.ChunkLength(i)});
+    }
+  }
+  for (auto& n : need) n.bytes = m.FetchBase(n.index, n.id, n.len);
   MutexLock l(&m.mu);
+  std::unordered_map<size_t, const Bytes*> fetched;
+  for (auto& n : need) {
+    SLINGSHOT_RETURN_IF_ERROR(n.bytes.status());
+    m.stats.chunks_fetched++;
+    // A write or a freeze may have come in between: use the bytes only if
+    // the chunk is still that base chunk.
+    if (!m.in_overlay[n.index] && m.table.ids[n.index] == n.id) fetched[n.index] = &*n.bytes;
+  }
   return m.ForPieces(offset, out.size(), [&](size_t i, uint32_t in, uint64_t pos, uint64_t n) {
     m.mu.AssertHeld();  // ForPieces runs the lambda under the lock taken above
     if (m.in_overlay[i]) {
@@ -164,7 +204,13 @@ Status ChunkTableExport::Read(uint64_t offset, std::span<uint8_t> out) {
       m.read_once[i] = true;
       m.first_reads.push_back(i);
     }
-    SLINGSHOT_ASSIGN_OR_RETURN(const Bytes* base, m.BaseChunk(i));
+    const Bytes* base;
+    if (auto f = fetched.find(i); f != fetched.end()) {
+      base = f->second;
+      if (!m.cache.count(i)) m.Insert(i, *base);
+    } else {
+      SLINGSHOT_ASSIGN_OR_RETURN(base, m.BaseChunk(i));
+    }
     std::memcpy(out.data() + pos, base->data() + in, n);
     return Status::OK();
   });

@@ -34,7 +34,7 @@ constexpr uint32_t kSimpleReplyMagic = 0x67446698;
 
 constexpr uint16_t kFlagFixedNewstyle = 1, kFlagNoZeroes = 2;
 constexpr uint16_t kTxHasFlags = 1, kTxReadOnly = 2, kTxSendFlush = 4, kTxSendFua = 8,
-                   kTxSendTrim = 0x20;
+                   kTxSendTrim = 0x20, kTxCanMultiConn = 0x100;
 constexpr uint32_t kOptExportName = 1, kOptAbort = 2, kOptList = 3, kOptInfo = 6, kOptGo = 7;
 constexpr uint32_t kRepAck = 1, kRepServer = 2, kRepInfo = 3;
 constexpr uint32_t kRepErrUnsup = 0x80000001u, kRepErrInvalid = 0x80000003u,
@@ -168,7 +168,10 @@ struct NbdServer::Impl {
   }
 
   static uint16_t TxFlags(const BlockExport& d) {
-    return kTxHasFlags | kTxSendFlush | kTxSendFua | kTxSendTrim | (d.read_only() ? kTxReadOnly : 0);
+    // Multi-conn: every connection serves the same BlockExport object, so a
+    // write is visible to all and a flush on one makes all durable.
+    return kTxHasFlags | kTxSendFlush | kTxSendFua | kTxSendTrim | kTxCanMultiConn |
+           (d.read_only() ? kTxReadOnly : 0);
   }
 
   // Runs the handshake; returns the export to serve, or null when the client
