@@ -15,7 +15,11 @@
 #include "../unit/test_util.h"
 #include "notepad_client.h"
 #include "slingshot/chunk_store.h"
+#include "slingshot/chunk_service.h"
 #include "slingshot/chunk_table_export.h"
+#include "slingshot/fetch_chain.h"
+#include "slingshot/memory_image.h"
+#include "slingshot/transport.h"
 #include "slingshot/file_util.h"
 
 namespace slingshot::testing {
@@ -283,6 +287,125 @@ TEST_F(NbdTest, QemuGuestBootsWithItsDiskOnTheServer) {
   EXPECT_EQ(std::string(b.begin(), b.begin() + 4), "NPAD");
   EXPECT_EQ(std::string(b.begin() + 512, b.begin() + 522), "on our NBD");
   EXPECT_GE(server_.stats().requests, 4u);  // at least: reads, the write, a flush
+}
+
+// The whole disk-on-demand path with a real guest: at home the notepad runs
+// on a chunk-table disk and saves to it; a checkpoint stores its memory and
+// freezes its disk; a replica is restored elsewhere with memory and disk
+// fetched from the home's chunk service over TLS through a fetch chain, and
+// it has the saved document both in memory and on its disk, and writes of
+// its own go to its overlay only.
+TEST(NbdChunkTableTest, GuestWritesToAChunkTableDiskAndTheWritesSurviveCheckpointRestore) {
+  TempDir dir;
+  auto store = ChunkStore::Open(dir / "home", {});
+  ASSERT_TRUE(store.ok());
+  WriteFile(dir / "blank.img", Bytes(8 << 20, 0));
+  auto imp = ImportDisk(dir / "blank.img", store->get());
+  ASSERT_TRUE(imp.ok());
+  auto home_disk = ChunkTableExport::Open(imp->table, store->get(), dir / "home-overlay");
+  ASSERT_TRUE(home_disk.ok());
+  ChunkTableExport* primary_disk = home_disk->get();
+  NbdServer home_nbd;
+  ASSERT_TRUE(home_nbd.AddExport("disk", std::shared_ptr<BlockExport>(std::move(*home_disk))).ok());
+  ASSERT_TRUE(home_nbd.ListenUnix(dir / "home.sock").ok());
+  ASSERT_TRUE(home_nbd.Start().ok());
+
+  HypervisorOptions o;
+  o.backend = "qemu";
+  o.accel = "tcg";
+  auto hv = OpenHypervisor(o);
+  ASSERT_TRUE(hv.ok());
+  VmSpec spec = NotepadSpec("primary", dir / "primary");
+  spec.cmdline += " slingshot.disk=auto";
+  spec.disk = NbdDisk{dir / "home.sock", "", 0, "disk", false};
+  ASSERT_TRUE((*hv)->Boot(spec).ok());
+  auto ctl = *(*hv)->ServiceEndpoint("primary", kControlPort);
+  ASSERT_TRUE(WaitForNotepad(ctl, 60s).ok());
+  {
+    auto rfb = RfbSession::Connect(*(*hv)->ServiceEndpoint("primary", kRfbPort));
+    ASSERT_TRUE(rfb.ok());
+    ASSERT_TRUE((*rfb)->Type("kept on disk").ok());
+    ASSERT_TRUE(WaitForText(ctl, "kept on disk", 30s, rfb->get()).ok());
+  }
+  ASSERT_EQ(*Control(ctl, "save"), "saved 12\n");
+  EXPECT_GT(primary_disk->stats().dirty_chunks, 0u);
+
+  // Checkpoint: memory into the store, then freeze the disk table.
+  MemoryImageWriter mem(store->get(), ChunkerOptions{});
+  auto ck = (*hv)->Checkpoint("primary", [&](ByteView b) { return mem.Write(b); }, true);
+  ASSERT_TRUE(ck.ok()) << ck.status().ToString();
+  auto memory = mem.Finish();
+  ASSERT_TRUE(memory.ok());
+  auto frozen = primary_disk->Freeze(store->get());
+  ASSERT_TRUE(frozen.ok()) << frozen.status().ToString();
+  EXPECT_NE(frozen->ids, imp->table.ids);
+
+  // The primary goes on and writes more; the frozen table does not change.
+  {
+    auto rfb = RfbSession::Connect(*(*hv)->ServiceEndpoint("primary", kRfbPort));
+    ASSERT_TRUE(rfb.ok());
+    ASSERT_TRUE((*rfb)->Type(" later").ok());
+    ASSERT_TRUE(WaitForText(ctl, "kept on disk later", 30s, rfb->get()).ok());
+  }
+  ASSERT_EQ(*Control(ctl, "save"), "saved 18\n");
+
+  // The surrogate: chunks from the home's chunk service over TLS.
+  auto ca = CertificateAuthority::Create("home", 3600);
+  ASSERT_TRUE(ca.ok());
+  ChunkService service(store->get());
+  auto server = Server::Start(*ca->Issue("home", "home", 3600), ServerOptions{}, &service);
+  ASSERT_TRUE(server.ok());
+  auto home = HomeSource::Open("127.0.0.1", (*server)->port(), *ca->Issue("hotspot", "surrogate", 3600));
+  ASSERT_TRUE(home.ok()) << home.status().ToString();
+  ChunkStoreOptions co;
+  co.mode = ChunkStore::Mode::kCache;
+  auto cache = ChunkStore::Open(dir / "cache", co);
+  ASSERT_TRUE(cache.ok());
+  FetchChain chain(cache->get(), {home->get()});
+  auto replica_disk = ChunkTableExport::Open(*frozen, &chain, dir / "replica-overlay");
+  ASSERT_TRUE(replica_disk.ok());
+  ChunkTableExport* rdisk = replica_disk->get();
+  NbdServer replica_nbd;
+  ASSERT_TRUE(replica_nbd.AddExport("disk", std::shared_ptr<BlockExport>(std::move(*replica_disk))).ok());
+  ASSERT_TRUE(replica_nbd.ListenUnix(dir / "replica.sock").ok());
+  ASSERT_TRUE(replica_nbd.Start().ok());
+
+  VmSpec rspec = NotepadSpec("replica", dir / "replica");
+  rspec.cmdline = spec.cmdline;
+  rspec.disk = NbdDisk{dir / "replica.sock", "", 0, "disk", false};
+  auto r = (*hv)->Restore(rspec, [&](const ByteSink& sink) { return ReadMemoryImage(*memory, &chain, sink); });
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  auto rctl = *(*hv)->ServiceEndpoint("replica", kControlPort);
+  ASSERT_TRUE(WaitForText(rctl, "kept on disk", 20s).ok());
+  // Its disk, read through its export, holds the checkpoint-time save.
+  Bytes sector(1024);
+  ASSERT_TRUE(rdisk->Read(0, sector).ok());
+  EXPECT_EQ(std::string(sector.begin(), sector.begin() + 4), "NPAD");
+  EXPECT_EQ(std::string(sector.begin() + 512, sector.begin() + 524), "kept on disk");
+  EXPECT_NE(std::string(sector.begin() + 512, sector.begin() + 530), "kept on disk later");
+  auto cs = chain.stats();
+  EXPECT_GT(cs.sources[0].chunks, 0u);  // memory and disk came from home
+  EXPECT_EQ(cs.not_found, 0u);
+
+  // The replica's own save lands in its overlay, not at home.
+  {
+    auto rfb = RfbSession::Connect(*(*hv)->ServiceEndpoint("replica", kRfbPort));
+    ASSERT_TRUE(rfb.ok());
+    ASSERT_TRUE((*rfb)->Type("!").ok());
+    ASSERT_TRUE(WaitForText(rctl, "kept on disk!", 30s, rfb->get()).ok());
+  }
+  ASSERT_EQ(*Control(rctl, "save"), "saved 13\n");
+  ASSERT_TRUE(rdisk->Read(0, sector).ok());
+  EXPECT_EQ(std::string(sector.begin() + 512, sector.begin() + 525), "kept on disk!");
+  auto home_view = ExportDisk(*frozen, store->get(), dir / "frozen.img");
+  ASSERT_TRUE(home_view.ok());
+  Bytes f = Slurp(dir / "frozen.img");
+  EXPECT_EQ(std::string(f.begin() + 512, f.begin() + 524), "kept on disk");
+  EXPECT_NE(f[524], '!');
+  ASSERT_TRUE((*hv)->Destroy("replica").ok());
+  ASSERT_TRUE((*hv)->Destroy("primary").ok());
+  replica_nbd.Stop();
+  home_nbd.Stop();
 }
 
 }  // namespace
