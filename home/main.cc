@@ -1,7 +1,9 @@
 // slingshot-home: the home server. This build manages its chunk store
 // (import/export of disk and memory images, verification, statistics,
-// garbage collection), bundles, and the home signing key.
+// garbage collection), bundles, the home signing key, the home's
+// certificate authority, and serves chunks to surrogates (`serve`).
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -9,6 +11,7 @@
 #include <filesystem>
 
 #include "slingshot/bundle.h"
+#include "slingshot/chunk_service.h"
 #include "slingshot/chunk_store.h"
 #include "slingshot/cli.h"
 #include "slingshot/coding.h"
@@ -17,6 +20,8 @@
 #include "slingshot/gc.h"
 #include "slingshot/keys.h"
 #include "slingshot/memory_image.h"
+#include "slingshot/tls.h"
+#include "slingshot/transport.h"
 
 namespace slingshot {
 namespace {
@@ -278,6 +283,69 @@ Status KeyShowCmd(const cli::po::variables_map& vm) {
   return Status::OK();
 }
 
+// --- certificates and the chunk service ---
+
+constexpr int64_t kDay = 24 * 3600;
+
+Status CaInitCmd(const cli::po::variables_map& vm) {
+  const std::string dir = vm["tls-dir"].as<std::string>();
+  const std::string name = vm["name"].as<std::string>();
+  SLINGSHOT_ASSIGN_OR_RETURN(CertificateAuthority ca, CertificateAuthority::Create(name + " CA", 20 * 365 * kDay));
+  SLINGSHOT_RETURN_IF_ERROR(ca.Save(dir + "/ca"));
+  SLINGSHOT_ASSIGN_OR_RETURN(TlsCredentials home, ca.Issue(name, "home", 5 * 365 * kDay));
+  SLINGSHOT_RETURN_IF_ERROR(home.Save(dir + "/home"));
+  SLINGSHOT_ASSIGN_OR_RETURN(CertificateInfo info, InspectCertificate(ca.cert_pem()));
+  std::printf("created the home CA in %s/ca (fingerprint %s) and the home's own credentials in %s/home\n",
+              dir.c_str(), info.fingerprint.c_str(), dir.c_str());
+  return Status::OK();
+}
+
+Status CredentialsIssueCmd(const cli::po::variables_map& vm) {
+  const std::string role = vm["role"].as<std::string>();
+  if (role != "client" && role != "surrogate" && role != "home") {
+    return Status::InvalidArgument("--role must be client, surrogate or home, not \"" + role + "\"");
+  }
+  const int64_t days = vm["days"].as<int64_t>();
+  if (days <= 0 || days > 3650) return Status::InvalidArgument("--days must be between 1 and 3650");
+  SLINGSHOT_ASSIGN_OR_RETURN(CertificateAuthority ca, CertificateAuthority::Load(vm["tls-dir"].as<std::string>() + "/ca"));
+  SLINGSHOT_ASSIGN_OR_RETURN(TlsCredentials c, ca.Issue(vm["name"].as<std::string>(), role, days * kDay));
+  const std::string out = vm["out"].as<std::string>();
+  SLINGSHOT_RETURN_IF_ERROR(c.Save(out));
+  SLINGSHOT_ASSIGN_OR_RETURN(CertificateInfo info, InspectCertificate(c.cert_pem));
+  std::printf("issued %s \"%s\" (certificate %s, valid %lld days) into %s\n", role.c_str(), info.common_name.c_str(),
+              info.fingerprint.c_str(), static_cast<long long>(days), out.c_str());
+  return Status::OK();
+}
+
+Status ServeCmd(const cli::po::variables_map& vm) {
+  SLINGSHOT_ASSIGN_OR_RETURN(auto store, OpenStore(vm, false));
+  SLINGSHOT_ASSIGN_OR_RETURN(TlsCredentials creds, TlsCredentials::Load(vm["tls-dir"].as<std::string>() + "/home"));
+  SLINGSHOT_ASSIGN_OR_RETURN(auto listen, cli::ParseHostPort(vm["listen"].as<std::string>()));
+  // Block the stop signals before any thread starts, then wait for one.
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGINT);
+  sigaddset(&stop, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+  ChunkService service(store.get());
+  ServerOptions o;
+  o.host = listen.first;
+  o.port = listen.second;
+  o.software = "slingshot-home";
+  SLINGSHOT_ASSIGN_OR_RETURN(auto server, Server::Start(creds, o, &service));
+  std::printf("serving chunks from %s on %s:%u (TLS 1.3, peers of this home's CA only)\n",
+              store->dir().c_str(), listen.first.c_str(), server->port());
+  std::fflush(stdout);
+  int sig = 0;
+  sigwait(&stop, &sig);
+  server->Stop();
+  auto st = service.stats();
+  std::printf("stopped by %s: %llu chunks sent (%s), %llu asked for but absent\n", strsignal(sig),
+              static_cast<unsigned long long>(st.chunks_sent), HumanBytes(st.bytes_sent).c_str(),
+              static_cast<unsigned long long>(st.chunks_missing));
+  return Status::OK();
+}
+
 }  // namespace
 }  // namespace slingshot
 
@@ -298,7 +366,9 @@ int main(int argc, char** argv) {
         ("key", value<std::string>()->default_value("/var/lib/slingshot/home.key"), "home signing key (Ed25519 PEM)")
         ("compression-level", value<int>()->default_value(1), "zstd level for new chunks")
         ("threads", value<int>()->default_value(0), "hashing/compression threads (0 = one per core)")
-        ("db-cache-mb", value<uint64_t>()->default_value(64), "Berkeley DB buffer pool size");
+        ("db-cache-mb", value<uint64_t>()->default_value(64), "Berkeley DB buffer pool size")
+        ("tls-dir", value<std::string>()->default_value("/var/lib/slingshot/tls"),
+         "the home CA (ca/) and the home's TLS credentials (home/)");
   };
   p.commands = {
       {"store init", "create an empty transactional chunk store", "[--store DIR]", cli::NoOptions, StoreInit},
@@ -361,6 +431,27 @@ int main(int argc, char** argv) {
        BundleImportCmd},
       {"key init", "create the home's Ed25519 signing key (0600) and its .pub", "[--key FILE]", cli::NoOptions, KeyInitCmd},
       {"key show", "print the home key's fingerprint", "[--key FILE]", cli::NoOptions, KeyShowCmd},
+      {"ca init", "create the home's certificate authority and the home's own TLS credentials", "[--name NAME]",
+       [](Opts& d, Pos&) {
+         d.add_options()("name", value<std::string>()->default_value("slingshot-home"), "the home's name");
+       },
+       CaInitCmd},
+      {"credentials issue", "issue TLS credentials signed by the home CA into a directory",
+       "NAME --role client|surrogate --out DIR [--days N]",
+       [](Opts& d, Pos& pos) {
+         d.add_options()("name", value<std::string>()->required(), "who they are for")
+             ("role", value<std::string>()->required(), "client, surrogate or home")
+             ("out", value<std::string>()->required(), "directory to write ca.pem, cert.pem, key.pem into")
+             ("days", value<int64_t>()->default_value(365), "validity in days");
+         pos.add("name", 1);
+       },
+       CredentialsIssueCmd},
+      {"serve", "serve chunks, objects, refs and working sets to peers of the home CA until stopped",
+       "[--listen HOST:PORT]",
+       [](Opts& d, Pos&) {
+         d.add_options()("listen", value<std::string>()->default_value("0.0.0.0:7390"), "address to listen on");
+       },
+       ServeCmd},
   };
   return cli::Main(p, argc, argv);
 }

@@ -1,6 +1,7 @@
 #include "slingshot/cli.h"
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 #include <sstream>
@@ -127,6 +128,18 @@ int Main(const Program& p, int argc, char** argv) {
     return st.code() == Status::Code::kInvalidArgument ? 2 : 1;
   }
   return 0;
+}
+
+Result<std::pair<std::string, uint16_t>> ParseHostPort(const std::string& s) {
+  auto colon = s.rfind(':');
+  if (colon == std::string::npos) return Status::InvalidArgument("\"" + s + "\" is not HOST:PORT");
+  char* end = nullptr;
+  long port = std::strtol(s.c_str() + colon + 1, &end, 10);
+  if (port <= 0 || port > 65535 || *end != '\0') return Status::InvalidArgument("\"" + s + "\" has no valid port");
+  std::string host = s.substr(0, colon);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  if (host.empty()) return Status::InvalidArgument("\"" + s + "\" has no host");
+  return std::make_pair(host, static_cast<uint16_t>(port));
 }
 
 }  // namespace slingshot::cli

@@ -98,8 +98,11 @@ struct Connection::Impl {
   Status Failed(const error_code& ec, std::string_view what) {
     broken = true;
     if (!verify_error.empty()) {
-      return Status::PermissionDenied(peer.Describe() + " is not trusted: " + verify_error +
-                                      ". Only certificates issued by this home's CA are accepted; pair it again");
+      return Status::PermissionDenied(
+          peer.Describe() + " is not trusted: " + verify_error +
+          (is_server ? ". Only certificates issued by this home's CA are accepted: pair it again"
+                     : ". Its certificate is not issued by the CA in our credentials: check the address, or pair "
+                       "again with this home"));
     }
     std::string m = ec.message();
     if (ec.category() == asio::error::get_ssl_category() &&
@@ -142,6 +145,7 @@ struct Connection::Impl {
   ssl::stream<tcp::socket> stream;
   PeerInfo peer;
   std::string verify_error;
+  bool is_server = false;
   bool broken = false;
   std::atomic<int> fd{-1};
 };
@@ -319,6 +323,7 @@ struct Server::Impl {
       return;
     }
     impl->fd = fd;
+    impl->is_server = true;
     impl->stream.lowest_layer().set_option(tcp::no_delay(true), ec);
     std::unique_ptr<Connection> c(new Connection(std::move(impl)));
     Connection::Impl& ci = *c->impl_;

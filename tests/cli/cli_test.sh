@@ -68,6 +68,34 @@ expect 2 "auto, qemu or xen" -- "$AGENT_BIN" hypervisor probe --hypervisor vmwar
 expect 1 "install qemu-system-x86" -- "$AGENT_BIN" hypervisor probe --hypervisor qemu --qemu no-such-qemu
 expect 1 "dom0" -- "$AGENT_BIN" hypervisor probe --hypervisor xen
 
+# The home CA, credentials, the chunk service, and a stick filled from it.
+T="$W/tls"
+expect 0 "created the home CA" -- "$HOME_BIN" ca init --tls-dir "$T" --name testhome
+expect 1 "already holds a CA" -- "$HOME_BIN" ca init --tls-dir "$T"
+expect 0 "issued client \"laptop\"" -- "$HOME_BIN" credentials issue laptop --role client --out "$W/laptop" --tls-dir "$T"
+expect 2 "client, surrogate or home" -- "$HOME_BIN" credentials issue x --role admin --out "$W/x" --tls-dir "$T"
+[ "$(stat -c %a "$W/laptop/key.pem")" = 600 ] || { echo "FAIL: client key is not 0600"; fails=$((fails + 1)); }
+chmod 644 "$W/laptop/key.pem"
+expect 2 "readable by others.*chmod 600" -- "$CLIENT_BIN" portable sync "$W/stick" --home 127.0.0.1:1 --credentials "$W/laptop" --ref disk/d
+chmod 600 "$W/laptop/key.pem"
+PORT=$((20000 + RANDOM % 20000))
+"$HOME_BIN" serve --store "$W/from-config" --tls-dir "$T" --listen 127.0.0.1:$PORT > "$W/serve.out" 2>&1 &
+SERVE=$!
+for _ in $(seq 50); do grep -q "serving chunks" "$W/serve.out" && break; sleep 0.1; done
+expect 0 "added +5 chunks" -- "$CLIENT_BIN" portable sync "$W/stick" --home 127.0.0.1:$PORT --credentials "$W/laptop" --ref disk/d
+expect 0 "already there +5 chunks" -- "$CLIENT_BIN" portable sync "$W/stick" --home 127.0.0.1:$PORT --credentials "$W/laptop" --ref disk/d
+expect 0 "chunks +5" -- "$CLIENT_BIN" portable status "$W/stick"
+expect 1 "NotFound.*no/such" -- "$CLIENT_BIN" portable sync "$W/stick" --home 127.0.0.1:$PORT --credentials "$W/laptop" --ref no/such
+# Credentials from another home are refused, and say so.
+expect 0 "created the home CA" -- "$HOME_BIN" ca init --tls-dir "$W/other-tls"
+expect 0 "issued" -- "$HOME_BIN" credentials issue eve --role client --out "$W/eve" --tls-dir "$W/other-tls"
+expect 1 "PermissionDenied.*not issued by the CA in our credentials" -- "$CLIENT_BIN" portable sync "$W/stick2" --home 127.0.0.1:$PORT --credentials "$W/eve" --ref disk/d
+kill -TERM $SERVE
+wait $SERVE
+grep -q "stopped by Terminated: 5 chunks sent" "$W/serve.out" || { echo "FAIL: serve did not stop cleanly:"; cat "$W/serve.out"; fails=$((fails + 1)); }
+expect 1 "Unavailable.*cannot connect" -- "$CLIENT_BIN" portable sync "$W/stick" --home 127.0.0.1:$PORT --credentials "$W/laptop" --ref disk/d
+expect 1 "holds no Slingshot chunks" -- "$CLIENT_BIN" portable status "$W"
+
 if [ "$fails" -ne 0 ]; then
   echo "$fails check(s) failed"
   exit 1

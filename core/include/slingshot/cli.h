@@ -12,6 +12,7 @@
 #include <boost/program_options.hpp>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "slingshot/status.h"
@@ -44,6 +45,9 @@ struct Program {
 };
 
 int Main(const Program& program, int argc, char** argv);
+
+// Splits "HOST:PORT" or "[V6]:PORT" (the port is required).
+Result<std::pair<std::string, uint16_t>> ParseHostPort(const std::string& s);
 
 // Prints "key  value" lines aligned, for figures.
 void PrintFigure(const std::string& key, const std::string& value);
