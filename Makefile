@@ -63,12 +63,14 @@ fuzz:
 	@scripts/install-deps.sh clang libclang-rt-14-dev
 	CXX=clang++ cmake -S . -B $(BUILD)-fuzz -DSLINGSHOT_FUZZ=ON -DSLINGSHOT_BUILD_BENCH=OFF \
 	  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS="-fsanitize=address,undefined,fuzzer-no-link"
-	cmake --build $(BUILD)-fuzz -j$(JOBS) --target fuzz_decoders fuzz_files make_seeds
+	cmake --build $(BUILD)-fuzz -j$(JOBS) --target fuzz_decoders fuzz_files fuzz_nbd make_seeds
 	$(BUILD)-fuzz/tests/fuzz/make_seeds $(BUILD)-fuzz/corpus
 	$(BUILD)-fuzz/tests/fuzz/fuzz_decoders -max_total_time=$(FUZZ_SECONDS) -max_len=65536 \
 	  $(BUILD)-fuzz/corpus/decoders
 	$(BUILD)-fuzz/tests/fuzz/fuzz_files -max_total_time=$(FUZZ_SECONDS) -max_len=262144 \
 	  $(BUILD)-fuzz/corpus/files
+	$(BUILD)-fuzz/tests/fuzz/fuzz_nbd -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
+	  $(BUILD)-fuzz/corpus/nbd
 
 clean:
 	rm -rf $(BUILD) $(BUILD)-asan $(BUILD)-tsan $(BUILD)-clang $(BUILD)-fuzz

@@ -6,10 +6,13 @@
 
 #include "slingshot/chunk_store.h"
 #include "slingshot/coding.h"
+#include "slingshot/crc32c.h"
 #include "slingshot/disk_table.h"
 #include "slingshot/manifest.h"
 #include "slingshot/memory_image.h"
 #include "slingshot/vm_stream.h"
+#include "slingshot/wire.h"
+#include "slingshot/working_set.h"
 
 using namespace slingshot;
 
@@ -30,7 +33,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
   ByteView in(data + 1, size - 1);
   static const PublicKey key = SigningKey::Generate().value().public_key();
-  switch (data[0] % 11) {
+  switch (data[0] % 14) {
     case 0:
       CheckTable(DiskTable::Decode(in));
       break;
@@ -79,6 +82,43 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         if (!r.Feed(in.subspan(off, std::min(step, in.size() - off))).ok()) break;
       }
       if (r.Finish().ok() && payload > r.bytes_read()) __builtin_trap();
+      break;
+    }
+    case 11: {
+      // A wire frame as a peer would send it: header, then payload.
+      if (in.size() < wire::kHeaderSize) break;
+      auto h = wire::DecodeHeader(in.first(wire::kHeaderSize));
+      if (!h.ok()) break;
+      auto m = wire::DecodePayload(*h, in.subspan(wire::kHeaderSize));
+      // What decodes must encode back to a frame that decodes the same way.
+      if (m.ok()) {
+        Bytes again = wire::EncodeFrame(h->request, *m);
+        auto h2 = wire::DecodeHeader(ByteView(again).first(wire::kHeaderSize));
+        if (!h2.ok() || h2->type != h->type || !wire::DecodePayload(*h2, ByteView(again).subspan(wire::kHeaderSize)).ok()) {
+          __builtin_trap();
+        }
+      }
+      break;
+    }
+    case 12: {
+      // A payload behind a correct header and CRC for the type in the first
+      // two bytes, so the message decoders themselves are exercised.
+      if (in.size() < 2) break;
+      ByteView body = in.subspan(2);
+      wire::FrameHeader h;
+      h.type = static_cast<wire::MessageType>(in[0] % 12);
+      h.length = static_cast<uint32_t>(body.size());
+      h.payload_crc = crc32c::Value(body.data(), body.size());
+      (void)wire::DecodePayload(h, body);
+      break;
+    }
+    case 13: {
+      auto ws = WorkingSetRecord::Decode(SealFrame({'S', 'S', 'W', 'S'}, 1, in));
+      if (ws.ok()) {
+        for (const auto& id : ws->ids) {
+          if (id.IsNull()) __builtin_trap();
+        }
+      }
       break;
     }
   }

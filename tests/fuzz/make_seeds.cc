@@ -13,6 +13,8 @@
 #include "slingshot/manifest.h"
 #include "slingshot/memory_image.h"
 #include "slingshot/vm_stream.h"
+#include "slingshot/wire.h"
+#include "slingshot/working_set.h"
 
 using namespace slingshot;
 namespace fs = std::filesystem;
@@ -70,6 +72,56 @@ int main(int argc, char** argv) {
     (void)w.Write(AsBytes("QEVM save stream bytes"));
     (void)w.Finish();
     Seed(dec, "vm-stream", 10, vs);
+  }
+  Seed(dec, "wire-chunks", 11, wire::EncodeFrame(7, wire::GetChunks{{ChunkId::Of(AsBytes("a")), ChunkId::Of(AsBytes("b"))}}));
+  Seed(dec, "wire-data", 11, wire::EncodeFrame(7, wire::ChunkData{ChunkId::Of(AsBytes("a")), true,
+                                                                   ChunkStore::EncodeValue(AsBytes("a"), 1)}));
+  Seed(dec, "wire-ws", 11, wire::EncodeFrame(9, wire::WorkingSet{ChunkId::Of(AsBytes("t")), {ChunkId::Of(AsBytes("a"))}}));
+  {
+    Bytes b = wire::EncodeFrame(1, wire::Hello{1, 1, "fuzz"});
+    Bytes body(b.begin() + wire::kHeaderSize, b.end());
+    body.insert(body.begin(), {1, 0});
+    Seed(dec, "wire-hello-body", 12, body);
+  }
+  Seed(dec, "working-set", 13, Body(WorkingSetRecord{ChunkId::Of(AsBytes("t")), {ChunkId::Of(AsBytes("a"))}}.Encode()));
+
+  // An NBD session: handshake, GO, a read, a write, a flush, a trim, disconnect.
+  {
+    const std::string nbd = out + "/nbd";
+    fs::create_directories(nbd);
+    Bytes s;
+    auto be = [&](uint64_t v, int n) {
+      for (int i = n - 1; i >= 0; --i) s.push_back(uint8_t(v >> (8 * i)));
+    };
+    be(3, 4);  // client flags: fixed newstyle, no zeroes
+    auto opt = [&](uint32_t o, const std::string& name) {
+      be(0x49484156454F5054ull, 8);
+      be(o, 4);
+      be(4 + name.size() + 2, 4);
+      be(name.size(), 4);
+      s.insert(s.end(), name.begin(), name.end());
+      be(0, 2);
+    };
+    opt(6, "table");  // INFO
+    opt(7, "table");  // GO
+    auto req = [&](uint16_t type, uint64_t off, uint32_t len) {
+      be(0x25609513, 4);
+      be(0, 2);
+      be(type, 2);
+      be(42, 8);
+      be(off, 8);
+      be(len, 4);
+    };
+    req(0, 0, 4096);
+    req(1, 65536, 8);
+    s.insert(s.end(), 8, 'w');
+    req(3, 0, 0);
+    req(4, 0, 4096);
+    req(0, 65530, 100);
+    req(2, 0, 0);
+    std::FILE* f = std::fopen((nbd + "/session").c_str(), "wb");
+    std::fwrite(s.data(), 1, s.size(), f);
+    std::fclose(f);
   }
 
   {

@@ -9,6 +9,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <thread>
 
 #include "../unit/test_util.h"
 #include "slingshot/chunk_service.h"
@@ -418,6 +419,35 @@ TEST_F(FetchTest, PortableWriterKeepsOnlyWantedChunksAndADamagedIndexIsRefused) 
   auto broken = PortableSource::Open(stick);
   ASSERT_FALSE(broken.ok());
   EXPECT_TRUE(broken.status().IsCorruption()) << broken.status().ToString();
+}
+
+// A stick that is current but slow: the home takes the chunks the stick has
+// not reached yet from the back of its queue, so the slow source gets few.
+TEST_F(FetchTest, ASlowStickGetsFewChunksBecauseTheHomeStealsTheRest) {
+  std::string stick = dir_ / "stick";
+  WriteStick(stick, ids_);
+  auto portable = PortableSource::Open(stick);
+  ASSERT_TRUE(portable.ok());
+  struct Slow final : ChunkSource {
+    ChunkSource* inner;
+    explicit Slow(ChunkSource* s) : inner(s) {}
+    Result<Bytes> Get(const ChunkId& id) override {
+      std::this_thread::sleep_for(std::chrono::milliseconds(30));
+      return inner->Get(id);
+    }
+    bool MayHave(const ChunkId& id) const override { return inner->MayHave(id); }
+    std::string Describe() const override { return "slow " + inner->Describe(); }
+  } slow(portable->get());
+  auto home = OpenHome();
+  auto cache = OpenCache("cache");
+  FetchChainOptions o;
+  o.steal_claim = 4;
+  FetchChain chain(cache.get(), {&slow, home.get()}, o);
+  ASSERT_TRUE(chain.Fetch(ids_).ok());
+  auto st = chain.stats();
+  EXPECT_EQ(st.sources[0].chunks + st.sources[1].chunks, ids_.size());
+  EXPECT_LT(st.sources[0].chunks, ids_.size() / 2) << "the slow stick was not worked around";
+  EXPECT_TRUE(ReadDisk(&chain) == image_);
 }
 
 }  // namespace

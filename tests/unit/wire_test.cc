@@ -1,0 +1,168 @@
+// The wire catalogue and frames, and the home CA's certificates.
+#include "slingshot/wire.h"
+
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include "slingshot/coding.h"
+#include "slingshot/crc32c.h"
+#include "slingshot/tls.h"
+#include "test_util.h"
+
+namespace slingshot::testing {
+namespace {
+
+using namespace wire;
+
+Result<Message> RoundTrip(uint32_t request, const Message& m, FrameHeader* header = nullptr) {
+  Bytes f = EncodeFrame(request, m);
+  SLINGSHOT_ASSIGN_OR_RETURN(FrameHeader h, DecodeHeader(ByteView(f).first(kHeaderSize)));
+  if (header) *header = h;
+  return DecodePayload(h, ByteView(f).subspan(kHeaderSize));
+}
+
+TEST(WireTest, EveryMessageRoundTrips) {
+  ChunkId a = ChunkId::Of(AsBytes("a")), b = ChunkId::Of(AsBytes("b"));
+  std::vector<Message> all = {
+      Hello{1, 1, "slingshot-home 0.3.0"},
+      Error{Status::Code::kPermissionDenied, "no"},
+      GetChunks{{a, b}},
+      ChunkData{a, true, Bytes{1, 2, 3}},
+      ChunkData{b, false, {}},
+      GetObject{a},
+      ObjectData{a, Bytes(1000, 7)},
+      GetRef{"disk/notepad"},
+      RefData{"disk/notepad", 1, b},
+      GetWorkingSet{a},
+      WorkingSet{a, {b, a}},
+  };
+  for (const auto& m : all) {
+    FrameHeader h;
+    auto r = RoundTrip(99, m, &h);
+    ASSERT_TRUE(r.ok()) << MessageTypeName(TypeOf(m)) << ": " << r.status().ToString();
+    EXPECT_EQ(h.request, 99u);
+    EXPECT_EQ(h.version, kVersion);
+    EXPECT_EQ(TypeOf(*r), TypeOf(m));
+    EXPECT_EQ(EncodeFrame(99, *r), EncodeFrame(99, m)) << MessageTypeName(TypeOf(m));
+  }
+  auto e = RoundTrip(1, Error{Status::Code::kNotFound, "gone"});
+  EXPECT_TRUE(std::get<Error>(*e).ToStatus("home").IsNotFound());
+}
+
+TEST(WireTest, BadHeadersAreRefusedWithTheReason) {
+  Bytes f = EncodeFrame(1, GetChunks{{ChunkId::Of(AsBytes("a"))}});
+  ByteView h = ByteView(f).first(kHeaderSize);
+  ASSERT_TRUE(DecodeHeader(h).ok());
+
+  Bytes magic(f.begin(), f.begin() + kHeaderSize);
+  magic[0] = 'X';
+  EXPECT_NE(DecodeHeader(magic).status().message().find("magic"), std::string::npos);
+
+  Bytes crc(f.begin(), f.begin() + kHeaderSize);
+  crc[9] ^= 1;  // the request id, under the header CRC
+  EXPECT_NE(DecodeHeader(crc).status().message().find("checksum"), std::string::npos);
+
+  Bytes version(f.begin(), f.begin() + kHeaderSize);
+  PutU16(version.data() + 4, 7);
+  PutU32(version.data() + 20, crc32c::Value(version.data(), 20));
+  auto v = DecodeHeader(version);
+  EXPECT_EQ(v.status().code(), Status::Code::kUnsupported);
+  EXPECT_NE(v.status().message().find("version 7"), std::string::npos);
+
+  Bytes huge(f.begin(), f.begin() + kHeaderSize);
+  PutU32(huge.data() + 12, kMaxWirePayload + 1);
+  PutU32(huge.data() + 20, crc32c::Value(huge.data(), 20));
+  EXPECT_NE(DecodeHeader(huge).status().message().find("over the limit"), std::string::npos);
+  EXPECT_FALSE(DecodeHeader(ByteView(f).first(10)).ok());
+}
+
+TEST(WireTest, BadPayloadsAreRefusedAndLengthsAreBounded) {
+  FrameHeader h;
+  h.type = MessageType::kGetChunks;
+  auto decode = [&](const Bytes& body) {
+    h.length = static_cast<uint32_t>(body.size());
+    h.payload_crc = crc32c::Value(body.data(), body.size());
+    return DecodePayload(h, body);
+  };
+  // A count that claims more ids than the frame holds, or than a batch may.
+  Bytes body;
+  Encoder e(&body);
+  e.U32(1000);
+  e.Id(ChunkId::Of(AsBytes("a")));
+  EXPECT_TRUE(decode(body).status().IsCorruption());
+  body.clear();
+  e.U32(kMaxBatch + 1);
+  EXPECT_NE(decode(body).status().message().find("limit"), std::string::npos);
+  body.clear();
+  e.U32(0);
+  EXPECT_NE(decode(body).status().message().find("no chunks"), std::string::npos);
+  // Trailing bytes are an error, not ignored.
+  body.clear();
+  e.U32(1);
+  e.Id(ChunkId::Of(AsBytes("a")));
+  e.U8(0);
+  EXPECT_TRUE(decode(body).status().IsCorruption());
+  // An absent chunk with a value, a bad flag.
+  h.type = MessageType::kChunkData;
+  body.clear();
+  e.Id(ChunkId::Of(AsBytes("a")));
+  e.U8(0);
+  e.U32(1);
+  e.U8(9);
+  EXPECT_NE(decode(body).status().message().find("absent chunk carries a value"), std::string::npos);
+  // A bad payload checksum, and a type nobody knows.
+  Bytes ok = EncodeFrame(1, GetRef{"x"});
+  auto hdr = DecodeHeader(ByteView(ok).first(kHeaderSize));
+  ok.back() ^= 1;
+  EXPECT_NE(DecodePayload(*hdr, ByteView(ok).subspan(kHeaderSize)).status().message().find("checksum"),
+            std::string::npos);
+  h.type = static_cast<MessageType>(999);
+  EXPECT_NE(decode(Bytes{}).status().message().find("catalogue"), std::string::npos);
+}
+
+TEST(TlsTest, TheHomeCaIssuesCertificatesWithRoleAndValidity) {
+  auto ca = CertificateAuthority::Create("home CA", 3600);
+  ASSERT_TRUE(ca.ok()) << ca.status().ToString();
+  auto c = ca->Issue("alice-laptop", "client", 86400);
+  ASSERT_TRUE(c.ok());
+  auto info = InspectCertificate(c->cert_pem);
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->common_name, "alice-laptop");
+  EXPECT_EQ(info->role, "client");
+  EXPECT_NEAR(double(info->not_after - info->not_before), 86400 + 300, 5);
+  EXPECT_EQ(info->fingerprint.size(), 16u);
+  auto expired = ca->Issue("old", "client", -10);
+  ASSERT_TRUE(expired.ok());
+  EXPECT_LT(InspectCertificate(expired->cert_pem)->not_after, time(nullptr));
+  EXPECT_FALSE(ca->Issue("", "client", 10).ok());
+  EXPECT_TRUE(InspectCertificate("not a certificate").status().IsCorruption());
+}
+
+TEST(TlsTest, CredentialsSaveWithAPrivateKeyAndLoadRefusesAnExposedOne) {
+  TempDir dir;
+  auto ca = CertificateAuthority::Create("home CA", 3600);
+  ASSERT_TRUE(ca.ok());
+  ASSERT_TRUE(ca->Save(dir / "ca").ok());
+  EXPECT_EQ(ca->Save(dir / "ca").code(), Status::Code::kAlreadyExists);
+  auto loaded = CertificateAuthority::Load(dir / "ca");
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  EXPECT_EQ(loaded->cert_pem(), ca->cert_pem());
+
+  auto c = loaded->Issue("hotspot", "surrogate", 60);
+  ASSERT_TRUE(c.ok());
+  ASSERT_TRUE(c->Save(dir / "creds").ok());
+  struct stat sb;
+  ASSERT_EQ(stat((dir / "creds/key.pem").c_str(), &sb), 0);
+  EXPECT_EQ(sb.st_mode & 0777, 0600u);
+  auto back = TlsCredentials::Load(dir / "creds");
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(back->cert_pem, c->cert_pem);
+  chmod((dir / "creds/key.pem").c_str(), 0644);
+  auto exposed = TlsCredentials::Load(dir / "creds");
+  EXPECT_EQ(exposed.status().code(), Status::Code::kInvalidArgument);
+  EXPECT_NE(exposed.status().message().find("chmod 600"), std::string::npos);
+  EXPECT_TRUE(TlsCredentials::Load(dir / "nothing").status().IsNotFound());
+}
+
+}  // namespace
+}  // namespace slingshot::testing
