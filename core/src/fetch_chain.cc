@@ -81,13 +81,15 @@ Result<Bytes> FetchChain::FromSources(const ChunkId& id) {
   for (size_t i = 0; i < sources_.size(); ++i) {
     if (sources_[i]->MayHave(id)) order.push_back(i);
   }
+  // Prefer the source whose recent reads were faster; unmeasured sources
+  // keep their place (nearest first) so they get measured.
+  std::vector<double> mean;
   {
-    // Prefer the source whose recent reads were faster; unmeasured sources
-    // keep their place (nearest first) so they get measured.
     MutexLock lock(&mu_);
-    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
-      return mean_us_[a] > 0 && mean_us_[b] > 0 && mean_us_[a] < mean_us_[b] / 1.5;
-    });
+    mean = mean_us_;
+  }
+  if (std::all_of(order.begin(), order.end(), [&](size_t i) { return mean[i] > 0; })) {
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return mean[a] < mean[b]; });
   }
   Status last = Status::NotFound("");
   for (size_t i : order) {
