@@ -655,28 +655,24 @@ Status ChunkStore::PutToPacks(std::span<const EncodedChunk> chunks) {
 }
 
 Result<Bytes> ChunkStore::Get(const ChunkId& id) {
-  Dbt key = KeyDbt(id);
-  MallocDbt data;
-  int ret = impl_->chunks->get(nullptr, &key, &data, 0);
-  if (ret == DB_NOTFOUND) return Status::NotFound("chunk " + id.ToHex() + " is not in " + Describe());
-  if (ret != 0) return DbStatus(ret, "read chunk " + id.Short() + " from " + impl_->dir);
-  if (!impl_->txn()) impl_->LruTouch(id);
   bool in_pack = false;
-  SLINGSHOT_ASSIGN_OR_RETURN(Bytes value, impl_->ValueOf(id, data.view(), &in_pack));
+  SLINGSHOT_ASSIGN_OR_RETURN(Bytes value, GetValue(id, &in_pack));
   // A pack value whose recorded id matched and whose CRC checks was hashed
   // when it was stored; VerifyAll re-hashes it. An inline value is hashed on
   // every read.
   return DecodeValueImpl(id, value, !in_pack);
 }
 
-Result<Bytes> ChunkStore::GetEncoded(const ChunkId& id) {
+Result<Bytes> ChunkStore::GetEncoded(const ChunkId& id) { return GetValue(id, nullptr); }
+
+Result<Bytes> ChunkStore::GetValue(const ChunkId& id, bool* in_pack) {
   Dbt key = KeyDbt(id);
   MallocDbt data;
   int ret = impl_->chunks->get(nullptr, &key, &data, 0);
   if (ret == DB_NOTFOUND) return Status::NotFound("chunk " + id.ToHex() + " is not in " + Describe());
   if (ret != 0) return DbStatus(ret, "read chunk " + id.Short() + " from " + impl_->dir);
   if (!impl_->txn()) impl_->LruTouch(id);
-  return impl_->ValueOf(id, data.view());
+  return impl_->ValueOf(id, data.view(), in_pack);
 }
 
 Result<bool> ChunkStore::Contains(const ChunkId& id) {

@@ -199,6 +199,9 @@ class ChunkStore : public ChunkSource {
   struct Impl;
   explicit ChunkStore(std::unique_ptr<Impl> impl);
   static Result<Bytes> DecodeValueImpl(const ChunkId& id, ByteView value, bool check_hash);
+  // The stored value; *in_pack (if given) says it came from a pack with its
+  // recorded id checked.
+  Result<Bytes> GetValue(const ChunkId& id, bool* in_pack);
   Status PutToPacks(std::span<const EncodedChunk> chunks);
   std::unique_ptr<Impl> impl_;
 };
