@@ -1,13 +1,23 @@
 // slingshot-agent: the surrogate's dom0 daemon. This build manages its
-// disposable chunk cache (a byte budget with LRU eviction, no hard state).
+// disposable chunk cache (a byte budget with LRU eviction, no hard state),
+// probes the hypervisor, and serves a home's disk on demand over NBD
+// (`disk serve`: the disk path a replica will use).
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 
+#include "slingshot/chunk_service.h"
 #include "slingshot/chunk_store.h"
+#include "slingshot/chunk_table_export.h"
 #include "slingshot/cli.h"
 #include "slingshot/coding.h"
+#include "slingshot/disk_table.h"
+#include "slingshot/fetch_chain.h"
 #include "slingshot/file_util.h"
 #include "slingshot/hypervisor.h"
+#include "slingshot/log.h"
+#include "slingshot/nbd_server.h"
+#include "slingshot/portable.h"
 
 namespace slingshot {
 namespace {
@@ -73,6 +83,82 @@ Status HypervisorProbe(const cli::po::variables_map& vm) {
   return Status::OK();
 }
 
+// Serves a disk of the home's over NBD, fetching chunks on demand through
+// cache -> stick -> home, prefetching the home's recorded working set and
+// then the rest, until SIGINT/SIGTERM; then prints where the chunks came from.
+Status DiskServe(const cli::po::variables_map& vm) {
+  const std::string ref = vm["ref"].as<std::string>();
+  SLINGSHOT_ASSIGN_OR_RETURN(auto addr, cli::ParseHostPort(vm["home"].as<std::string>()));
+  SLINGSHOT_ASSIGN_OR_RETURN(TlsCredentials creds, TlsCredentials::Load(vm["credentials"].as<std::string>()));
+  SLINGSHOT_ASSIGN_OR_RETURN(auto cache, OpenCache(vm));
+  std::unique_ptr<PortableSource> stick;
+  if (vm.count("stick")) {
+    auto p = PortableSource::Open(vm["stick"].as<std::string>());
+    if (p.ok()) stick = std::move(*p);
+    else LogWarning("carrying on without the stick: " + p.status().ToString());
+  }
+  SLINGSHOT_ASSIGN_OR_RETURN(auto home, HomeSource::Open(addr.first, addr.second, creds));
+  SLINGSHOT_ASSIGN_OR_RETURN(Ref r, home->GetRef(ref));
+  if (r.kind != ObjectKind::kDiskTable) return Status::InvalidArgument(ref + " is not a disk");
+  SLINGSHOT_ASSIGN_OR_RETURN(Bytes tb, home->GetObject(r.object));
+  SLINGSHOT_ASSIGN_OR_RETURN(DiskTable table, DiskTable::Decode(tb));
+
+  std::vector<ChunkSource*> sources;
+  if (stick) sources.push_back(stick.get());
+  sources.push_back(home.get());
+  FetchChain chain(cache.get(), sources);
+  const std::string overlay = vm["cache"].as<std::string>() + "/overlay-" + r.object.Short();
+  ChunkTableExportOptions eo;
+  eo.read_only = !vm.count("writable");
+  SLINGSHOT_ASSIGN_OR_RETURN(auto disk, ChunkTableExport::Open(table, &chain, overlay, eo));
+  cli::BlockStopSignals();
+  NbdServer nbd;
+  const std::string name = vm["export"].as<std::string>();
+  SLINGSHOT_RETURN_IF_ERROR(nbd.AddExport(name, std::shared_ptr<BlockExport>(std::move(disk)), ref));
+  std::string where;
+  if (vm.count("socket")) {
+    SLINGSHOT_RETURN_IF_ERROR(nbd.ListenUnix(vm["socket"].as<std::string>()));
+    where = "nbd+unix:///" + name + "?socket=" + vm["socket"].as<std::string>();
+  } else {
+    SLINGSHOT_ASSIGN_OR_RETURN(auto listen, cli::ParseHostPort(vm["listen"].as<std::string>()));
+    SLINGSHOT_ASSIGN_OR_RETURN(uint16_t port, nbd.ListenTcp(listen.first, listen.second));
+    where = "nbd://" + listen.first + ":" + std::to_string(port) + "/" + name;
+  }
+  SLINGSHOT_RETURN_IF_ERROR(nbd.Start());
+
+  std::unique_ptr<Prefetcher> prefetch;
+  size_t working_set = 0;
+  if (!vm.count("no-prefetch")) {
+    SLINGSHOT_ASSIGN_OR_RETURN(std::vector<ChunkId> order, home->GetWorkingSet(r.object));
+    working_set = order.size();
+    std::unordered_set<ChunkId, ChunkIdHash> seen(order.begin(), order.end());
+    for (const auto& id : table.ids) {
+      if (!id.IsNull() && seen.insert(id).second) order.push_back(id);
+    }
+    prefetch = std::make_unique<Prefetcher>(&chain, std::move(order));
+  }
+  std::printf("serving %s (%s, %s) at %s; chunks from %s%s\n", ref.c_str(), HumanBytes(table.image_size).c_str(),
+              eo.read_only ? "read-only" : "writable, into a disposable overlay", where.c_str(),
+              chain.Describe().c_str(),
+              prefetch ? (", prefetching " + std::to_string(working_set) + " working-set chunks first").c_str() : "");
+  std::fflush(stdout);
+  int sig = cli::WaitForStopSignal();
+  if (prefetch) prefetch->Stop();
+  nbd.Stop();
+  auto st = chain.stats();
+  std::printf("stopped by %s\n", strsignal(sig));
+  cli::PrintFigure("cache hits", std::to_string(st.cache_hits));
+  for (const auto& s : st.sources) {
+    cli::PrintFigure(s.name, std::to_string(s.chunks) + " chunks (" + HumanBytes(s.bytes) + "), " +
+                                 std::to_string(s.corrupt) + " corrupt, " + std::to_string(s.misses) + " missing, " +
+                                 std::to_string(s.errors) + " errors");
+  }
+  if (prefetch) cli::PrintFigure("prefetched", std::to_string(prefetch->done()) + " of " + std::to_string(prefetch->total()));
+  std::error_code ec;
+  std::filesystem::remove(overlay, ec);
+  return Status::OK();
+}
+
 }  // namespace
 }  // namespace slingshot
 
@@ -80,6 +166,7 @@ int main(int argc, char** argv) {
   using namespace slingshot;
   using cli::po::value;
   using Opts = cli::Options;
+  using Pos = cli::Positional;
   cli::Program p;
   p.name = "slingshot-agent";
   p.description =
@@ -102,6 +189,22 @@ int main(int argc, char** argv) {
       {"cache clear", "delete the chunk cache", "", cli::NoOptions, CacheClear},
       {"hypervisor probe", "say which hypervisor replicas would run on, and why", "", cli::NoOptions,
        HypervisorProbe},
+      {"disk serve", "serve a home's disk over NBD, fetched on demand (cache, stick, home) and prefetched",
+       "REF --home HOST:PORT --credentials DIR [--stick DIR] (--socket PATH | --listen HOST:PORT)",
+       [](Opts& d, Pos& pos) {
+         d.add_options()("ref", value<std::string>()->required(), "the disk's ref at home, e.g. disk/notepad")
+             ("home", value<std::string>()->required(), "the home's chunk service, HOST:PORT")
+             ("credentials", value<std::string>()->default_value("/var/lib/slingshot/agent/tls"),
+              "this surrogate's TLS credentials (ca.pem, cert.pem, key.pem)")
+             ("stick", value<std::string>(), "a portable storage directory to read chunks from first")
+             ("socket", value<std::string>(), "serve on this unix socket")
+             ("listen", value<std::string>()->default_value("127.0.0.1:10809"), "else serve on this TCP address")
+             ("export", value<std::string>()->default_value("disk"), "the NBD export name")
+             ("writable", "accept writes (into an overlay that is deleted on exit)")
+             ("no-prefetch", "fetch only what is read");
+         pos.add("ref", 1);
+       },
+       DiskServe},
   };
   return cli::Main(p, argc, argv);
 }

@@ -321,12 +321,7 @@ Status ServeCmd(const cli::po::variables_map& vm) {
   SLINGSHOT_ASSIGN_OR_RETURN(auto store, OpenStore(vm, false));
   SLINGSHOT_ASSIGN_OR_RETURN(TlsCredentials creds, TlsCredentials::Load(vm["tls-dir"].as<std::string>() + "/home"));
   SLINGSHOT_ASSIGN_OR_RETURN(auto listen, cli::ParseHostPort(vm["listen"].as<std::string>()));
-  // Block the stop signals before any thread starts, then wait for one.
-  sigset_t stop;
-  sigemptyset(&stop);
-  sigaddset(&stop, SIGINT);
-  sigaddset(&stop, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+  cli::BlockStopSignals();
   ChunkService service(store.get());
   ServerOptions o;
   o.host = listen.first;
@@ -336,8 +331,7 @@ Status ServeCmd(const cli::po::variables_map& vm) {
   std::printf("serving chunks from %s on %s:%u (TLS 1.3, peers of this home's CA only)\n",
               store->dir().c_str(), listen.first.c_str(), server->port());
   std::fflush(stdout);
-  int sig = 0;
-  sigwait(&stop, &sig);
+  int sig = cli::WaitForStopSignal();
   server->Stop();
   auto st = service.stats();
   std::printf("stopped by %s: %llu chunks sent (%s), %llu asked for but absent\n", strsignal(sig),

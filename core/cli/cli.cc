@@ -1,5 +1,7 @@
 #include "slingshot/cli.h"
 
+#include <signal.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -140,6 +142,28 @@ Result<std::pair<std::string, uint16_t>> ParseHostPort(const std::string& s) {
   if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
   if (host.empty()) return Status::InvalidArgument("\"" + s + "\" has no host");
   return std::make_pair(host, static_cast<uint16_t>(port));
+}
+
+namespace {
+sigset_t StopSet() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  return set;
+}
+}  // namespace
+
+void BlockStopSignals() {
+  sigset_t set = StopSet();
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+}
+
+int WaitForStopSignal() {
+  sigset_t set = StopSet();
+  int sig = 0;
+  sigwait(&set, &sig);
+  return sig;
 }
 
 }  // namespace slingshot::cli

@@ -90,6 +90,18 @@ expect 1 "NotFound.*no/such" -- "$CLIENT_BIN" portable sync "$W/stick" --home 12
 expect 0 "created the home CA" -- "$HOME_BIN" ca init --tls-dir "$W/other-tls"
 expect 0 "issued" -- "$HOME_BIN" credentials issue eve --role client --out "$W/eve" --tls-dir "$W/other-tls"
 expect 1 "PermissionDenied.*not issued by the CA in our credentials" -- "$CLIENT_BIN" portable sync "$W/stick2" --home 127.0.0.1:$PORT --credentials "$W/eve" --ref disk/d
+# The agent serves the disk on demand over NBD: stick first, then home.
+expect 0 "issued surrogate" -- "$HOME_BIN" credentials issue hotspot --role surrogate --out "$W/hotspot" --tls-dir "$T"
+"$AGENT_BIN" disk serve disk/d --home 127.0.0.1:$PORT --credentials "$W/hotspot" --stick "$W/stick" \
+  --socket "$W/disk.sock" --cache "$W/agent-cache" --no-prefetch > "$W/agent.out" 2>&1 &
+AGENT=$!
+for _ in $(seq 50); do grep -q "serving disk/d" "$W/agent.out" && break; sleep 0.1; done
+if nbdcopy "nbd+unix:///disk?socket=$W/disk.sock" "$W/served.img" && cmp -s "$W/disk.img" "$W/served.img"; then :; else
+  echo "FAIL: the agent's NBD export does not read back the disk"; fails=$((fails + 1)); fi
+kill -TERM $AGENT
+wait $AGENT
+grep -qE "stick .* 5 chunks" "$W/agent.out" || { echo "FAIL: the stick did not supply the chunks:"; cat "$W/agent.out"; fails=$((fails + 1)); }
+expect 1 "PermissionDenied" -- "$AGENT_BIN" disk serve disk/d --home 127.0.0.1:$PORT --credentials "$W/eve" --socket "$W/x.sock" --cache "$W/agent-cache"
 kill -TERM $SERVE
 wait $SERVE
 grep -q "stopped by Terminated: 5 chunks sent" "$W/serve.out" || { echo "FAIL: serve did not stop cleanly:"; cat "$W/serve.out"; fails=$((fails + 1)); }

@@ -49,6 +49,11 @@ int Main(const Program& program, int argc, char** argv);
 // Splits "HOST:PORT" or "[V6]:PORT" (the port is required).
 Result<std::pair<std::string, uint16_t>> ParseHostPort(const std::string& s);
 
+// For daemons: BlockStopSignals() before any thread starts (threads inherit
+// the mask), then WaitForStopSignal() returns the SIGINT or SIGTERM that came.
+void BlockStopSignals();
+int WaitForStopSignal();
+
 // Prints "key  value" lines aligned, for figures.
 void PrintFigure(const std::string& key, const std::string& value);
 
