@@ -171,7 +171,7 @@ Status ChunkTableExport::Read(uint64_t offset, std::span<uint8_t> out) {
     size_t index;
     ChunkId id;
     uint32_t len;
-    Result<Bytes> bytes = Status::OK();
+    Result<Bytes> bytes = Status::IOError("not fetched yet");
   };
   std::vector<Need> need;
   {
