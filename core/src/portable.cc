@@ -147,15 +147,13 @@ Result<Bytes> PortableSource::Get(const ChunkId& id) {
   const PortableLocation& loc = it->second;
   int fd = packs_.at(loc.pack).get();
   Bytes entry(ChunkId::kSize + loc.length);
+  // A failed read (the stick pulled out) is an error, not a corrupt copy.
   Status st = PreadExact(fd, entry.data(), entry.size(), loc.offset - ChunkId::kSize, Describe());
-  Result<Bytes> raw = st;
-  if (st.ok()) {
-    if (std::memcmp(entry.data(), id.bytes.data(), ChunkId::kSize) != 0) {
-      raw = Status::Corruption("the stick's index points chunk " + id.Short() + " at another chunk");
-    } else {
-      raw = ChunkStore::DecodeValue(id, ByteView(entry).subspan(ChunkId::kSize));
-    }
-  }
+  if (!st.ok()) return st;
+  Result<Bytes> raw = std::memcmp(entry.data(), id.bytes.data(), ChunkId::kSize) != 0
+                          ? Result<Bytes>(Status::Corruption("the stick's index points chunk " + id.Short() +
+                                                             " at another chunk"))
+                          : ChunkStore::DecodeValue(id, ByteView(entry).subspan(ChunkId::kSize));
   if (!raw.ok()) {
     ++corrupt_;
     return raw.status().Annotate(Describe());
