@@ -34,9 +34,11 @@ FetchChainStats FetchChain::stats() const {
   return stats_;
 }
 
-bool FetchChain::Claim(const ChunkId& id) {
+FetchChain::Claimed FetchChain::Claim(const ChunkId& id, bool bulk) {
   MutexLock lock(&mu_);
-  return in_flight_.insert(id).second;
+  auto [it, fresh] = in_flight_.emplace(id, bulk);
+  if (fresh) return Claimed::kMine;
+  return it->second ? Claimed::kByBulk : Claimed::kBySingle;
 }
 
 void FetchChain::Release(const ChunkId& id) {
@@ -124,11 +126,18 @@ Result<Bytes> FetchChain::Get(const ChunkId& id) {
         (void)cache_->Delete(std::span<const ChunkId>(&id, 1));
       }
     }
-    if (Claim(id)) break;
-    WaitFor(id);  // someone else is fetching it: then it is (likely) cached
-    if (!cache_) {
-      if (Claim(id)) break;
+    Claimed c = Claim(id, false);
+    if (c == Claimed::kMine) break;
+    if (c == Claimed::kByBulk) {
+      // A prefetch has it queued, maybe behind hundreds of chunks: a reader
+      // waiting on it would wait for all of those. Fetch it now (the
+      // prefetch's copy, when it comes, is a no-op in the cache).
+      auto r = FromSources(id);
+      if (r.ok()) Keep(id, *r);
+      return r;
     }
+    WaitFor(id);  // another reader is fetching it: then it is (likely) cached
+    if (!cache_ && Claim(id, false) == Claimed::kMine) break;
   }
   auto r = FromSources(id);
   if (r.ok()) Keep(id, *r);
@@ -171,7 +180,7 @@ Status FetchChain::Fetch(std::span<const ChunkId> ids, const Sink& sink) {
         continue;
       }
     }
-    (Claim(id) ? mine : others).push_back(id);
+    (Claim(id, true) == Claimed::kMine ? mine : others).push_back(id);
   }
 
   const size_t nnear = sources_.size() - 1;

@@ -7,10 +7,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <fstream>
 #include <thread>
 
+#include "../support/link_emulator.h"
 #include "../unit/test_util.h"
 #include "slingshot/chunk_service.h"
 #include "slingshot/chunk_store.h"
@@ -448,6 +450,36 @@ TEST_F(FetchTest, ASlowStickGetsFewChunksBecauseTheHomeStealsTheRest) {
   EXPECT_EQ(st.sources[0].chunks + st.sources[1].chunks, ids_.size());
   EXPECT_LT(st.sources[0].chunks, ids_.size() / 2) << "the slow stick was not worked around";
   EXPECT_TRUE(ReadDisk(&chain) == image_);
+}
+
+// A reader does not wait behind a prefetch: the prefetch has every chunk
+// queued on a slow link, and a read of the last one still comes back long
+// before the prefetch reaches it.
+TEST_F(FetchTest, AReadDoesNotWaitBehindAPrefetchQueue) {
+  LinkProfile slow;
+  slow.rate_bits_per_s = 20e6;  // the whole disk takes ~1.6 s
+  slow.rtt_ms = 10;
+  auto link = LinkEmulator::Start("127.0.0.1", server_->port(), slow);
+  ASSERT_TRUE(link.ok());
+  auto home = HomeSource::Open("127.0.0.1", (*link)->port(), surrogate_creds_);
+  ASSERT_TRUE(home.ok()) << home.status().ToString();
+  auto cache = OpenCache("cache");
+  FetchChain chain(cache.get(), {home->get()});
+  std::atomic<size_t> prefetched{0};
+  std::thread prefetch([&] {
+    EXPECT_TRUE(chain.Fetch(ids_, [&](const ChunkId&, Result<Bytes>&& r) {
+      EXPECT_TRUE(r.ok());
+      ++prefetched;
+    }).ok());
+  });
+  while (prefetched == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  auto last = chain.Get(ids_.back());
+  size_t when = prefetched;
+  prefetch.join();
+  ASSERT_TRUE(last.ok()) << last.status().ToString();
+  EXPECT_EQ(ChunkId::Of(*last), ids_.back());
+  EXPECT_LT(when, ids_.size() / 2) << "the read waited for the prefetch";
+  EXPECT_EQ(prefetched, ids_.size());
 }
 
 }  // namespace

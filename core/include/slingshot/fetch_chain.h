@@ -14,7 +14,9 @@
 //   takes the stick's remaining chunks from the back: the slower source
 //   simply gets fewer chunks. For single reads the chain prefers the source
 //   whose recent reads were faster.
-// - Concurrent requests for one chunk fetch it once (the others wait).
+// - Concurrent reads of one chunk fetch it once (the others wait). A read
+//   of a chunk that a bulk prefetch has queued does not wait behind the
+//   prefetch's queue: it fetches the chunk itself.
 //
 // Thread-safe.
 #ifndef SLINGSHOT_FETCH_CHAIN_H_
@@ -24,6 +26,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
@@ -79,8 +82,10 @@ class FetchChain final : public ChunkSource {
   Result<Bytes> FromSources(const ChunkId& id);
   void Record(size_t source, const ChunkId& id, const Result<Bytes>& r, int64_t micros);
   void Keep(const ChunkId& id, ByteView raw);
-  // Single flight.
-  bool Claim(const ChunkId& id);
+  // Single flight: a reader waits for another reader's fetch of the same
+  // chunk, but not for a bulk fetch's (see Get).
+  enum class Claimed { kMine, kByBulk, kBySingle };
+  Claimed Claim(const ChunkId& id, bool bulk);
   void Release(const ChunkId& id);
   void WaitFor(const ChunkId& id);
 
@@ -90,7 +95,7 @@ class FetchChain final : public ChunkSource {
 
   mutable Mutex mu_;
   CondVar cv_;
-  std::unordered_set<ChunkId, ChunkIdHash> in_flight_ GUARDED_BY(mu_);
+  std::unordered_map<ChunkId, bool, ChunkIdHash> in_flight_ GUARDED_BY(mu_);  // id -> by a bulk fetch
   FetchChainStats stats_ GUARDED_BY(mu_);
   std::vector<double> mean_us_ GUARDED_BY(mu_);  // per source, 0 = not measured
 };

@@ -93,6 +93,8 @@ class [[nodiscard]] Result {
   Result(T value) : v_(std::move(value)) {}  // NOLINT: implicit by design
   Result(Status status) : v_(std::move(status)) {  // NOLINT: implicit by design
     assert(!std::get<Status>(v_).ok() && "Result built from an OK Status");
+    // In a release build, never an error that reads as success.
+    if (std::get<Status>(v_).ok()) v_ = Status::IOError("internal error: a result was built from an OK status");
   }
 
   bool ok() const { return std::holds_alternative<T>(v_); }
