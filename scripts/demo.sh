@@ -3,11 +3,15 @@
 # a disk image imported and exported bit for bit, a memory image cut by
 # FastCDC (and a second checkpoint of it sharing most chunks), a signed
 # home key, a bundle exported twice byte-identically, imported into a second
-# store and verified, a damaged bundle refused, and garbage collection.
+# store and verified, a damaged bundle refused, garbage collection, and the
+# disk served on demand to a surrogate: the home's chunk service over TLS,
+# a stick filled from it, and the agent's NBD export read by nbdcopy.
 set -euo pipefail
 BUILD=${1:-build}
 BUILD=$(cd "$BUILD" && pwd)
 HOME_BIN="$BUILD/home/slingshot-home"
+AGENT_BIN="$BUILD/dom0-agent/slingshot-agent"
+CLIENT_BIN="$BUILD/client/slingshot-client"
 W="$BUILD/demo"
 rm -rf "$W"
 mkdir -p "$W"
@@ -81,6 +85,46 @@ echo "refused, as it should be"
 step "Drop the first checkpoint and collect garbage"
 home store gc --ref-delete memory/ckpt1
 home store verify
+
+step "The home's certificate authority; credentials for a laptop and a hotspot surrogate"
+home ca init --tls-dir "$W/tls" --name demo-home
+home credentials issue laptop --role client --out "$W/laptop" --tls-dir "$W/tls"
+home credentials issue hotspot --role surrogate --out "$W/hotspot" --tls-dir "$W/tls"
+
+step "The home serves chunks over TLS 1.3 (peers of its CA only)"
+PORT=$((20000 + RANDOM % 20000))
+"$HOME_BIN" serve --store "$W/home-store" --tls-dir "$W/tls" --listen 127.0.0.1:$PORT > serve.out 2>&1 &
+SERVE=$!
+trap 'kill $SERVE 2>/dev/null || true' EXIT
+for _ in $(seq 50); do grep -q "serving chunks" serve.out && break; sleep 0.1; done
+cat serve.out
+
+step "The laptop fills its USB stick with the disk's chunks"
+"$CLIENT_BIN" portable sync "$W/stick" --home 127.0.0.1:$PORT --credentials "$W/laptop" --ref disk/demo
+
+step "A surrogate serves the disk over NBD, on demand: cache, then the stick, then home"
+"$AGENT_BIN" disk serve disk/demo --home 127.0.0.1:$PORT --credentials "$W/hotspot" --stick "$W/stick" \
+  --socket "$W/disk.sock" --cache "$W/agent-cache" --no-prefetch > agent.out 2>&1 &
+AGENT=$!
+for _ in $(seq 50); do grep -q "serving disk/demo" agent.out && break; sleep 0.1; done
+nbdcopy "nbd+unix:///disk?socket=$W/disk.sock" disk.nbd
+cmp disk.img disk.nbd && echo "the disk read over NBD is identical to disk.img"
+kill -TERM $AGENT
+wait $AGENT
+cat agent.out
+
+step "Credentials from another home get nothing"
+"$HOME_BIN" ca init --tls-dir "$W/other-tls" > /dev/null
+"$HOME_BIN" credentials issue eve --role surrogate --out "$W/eve" --tls-dir "$W/other-tls" > /dev/null
+if "$AGENT_BIN" disk serve disk/demo --home 127.0.0.1:$PORT --credentials "$W/eve" --socket "$W/eve.sock" \
+  --cache "$W/eve-cache"; then
+  echo "ERROR: a stranger was served" >&2
+  exit 1
+fi
+echo "refused, as it should be"
+kill -TERM $SERVE
+wait $SERVE
+tail -1 serve.out
 
 echo
 echo "demo finished: every step above checked its own result"
