@@ -306,26 +306,35 @@ struct Server::Impl {
     auto it = live.emplace(live.end());
     it->fd = fd;
     it->thread = std::thread([this, it, fd, address, v6] {
-      Serve(fd, address, v6);
-      MutexLock l(&mu);
-      it->fd = -1;
-      it->done = true;
+      std::unique_ptr<Connection> c = Adopt(fd, address, v6);
+      if (c) Serve(*c);
+      // Forget the fd before the socket closes: Stop() must never shut
+      // down a number the kernel may already have handed to someone else.
+      {
+        MutexLock l(&mu);
+        it->fd = -1;
+        it->done = true;
+      }
+      if (c) c.reset();
+      else ::close(fd);
     });
   }
 
-  void Serve(int fd, const std::string& address, bool v6) {
+  std::unique_ptr<Connection> Adopt(int fd, const std::string& address, bool v6) {
     auto impl = std::make_unique<Connection::Impl>(ctx);
     impl->peer.address = address;
     error_code ec;
     impl->stream.lowest_layer().assign(v6 ? tcp::v6() : tcp::v4(), fd, ec);
-    if (ec) {
-      ::close(fd);
-      return;
-    }
+    if (ec) return nullptr;  // the caller closes fd
     impl->fd = fd;
     impl->is_server = true;
     impl->stream.lowest_layer().set_option(tcp::no_delay(true), ec);
-    std::unique_ptr<Connection> c(new Connection(std::move(impl)));
+    return std::unique_ptr<Connection>(new Connection(std::move(impl)));
+  }
+
+  void Serve(Connection& conn) {
+    Connection* c = &conn;
+    const std::string address = conn.impl_->peer.address;
     Connection::Impl& ci = *c->impl_;
     error_code result = asio::error::would_block;
     ci.stream.async_handshake(ssl::stream_base::server, [&](const error_code& e) { result = e; });
@@ -423,7 +432,6 @@ void Server::Stop() {
     impl_->acceptor.close(ec);
   });
   impl_->accept_thread.join();
-  std::list<Impl::Live> all;
   {
     MutexLock lock(&impl_->mu);
     impl_->stopping = true;
@@ -431,15 +439,15 @@ void Server::Stop() {
       if (l.fd >= 0) ::shutdown(l.fd, SHUT_RDWR);
     }
   }
-  // Threads finish on their own once their sockets are shut down.
+  // Threads finish on their own once their sockets are shut down; each
+  // marks its entry done under the lock before it exits, so an entry is
+  // removed only after its thread has been joined.
   for (;;) {
     std::thread t;
     {
       MutexLock lock(&impl_->mu);
       if (impl_->live.empty()) break;
       t = std::move(impl_->live.front().thread);
-      bool done = impl_->live.front().done;
-      (void)done;
     }
     if (t.joinable()) t.join();
     MutexLock lock(&impl_->mu);
