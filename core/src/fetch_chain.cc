@@ -8,6 +8,8 @@
 
 namespace slingshot {
 namespace {
+constexpr int kCacheCompressionLevel = 1;  // the cache is local: speed over size
+
 int64_t NowMicros() {
   return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now().time_since_epoch())
       .count();
@@ -71,11 +73,11 @@ void FetchChain::Record(size_t source, const ChunkId& id, const Result<Bytes>& r
 }
 
 void FetchChain::Keep(const ChunkId& id, ByteView raw) {
-  (void)id;
   if (!cache_) return;
-  ByteView one[] = {raw};
+  // The source verified raw against id, so it is not hashed again here.
   // A full or failing cache costs speed, not correctness: the chunk was served.
-  (void)cache_->PutBatch(one, nullptr);
+  EncodedChunk c{id, ChunkStore::EncodeValue(raw, kCacheCompressionLevel)};
+  (void)cache_->PutEncoded(std::span<const EncodedChunk>(&c, 1));
 }
 
 Result<Bytes> FetchChain::FromSources(const ChunkId& id) {
