@@ -155,15 +155,14 @@ struct FetchChain::Bulk {
   std::vector<std::deque<ChunkId>> near GUARDED_BY(mu);  // one per source but the last
   std::deque<ChunkId> last GUARDED_BY(mu);
   size_t near_busy GUARDED_BY(mu) = 0;
-  Mutex sink_mu;
 };
 
 Status FetchChain::Fetch(std::span<const ChunkId> ids, const Sink& sink) {
   if (sources_.empty()) return Status::InvalidArgument("a fetch chain needs at least one source");
-  auto deliver_mu = std::make_shared<Mutex>();
+  Mutex sink_mu;  // the sink sees one chunk at a time
   auto deliver = [&](const ChunkId& id, Result<Bytes>&& r) {
     if (!sink) return;
-    MutexLock lock(deliver_mu.get());
+    MutexLock lock(&sink_mu);
     sink(id, std::move(r));
   };
   // Cached ids are done; ids someone else is fetching are waited for at the end.
