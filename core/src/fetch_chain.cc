@@ -54,8 +54,7 @@ void FetchChain::WaitFor(const ChunkId& id) {
   while (in_flight_.count(id)) cv_.Wait(&mu_);
 }
 
-void FetchChain::Record(size_t source, const ChunkId& id, const Result<Bytes>& r, int64_t micros) {
-  (void)id;
+void FetchChain::Record(size_t source, const Result<Bytes>& r, int64_t micros) {
   MutexLock lock(&mu_);
   SourceCounters& c = stats_.sources[source];
   if (r.ok()) {
@@ -99,7 +98,7 @@ Result<Bytes> FetchChain::FromSources(const ChunkId& id) {
   for (size_t i : order) {
     int64_t start = NowMicros();
     auto r = sources_[i]->Get(id);
-    Record(i, id, r, NowMicros() - start);
+    Record(i, r, NowMicros() - start);
     if (r.ok()) return r;
     if (!r.status().IsNotFound() || last.IsNotFound()) last = r.status();
   }
@@ -171,13 +170,19 @@ Status FetchChain::Fetch(std::span<const ChunkId> ids, const Sink& sink) {
   for (const auto& id : ids) {
     if (id.IsNull() || !seen.insert(id).second) continue;
     if (cache_) {
-      auto has = cache_->Contains(id);
-      if (has.ok() && *has) {
-        if (sink) deliver(id, Get(id));
-        else {
-          MutexLock lock(&mu_);
-          stats_.cache_hits++;
-        }
+      // With a sink the cached bytes are needed: one read; without, a
+      // presence check is enough (a prefetch skips what is cached).
+      bool hit = false;
+      if (sink) {
+        auto r = cache_->Get(id);
+        if ((hit = r.ok())) deliver(id, std::move(r));
+      } else {
+        auto has = cache_->Contains(id);
+        hit = has.ok() && *has;
+      }
+      if (hit) {
+        MutexLock lock(&mu_);
+        stats_.cache_hits++;
         continue;
       }
     }
@@ -229,7 +234,7 @@ Status FetchChain::Fetch(std::span<const ChunkId> ids, const Sink& sink) {
         }
         int64_t start = NowMicros();
         auto r = sources_[i]->Get(id);
-        Record(i, id, r, NowMicros() - start);
+        Record(i, r, NowMicros() - start);
         if (r.ok()) {
           finish(id, std::move(r));
         } else {
@@ -277,7 +282,7 @@ Status FetchChain::Fetch(std::span<const ChunkId> ids, const Sink& sink) {
     int64_t start = NowMicros();
     Status st = last->GetMany(batch, [&](const ChunkId& id, Result<Bytes>&& r) {
       int64_t now = NowMicros();
-      Record(sources_.size() - 1, id, r, now - start);
+      Record(sources_.size() - 1, r, now - start);
       start = now;
       ++delivered;
       if (!r.ok() && r.status().IsNotFound()) {
@@ -290,7 +295,7 @@ Status FetchChain::Fetch(std::span<const ChunkId> ids, const Sink& sink) {
     if (!st.ok()) {
       // The last source failed: the rest of the batch gets its error.
       for (size_t k = delivered; k < batch.size(); ++k) {
-        Record(sources_.size() - 1, batch[k], st, 0);
+        Record(sources_.size() - 1, st, 0);
         finish(batch[k], Status(st));
       }
       failed = st;

@@ -203,7 +203,9 @@ Result<std::unique_ptr<Connection>> Connection::Connect(const std::string& host,
   hello.software = options.software;
   SLINGSHOT_RETURN_IF_ERROR(c->Send(0, hello, options.timeout_ms));
   SLINGSHOT_ASSIGN_OR_RETURN(wire::Message reply, c->Expect(0, wire::MessageType::kHello, options.timeout_ms));
-  c->impl_->peer.software = std::get<wire::Hello>(reply).software;
+  const auto& theirs = std::get<wire::Hello>(reply);
+  c->impl_->peer.software = theirs.software;
+  SLINGSHOT_RETURN_IF_ERROR(theirs.Check(c->impl_->peer.Describe()));
   return c;
 }
 
@@ -365,7 +367,14 @@ struct Server::Impl {
       }
       return;
     }
-    ci.peer.software = std::get<wire::Hello>(hello->message).software;
+    const auto& theirs = std::get<wire::Hello>(hello->message);
+    ci.peer.software = theirs.software;
+    if (Status v = theirs.Check(ci.peer.Describe()); !v.ok()) {
+      ++refused;
+      LogWarning("refused " + address + ": " + v.message());
+      (void)c->Send(0, wire::Error{v.code(), v.message()}, 1000);
+      return;
+    }
     wire::Hello mine;
     mine.software = options.software;
     if (!c->Send(0, mine, options.handshake_timeout_ms).ok()) return;

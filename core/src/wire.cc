@@ -165,6 +165,14 @@ const char* MessageTypeName(MessageType t) {
   return "unknown";
 }
 
+Status Hello::Check(std::string_view peer) const {
+  if (min_version <= kVersion && kVersion <= max_version) return Status::OK();
+  return Status::Unsupported(std::string(peer) + " (" + software + ") speaks wire protocol versions " +
+                             std::to_string(min_version) + " to " + std::to_string(max_version) +
+                             " and this side speaks version " + std::to_string(kVersion) +
+                             ": install the same Slingshot release on both sides");
+}
+
 Status Error::ToStatus(std::string_view peer) const {
   std::string msg(peer);
   msg += " answered: ";

@@ -120,6 +120,15 @@ TEST(WireTest, BadPayloadsAreRefusedAndLengthsAreBounded) {
   EXPECT_NE(decode(Bytes{}).status().message().find("catalogue"), std::string::npos);
 }
 
+TEST(WireTest, HelloVersionRangesMustIncludeOurs) {
+  EXPECT_TRUE((Hello{1, 3, "newer"}).Check("peer").ok());
+  Status old = Hello{0, 0, "ancient 0.1"}.Check("home h (1.2.3.4:7390)");
+  EXPECT_EQ(old.code(), Status::Code::kUnsupported);
+  EXPECT_NE(old.message().find("versions 0 to 0"), std::string::npos) << old.ToString();
+  EXPECT_NE(old.message().find("ancient 0.1"), std::string::npos);
+  EXPECT_FALSE((Hello{2, 5, "future"}).Check("peer").ok());
+}
+
 TEST(TlsTest, TheHomeCaIssuesCertificatesWithRoleAndValidity) {
   auto ca = CertificateAuthority::Create("home CA", 3600);
   ASSERT_TRUE(ca.ok()) << ca.status().ToString();

@@ -80,7 +80,7 @@ class FetchChain final : public ChunkSource {
  private:
   struct Bulk;
   Result<Bytes> FromSources(const ChunkId& id);
-  void Record(size_t source, const ChunkId& id, const Result<Bytes>& r, int64_t micros);
+  void Record(size_t source, const Result<Bytes>& r, int64_t micros);
   void Keep(const ChunkId& id, ByteView raw);
   // Single flight: a reader waits for another reader's fetch of the same
   // chunk, but not for a bulk fetch's (see Get).

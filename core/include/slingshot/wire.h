@@ -66,6 +66,9 @@ struct Hello {
   uint16_t min_version = kVersion;
   uint16_t max_version = kVersion;
   std::string software;  // "slingshot-home 0.3.0"
+  // Unsupported (naming both sides' versions) unless the peer's range
+  // includes kVersion.
+  Status Check(std::string_view peer) const;
 };
 
 struct Error {
