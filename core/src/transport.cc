@@ -2,6 +2,7 @@
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <sys/socket.h>
@@ -10,9 +11,12 @@
 #include <boost/asio.hpp>
 #include <boost/asio/ssl.hpp>
 #include <chrono>
+#include <array>
+#include <deque>
 #include <list>
 #include <thread>
 
+#include "slingshot/coding.h"
 #include "slingshot/log.h"
 #include "slingshot/mutex.h"
 
@@ -31,7 +35,7 @@ std::string SubjectEntry(X509* cert, int nid) {
   return n > 0 ? std::string(buf, static_cast<size_t>(n)) : "";
 }
 
-Result<std::shared_ptr<ssl::context>> MakeContext(const TlsCredentials& c, bool server) {
+Result<std::shared_ptr<ssl::context>> MakeContext(const TlsCredentials& c, bool server, bool verify_ca) {
   auto ctx = std::make_shared<ssl::context>(server ? ssl::context::tls_server : ssl::context::tls_client);
   SSL_CTX* n = ctx->native_handle();
   // TLS 1.3 only: no downgrade, forward secrecy always.
@@ -47,8 +51,10 @@ Result<std::shared_ptr<ssl::context>> MakeContext(const TlsCredentials& c, bool 
     return Status::InvalidArgument("our private key does not belong to our certificate: re-issue the credentials");
   }
   // The only trust root: the home's CA (pinned; the system's roots are never loaded).
-  ctx->add_certificate_authority(asio::buffer(c.ca_pem), ec);
-  if (ec) return Status::InvalidArgument("the CA certificate is unusable: " + ec.message());
+  if (verify_ca) {
+    ctx->add_certificate_authority(asio::buffer(c.ca_pem), ec);
+    if (ec) return Status::InvalidArgument("the CA certificate is unusable: " + ec.message());
+  }
   ctx->set_verify_mode(ssl::verify_peer | ssl::verify_fail_if_no_peer_cert);
   return ctx;
 }
@@ -62,8 +68,10 @@ std::string PeerInfo::Describe() const {
 }
 
 struct Connection::Impl {
-  explicit Impl(std::shared_ptr<ssl::context> c) : ctx(std::move(c)), stream(ioc, *ctx) {
-    stream.set_verify_callback([this](bool preverified, ssl::verify_context& vc) {
+  Impl(std::shared_ptr<ssl::context> c, bool verify_ca) : ctx(std::move(c)), stream(ioc, *ctx) {
+    stream.set_verify_callback([this, verify_ca](bool preverified, ssl::verify_context& vc) {
+      // Open mode: any certificate; the caller checks it (PeerInfo::cert_pem).
+      if (!verify_ca) return true;
       if (!preverified && verify_error.empty()) {
         X509_STORE_CTX* s = vc.native_handle();
         X509* cert = X509_STORE_CTX_get_current_cert(s);
@@ -138,6 +146,66 @@ struct Connection::Impl {
     X509* cert = SSL_get0_peer_certificate(stream.native_handle());
     peer.common_name = SubjectEntry(cert, NID_commonName);
     peer.role = SubjectEntry(cert, NID_organizationalUnitName);
+    if (cert) {
+      BIO* bio = BIO_new(BIO_s_mem());
+      if (bio && PEM_write_bio_X509(bio, cert) == 1) {
+        char* data = nullptr;
+        long n = BIO_get_mem_data(bio, &data);
+        peer.cert_pem.assign(data, static_cast<size_t>(n));
+      }
+      BIO_free(bio);
+      auto info = InspectCertificate(peer.cert_pem);
+      if (info.ok()) peer.fingerprint = info->fingerprint;
+    }
+  }
+
+  // --- Duplex: everything below runs on the thread inside Duplex(). ---
+  void DuplexFinish(Status s) {
+    if (duplex_done) return;
+    duplex_done = true;
+    duplex_status = std::move(s);
+    broken = true;
+    error_code ec;
+    idle_timer.cancel();
+    stream.lowest_layer().close(ec);
+  }
+  void ArmIdle() {
+    idle_timer.expires_after(std::chrono::milliseconds(idle_ms));
+    idle_timer.async_wait([this](const error_code& ec) {
+      if (ec) return;  // re-armed or cancelled
+      DuplexFinish(Status::Unavailable(peer.Describe() + " was silent for " + std::to_string(idle_ms) + " ms"));
+    });
+  }
+  void ReadNextHeader() {
+    asio::async_read(stream, asio::buffer(duplex_header), [this](const error_code& ec, size_t) {
+      if (ec) return DuplexFinish(duplex_done ? Status::OK() : Failed(ec, "receiving"));
+      auto h = wire::DecodeHeader(ByteView(duplex_header.data(), duplex_header.size()));
+      if (!h.ok()) return DuplexFinish(h.status().Annotate("frame from " + peer.Describe()));
+      duplex_frame = *h;
+      duplex_payload.resize(h->length);
+      asio::async_read(stream, asio::buffer(duplex_payload), [this](const error_code& ec2, size_t) {
+        if (ec2) return DuplexFinish(duplex_done ? Status::OK() : Failed(ec2, "receiving"));
+        auto m = wire::DecodePayload(duplex_frame, duplex_payload);
+        if (!m.ok()) return DuplexFinish(m.status().Annotate("frame from " + peer.Describe()));
+        ArmIdle();
+        Status s = (*on_frame)(Frame{duplex_frame.request, std::move(*m)});
+        if (!s.ok()) return DuplexFinish(std::move(s));
+        ReadNextHeader();
+      });
+    });
+  }
+  void WriteNext() {
+    writing = true;
+    asio::async_write(stream, asio::buffer(outq.front()), [this](const error_code& ec, size_t) {
+      queued_bytes -= outq.front().size();
+      outq.pop_front();
+      if (ec) return DuplexFinish(duplex_done ? Status::OK() : Failed(ec, "sending"));
+      if (outq.empty()) {
+        writing = false;
+      } else {
+        WriteNext();
+      }
+    });
   }
 
   asio::io_context ioc;
@@ -148,6 +216,20 @@ struct Connection::Impl {
   bool is_server = false;
   bool broken = false;
   std::atomic<int> fd{-1};
+
+  // Duplex state (the io thread's own, except queued_bytes).
+  static constexpr size_t kMaxQueued = 64u << 20;
+  asio::steady_timer idle_timer{ioc};
+  int idle_ms = 0;
+  const std::function<Status(Frame&&)>* on_frame = nullptr;
+  std::array<uint8_t, wire::kHeaderSize> duplex_header{};
+  wire::FrameHeader duplex_frame;
+  Bytes duplex_payload;
+  std::deque<Bytes> outq;
+  bool writing = false;
+  bool duplex_done = false;
+  Status duplex_status;
+  std::atomic<size_t> queued_bytes{0};
 };
 
 Connection::Connection(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -164,11 +246,46 @@ void Connection::Close() {
   if (fd >= 0) ::shutdown(fd, SHUT_RDWR);
 }
 
+Status Connection::Duplex(const std::function<Status(Frame&&)>& on_frame, int idle_timeout_ms) {
+  Impl& i = *impl_;
+  if (i.broken) return Status::Unavailable("the connection to " + i.peer.Describe() + " is closed");
+  i.on_frame = &on_frame;
+  i.idle_ms = idle_timeout_ms;
+  i.duplex_done = false;
+  i.ioc.restart();
+  i.ArmIdle();
+  i.ReadNextHeader();
+  i.ioc.run();
+  i.on_frame = nullptr;
+  return i.duplex_status;
+}
+
+void Connection::Post(const wire::Message& m) {
+  Impl* i = impl_.get();
+  Bytes frame = wire::EncodeFrame(0, m);
+  size_t n = frame.size();
+  if (i->queued_bytes.fetch_add(n) + n > Impl::kMaxQueued) {
+    asio::post(i->ioc, [i] {
+      i->DuplexFinish(Status::Unavailable(i->peer.Describe() + " is not reading: over " +
+                                          HumanBytes(Impl::kMaxQueued) + " queued for it"));
+    });
+    return;
+  }
+  asio::post(i->ioc, [i, f = std::move(frame)]() mutable {
+    if (i->duplex_done) {
+      i->queued_bytes -= f.size();
+      return;
+    }
+    i->outq.push_back(std::move(f));
+    if (!i->writing) i->WriteNext();
+  });
+}
+
 Result<std::unique_ptr<Connection>> Connection::Connect(const std::string& host, uint16_t port,
                                                         const TlsCredentials& creds,
                                                         const ConnectOptions& options) {
-  SLINGSHOT_ASSIGN_OR_RETURN(auto ctx, MakeContext(creds, false));
-  auto impl = std::make_unique<Impl>(std::move(ctx));
+  SLINGSHOT_ASSIGN_OR_RETURN(auto ctx, MakeContext(creds, false, options.verify_server_ca));
+  auto impl = std::make_unique<Impl>(std::move(ctx), options.verify_server_ca);
   impl->peer.address = host + ":" + std::to_string(port);
   impl->peer.role = options.expected_role;
   error_code ec;
@@ -192,6 +309,11 @@ Result<std::unique_ptr<Connection>> Connection::Connect(const std::string& host,
   SLINGSHOT_RETURN_IF_ERROR(impl->Run(options.timeout_ms, "the TLS handshake"));
   if (result) return impl->Failed(result, "the TLS handshake");
   impl->FillPeer();
+  if (!options.server_fingerprint.empty() && impl->peer.fingerprint != options.server_fingerprint) {
+    return Status::PermissionDenied(impl->peer.address + " presented certificate " + impl->peer.fingerprint +
+                                    ", not the expected " + options.server_fingerprint +
+                                    ": another machine answers at that address");
+  }
   if (!options.expected_role.empty() && impl->peer.role != options.expected_role) {
     return Status::PermissionDenied(impl->peer.Describe() + " is not a " + options.expected_role +
                                     ": its certificate says role \"" + impl->peer.role + "\"");
@@ -323,7 +445,7 @@ struct Server::Impl {
   }
 
   std::unique_ptr<Connection> Adopt(int fd, const std::string& address, bool v6) {
-    auto impl = std::make_unique<Connection::Impl>(ctx);
+    auto impl = std::make_unique<Connection::Impl>(ctx, options.verify_client_ca);
     impl->peer.address = address;
     error_code ec;
     impl->stream.lowest_layer().assign(v6 ? tcp::v6() : tcp::v4(), fd, ec);
@@ -412,7 +534,7 @@ Result<std::unique_ptr<Server>> Server::Start(const TlsCredentials& creds, const
   impl->creds = creds;
   impl->options = options;
   impl->handler = handler;
-  SLINGSHOT_ASSIGN_OR_RETURN(impl->ctx, MakeContext(creds, true));
+  SLINGSHOT_ASSIGN_OR_RETURN(impl->ctx, MakeContext(creds, true, options.verify_client_ca));
   error_code ec;
   auto address = asio::ip::make_address(options.host, ec);
   if (ec) return Status::InvalidArgument("listen address \"" + options.host + "\" is not an IP address");

@@ -10,6 +10,8 @@ namespace {
 
 constexpr char kMagic[4] = {'S', 'S', 'W', 'P'};
 constexpr size_t kMaxText = 4096;  // software names, error messages, ref names
+constexpr size_t kMaxName = 256;   // service, replica, host and phase names
+constexpr size_t kMaxPem = 16384;  // one certificate or key
 
 // One encoder and one decoder per message; the overloads are the catalogue's
 // codec.
@@ -49,6 +51,84 @@ void Put(Encoder& e, const WorkingSet& m) {
   e.Id(m.table);
   e.U32(static_cast<uint32_t>(m.ids.size()));
   for (const auto& id : m.ids) e.Id(id);
+}
+
+void Put(Encoder& e, const Attach& m) { e.Str(m.service); }
+void Put(Encoder& e, const Attached& m) {
+  e.Str(m.service);
+  e.Str(m.replica);
+  e.U16(m.width);
+  e.U16(m.height);
+  e.U64(m.consumed_seq);
+}
+void Put(Encoder& e, const Input& m) {
+  e.U64(m.seq);
+  e.U16(m.type);
+  e.U32(static_cast<uint32_t>(m.payload.size()));
+  e.Raw(m.payload.data(), m.payload.size());
+}
+void Put(Encoder& e, const Consumed& m) { e.U64(m.seq); }
+void Put(Encoder& e, const Screen& m) {
+  e.U8(m.full ? 1 : 0);
+  e.U32(static_cast<uint32_t>(m.rects.size()));
+  for (const auto& r : m.rects) {
+    e.U16(r.x);
+    e.U16(r.y);
+    e.U16(r.w);
+    e.U16(r.h);
+    e.U8(r.codec);
+    e.U32(static_cast<uint32_t>(r.data.size()));
+    e.Raw(r.data.data(), r.data.size());
+  }
+}
+void Put(Encoder&, const Repaint&) {}
+void Put(Encoder& e, const Checkpointed& m) {
+  e.U64(m.epoch);
+  e.U64(m.seq);
+}
+void Put(Encoder& e, const GetCapability& m) {
+  e.Str(m.service);
+  e.U32(m.valid_seconds);
+}
+void Put(Encoder& e, const Capability& m) {
+  e.Str(m.service);
+  e.Str(m.cert_pem);
+  e.Str(m.key_pem);
+  e.U64(static_cast<uint64_t>(m.not_after));
+}
+void Put(Encoder& e, const Instantiate& m) {
+  e.Str(m.service);
+  e.Str(m.home_host);
+  e.U16(m.home_port);
+  e.Str(m.ca_pem);
+  e.U32(static_cast<uint32_t>(m.manifest_key.size()));
+  e.Raw(m.manifest_key.data(), m.manifest_key.size());
+  e.Str(m.cert_pem);
+  e.Str(m.key_pem);
+  e.Str(m.stick_dir);
+}
+void Put(Encoder& e, const Progress& m) {
+  e.Str(m.phase);
+  e.U64(m.done);
+  e.U64(m.total);
+  e.U64(m.from_cache);
+  e.U64(m.from_stick);
+  e.U64(m.from_home);
+}
+void Put(Encoder&, const GetStatus&) {}
+void Put(Encoder& e, const AgentStatus& m) {
+  e.Str(m.name);
+  e.U32(static_cast<uint32_t>(m.replicas.size()));
+  for (const auto& r : m.replicas) {
+    e.Str(r.service);
+    e.Str(r.client);
+    e.U64(r.consumed_seq);
+    e.U64(static_cast<uint64_t>(r.expires));
+  }
+  e.U64(m.cache_bytes);
+  e.U64(m.from_cache);
+  e.U64(m.from_stick);
+  e.U64(m.from_home);
 }
 
 // A u32 count of 32-byte ids, bounded by max and by the bytes left.
@@ -134,6 +214,122 @@ Message Get(Decoder& d, MessageType t) {
       m.ids = Ids(d, kMaxWorkingSet, "working set");
       return m;
     }
+    case MessageType::kAttach: return Attach{d.Str(kMaxName, "service")};
+    case MessageType::kAttached: {
+      Attached m;
+      m.service = d.Str(kMaxName, "service");
+      m.replica = d.Str(kMaxName, "replica");
+      m.width = d.U16();
+      m.height = d.U16();
+      m.consumed_seq = d.U64();
+      if (m.width == 0 || m.height == 0 || m.width > kMaxScreenSide || m.height > kMaxScreenSide) {
+        d.Fail("screen size " + std::to_string(m.width) + "x" + std::to_string(m.height) + " is out of range");
+      }
+      return m;
+    }
+    case MessageType::kInput: {
+      Input m;
+      m.seq = d.U64();
+      m.type = d.U16();
+      m.payload = Blob(d, kMaxInputPayload, "input");
+      if (d.ok() && m.seq == 0) d.Fail("input seq 0 (seqs start at 1)");
+      return m;
+    }
+    case MessageType::kConsumed: return Consumed{d.U64()};
+    case MessageType::kScreen: {
+      Screen m;
+      uint8_t full = d.U8();
+      if (full > 1) d.Fail("screen full flag is " + std::to_string(full));
+      m.full = full == 1;
+      uint32_t n = d.U32();
+      if (n > kMaxScreenRects || size_t(n) * 13 > d.remaining()) {
+        d.Fail("screen update claims " + std::to_string(n) + " rectangles");
+        return m;
+      }
+      m.rects.resize(n);
+      for (auto& r : m.rects) {
+        r.x = d.U16();
+        r.y = d.U16();
+        r.w = d.U16();
+        r.h = d.U16();
+        r.codec = d.U8();
+        r.data = Blob(d, kMaxWirePayload, "rectangle");
+        if (!d.ok()) break;
+        if (r.w == 0 || r.h == 0 || uint32_t(r.x) + r.w > kMaxScreenSide || uint32_t(r.y) + r.h > kMaxScreenSide) {
+          d.Fail("screen rectangle out of range");
+        } else if (r.codec > 1) {
+          d.Fail("screen rectangle codec " + std::to_string(r.codec) + " is unknown");
+        } else if (r.codec == 0 && r.data.size() != size_t(r.w) * r.h * 4) {
+          d.Fail("raw rectangle holds " + std::to_string(r.data.size()) + " bytes, not w*h*4");
+        }
+      }
+      return m;
+    }
+    case MessageType::kRepaint: return Repaint{};
+    case MessageType::kCheckpointed: {
+      Checkpointed m;
+      m.epoch = d.U64();
+      m.seq = d.U64();
+      return m;
+    }
+    case MessageType::kGetCapability: {
+      GetCapability m;
+      m.service = d.Str(kMaxName, "service");
+      m.valid_seconds = d.U32();
+      return m;
+    }
+    case MessageType::kCapability: {
+      Capability m;
+      m.service = d.Str(kMaxName, "service");
+      m.cert_pem = d.Str(kMaxPem, "certificate");
+      m.key_pem = d.Str(kMaxPem, "key");
+      m.not_after = static_cast<int64_t>(d.U64());
+      return m;
+    }
+    case MessageType::kInstantiate: {
+      Instantiate m;
+      m.service = d.Str(kMaxName, "service");
+      m.home_host = d.Str(kMaxName, "home host");
+      m.home_port = d.U16();
+      m.ca_pem = d.Str(kMaxPem, "CA certificate");
+      m.manifest_key = Blob(d, 64, "manifest key");
+      m.cert_pem = d.Str(kMaxPem, "capability certificate");
+      m.key_pem = d.Str(kMaxPem, "capability key");
+      m.stick_dir = d.Str(kMaxText, "stick directory");
+      return m;
+    }
+    case MessageType::kProgress: {
+      Progress m;
+      m.phase = d.Str(kMaxName, "phase");
+      m.done = d.U64();
+      m.total = d.U64();
+      m.from_cache = d.U64();
+      m.from_stick = d.U64();
+      m.from_home = d.U64();
+      return m;
+    }
+    case MessageType::kGetStatus: return GetStatus{};
+    case MessageType::kAgentStatus: {
+      AgentStatus m;
+      m.name = d.Str(kMaxName, "name");
+      uint32_t n = d.U32();
+      if (n > 4096 || size_t(n) * 24 > d.remaining()) {
+        d.Fail("status claims " + std::to_string(n) + " replicas");
+        return m;
+      }
+      m.replicas.resize(n);
+      for (auto& r : m.replicas) {
+        r.service = d.Str(kMaxName, "service");
+        r.client = d.Str(kMaxName, "client");
+        r.consumed_seq = d.U64();
+        r.expires = static_cast<int64_t>(d.U64());
+      }
+      m.cache_bytes = d.U64();
+      m.from_cache = d.U64();
+      m.from_stick = d.U64();
+      m.from_home = d.U64();
+      return m;
+    }
   }
   d.Fail("message type " + std::to_string(static_cast<unsigned>(t)) + " is not in this side's catalogue");
   return Error{};
@@ -144,7 +340,11 @@ constexpr MessageType kTypes[] = {
     MessageType::kHello,     MessageType::kError,      MessageType::kGetChunks,
     MessageType::kChunkData, MessageType::kGetObject,  MessageType::kObjectData,
     MessageType::kGetRef,    MessageType::kRefData,    MessageType::kGetWorkingSet,
-    MessageType::kWorkingSet};
+    MessageType::kWorkingSet, MessageType::kAttach,     MessageType::kAttached,
+    MessageType::kInput,      MessageType::kConsumed,   MessageType::kScreen,
+    MessageType::kRepaint,    MessageType::kCheckpointed, MessageType::kGetCapability,
+    MessageType::kCapability, MessageType::kInstantiate, MessageType::kProgress,
+    MessageType::kGetStatus,  MessageType::kAgentStatus};
 static_assert(std::size(kTypes) == std::variant_size_v<Message>);
 
 }  // namespace
@@ -161,6 +361,19 @@ const char* MessageTypeName(MessageType t) {
     case MessageType::kRefData: return "RefData";
     case MessageType::kGetWorkingSet: return "GetWorkingSet";
     case MessageType::kWorkingSet: return "WorkingSet";
+    case MessageType::kAttach: return "Attach";
+    case MessageType::kAttached: return "Attached";
+    case MessageType::kInput: return "Input";
+    case MessageType::kConsumed: return "Consumed";
+    case MessageType::kScreen: return "Screen";
+    case MessageType::kRepaint: return "Repaint";
+    case MessageType::kCheckpointed: return "Checkpointed";
+    case MessageType::kGetCapability: return "GetCapability";
+    case MessageType::kCapability: return "Capability";
+    case MessageType::kInstantiate: return "Instantiate";
+    case MessageType::kProgress: return "Progress";
+    case MessageType::kGetStatus: return "GetStatus";
+    case MessageType::kAgentStatus: return "AgentStatus";
   }
   return "unknown";
 }

@@ -35,6 +35,19 @@ TEST(WireTest, EveryMessageRoundTrips) {
       RefData{"disk/notepad", 1, b},
       GetWorkingSet{a},
       WorkingSet{a, {b, a}},
+      Attach{"notepad"},
+      Attached{"notepad", "home", 640, 400, 17},
+      Input{18, 1, Bytes{4, 1, 0, 0, 0, 0, 0, 0x61}},
+      Consumed{18},
+      Screen{true, {ScreenRect{1, 2, 2, 1, 0, Bytes(8, 9)}, ScreenRect{0, 0, 640, 400, 1, Bytes{1, 2}}}},
+      Repaint{},
+      Checkpointed{3, 18},
+      GetCapability{"notepad", 600},
+      Capability{"notepad", "-----BEGIN CERTIFICATE-----", "-----BEGIN PRIVATE KEY-----", 1800000000},
+      Instantiate{"notepad", "10.0.0.1", 7390, "ca", Bytes(32, 1), "cert", "key", "/media/stick"},
+      Progress{"memory", 10, 20, 1, 2, 3},
+      GetStatus{},
+      AgentStatus{"cafe", {ReplicaStatus{"notepad", "alice", 18, 1800000000}}, 1 << 20, 1, 2, 3},
   };
   for (const auto& m : all) {
     FrameHeader h;
@@ -118,6 +131,30 @@ TEST(WireTest, BadPayloadsAreRefusedAndLengthsAreBounded) {
             std::string::npos);
   h.type = static_cast<MessageType>(999);
   EXPECT_NE(decode(Bytes{}).status().message().find("catalogue"), std::string::npos);
+}
+
+TEST(WireTest, SessionMessagesAreBounded) {
+  auto refused = [](const Message& m, const std::string& why) {
+    auto r = RoundTrip(0, m);
+    EXPECT_TRUE(r.status().IsCorruption()) << MessageTypeName(TypeOf(m)) << " was not refused";
+    EXPECT_NE(r.status().message().find(why), std::string::npos) << r.status().ToString();
+  };
+  refused(Input{0, 1, {}}, "seq 0");
+  refused(Input{1, 1, Bytes(kMaxInputPayload + 1)}, "input claims");
+  refused(Attached{"s", "home", 0, 400, 0}, "screen size");
+  refused(Attached{"s", "home", 640, 9000, 0}, "screen size");
+  refused(Screen{false, {ScreenRect{0, 0, 2, 2, 0, Bytes(15)}}}, "not w*h*4");
+  refused(Screen{false, {ScreenRect{8190, 0, 4, 1, 0, Bytes(16)}}}, "out of range");
+  refused(Screen{false, {ScreenRect{0, 0, 1, 1, 7, Bytes(4)}}}, "codec 7");
+  // A rectangle count that the frame cannot hold.
+  Bytes f = EncodeFrame(0, Screen{false, {}});
+  FrameHeader h = *DecodeHeader(ByteView(f).first(kHeaderSize));
+  Bytes payload(f.begin() + kHeaderSize, f.end());
+  PutU32(&payload[1], 1000000);
+  h.payload_crc = crc32c::Value(payload.data(), payload.size());
+  auto r = DecodePayload(h, payload);
+  EXPECT_TRUE(r.status().IsCorruption());
+  EXPECT_NE(r.status().message().find("rectangles"), std::string::npos) << r.status().ToString();
 }
 
 TEST(WireTest, HelloVersionRangesMustIncludeOurs) {

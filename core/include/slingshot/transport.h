@@ -32,6 +32,8 @@ struct PeerInfo {
   std::string common_name;  // from the verified certificate
   std::string role;
   std::string software;     // from its Hello
+  std::string cert_pem;     // its certificate (for checks of its own, in open mode)
+  std::string fingerprint;  // InspectCertificate's fingerprint of it
   std::string Describe() const;  // "client alice (127.0.0.1:40312)"
 };
 
@@ -44,6 +46,12 @@ struct ConnectOptions {
   std::string expected_role;  // refuse a server whose certificate has another role ("" = any)
   int timeout_ms = 10000;     // connect + handshake + hello
   std::string software = "slingshot";
+  // How the server is trusted. By default its certificate must chain to the
+  // CA in our credentials. With verify_server_ca off (a surrogate, which
+  // belongs to no home) any certificate is accepted, and if
+  // server_fingerprint is set it must have that fingerprint.
+  bool verify_server_ca = true;
+  std::string server_fingerprint;
 };
 
 class Connection {
@@ -65,6 +73,17 @@ class Connection {
   Result<wire::Message> Expect(uint32_t request, wire::MessageType type, int timeout_ms = 30000);
   // Closes the socket; blocked calls on other threads return an error.
   void Close();
+
+  // Full duplex (replica sessions): reads frames as they arrive and hands
+  // each to on_frame, on this thread, while frames given to Post() are
+  // written in between. Returns when on_frame returns an error (that
+  // error), the peer closes or breaks the connection (Unavailable), or
+  // nothing arrives for idle_timeout_ms (Unavailable, "silent"). Send and
+  // Receive must not be used while it runs; on_frame must not block.
+  Status Duplex(const std::function<Status(Frame&&)>& on_frame, int idle_timeout_ms);
+  // Queues a frame for Duplex to send; any thread, also before Duplex
+  // starts. A peer that lets more than 64 MiB pile up unread is cut off.
+  void Post(const wire::Message& m);
 
   const PeerInfo& peer() const;
   bool broken() const;
@@ -90,6 +109,9 @@ struct ServerOptions {
   std::string host = "127.0.0.1";
   uint16_t port = 0;                // 0: pick a free port
   std::string required_role;        // "" = any certificate from the CA
+  // Off: accept a client certificate from any issuer (a surrogate serves
+  // clients of every home); the handler checks PeerInfo::cert_pem itself.
+  bool verify_client_ca = true;
   int handshake_timeout_ms = 10000;
   int idle_timeout_ms = 600000;     // a connection silent this long is closed
   size_t max_connections = 64;

@@ -59,6 +59,22 @@ enum class MessageType : uint16_t {
   kRefData = 8,
   kGetWorkingSet = 9,  // disk table id -> WorkingSet
   kWorkingSet = 10,
+  // Replica sessions (replica.h): a client attached to a replica, both ways
+  // at once (full duplex, no request/reply pairing; request is 0).
+  kAttach = 11,        // client -> replica host: attach to a service's replica
+  kAttached = 12,      // replica host -> client: screen size, what it has consumed
+  kInput = 13,         // client -> replica: one logged input, in seq order
+  kConsumed = 14,      // replica -> client: every input <= seq is consumed
+  kScreen = 15,        // replica -> client: one screen update
+  kRepaint = 16,       // client -> replica: send the whole screen
+  kCheckpointed = 17,  // home -> client: a published checkpoint covers inputs <= seq
+  // Capabilities and instantiation.
+  kGetCapability = 18,  // client -> home: a capability for a surrogate
+  kCapability = 19,
+  kInstantiate = 20,    // client -> agent: make a replica; Progress*, then Attached
+  kProgress = 21,
+  kGetStatus = 22,      // anyone -> agent
+  kAgentStatus = 23,
 };
 const char* MessageTypeName(MessageType t);
 
@@ -115,8 +131,90 @@ struct WorkingSet {
   std::vector<ChunkId> ids;  // first-read order; may be empty
 };
 
+// The largest logged input (an RFB cut-text message, say).
+constexpr uint32_t kMaxInputPayload = 64u << 10;
+// Rectangles in one Screen message.
+constexpr uint32_t kMaxScreenRects = 4096;
+// Screen sizes a replica may report.
+constexpr uint32_t kMaxScreenSide = 8192;
+
+struct Attach {
+  std::string service;
+};
+struct Attached {
+  std::string service;
+  std::string replica;        // "home" or the surrogate's name
+  uint16_t width = 0, height = 0;
+  uint64_t consumed_seq = 0;  // inputs <= this are in the replica's state
+};
+struct Input {
+  uint64_t seq = 0;
+  uint16_t type = 0;  // the ServiceAdapter's input type
+  Bytes payload;      // <= kMaxInputPayload
+};
+struct Consumed {
+  uint64_t seq = 0;
+};
+// Pixels are 32-bit little-endian 0x00RRGGBB, row-major.
+struct ScreenRect {
+  uint16_t x = 0, y = 0, w = 0, h = 0;
+  uint8_t codec = 0;  // 0: raw pixels, 1: one zstd frame of them
+  Bytes data;
+};
+struct Screen {
+  bool full = false;  // a whole-screen repaint
+  std::vector<ScreenRect> rects;
+};
+struct Repaint {};
+struct Checkpointed {
+  uint64_t epoch = 0;
+  uint64_t seq = 0;
+};
+struct GetCapability {
+  std::string service;
+  uint32_t valid_seconds = 0;
+};
+// A short-lived certificate from the home CA, role "surrogate", that names
+// the service and the client (tls.h IssueCapability), and its key.
+struct Capability {
+  std::string service;
+  std::string cert_pem;
+  std::string key_pem;
+  int64_t not_after = 0;  // unix seconds
+};
+struct Instantiate {
+  std::string service;
+  std::string home_host;
+  uint16_t home_port = 0;
+  std::string ca_pem;       // the home CA: pins the home, checks the capability
+  Bytes manifest_key;       // the home's Ed25519 manifest key (32 bytes)
+  std::string cert_pem;     // the capability
+  std::string key_pem;
+  std::string stick_dir;    // portable storage plugged into the surrogate ("" = none)
+};
+struct Progress {
+  std::string phase;        // "manifest", "memory", "restore", "ready"
+  uint64_t done = 0, total = 0;  // bytes of this phase
+  uint64_t from_cache = 0, from_stick = 0, from_home = 0;  // bytes so far by source
+};
+struct GetStatus {};
+struct ReplicaStatus {
+  std::string service;
+  std::string client;
+  uint64_t consumed_seq = 0;
+  int64_t expires = 0;  // the capability's not_after
+};
+struct AgentStatus {
+  std::string name;
+  std::vector<ReplicaStatus> replicas;
+  uint64_t cache_bytes = 0;
+  uint64_t from_cache = 0, from_stick = 0, from_home = 0;
+};
+
 using Message = std::variant<Hello, Error, GetChunks, ChunkData, GetObject, ObjectData, GetRef,
-                             RefData, GetWorkingSet, WorkingSet>;
+                             RefData, GetWorkingSet, WorkingSet, Attach, Attached, Input, Consumed,
+                             Screen, Repaint, Checkpointed, GetCapability, Capability, Instantiate,
+                             Progress, GetStatus, AgentStatus>;
 
 MessageType TypeOf(const Message& m);
 
