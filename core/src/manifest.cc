@@ -8,7 +8,8 @@ namespace slingshot {
 namespace {
 constexpr Magic kBodyMagic = {'S', 'S', 'M', 'F'};
 constexpr Magic kSignedMagic = {'S', 'S', 'M', 'S'};
-constexpr uint16_t kVersion = 1;
+constexpr uint16_t kVersion = 2;          // the body: 2 added the boot files; 1 is still read
+constexpr uint16_t kEnvelopeVersion = 1;  // the signed envelope
 constexpr size_t kMaxBody = 4u << 20;
 constexpr char kDomain[] = "slingshot manifest v1";  // the terminating NUL is signed too
 
@@ -26,7 +27,7 @@ struct Envelope {
 };
 
 Result<Envelope> OpenEnvelope(ByteView bytes) {
-  SLINGSHOT_ASSIGN_OR_RETURN(OpenedFrame f, OpenFrame(bytes, kSignedMagic, kVersion, kMaxBody + 256, "signed manifest"));
+  SLINGSHOT_ASSIGN_OR_RETURN(OpenedFrame f, OpenFrame(bytes, kSignedMagic, kEnvelopeVersion, kMaxBody + 256, "signed manifest"));
   Decoder d(f.body, "signed manifest");
   uint32_t n = d.U32();
   if (d.ok() && n > kMaxBody) d.Fail("manifest length " + std::to_string(n) + " exceeds the limit");
@@ -56,6 +57,10 @@ Bytes Manifest::Encode() const {
   e.U64(disk_size);
   e.Id(memory_list);
   e.U64(memory_size);
+  e.Id(kernel);
+  e.U64(kernel_size);
+  e.Id(initrd);
+  e.U64(initrd_size);
   return SealFrame(kBodyMagic, kVersion, body);
 }
 
@@ -77,6 +82,12 @@ Result<Manifest> Manifest::Decode(ByteView bytes) {
   m.disk_size = d.U64();
   m.memory_list = d.Id();
   m.memory_size = d.U64();
+  if (f.version >= 2) {
+    m.kernel = d.Id();
+    m.kernel_size = d.U64();
+    m.initrd = d.Id();
+    m.initrd_size = d.U64();
+  }
   SLINGSHOT_RETURN_IF_ERROR(d.Finish());
   if (m.service_id.empty()) return Status::Corruption("manifest: empty service id");
   return m;
@@ -91,7 +102,7 @@ Bytes SignManifest(const Manifest& m, const SigningKey& key) {
   e.Raw(manifest.data(), manifest.size());
   e.Raw(key.public_key().raw().data(), PublicKey::kRawSize);
   e.Raw(sig.data(), sig.size());
-  return SealFrame(kSignedMagic, kVersion, body);
+  return SealFrame(kSignedMagic, kEnvelopeVersion, body);
 }
 
 Result<Manifest> VerifyManifest(ByteView signed_manifest, const PublicKey& trusted) {

@@ -68,6 +68,26 @@ TEST(ManifestTest, ValidEnvelopeWithForgedSignatureIsRejected) {
   EXPECT_NE(m.status().message().find("signature does not verify"), std::string::npos);
 }
 
+TEST(ManifestTest, BootFilesRoundTripAndVersionOneBodiesStillRead) {
+  Manifest m = Sample();
+  m.kernel = ChunkId::Of(AsBytes("kernel"));
+  m.kernel_size = 8 << 20;
+  m.initrd = ChunkId::Of(AsBytes("initrd"));
+  m.initrd_size = 3 << 20;
+  auto back = Manifest::Decode(m.Encode());
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(*back, m);
+  // A version 1 body is the version 2 body without the four boot fields.
+  Bytes v2 = m.Encode();
+  auto f = OpenFrame(v2, {'S', 'S', 'M', 'F'}, 2, 1 << 24, "t");
+  ASSERT_TRUE(f.ok());
+  Bytes body(f->body.begin(), f->body.end() - 2 * (ChunkId::kSize + 8));
+  auto v1 = Manifest::Decode(SealFrame({'S', 'S', 'M', 'F'}, 1, body));
+  ASSERT_TRUE(v1.ok()) << v1.status().ToString();
+  EXPECT_TRUE(v1->kernel.IsNull());
+  EXPECT_EQ(v1->memory_list, m.memory_list);
+}
+
 TEST(ManifestTest, LyingStringLengthIsRefused) {
   Bytes body;
   Encoder e(&body);

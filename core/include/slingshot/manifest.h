@@ -2,13 +2,18 @@
 // by the home's Ed25519 key. A surrogate trusts chunks only through a
 // manifest whose signature verifies with the home key it was given.
 //
-// Manifest body: sealed frame (coding.h), magic "SSMF", version 1:
+// Manifest body: sealed frame (coding.h), magic "SSMF", version 2:
 //   str service_id (<= 256)  str service_type (<= 64, e.g. "rfb")
 //   u64 epoch                u64 last_seq (last event the primary consumed)
 //   i64 created_ns           u32 memory_mib  u32 vcpus
 //   str kernel_cmdline (<= 4096)  str backend (<= 64)  str backend_config (<= 1 MiB)
 //   id  disk_table (object id of a DiskTable)     u64 disk_size
 //   id  memory_list (object id of a ChunkList)    u64 memory_size
+//   id  kernel (object id of a ChunkList)  u64 kernel_size      (version 2)
+//   id  initrd (ChunkList, or all zero)    u64 initrd_size      (version 2)
+// The boot files travel with the checkpoint because a hypervisor restoring
+// the VM elsewhere needs the same kernel and initrd it booted from.
+// Version 1 bodies (no boot files) are still read.
 // (str = u32 length + bytes; id = 32 bytes.) The memory chunk list is held
 // by id rather than inline: the signature covers it just the same, and the
 // manifest stays small enough to fetch first, before anything else.
@@ -48,6 +53,10 @@ struct Manifest {
   uint64_t disk_size = 0;
   ChunkId memory_list;
   uint64_t memory_size = 0;
+  ChunkId kernel;  // null in version 1 manifests
+  uint64_t kernel_size = 0;
+  ChunkId initrd;  // null if none
+  uint64_t initrd_size = 0;
   friend bool operator==(const Manifest&, const Manifest&) = default;
 
   Bytes Encode() const;
