@@ -22,6 +22,7 @@
 #include "slingshot/memory_image.h"
 #include "slingshot/tls.h"
 #include "slingshot/transport.h"
+#include "home_server.h"
 
 namespace slingshot {
 namespace {
@@ -340,6 +341,102 @@ Status ServeCmd(const cli::po::variables_map& vm) {
   return Status::OK();
 }
 
+// --- the daemon and its services ---
+
+Status InitCmd(const cli::po::variables_map& vm) {
+  const std::string store = vm["store"].as<std::string>();
+  const std::string key = vm["key"].as<std::string>();
+  const std::string tls = vm["tls-dir"].as<std::string>();
+  if (!std::filesystem::exists(store + "/STORE")) {
+    SLINGSHOT_RETURN_IF_ERROR(StoreInit(vm));
+  }
+  if (!std::filesystem::exists(key)) SLINGSHOT_RETURN_IF_ERROR(KeyInitCmd(vm));
+  if (!std::filesystem::exists(tls + "/ca/ca.pem")) SLINGSHOT_RETURN_IF_ERROR(CaInitCmd(vm));
+  std::error_code ec;
+  std::filesystem::create_directories(vm["services-dir"].as<std::string>(), ec);
+  std::printf("home ready: store %s, key %s, CA %s/ca\n", store.c_str(), key.c_str(), tls.c_str());
+  return Status::OK();
+}
+
+Status RunCmd(const cli::po::variables_map& vm) {
+  SLINGSHOT_ASSIGN_OR_RETURN(auto store, OpenStore(vm, false));
+  SLINGSHOT_ASSIGN_OR_RETURN(SigningKey key, SigningKey::Load(vm["key"].as<std::string>()));
+  const std::string tls = vm["tls-dir"].as<std::string>();
+  SLINGSHOT_ASSIGN_OR_RETURN(CertificateAuthority ca, CertificateAuthority::Load(tls + "/ca"));
+  SLINGSHOT_ASSIGN_OR_RETURN(TlsCredentials creds, TlsCredentials::Load(tls + "/home"));
+  SLINGSHOT_ASSIGN_OR_RETURN(auto listen, cli::ParseHostPort(vm["listen"].as<std::string>()));
+  HomeOptions o;
+  o.services_dir = vm["services-dir"].as<std::string>();
+  o.listen_host = listen.first;
+  o.listen_port = listen.second;
+  o.checkpoint_inputs = vm["checkpoint-inputs"].as<uint64_t>();
+  o.checkpoint_seconds = vm["checkpoint-seconds"].as<int>();
+  o.capability_max_seconds = vm["capability-max-seconds"].as<int>();
+  o.hypervisor.backend = vm["hypervisor"].as<std::string>();
+  o.hypervisor.accel = vm["accel"].as<std::string>();
+  if (o.checkpoint_inputs == 0 || o.checkpoint_seconds <= 0) {
+    return Status::InvalidArgument("--checkpoint-inputs and --checkpoint-seconds must be positive");
+  }
+  cli::BlockStopSignals();
+  SLINGSHOT_ASSIGN_OR_RETURN(auto home, HomeServer::Start(store.get(), std::move(key), std::move(ca), creds, o));
+  std::printf("slingshot-home listening on %s:%u; services in %s\n", listen.first.c_str(), home->port(),
+              o.services_dir.c_str());
+  std::fflush(stdout);
+  int sig = cli::WaitForStopSignal();
+  std::printf("stopping on %s\n", strsignal(sig));
+  std::fflush(stdout);
+  home->Stop();
+  return Status::OK();
+}
+
+Status ServiceCreateCmd(const cli::po::variables_map& vm) {
+  ServiceDef d;
+  d.name = vm["name"].as<std::string>();
+  d.type = vm["type"].as<std::string>();
+  d.cmdline = vm["cmdline"].as<std::string>();
+  d.memory_mib = vm["memory-mb"].as<uint32_t>();
+  d.vcpus = vm["vcpus"].as<uint32_t>();
+  if (vm.count("disk")) d.disk_image = vm["disk"].as<std::string>();
+  d.disk_size_mb = vm["disk-size-mb"].as<uint64_t>();
+  d.service_port = vm["service-port"].as<uint16_t>();
+  if (vm.count("extra-port")) d.extra_ports = vm["extra-port"].as<std::vector<uint16_t>>();
+  const std::string dir = vm["services-dir"].as<std::string>();
+  SLINGSHOT_RETURN_IF_ERROR(CreateService(dir, d, vm["kernel"].as<std::string>(),
+                                          vm.count("initrd") ? vm["initrd"].as<std::string>() : ""));
+  std::printf("created service %s in %s/%s; the home daemon boots it and publishes its first checkpoint\n",
+              d.name.c_str(), dir.c_str(), d.name.c_str());
+  return Status::OK();
+}
+
+Status ServiceListCmd(const cli::po::variables_map& vm) {
+  const std::string dir = vm["services-dir"].as<std::string>();
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    std::string name = e.path().filename().string();
+    if (name.empty() || name[0] == '.') continue;
+    auto status = ReadFileBounded((e.path() / "status").string(), 4096);
+    std::string st = status.ok() ? std::string(status->begin(), status->end()) : "no checkpoint yet\n";
+    std::printf("%-24s %s", name.c_str(), st.c_str());
+  }
+  if (ec) return Status::IOError("list " + dir + ": " + ec.message());
+  return Status::OK();
+}
+
+Status PairCmd(const cli::po::variables_map& vm) {
+  const std::string name = vm["name"].as<std::string>();
+  const std::string out = vm["out"].as<std::string>();
+  SLINGSHOT_ASSIGN_OR_RETURN(CertificateAuthority ca, CertificateAuthority::Load(vm["tls-dir"].as<std::string>() + "/ca"));
+  SLINGSHOT_ASSIGN_OR_RETURN(TlsCredentials c, ca.Issue(name, "client", 365 * kDay));
+  SLINGSHOT_ASSIGN_OR_RETURN(SigningKey key, SigningKey::Load(vm["key"].as<std::string>()));
+  SLINGSHOT_RETURN_IF_ERROR(c.Save(out));
+  SLINGSHOT_RETURN_IF_ERROR(key.public_key().Save(out + "/manifest-key.pub"));
+  SLINGSHOT_RETURN_IF_ERROR(WriteFileAtomic(out + "/home-address", AsBytes(vm["address"].as<std::string>() + "\n"), 0644));
+  std::printf("paired client \"%s\": its credentials, the home's manifest key and address are in %s.\n"
+              "Move that folder to the client (it holds a private key) and run: slingshot-client pair %s\n",
+              name.c_str(), out.c_str(), out.c_str());
+  return Status::OK();
+}
+
 }  // namespace
 }  // namespace slingshot
 
@@ -362,7 +459,9 @@ int main(int argc, char** argv) {
         ("threads", value<int>()->default_value(0), "hashing/compression threads (0 = one per core)")
         ("db-cache-mb", value<uint64_t>()->default_value(64), "Berkeley DB buffer pool size")
         ("tls-dir", value<std::string>()->default_value("/var/lib/slingshot/tls"),
-         "the home CA (ca/) and the home's TLS credentials (home/)");
+         "the home CA (ca/) and the home's TLS credentials (home/)")
+        ("services-dir", value<std::string>()->default_value("/var/lib/slingshot/services"),
+         "one folder per service (service create writes them, the daemon runs them)");
   };
   p.commands = {
       {"store init", "create an empty transactional chunk store", "[--store DIR]", cli::NoOptions, StoreInit},
@@ -440,6 +539,44 @@ int main(int argc, char** argv) {
          pos.add("name", 1);
        },
        CredentialsIssueCmd},
+      {"init", "create the store, the signing key and the CA if missing (first-time setup)", "", cli::NoOptions,
+       InitCmd},
+      {"run", "the home daemon: run every service's primary, checkpoint it, serve clients and surrogates",
+       "[--listen HOST:PORT]",
+       [](Opts& d, Pos&) {
+         d.add_options()("listen", value<std::string>()->default_value("0.0.0.0:7390"), "address to listen on")
+             ("checkpoint-inputs", value<uint64_t>()->default_value(500), "checkpoint after this many inputs")
+             ("checkpoint-seconds", value<int>()->default_value(60), "or this long after the first new input")
+             ("capability-max-seconds", value<int>()->default_value(3600), "longest capability issued")
+             ("hypervisor", value<std::string>()->default_value("auto"), "auto, qemu or xen")
+             ("accel", value<std::string>()->default_value("auto"), "QEMU: auto, kvm or tcg");
+       },
+       RunCmd},
+      {"service create", "define a service from a guest kernel, initrd and disk image", "NAME --kernel FILE ...",
+       [](Opts& d, Pos& pos) {
+         d.add_options()("name", value<std::string>()->required(), "service name")
+             ("kernel", value<std::string>()->required(), "guest kernel")
+             ("initrd", value<std::string>(), "guest initrd")
+             ("cmdline", value<std::string>()->default_value(""), "kernel command line")
+             ("disk", value<std::string>(), "raw disk image to import (default: a blank disk)")
+             ("disk-size-mb", value<uint64_t>()->default_value(8), "size of the blank disk")
+             ("memory-mb", value<uint32_t>()->default_value(128), "guest memory")
+             ("vcpus", value<uint32_t>()->default_value(1), "guest CPUs")
+             ("type", value<std::string>()->default_value("rfb"), "service type (rfb: a VNC desktop)")
+             ("service-port", value<uint16_t>()->default_value(5900), "the guest port the service listens on")
+             ("extra-port", value<std::vector<uint16_t>>(), "another guest port to forward (repeatable)");
+         pos.add("name", 1);
+       },
+       ServiceCreateCmd},
+      {"service list", "list services and their last checkpoint", "", cli::NoOptions, ServiceListCmd},
+      {"pair", "issue a client its credentials, with the home's manifest key and address", "NAME --out DIR --address H:P",
+       [](Opts& d, Pos& pos) {
+         d.add_options()("name", value<std::string>()->required(), "the client's name")
+             ("out", value<std::string>()->required(), "folder to write the pairing into")
+             ("address", value<std::string>()->required(), "HOST:PORT where clients reach this home");
+         pos.add("name", 1);
+       },
+       PairCmd},
       {"serve", "serve chunks, objects, refs and working sets to peers of the home CA until stopped",
        "[--listen HOST:PORT]",
        [](Opts& d, Pos&) {

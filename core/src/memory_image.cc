@@ -1,7 +1,13 @@
 #include "slingshot/memory_image.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+
 #include "slingshot/chunk_store.h"
 #include "slingshot/coding.h"
+#include "slingshot/file_util.h"
 
 namespace slingshot {
 namespace {
@@ -95,6 +101,43 @@ Status ReadMemoryImage(const ChunkList& list, ChunkSource* source,
     SLINGSHOT_RETURN_IF_ERROR(sink(data));
   }
   return Status::OK();
+}
+
+Result<ChunkId> StoreFile(const std::string& path, ChunkStore* store) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return Status::FromErrno("open " + path, errno);
+  MemoryImageWriter w(store, ChunkerOptions{});
+  Bytes buf(1 << 20);
+  for (;;) {
+    ssize_t n = ::read(fd.get(), buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Status::FromErrno("read " + path, errno);
+    if (n == 0) break;
+    SLINGSHOT_RETURN_IF_ERROR(w.Write(ByteView(buf.data(), static_cast<size_t>(n))));
+  }
+  SLINGSHOT_ASSIGN_OR_RETURN(ChunkList list, w.Finish());
+  return store->PutObject(list.Encode());
+}
+
+Status WriteFileFromList(const ChunkList& list, ChunkSource* source, const std::string& path) {
+  const std::string tmp = path + ".part";
+  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (!fd.valid()) return Status::FromErrno("create " + tmp, errno);
+  Status st = ReadMemoryImage(list, source, [&](ByteView b) -> Status {
+    size_t off = 0;
+    while (off < b.size()) {
+      ssize_t n = ::write(fd.get(), b.data() + off, b.size() - off);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return Status::FromErrno("write " + tmp, errno);
+      off += static_cast<size_t>(n);
+    }
+    return Status::OK();
+  });
+  if (st.ok() && ::fsync(fd.get()) != 0) st = Status::FromErrno("fsync " + tmp, errno);
+  fd.Reset();
+  if (st.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) st = Status::FromErrno("rename " + tmp, errno);
+  if (!st.ok()) ::unlink(tmp.c_str());
+  return st;
 }
 
 }  // namespace slingshot

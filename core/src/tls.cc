@@ -71,8 +71,9 @@ Status AddExt(X509* issuer, X509* subject, int nid, const char* value) {
 // Builds and signs a certificate for key, issued by (issuer, issuer_key), or
 // self-signed when issuer is null.
 Result<X509Ptr> MakeCert(EVP_PKEY* key, const std::string& cn, const std::string& role, int64_t valid_seconds,
-                         X509* issuer, EVP_PKEY* issuer_key, bool is_ca) {
+                         X509* issuer, EVP_PKEY* issuer_key, bool is_ca, const std::string& scope = "") {
   if (cn.empty() || cn.size() > 64) return Status::InvalidArgument("a certificate name must be 1 to 64 characters");
+  if (scope.size() > 200) return Status::InvalidArgument("a certificate scope must be at most 200 characters");
   X509Ptr x(X509_new());
   if (!x) return Status::IOError("X509_new: " + OpenSslError());
   X509_set_version(x.get(), 2);
@@ -86,6 +87,10 @@ Result<X509Ptr> MakeCert(EVP_PKEY* key, const std::string& cn, const std::string
   X509_NAME_add_entry_by_txt(name, "O", MBSTRING_UTF8, reinterpret_cast<const unsigned char*>("Slingshot"), -1, -1, 0);
   X509_NAME_add_entry_by_txt(name, "OU", MBSTRING_UTF8, reinterpret_cast<const unsigned char*>(role.c_str()), -1, -1, 0);
   X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0);
+  if (!scope.empty()) {
+    X509_NAME_add_entry_by_NID(name, NID_description, MBSTRING_UTF8,
+                               reinterpret_cast<const unsigned char*>(scope.c_str()), -1, -1, 0);
+  }
   X509_set_issuer_name(x.get(), issuer ? X509_get_subject_name(issuer) : name);
   int64_t start = -kSkewSeconds, end = valid_seconds;
   if (valid_seconds < 0) start = valid_seconds - 2 * kSkewSeconds;  // already expired
@@ -142,6 +147,7 @@ Result<CertificateInfo> InspectCertificate(const std::string& pem) {
   X509_NAME* subject = X509_get_subject_name(x.get());
   info.common_name = NameEntry(subject, NID_commonName);
   info.role = NameEntry(subject, NID_organizationalUnitName);
+  info.scope = NameEntry(subject, NID_description);
   info.not_before = AsnTime(X509_get0_notBefore(x.get()));
   info.not_after = AsnTime(X509_get0_notAfter(x.get()));
   unsigned char md[32];
@@ -210,12 +216,36 @@ Status CertificateAuthority::Save(const std::string& dir) const {
   return WriteText(dir + "/ca.pem", cert_pem_, 0644);
 }
 
+Status VerifyCertificate(const std::string& cert_pem, const std::string& ca_pem, std::string_view what) {
+  SLINGSHOT_ASSIGN_OR_RETURN(X509Ptr cert, ParseCert(cert_pem, std::string(what)));
+  SLINGSHOT_ASSIGN_OR_RETURN(X509Ptr ca, ParseCert(ca_pem, "CA certificate"));
+  X509_STORE* store = X509_STORE_new();
+  X509_STORE_CTX* ctx = X509_STORE_CTX_new();
+  Status st;
+  if (!store || !ctx || X509_STORE_add_cert(store, ca.get()) != 1 ||
+      X509_STORE_CTX_init(ctx, store, cert.get(), nullptr) != 1) {
+    st = Status::IOError("cannot set up certificate verification: " + OpenSslError());
+  } else if (X509_verify_cert(ctx) != 1) {
+    int err = X509_STORE_CTX_get_error(ctx);
+    std::string why = X509_verify_cert_error_string(err);
+    if (err == X509_V_ERR_CERT_HAS_EXPIRED) {
+      st = Status::PermissionDenied(std::string(what) + " has expired: ask the home for a new one");
+    } else {
+      st = Status::PermissionDenied(std::string(what) + " was not issued by the home's CA (" + why + ")");
+    }
+  }
+  X509_STORE_CTX_free(ctx);
+  X509_STORE_free(store);
+  return st;
+}
+
 Result<TlsCredentials> CertificateAuthority::Issue(const std::string& common_name, const std::string& role,
-                                                   int64_t valid_seconds) const {
+                                                   int64_t valid_seconds, const std::string& scope) const {
   SLINGSHOT_ASSIGN_OR_RETURN(X509Ptr ca, ParseCert(cert_pem_, "CA certificate"));
   SLINGSHOT_ASSIGN_OR_RETURN(PkeyPtr ca_key, ParseKey(key_pem_, "CA key"));
   SLINGSHOT_ASSIGN_OR_RETURN(PkeyPtr key, NewKey());
-  SLINGSHOT_ASSIGN_OR_RETURN(X509Ptr x, MakeCert(key.get(), common_name, role, valid_seconds, ca.get(), ca_key.get(), false));
+  SLINGSHOT_ASSIGN_OR_RETURN(X509Ptr x, MakeCert(key.get(), common_name, role, valid_seconds, ca.get(), ca_key.get(),
+                                                 false, scope));
   TlsCredentials c;
   c.ca_pem = cert_pem_;
   SLINGSHOT_ASSIGN_OR_RETURN(c.cert_pem, CertPem(x.get()));

@@ -60,6 +60,13 @@ class MemoryImageWriter {
 Status ReadMemoryImage(const ChunkList& list, ChunkSource* source,
                        const std::function<Status(ByteView)>& sink);
 
+// Whole files (a VM's kernel and initrd) as chunk lists: StoreFile cuts the
+// file at path into the store (FastCDC) and stores the list as an object,
+// returning its id; WriteFileFromList fetches the list object and its chunks
+// from source and writes them to path (replaced atomically, mode 0644).
+Result<ChunkId> StoreFile(const std::string& path, ChunkStore* store);
+Status WriteFileFromList(const ChunkList& list, ChunkSource* source, const std::string& path);
+
 }  // namespace slingshot
 
 #endif  // SLINGSHOT_MEMORY_IMAGE_H_

@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 #include "slingshot/status.h"
 
@@ -34,11 +35,17 @@ struct TlsCredentials {
 struct CertificateInfo {
   std::string common_name;
   std::string role;
+  std::string scope;       // what a capability allows ("service=notepad"), else ""
   int64_t not_before = 0;  // unix seconds
   int64_t not_after = 0;
   std::string fingerprint;  // SHA-256 of the DER, first 16 hex digits
 };
 Result<CertificateInfo> InspectCertificate(const std::string& pem);
+
+// OK if cert_pem chains to ca_pem and is valid now; PermissionDenied saying
+// why (expired; not issued by that CA) otherwise. `what` names it in the
+// message ("the capability").
+Status VerifyCertificate(const std::string& cert_pem, const std::string& ca_pem, std::string_view what);
 
 class CertificateAuthority {
  public:
@@ -49,8 +56,10 @@ class CertificateAuthority {
   // A fresh key and a certificate for it, valid from a few minutes ago (clock
   // skew) for valid_seconds. A negative valid_seconds issues a certificate
   // that has already expired (for tests of expiry handling).
+  // scope, if not empty, is written into the subject's description: a
+  // capability's "service=NAME;client=NAME".
   Result<TlsCredentials> Issue(const std::string& common_name, const std::string& role,
-                               int64_t valid_seconds) const;
+                               int64_t valid_seconds, const std::string& scope = "") const;
   const std::string& cert_pem() const { return cert_pem_; }
 
  private:
