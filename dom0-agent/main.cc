@@ -18,6 +18,7 @@
 #include "slingshot/log.h"
 #include "slingshot/nbd_server.h"
 #include "slingshot/portable.h"
+#include "agent_server.h"
 
 namespace slingshot {
 namespace {
@@ -159,6 +160,31 @@ Status DiskServe(const cli::po::variables_map& vm) {
   return Status::OK();
 }
 
+// The daemon: replicas for clients of any home (agent_server.h).
+Status RunCmd(const cli::po::variables_map& vm) {
+  SLINGSHOT_ASSIGN_OR_RETURN(auto listen, cli::ParseHostPort(vm["listen"].as<std::string>()));
+  AgentOptions o;
+  o.name = vm["name"].as<std::string>();
+  o.listen_host = listen.first;
+  o.listen_port = listen.second;
+  o.cache_dir = vm["cache"].as<std::string>();
+  o.cache_budget_bytes = vm["cache-budget-mb"].as<uint64_t>() << 20;
+  o.max_replicas = vm["max-replicas"].as<int>();
+  o.hypervisor.backend = vm["hypervisor"].as<std::string>();
+  o.hypervisor.accel = vm["accel"].as<std::string>();
+  o.hypervisor.qemu_binary = vm["qemu"].as<std::string>();
+  cli::BlockStopSignals();
+  SLINGSHOT_ASSIGN_OR_RETURN(auto agent, AgentServer::Start(o));
+  std::printf("slingshot-agent \"%s\" listening on %s:%u, certificate %s; cache %s (wiped)\n", o.name.c_str(),
+              listen.first.c_str(), agent->port(), agent->fingerprint().c_str(), o.cache_dir.c_str());
+  std::fflush(stdout);
+  int sig = cli::WaitForStopSignal();
+  std::printf("stopping on %s: destroying every replica\n", strsignal(sig));
+  std::fflush(stdout);
+  agent->Stop();
+  return Status::OK();
+}
+
 }  // namespace
 }  // namespace slingshot
 
@@ -184,6 +210,14 @@ int main(int argc, char** argv) {
         ("qemu", value<std::string>()->default_value("qemu-system-x86_64"), "QEMU binary");
   };
   p.commands = {
+      {"run", "the surrogate daemon: make replicas for clients that bring a capability from their home",
+       "[--listen HOST:PORT] [--name NAME]",
+       [](Opts& d, Pos&) {
+         d.add_options()("listen", value<std::string>()->default_value("0.0.0.0:7391"), "address to listen on")
+             ("name", value<std::string>()->default_value("surrogate"), "this surrogate's name, shown to clients")
+             ("max-replicas", value<int>()->default_value(8), "replicas run at once");
+       },
+       RunCmd},
       {"cache stats", "print what the chunk cache holds", "", cli::NoOptions, CacheStats},
       {"cache verify", "hash-check every cached chunk and drop damaged ones", "", cli::NoOptions, CacheVerify},
       {"cache clear", "delete the chunk cache", "", cli::NoOptions, CacheClear},

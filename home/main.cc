@@ -539,7 +539,10 @@ int main(int argc, char** argv) {
          pos.add("name", 1);
        },
        CredentialsIssueCmd},
-      {"init", "create the store, the signing key and the CA if missing (first-time setup)", "", cli::NoOptions,
+      {"init", "create the store, the signing key and the CA if missing (first-time setup)", "[--name NAME]",
+       [](Opts& d, Pos&) {
+         d.add_options()("name", value<std::string>()->default_value("slingshot-home"), "the home's name");
+       },
        InitCmd},
       {"run", "the home daemon: run every service's primary, checkpoint it, serve clients and surrogates",
        "[--listen HOST:PORT]",

@@ -1,0 +1,64 @@
+// The surrogate daemon (`slingshot-agent run`, DESIGN.md §5 "Instantiate a
+// replica", §6): makes replicas for clients of any home and keeps nothing.
+//
+// A client connects over TLS (the agent accepts a certificate from any
+// issuer: it belongs to no home) and sends Instantiate{service, home,
+// the home's CA and manifest key, a capability}. The agent:
+//   1. checks the capability: issued by that CA, role "surrogate", not
+//      expired, scoped to this service and to the client on this connection
+//      (whose own certificate must come from the same CA), never used here
+//      before (a replayed capability is refused);
+//   2. connects to the home with the capability (the home checks it too:
+//      a forged one fails there) and fetches the signed manifest, refusing
+//      it unless the home's manifest key signed it;
+//   3. fetches memory, kernel and initrd through cache -> stick -> home,
+//      reporting Progress, and restores the VM; serves its disk over NBD,
+//      fetched on demand with the working set prefetched;
+//   4. answers Attached{consumed = the manifest's seq}; the client replays
+//      its log from there, and the session runs (ReplicaHost) on this same
+//      connection, so the replica's service is reachable by this client
+//      only.
+// The replica is destroyed when the client leaves, when the capability
+// expires, or when the agent stops. The cache directory is wiped at start;
+// capabilities and keys are held in memory only.
+#ifndef SLINGSHOT_DOM0_AGENT_AGENT_SERVER_H_
+#define SLINGSHOT_DOM0_AGENT_AGENT_SERVER_H_
+
+#include <memory>
+#include <string>
+
+#include "slingshot/hypervisor.h"
+#include "slingshot/status.h"
+
+namespace slingshot {
+
+struct AgentOptions {
+  std::string name = "surrogate";   // shown to clients
+  std::string listen_host = "0.0.0.0";
+  uint16_t listen_port = 7391;
+  std::string cache_dir;            // wiped at start
+  uint64_t cache_budget_bytes = 4ull << 30;
+  int max_replicas = 8;
+  HypervisorOptions hypervisor;
+};
+
+class AgentServer {
+ public:
+  static Result<std::unique_ptr<AgentServer>> Start(AgentOptions options);
+  ~AgentServer();
+  uint16_t port() const;
+  // The fingerprint of the agent's (ephemeral, self-signed) certificate:
+  // what a client may pin, and what DNS-SD advertises.
+  std::string fingerprint() const;
+  void Stop();
+
+  struct Impl;
+
+ private:
+  explicit AgentServer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace slingshot
+
+#endif  // SLINGSHOT_DOM0_AGENT_AGENT_SERVER_H_
