@@ -2,7 +2,15 @@
 // log that the proxy keeps of every input since the last checkpoint, and
 // fills the user's portable storage (a stick) with the chunks of their
 // services' latest state.
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <sstream>
 #include <chrono>
 #include <cstdio>
 #include <unordered_set>
@@ -16,6 +24,7 @@
 #include "slingshot/memory_image.h"
 #include "slingshot/portable.h"
 #include "slingshot/working_set.h"
+#include "proxy.h"
 
 namespace slingshot {
 namespace {
@@ -152,6 +161,147 @@ Status PortableStatus(const cli::po::variables_map& vm) {
   return Status::OK();
 }
 
+// --- pairing, the proxy and its control socket ---
+
+std::string StateDir(const cli::po::variables_map& vm) {
+  std::string d = vm["state-dir"].as<std::string>();
+  if (!d.empty()) return d;
+  if (const char* x = std::getenv("XDG_DATA_HOME"); x && *x) return std::string(x) + "/slingshot";
+  if (const char* h = std::getenv("HOME"); h && *h) return std::string(h) + "/.local/share/slingshot";
+  return "/var/lib/slingshot/client";
+}
+
+Result<std::string> ReadLine(const std::string& path) {
+  SLINGSHOT_ASSIGN_OR_RETURN(Bytes b, ReadFileBounded(path, 4096));
+  std::string s(b.begin(), b.end());
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+Status PairCmd(const cli::po::variables_map& vm) {
+  const std::string from = vm["dir"].as<std::string>();
+  const std::string to = StateDir(vm) + "/pairing";
+  SLINGSHOT_ASSIGN_OR_RETURN(TlsCredentials creds, TlsCredentials::Load(from));
+  SLINGSHOT_ASSIGN_OR_RETURN(PublicKey key, PublicKey::Load(from + "/manifest-key.pub"));
+  SLINGSHOT_ASSIGN_OR_RETURN(std::string address, ReadLine(from + "/home-address"));
+  SLINGSHOT_RETURN_IF_ERROR(cli::ParseHostPort(address).status());
+  SLINGSHOT_ASSIGN_OR_RETURN(CertificateInfo info, InspectCertificate(creds.cert_pem));
+  if (info.role != "client") return Status::InvalidArgument(from + " holds " + info.role + " credentials, not a client's");
+  std::error_code ec;
+  std::filesystem::remove_all(to, ec);
+  SLINGSHOT_RETURN_IF_ERROR(creds.Save(to));
+  SLINGSHOT_RETURN_IF_ERROR(key.Save(to + "/manifest-key.pub"));
+  SLINGSHOT_RETURN_IF_ERROR(WriteFileAtomic(to + "/home-address", AsBytes(address + "\n")));
+  std::printf("paired as \"%s\" with the home at %s (manifest key %s); saved in %s\n", info.common_name.c_str(),
+              address.c_str(), key.Fingerprint().c_str(), to.c_str());
+  return Status::OK();
+}
+
+Status ProxyCmd(const cli::po::variables_map& vm) {
+  const std::string state = StateDir(vm);
+  const std::string pairing = state + "/pairing";
+  ProxyOptions o;
+  o.service = vm["service"].as<std::string>();
+  auto creds = TlsCredentials::Load(pairing);
+  if (!creds.ok()) return creds.status().Annotate("not paired with a home (run slingshot-client pair DIR)");
+  o.creds = *creds;
+  SLINGSHOT_ASSIGN_OR_RETURN(o.manifest_key, PublicKey::Load(pairing + "/manifest-key.pub"));
+  std::string address = vm.count("home") ? vm["home"].as<std::string>() : "";
+  if (address.empty()) {
+    SLINGSHOT_ASSIGN_OR_RETURN(address, ReadLine(pairing + "/home-address"));
+  }
+  SLINGSHOT_ASSIGN_OR_RETURN(auto home, cli::ParseHostPort(address));
+  o.home_host = home.first;
+  o.home_port = home.second;
+  SLINGSHOT_ASSIGN_OR_RETURN(auto vnc, cli::ParseHostPort(vm["listen"].as<std::string>()));
+  o.vnc_host = vnc.first;
+  o.vnc_port = vnc.second;
+  o.log_dir = state + "/logs/" + o.service;
+  o.control_socket = state + "/proxy.sock";
+  o.sync_every_input = !vm.count("no-sync");
+  cli::BlockStopSignals();
+  std::printf("proxy for %s: connecting to the home at %s\n", o.service.c_str(), address.c_str());
+  std::fflush(stdout);
+  SLINGSHOT_ASSIGN_OR_RETURN(auto proxy, Proxy::Start(o));
+  std::printf("proxy ready: point a VNC viewer at %s:%u\n", o.vnc_host.c_str(), proxy->vnc_port());
+  std::fflush(stdout);
+  int sig = cli::WaitForStopSignal();
+  std::printf("stopping on %s\n", strsignal(sig));
+  proxy->Stop();
+  return Status::OK();
+}
+
+// Sends one command line to the running proxy and hands each answer line to fn.
+Status Control(const cli::po::variables_map& vm, const std::string& command,
+               const std::function<void(const std::string&)>& fn) {
+  const std::string path = StateDir(vm) + "/proxy.sock";
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::strncpy(a.sun_path, path.c_str(), sizeof(a.sun_path) - 1);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
+    int err = errno;
+    close(fd);
+    return Status::Unavailable("no proxy answers at " + path + " (" + strerror(err) +
+                               "): start it with slingshot-client proxy SERVICE");
+  }
+  std::string line = command + "\n";
+  (void)!write(fd, line.data(), line.size());
+  std::string cur;
+  char c;
+  Status result = Status::Unavailable("the proxy closed the connection without an answer");
+  while (read(fd, &c, 1) == 1) {
+    if (c != '\n') {
+      if (cur.size() < 65536) cur += c;
+      continue;
+    }
+    if (cur == "ok") result = Status::OK();
+    else if (cur.rfind("error ", 0) == 0) result = Status::IOError(cur.substr(6));
+    else fn(cur);
+    cur.clear();
+  }
+  close(fd);
+  return result;
+}
+
+Status StatusCmd(const cli::po::variables_map& vm) {
+  return Control(vm, "status", [](const std::string& l) { std::printf("%s\n", l.c_str()); });
+}
+
+Status UseCmd(const cli::po::variables_map& vm) {
+  SLINGSHOT_ASSIGN_OR_RETURN(auto addr, cli::ParseHostPort(vm["surrogate"].as<std::string>()));
+  std::string fp = vm.count("fingerprint") ? vm["fingerprint"].as<std::string>() : "-";
+  std::string stick = vm.count("stick") ? std::filesystem::absolute(vm["stick"].as<std::string>()).string() : "-";
+  const bool tty = isatty(STDOUT_FILENO);
+  auto st = Control(vm, "use " + addr.first + " " + std::to_string(addr.second) + " " + fp + " " + stick,
+                    [&](const std::string& l) {
+                      std::istringstream in(l);
+                      std::string word, phase;
+                      uint64_t done = 0, total = 0, stick_b = 0, home_b = 0;
+                      int64_t elapsed = 0;
+                      in >> word;
+                      if (word != "progress") {
+                        std::printf("%s%s\n", tty ? "\r\033[K" : "", l.c_str());
+                        return;
+                      }
+                      in >> phase >> done >> total >> word >> stick_b >> word >> home_b >> word >> elapsed;
+                      int width = 30, filled = total ? static_cast<int>(width * done / total) : 0;
+                      std::string bar(static_cast<size_t>(filled), '#');
+                      bar.resize(static_cast<size_t>(width), '.');
+                      std::string left = done && total > done
+                                             ? ", ~" + std::to_string(elapsed * static_cast<int64_t>(total - done) /
+                                                                       static_cast<int64_t>(done) / 1000 + 1) + " s left"
+                                             : "";
+                      std::printf("%s[%s] %-8s %s/%s  stick %s  home %s%s%s", tty ? "\r\033[K" : "", bar.c_str(),
+                                  phase.c_str(), HumanBytes(done).c_str(), HumanBytes(total).c_str(),
+                                  HumanBytes(stick_b).c_str(), HumanBytes(home_b).c_str(), left.c_str(),
+                                  tty ? "" : "\n");
+                      std::fflush(stdout);
+                    });
+  if (tty) std::printf("\n");
+  return st;
+}
+
 }  // namespace
 }  // namespace slingshot
 
@@ -168,9 +318,35 @@ int main(int argc, char** argv) {
   p.default_config = "/etc/slingshot/client.conf";
   p.global_options = [](Opts& d) {
     d.add_options()("log", value<std::string>()->default_value("/var/lib/slingshot/client/events"),
-                    "event log directory");
+                    "event log directory (log stats, log show)")
+        ("state-dir", value<std::string>()->default_value(""),
+         "pairing, event logs and the proxy's socket (default $XDG_DATA_HOME/slingshot or ~/.local/share/slingshot)");
   };
   p.commands = {
+      {"pair", "take the pairing a home issued (slingshot-home pair) into this client", "DIR",
+       [](Opts& d, Pos& pos) {
+         d.add_options()("dir", value<std::string>()->required(), "the folder slingshot-home pair wrote");
+         pos.add("dir", 1);
+       },
+       PairCmd},
+      {"proxy", "run the proxy: a VNC endpoint for your viewer in front of every replica of SERVICE", "SERVICE",
+       [](Opts& d, Pos& pos) {
+         d.add_options()("service", value<std::string>()->required(), "the service at home")
+             ("listen", value<std::string>()->default_value("127.0.0.1:5900"), "where VNC viewers connect")
+             ("home", value<std::string>(), "the home's address (default: from pairing)")
+             ("no-sync", "do not fdatasync each input (a crash of the machine may lose the last ones)");
+         pos.add("service", 1);
+       },
+       ProxyCmd},
+      {"use", "instantiate a replica on a surrogate, with a progress bar", "HOST:PORT [--fingerprint FP] [--stick DIR]",
+       [](Opts& d, Pos& pos) {
+         d.add_options()("surrogate", value<std::string>()->required(), "the surrogate's agent, HOST:PORT")
+             ("fingerprint", value<std::string>(), "refuse an agent whose certificate has another fingerprint")
+             ("stick", value<std::string>(), "portable storage plugged into the surrogate (its path there)");
+         pos.add("surrogate", 1);
+       },
+       UseCmd},
+      {"status", "ask the running proxy about its replicas, leader and log", "", cli::NoOptions, StatusCmd},
       {"log stats", "recover the event log and print what it holds", "", cli::NoOptions, LogStats},
       {"log show", "list records (seq, time, type, size)", "[--from SEQ] [--limit N]",
        [](Opts& d, Pos&) {
