@@ -36,7 +36,8 @@ int ConnectTo(const std::string& host, uint16_t port) {
 }  // namespace
 
 Result<std::unique_ptr<LinkEmulator>> LinkEmulator::Start(const std::string& target_host, uint16_t target_port,
-                                                          LinkProfile profile) {
+                                                          LinkProfile profile, const std::string& listen_host,
+                                                          uint16_t listen_port) {
   std::unique_ptr<LinkEmulator> l(new LinkEmulator());
   l->target_host_ = target_host;
   l->target_port_ = target_port;
@@ -44,7 +45,12 @@ Result<std::unique_ptr<LinkEmulator>> LinkEmulator::Start(const std::string& tar
   l->listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_in a{};
   a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(listen_port);
+  if (inet_pton(AF_INET, listen_host.c_str(), &a.sin_addr) != 1) {
+    return Status::InvalidArgument("link emulator: listen address " + listen_host + " is not IPv4");
+  }
+  int one = 1;
+  setsockopt(l->listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
   socklen_t len = sizeof(a);
   if (::bind(l->listen_fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 || ::listen(l->listen_fd_, 64) != 0 ||
       ::getsockname(l->listen_fd_, reinterpret_cast<sockaddr*>(&a), &len) != 0) {

@@ -31,9 +31,11 @@ struct LinkProfile {
 
 class LinkEmulator {
  public:
-  // Relays 127.0.0.1:port() to target_host:target_port.
+  // Relays listen_host:port() to target_host:target_port.
   static Result<std::unique_ptr<LinkEmulator>> Start(const std::string& target_host, uint16_t target_port,
-                                                     LinkProfile profile);
+                                                     LinkProfile profile,
+                                                     const std::string& listen_host = "127.0.0.1",
+                                                     uint16_t listen_port = 0);
   ~LinkEmulator();
   uint16_t port() const { return port_; }
   uint64_t bytes_relayed() const { return bytes_; }

@@ -1,0 +1,440 @@
+// End to end (DESIGN.md §5, issue 5): real processes, real QEMU TCG guests,
+// client / surrogates / home each in a network namespace (world.sh, a ctest
+// fixture, builds them and runs the home daemon with the notepad service).
+//
+// Each test starts its own proxy (and agents) on the world's one client
+// state, so the event log and the document carry over from test to test:
+// every test reads the document at home first and checks that it ends as
+// that text plus exactly what the test typed. Tests may run in any order.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "notepad_client.h"
+#include "slingshot/coding.h"
+#include "slingshot/file_util.h"
+#include "slingshot/keys.h"
+#include "slingshot/tls.h"
+#include "slingshot/transport.h"
+
+namespace slingshot::testing {
+namespace {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+namespace fs = std::filesystem;
+
+const std::string kBuild = SLINGSHOT_BUILD_DIR;
+const std::string kWorld = kBuild + "/e2e-world";
+const std::string kState = kWorld + "/client";
+const std::string kClient = kBuild + "/client/slingshot-client";
+const std::string kAgent = kBuild + "/dom0-agent/slingshot-agent";
+// The client reaches home through a link emulator in its own namespace (a
+// WAN: 40 ms, 50 Mbit/s), so a surrogate on the hotspot answers faster.
+const std::string kHomeViaWan = "10.77.0.2:17390";
+
+// Runs f with this thread in network namespace ns (sockets made inside stay there).
+template <class F>
+auto InNetns(const std::string& ns, F f) {
+  int self = ::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+  int target = ::open(("/var/run/netns/" + ns).c_str(), O_RDONLY | O_CLOEXEC);
+  EXPECT_GE(target, 0) << "no namespace " << ns << " (is the e2e world up?)";
+  EXPECT_EQ(setns(target, CLONE_NEWNET), 0);
+  auto r = f();
+  EXPECT_EQ(setns(self, CLONE_NEWNET), 0);
+  ::close(self);
+  ::close(target);
+  return r;
+}
+
+// A child process in namespace ns, its output in log.
+struct Process {
+  pid_t pid = -1;
+  std::string log;
+  Process() = default;
+  Process(const std::string& ns, std::vector<std::string> argv, std::string log_path) : log(std::move(log_path)) {
+    argv.insert(argv.begin(), {"ip", "netns", "exec", ns});
+    pid = fork();
+    if (pid == 0) {
+      setsid();
+      int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      dup2(fd, 1);
+      dup2(fd, 2);
+      std::vector<char*> a;
+      for (auto& s : argv) a.push_back(s.data());
+      a.push_back(nullptr);
+      execvp("ip", a.data());
+      _exit(127);
+    }
+  }
+  ~Process() { Kill(SIGKILL); }
+  void Kill(int sig) {
+    if (pid <= 0) return;
+    ::kill(pid, sig);
+    int st;
+    waitpid(pid, &st, 0);
+    pid = -1;
+  }
+  std::string Output() const {
+    auto b = ReadFileBounded(log, 16 << 20);
+    return b.ok() ? std::string(b->begin(), b->end()) : "";
+  }
+  bool WaitFor(const std::string& text, std::chrono::milliseconds timeout) const {
+    auto end = Clock::now() + timeout;
+    while (Clock::now() < end) {
+      if (Output().find(text) != std::string::npos) return true;
+      std::this_thread::sleep_for(50ms);
+    }
+    return false;
+  }
+};
+
+std::string Shell(const std::string& cmd, int* rc = nullptr) {
+  std::string out;
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  int st = pclose(p);
+  if (rc) *rc = WEXITSTATUS(st);
+  return out;
+}
+
+// Where the home's primary answers its notepad control port (in ss-home).
+Endpoint HomeControl() {
+  std::ifstream in(kWorld + "/home/services/notepad/endpoints");
+  std::string port, addr;
+  while (in >> port >> addr) {
+    if (port == "5901") return Endpoint{addr.substr(0, addr.find(':')), uint16_t(std::stoi(addr.substr(addr.find(':') + 1)))};
+  }
+  return {};
+}
+
+Result<std::string> HomeDoc() {
+  return InNetns("ss-home", [] { return DocumentText(HomeControl()); });
+}
+
+Status WaitHomeDoc(const std::string& want, std::chrono::milliseconds timeout) {
+  auto end = Clock::now() + timeout;
+  std::string last;
+  while (Clock::now() < end) {
+    auto d = HomeDoc();
+    if (d.ok() && *d == want) return Status::OK();
+    if (d.ok()) last = *d;
+    std::this_thread::sleep_for(200ms);
+  }
+  return Status::Unavailable("home document is \"" + last + "\", want \"" + want + "\"");
+}
+
+std::string StatusText() { return Shell(kClient + " status --state-dir " + kState); }
+
+bool WaitStatus(const std::string& needle, std::chrono::milliseconds timeout) {
+  auto end = Clock::now() + timeout;
+  while (Clock::now() < end) {
+    if (StatusText().find(needle) != std::string::npos) return true;
+    std::this_thread::sleep_for(100ms);
+  }
+  return false;
+}
+
+class E2eTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(fs::exists(kWorld + "/home.pid")) << "the e2e world is not up (ctest runs tests/e2e/world.sh)";
+    wan_ = std::make_unique<Process>(
+        "ss-client", std::vector<std::string>{kBuild + "/tests/support/slingshot-linkemu", kHomeViaWan, "10.77.0.1:7390", "40", "50"},
+        kWorld + "/linkemu.log");
+    ASSERT_TRUE(wan_->WaitFor("relaying", 10s)) << wan_->Output();
+    auto d = HomeDoc();
+    ASSERT_TRUE(d.ok()) << d.status().ToString();
+    doc_ = *d;
+  }
+  void TearDown() override {
+    rfb_.reset();
+    if (proxy_) proxy_->Kill(SIGTERM);
+    agents_.clear();
+    wan_.reset();
+  }
+
+  void StartProxy() {
+    proxy_ = std::make_unique<Process>(
+        "ss-client",
+        std::vector<std::string>{kClient, "proxy", "notepad", "--state-dir", kState, "--home", kHomeViaWan},
+        kWorld + "/proxy-" + std::to_string(++proxies_) + ".log");
+    ASSERT_TRUE(proxy_->WaitFor("proxy ready", 120s)) << proxy_->Output();
+    auto s = InNetns("ss-client", [] { return RfbSession::Connect(Endpoint{"127.0.0.1", 5900}); });
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    rfb_ = std::move(*s);
+  }
+
+  Process* StartAgent(const std::string& ns, const std::string& ip, const std::string& name) {
+    agents_.push_back(std::make_unique<Process>(
+        ns,
+        std::vector<std::string>{kAgent, "run", "--listen", ip + ":7391", "--name", name, "--cache",
+                                 kWorld + "/" + name + "-cache", "--accel", "tcg"},
+        kWorld + "/" + name + ".log"));
+    EXPECT_TRUE(agents_.back()->WaitFor("listening", 20s)) << agents_.back()->Output();
+    return agents_.back().get();
+  }
+
+  std::string Use(const std::string& addr, int* rc) {
+    return Shell(kClient + " use " + addr + " --state-dir " + kState, rc);
+  }
+
+  // Types text through the proxy, one key at a time, like a person.
+  void Type(const std::string& text, int gap_ms = 15) {
+    for (char c : text) {
+      ASSERT_TRUE(rfb_->Type(std::string(1, c)).ok());
+      std::this_thread::sleep_for(std::chrono::milliseconds(gap_ms));
+    }
+  }
+
+  std::string doc_;
+  std::unique_ptr<Process> wan_, proxy_;
+  std::vector<std::unique_ptr<Process>> agents_;
+  std::unique_ptr<RfbSession> rfb_;
+  int proxies_ = 0;
+};
+
+TEST_F(E2eTest, TypingThroughTheProxyReachesThePrimaryAtHome) {
+  StartProxy();
+  Type("hello home. ");
+  EXPECT_TRUE(WaitHomeDoc(doc_ + "hello home. ", 60s).ok()) << proxy_->Output();
+  EXPECT_NE(StatusText().find("replica home"), std::string::npos);
+}
+
+TEST_F(E2eTest, SurrogateLeadsThenDiesMidTypingAndNothingIsLost) {
+  StartProxy();
+  StartAgent("ss-surr", "10.77.0.3", "cafe");
+  int rc;
+  std::string out = Use("10.77.0.3:7391", &rc);
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("ready replica cafe"), std::string::npos) << out;
+  Type("abc");
+  ASSERT_TRUE(WaitStatus("replica cafe consumed", 10s));
+  ASSERT_TRUE(WaitStatus("leader", 10s));
+  // The surrogate is near; home is 40 ms away: the surrogate leads.
+  Type("def");
+  ASSERT_TRUE(WaitStatus(" live leader", 20s)) << StatusText();
+  EXPECT_NE(StatusText().find("cafe consumed"), std::string::npos);
+  std::string st = StatusText();
+  EXPECT_NE(st.find("replica cafe consumed"), std::string::npos);
+  EXPECT_TRUE(st.find("cafe") < st.find("leader") || st.find("home") > st.find("leader")) << st;
+
+  const std::string text = "the quick brown fox jumps over the lazy dog";
+  std::thread killer([&] {
+    std::this_thread::sleep_for(300ms);
+    for (int pid : ProcessesMatching("-name replica-")) ::kill(pid, SIGKILL);
+    agents_[0]->Kill(SIGKILL);
+  });
+  Type(text, 20);
+  killer.join();
+  EXPECT_TRUE(WaitHomeDoc(doc_ + "abcdef" + text, 90s).ok()) << proxy_->Output();
+  EXPECT_TRUE(WaitStatus("replica home consumed", 5s));
+  EXPECT_EQ(StatusText().find("cafe"), std::string::npos) << StatusText();
+}
+
+TEST_F(E2eTest, ProxyKilledAndRestartedRecoversItsLog) {
+  StartProxy();
+  Type("before crash ");
+  ASSERT_TRUE(WaitHomeDoc(doc_ + "before crash ", 60s).ok());
+  // Keys the proxy logged may not have reached home when it dies.
+  Type("xyz", 0);
+  proxy_->Kill(SIGKILL);
+  rfb_.reset();
+  StartProxy();
+  Type(" after");
+  EXPECT_TRUE(WaitHomeDoc(doc_ + "before crash xyz after", 60s).ok()) << proxy_->Output();
+}
+
+TEST_F(E2eTest, HomeRestartBringsThePrimaryBackFromCheckpointAndLog) {
+  StartProxy();
+  Type("kept ");
+  ASSERT_TRUE(WaitHomeDoc(doc_ + "kept ", 60s).ok());
+  // Stop the home, keep typing (the log holds it), start it again.
+  int rc;
+  Shell("kill -9 $(cat " + kWorld + "/home.pid)", &rc);
+  Type("while home is down ");
+  std::string h = "--store " + kWorld + "/home/store --key " + kWorld + "/home/home.key --tls-dir " + kWorld +
+                  "/home/tls --services-dir " + kWorld + "/home/services";
+  Shell("ip netns exec ss-home setsid " + kBuild + "/home/slingshot-home run " + h +
+          " --listen 10.77.0.1:7390 --accel tcg --checkpoint-inputs 40 --checkpoint-seconds 5 >" + kWorld +
+          "/home.log 2>&1 </dev/null & echo $! >" + kWorld + "/home.pid",
+      &rc);
+  Type("and after");
+  EXPECT_TRUE(WaitHomeDoc(doc_ + "kept while home is down and after", 120s).ok()) << proxy_->Output();
+}
+
+TEST_F(E2eTest, ASecondSurrogateJoinsWhileTheFirstRuns) {
+  StartProxy();
+  StartAgent("ss-surr", "10.77.0.3", "cafe");
+  StartAgent("ss-surr2", "10.77.0.4", "library");
+  int rc;
+  std::string out = Use("10.77.0.3:7391", &rc);
+  ASSERT_EQ(rc, 0) << out;
+  Type("one ");
+  out = Use("10.77.0.4:7391", &rc);
+  ASSERT_EQ(rc, 0) << out;
+  Type("two");
+  ASSERT_TRUE(WaitStatus("replica library consumed", 10s));
+  std::string st = StatusText();
+  EXPECT_NE(st.find("replica cafe"), std::string::npos) << st;
+  EXPECT_NE(st.find("replica library"), std::string::npos) << st;
+  EXPECT_TRUE(WaitHomeDoc(doc_ + "one two", 60s).ok());
+  // Leaving the first hotspot: its replica goes, typing goes on.
+  agents_[0]->Kill(SIGKILL);
+  Type(" three");
+  EXPECT_TRUE(WaitHomeDoc(doc_ + "one two three", 60s).ok());
+}
+
+// --- capabilities: talk to an agent directly, as a client would ---
+
+struct Pairing {
+  TlsCredentials creds;
+  Bytes manifest_key;
+};
+Pairing LoadPairing() {
+  Pairing p;
+  p.creds = *TlsCredentials::Load(kState + "/pairing");
+  auto k = PublicKey::Load(kState + "/pairing/manifest-key.pub");
+  p.manifest_key.assign(k->raw().begin(), k->raw().end());
+  return p;
+}
+
+// Sends Instantiate with cap to the agent at 10.77.0.3 and returns how it ended.
+Status Instantiate(const TlsCredentials& client, const TlsCredentials& cap, const Bytes& manifest_key) {
+  return InNetns("ss-client", [&]() -> Status {
+    ConnectOptions o;
+    o.verify_server_ca = false;
+    SLINGSHOT_ASSIGN_OR_RETURN(auto c, Connection::Connect("10.77.0.3", 7391, client, o));
+    wire::Instantiate in;
+    in.service = "notepad";
+    in.home_host = "10.77.0.1";
+    in.home_port = 7390;
+    in.ca_pem = client.ca_pem;
+    in.manifest_key = manifest_key;
+    in.cert_pem = cap.cert_pem;
+    in.key_pem = cap.key_pem;
+    SLINGSHOT_RETURN_IF_ERROR(c->Send(1, in));
+    for (;;) {
+      SLINGSHOT_ASSIGN_OR_RETURN(Frame f, c->Receive(120000));
+      if (auto* e = std::get_if<wire::Error>(&f.message)) return e->ToStatus("agent");
+      if (std::holds_alternative<wire::Attached>(f.message)) return Status::OK();
+    }
+  });
+}
+
+Result<TlsCredentials> CapabilityFromHome(const TlsCredentials& client) {
+  return InNetns("ss-client", [&]() -> Result<TlsCredentials> {
+    ConnectOptions o;
+    o.expected_role = "home";
+    SLINGSHOT_ASSIGN_OR_RETURN(auto c, Connection::Connect("10.77.0.1", 7390, client, o));
+    SLINGSHOT_RETURN_IF_ERROR(c->Send(1, wire::GetCapability{"notepad", 300}));
+    SLINGSHOT_ASSIGN_OR_RETURN(wire::Message m, c->Expect(1, wire::MessageType::kCapability));
+    auto& cap = std::get<wire::Capability>(m);
+    return TlsCredentials{client.ca_pem, cap.cert_pem, cap.key_pem};
+  });
+}
+
+TEST_F(E2eTest, ForgedExpiredAndReplayedCapabilitiesAndAWrongManifestKeyAreRefused) {
+  StartAgent("ss-surr", "10.77.0.3", "cafe");
+  Pairing p = LoadPairing();
+  auto home_ca = CertificateAuthority::Load(kWorld + "/home/tls/ca");
+  ASSERT_TRUE(home_ca.ok());
+
+  // Forged: a capability from another CA.
+  auto mallory = CertificateAuthority::Create("mallory", 3600);
+  auto forged = mallory->Issue("alice", "surrogate", 300, "service=notepad;client=alice");
+  Status s = Instantiate(p.creds, *forged, p.manifest_key);
+  EXPECT_EQ(s.code(), Status::Code::kPermissionDenied) << s.ToString();
+  EXPECT_NE(s.message().find("not issued by the home's CA"), std::string::npos) << s.ToString();
+
+  // Forged with a matching fake CA: the agent cannot tell, the home can.
+  TlsCredentials fake_client = *mallory->Issue("alice", "client", 300);
+  s = Instantiate(fake_client, *forged, p.manifest_key);
+  EXPECT_FALSE(s.ok());
+  EXPECT_EQ(s.code(), Status::Code::kPermissionDenied) << s.ToString();
+
+  // Expired.
+  auto expired = home_ca->Issue("alice", "surrogate", -60, "service=notepad;client=alice");
+  s = Instantiate(p.creds, *expired, p.manifest_key);
+  EXPECT_EQ(s.code(), Status::Code::kPermissionDenied) << s.ToString();
+  EXPECT_NE(s.message().find("expired"), std::string::npos) << s.ToString();
+
+  // Another client's capability.
+  auto bobs = CapabilityFromHome(*home_ca->Issue("bob", "client", 300));
+  ASSERT_TRUE(bobs.ok()) << bobs.status().ToString();
+  s = Instantiate(p.creds, *bobs, p.manifest_key);
+  EXPECT_EQ(s.code(), Status::Code::kPermissionDenied) << s.ToString();
+  EXPECT_NE(s.message().find("issued to client \"bob\""), std::string::npos) << s.ToString();
+
+  // A manifest not signed by the key the client trusts (as a tampered one).
+  auto cap = CapabilityFromHome(p.creds);
+  ASSERT_TRUE(cap.ok()) << cap.status().ToString();
+  auto other = SigningKey::Generate();
+  Bytes wrong(other->public_key().raw().begin(), other->public_key().raw().end());
+  s = Instantiate(p.creds, *cap, wrong);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("manifest"), std::string::npos) << s.ToString();
+
+  // Replayed: a capability is good for one replica.
+  auto cap2 = CapabilityFromHome(p.creds);
+  ASSERT_TRUE(cap2.ok());
+  std::thread first([&] { EXPECT_TRUE(Instantiate(p.creds, *cap2, p.manifest_key).ok()); });
+  first.join();
+  s = Instantiate(p.creds, *cap2, p.manifest_key);
+  EXPECT_EQ(s.code(), Status::Code::kPermissionDenied) << s.ToString();
+  EXPECT_NE(s.message().find("already used"), std::string::npos) << s.ToString();
+}
+
+TEST_F(E2eTest, TheHomeGivesASurrogateWithoutACapabilityNothing) {
+  auto home_ca = CertificateAuthority::Load(kWorld + "/home/tls/ca");
+  ASSERT_TRUE(home_ca.ok());
+  // A surrogate certificate with no capability scope.
+  TlsCredentials bare = *home_ca->Issue("hotspot", "surrogate", 300);
+  Status s = InNetns("ss-surr", [&]() -> Status {
+    SLINGSHOT_ASSIGN_OR_RETURN(auto c, Connection::Connect("10.77.0.1", 7390, bare));
+    SLINGSHOT_RETURN_IF_ERROR(c->Send(1, wire::GetRef{"manifest/notepad"}));
+    return c->Expect(1, wire::MessageType::kRefData).status();
+  });
+  EXPECT_EQ(s.code(), Status::Code::kPermissionDenied) << s.ToString();
+  EXPECT_NE(s.message().find("holds no capability"), std::string::npos) << s.ToString();
+  // A capability for notepad does not open other refs.
+  Pairing p = LoadPairing();
+  auto cap = CapabilityFromHome(p.creds);
+  ASSERT_TRUE(cap.ok());
+  s = InNetns("ss-surr", [&]() -> Status {
+    SLINGSHOT_ASSIGN_OR_RETURN(auto c, Connection::Connect("10.77.0.1", 7390, *cap));
+    SLINGSHOT_RETURN_IF_ERROR(c->Send(1, wire::GetRef{"disk/notepad"}));
+    return c->Expect(1, wire::MessageType::kRefData).status();
+  });
+  EXPECT_EQ(s.code(), Status::Code::kPermissionDenied) << s.ToString();
+}
+
+TEST_F(E2eTest, TheLogIsTruncatedWhenTheHomeCheckpoints) {
+  StartProxy();
+  std::string before = StatusText();
+  Type(std::string(50, 'k'), 5);
+  ASSERT_TRUE(WaitHomeDoc(doc_ + std::string(50, 'k'), 60s).ok());
+  // The home checkpoints every 40 inputs (world.sh); the proxy drops what it covers.
+  auto end = Clock::now() + 60s;
+  bool truncated = false;
+  while (Clock::now() < end && !truncated) {
+    truncated = proxy_->Output().find("log truncated up to") != std::string::npos;
+    std::this_thread::sleep_for(200ms);
+  }
+  EXPECT_TRUE(truncated) << proxy_->Output();
+}
+
+}  // namespace
+}  // namespace slingshot::testing

@@ -1,0 +1,60 @@
+#!/bin/bash
+# The e2e world (ctest fixture): client, surrogates and home, each in its own
+# network namespace, joined by veth pairs to a bridge; a home daemon with the
+# notepad service in the home namespace.
+#   world.sh up BUILD_DIR     build it (idempotent: tears down first)
+#   world.sh down BUILD_DIR   remove it all
+# State lives in BUILD_DIR/e2e-world; addresses: home 10.77.0.1, client
+# 10.77.0.2, surrogates 10.77.0.3 and 10.77.0.4.
+set -euo pipefail
+cmd=$1
+build=$(cd "$2" && pwd)
+world=$build/e2e-world
+names=(home client surr surr2)
+down() {
+  if [ -f "$world/home.pid" ]; then kill -TERM "$(cat "$world/home.pid")" 2>/dev/null || true; sleep 1; fi
+  for n in "${names[@]}"; do
+    ip netns pids "ss-$n" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+    ip netns del "ss-$n" 2>/dev/null || true
+  done
+  ip link del ssbr0 2>/dev/null || true
+  rm -rf "$world"
+}
+if [ "$cmd" = down ]; then down; exit 0; fi
+[ "$cmd" = up ] || { echo "usage: world.sh up|down BUILD_DIR" >&2; exit 2; }
+down
+mkdir -p "$world"
+ip link add ssbr0 type bridge
+ip link set ssbr0 up
+i=1
+for n in "${names[@]}"; do
+  ip netns add "ss-$n"
+  ip link add "ss-$n-h" type veth peer name eth0 netns "ss-$n"
+  ip link set "ss-$n-h" master ssbr0 up
+  ip -n "ss-$n" addr add "10.77.0.$i/24" dev eth0
+  ip -n "ss-$n" link set eth0 up
+  ip -n "ss-$n" link set lo up
+  i=$((i + 1))
+done
+home=$build/home/slingshot-home
+g=$build/guest
+h="--store $world/home/store --key $world/home/home.key --tls-dir $world/home/tls --services-dir $world/home/services"
+$home init $h --name e2e-home >/dev/null
+$home service create notepad --kernel "$g/vmlinuz" --initrd "$g/initrd.img" \
+  --cmdline "quiet panic=1 slingshot.disk=auto" --extra-port 5901 $h >/dev/null
+$home pair alice --out "$world/pairing" --address 10.77.0.1:7390 $h >/dev/null
+$build/client/slingshot-client pair "$world/pairing" --state-dir "$world/client" >/dev/null
+# A home that checkpoints often, so that tests see log truncation.
+ip netns exec ss-home setsid "$home" run $h --listen 10.77.0.1:7390 --accel tcg \
+  --checkpoint-inputs 40 --checkpoint-seconds 5 >"$world/home.log" 2>&1 </dev/null &
+echo $! >"$world/home.pid"
+for _ in $(seq 1 240); do
+  if grep -q "^epoch" "$world/home/services/notepad/status" 2>/dev/null; then
+    echo "world up: home pid $(cat "$world/home.pid"), $(cat "$world/home/services/notepad/status")"
+    exit 0
+  fi
+  sleep 0.5
+done
+echo "the home did not publish a first checkpoint within 120 s; its log:" >&2
+cat "$world/home.log" >&2
+exit 1
