@@ -313,6 +313,11 @@ TEST_F(E2eTest, HomeRestartBringsThePrimaryBackFromCheckpointAndLog) {
       &rc);
   Type("and after");
   EXPECT_TRUE(WaitHomeDoc(doc_ + "kept while home is down and after", 120s).ok()) << proxy_->Output();
+  // The primary came back from its checkpoint, and the proxy replayed the rest.
+  auto home_log = ReadFileBounded(kWorld + "/home.log", 1 << 20);
+  ASSERT_TRUE(home_log.ok());
+  EXPECT_NE(std::string(home_log->begin(), home_log->end()).find("restored from checkpoint"), std::string::npos);
+  EXPECT_NE(proxy_->Output().find("replica home attached"), std::string::npos);
 }
 
 TEST_F(E2eTest, ASecondSurrogateJoinsWhileTheFirstRuns) {
