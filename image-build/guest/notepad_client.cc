@@ -134,7 +134,41 @@ Result<std::unique_ptr<RfbSession>> RfbSession::Connect(const Endpoint& ep) {
     return Status::IOError("RFB handshake with " + ep.host + ":" + std::to_string(ep.port) +
                            " failed");
   }
-  return std::unique_ptr<RfbSession>(new RfbSession(c));
+  std::unique_ptr<RfbSession> s(new RfbSession(c));
+  rfbClientSetClientData(c, reinterpret_cast<void*>(&OnUpdateDone), s.get());
+  c->FinishedFrameBufferUpdate = OnUpdateDone;
+  return s;
+}
+
+void RfbSession::OnUpdateDone(rfbClient* c) {
+  auto* s = static_cast<RfbSession*>(rfbClientGetClientData(c, reinterpret_cast<void*>(&OnUpdateDone)));
+  if (s) ++s->updates_;
+}
+
+Result<double> RfbSession::KeyToScreenMs(uint32_t keysym, int timeout_ms) {
+  const uint64_t before = updates_;
+  auto start = Clock::now();
+  if (!SendKeyEvent(client_, keysym, TRUE) || !SendKeyEvent(client_, keysym, FALSE)) {
+    return Status::IOError("RFB: sending a key event failed");
+  }
+  auto deadline = start + std::chrono::milliseconds(timeout_ms);
+  while (updates_ == before) {
+    int left = static_cast<int>(std::chrono::duration_cast<std::chrono::microseconds>(deadline - Clock::now()).count());
+    if (left <= 0) return Status::Unavailable("no screen update within " + std::to_string(timeout_ms) + " ms of the key");
+    int r = WaitForMessage(client_, static_cast<unsigned>(left));
+    if (r < 0) return Status::IOError("RFB connection failed");
+    if (r > 0 && !HandleRFBServerMessage(client_)) return Status::IOError("RFB: bad server message");
+  }
+  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
+
+Status RfbSession::Drain(int quiet_ms) {
+  for (;;) {
+    int r = WaitForMessage(client_, static_cast<unsigned>(quiet_ms) * 1000);
+    if (r < 0) return Status::IOError("RFB connection failed");
+    if (r == 0) return Status::OK();
+    if (!HandleRFBServerMessage(client_)) return Status::IOError("RFB: bad server message");
+  }
 }
 
 RfbSession::~RfbSession() {

@@ -51,6 +51,14 @@ class RfbSession {
   Status Type(const std::string& text);
   // Handles the server messages that arrive within timeout_ms.
   Status Pump(int timeout_ms);
+  // Screen updates handled so far.
+  uint64_t updates() const { return updates_; }
+  // Presses and releases key, then reads until the next screen update:
+  // the keystroke-to-screen time in ms. Drain first so that an earlier
+  // update is not mistaken for this key's.
+  Result<double> KeyToScreenMs(uint32_t keysym, int timeout_ms);
+  // Reads until the server has been quiet for quiet_ms.
+  Status Drain(int quiet_ms);
   // Asks for a full update and waits until the framebuffer equals what
   // notepad::Render draws for `text`; the error counts differing pixels.
   Status WaitForScreen(const notepad::Font& font, const std::string& text,
@@ -58,7 +66,9 @@ class RfbSession {
 
  private:
   explicit RfbSession(rfbClient* c) : client_(c) {}
+  static void OnUpdateDone(rfbClient* c);
   rfbClient* client_;
+  uint64_t updates_ = 0;
 };
 
 // Pids of live processes whose command line contains needle.

@@ -10,7 +10,6 @@
 #include <gtest/gtest.h>
 #include <sched.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -22,6 +21,7 @@
 #include <thread>
 
 #include "notepad_client.h"
+#include "process.h"
 #include "slingshot/coding.h"
 #include "slingshot/file_util.h"
 #include "slingshot/keys.h"
@@ -56,61 +56,6 @@ auto InNetns(const std::string& ns, F f) {
   ::close(self);
   ::close(target);
   return r;
-}
-
-// A child process in namespace ns, its output in log.
-struct Process {
-  pid_t pid = -1;
-  std::string log;
-  Process() = default;
-  Process(const std::string& ns, std::vector<std::string> argv, std::string log_path) : log(std::move(log_path)) {
-    argv.insert(argv.begin(), {"ip", "netns", "exec", ns});
-    ::unlink(log.c_str());  // WaitFor must never see a previous run's words
-    pid = fork();
-    if (pid == 0) {
-      setsid();
-      prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive the test
-      int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      dup2(fd, 1);
-      dup2(fd, 2);
-      std::vector<char*> a;
-      for (auto& s : argv) a.push_back(s.data());
-      a.push_back(nullptr);
-      execvp("ip", a.data());
-      _exit(127);
-    }
-  }
-  ~Process() { Kill(SIGKILL); }
-  void Kill(int sig) {
-    if (pid <= 0) return;
-    ::kill(pid, sig);
-    int st;
-    waitpid(pid, &st, 0);
-    pid = -1;
-  }
-  std::string Output() const {
-    auto b = ReadFileBounded(log, 16 << 20);
-    return b.ok() ? std::string(b->begin(), b->end()) : "";
-  }
-  bool WaitFor(const std::string& text, std::chrono::milliseconds timeout) const {
-    auto end = Clock::now() + timeout;
-    while (Clock::now() < end) {
-      if (Output().find(text) != std::string::npos) return true;
-      std::this_thread::sleep_for(50ms);
-    }
-    return false;
-  }
-};
-
-std::string Shell(const std::string& cmd, int* rc = nullptr) {
-  std::string out;
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  int st = pclose(p);
-  if (rc) *rc = WEXITSTATUS(st);
-  return out;
 }
 
 // Where the home's primary answers its notepad control port (in ss-home).
@@ -185,8 +130,8 @@ class E2eTest : public ::testing::Test {
   void SetUp() override {
     ASSERT_TRUE(fs::exists(kWorld + "/home.pid")) << "the e2e world is not up (ctest runs tests/e2e/world.sh)";
     wan_ = std::make_unique<Process>(
-        "ss-client", std::vector<std::string>{kBuild + "/tests/support/slingshot-linkemu", kHomeViaWan, "10.77.0.1:7390", "40", "50"},
-        kWorld + "/linkemu.log");
+        std::vector<std::string>{kBuild + "/tests/support/slingshot-linkemu", kHomeViaWan, "10.77.0.1:7390", "40", "50"},
+        kWorld + "/linkemu.log", "ss-client");
     ASSERT_TRUE(wan_->WaitFor("relaying", 10s)) << wan_->Output();
     auto d = HomeDoc();
     ASSERT_TRUE(d.ok()) << d.status().ToString();
@@ -202,9 +147,8 @@ class E2eTest : public ::testing::Test {
   void StartProxy() {
     if (HasFatalFailure()) return;
     proxy_ = std::make_unique<Process>(
-        "ss-client",
         std::vector<std::string>{kClient, "proxy", "notepad", "--state-dir", kState, "--home", kHomeViaWan},
-        kWorld + "/proxy-" + std::to_string(++proxies_) + ".log");
+        kWorld + "/proxy-" + std::to_string(++proxies_) + ".log", "ss-client");
     ASSERT_TRUE(proxy_->WaitFor("proxy ready", 120s)) << proxy_->Output();
     Result<std::unique_ptr<RfbSession>> s = Status::Unavailable("not tried");
     for (int i = 0; i < 20 && !s.ok(); ++i) {
@@ -217,10 +161,9 @@ class E2eTest : public ::testing::Test {
 
   Process* StartAgent(const std::string& ns, const std::string& ip, const std::string& name) {
     agents_.push_back(std::make_unique<Process>(
-        ns,
         std::vector<std::string>{kAgent, "run", "--listen", ip + ":7391", "--name", name, "--cache",
                                  kWorld + "/" + name + "-cache", "--accel", "tcg"},
-        kWorld + "/" + name + ".log"));
+        kWorld + "/" + name + ".log", ns));
     EXPECT_TRUE(agents_.back()->WaitFor("listening", 20s)) << agents_.back()->Output();
     return agents_.back().get();
   }

@@ -156,10 +156,11 @@ TEST(RfbAdapterTest, InputsArriveInOrderAndTheBarrierMeansConsumed) {
   auto keys = service.keys();
   ASSERT_EQ(keys.size(), 300u);
   for (size_t i = 0; i < keys.size(); ++i) ASSERT_EQ(keys[i], 0x1000 + 101 + i);
-  {
+  // The callback runs just after the barrier's state changes.
+  EXPECT_TRUE(Eventually([&] {
     std::lock_guard<std::mutex> l(seen.mu);
-    EXPECT_EQ(seen.last_consumed, 400u);
-  }
+    return seen.last_consumed == 400u;
+  }));
   // Screen updates passed on, and the kept copy, both reach the server's pixels.
   Bytes want = service.Pixels();
   EXPECT_TRUE(Eventually([&] {
