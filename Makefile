@@ -29,6 +29,7 @@ bench: build
 	$(BUILD)/bench/store_bench
 	$(BUILD)/bench/vm_bench
 	$(BUILD)/bench/disk_bench
+	$(BUILD)/bench/replication_bench
 
 # Xen nested under QEMU TCG, the Xen backend run in its dom0 (~10 minutes;
 # the first run also debootstraps a dom0 root into $(BUILD)/nested).

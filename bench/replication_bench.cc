@@ -106,6 +106,7 @@ int main(int argc, char** argv) {
       ("keys", po::value<int>()->default_value(200), "keystrokes measured each way")
       ("wan-rtt-ms", po::value<double>()->default_value(2), "home link RTT in the failover phase")
       ("accel", po::value<std::string>()->default_value("tcg"), "QEMU accel")
+      ("no-sync", "run the proxy with --no-sync (no fdatasync per input)")
       ("work", po::value<std::string>()->default_value(""), "work directory (default: a fresh one in /tmp)");
   po::variables_map vm;
   po::store(po::parse_command_line(argc, argv, d), vm);
@@ -118,6 +119,7 @@ int main(int argc, char** argv) {
   const std::string home_bin = build + "/home/slingshot-home", client = build + "/client/slingshot-client",
                     agent_bin = build + "/dom0-agent/slingshot-agent", linkemu = build + "/tests/support/slingshot-linkemu";
   std::string work = vm["work"].as<std::string>();
+  const bool keep = !work.empty();  // a named work directory is kept for inspection
   if (work.empty()) work = "/tmp/slingshot-replication-bench-" + std::to_string(getpid());
   fs::remove_all(work);
   fs::create_directories(work);
@@ -148,27 +150,40 @@ int main(int argc, char** argv) {
   // --- Phase A: the proxy's overhead against a direct connection ---
   std::vector<double> direct_ms, proxy_ms;
   {
-    Process proxy({client, "proxy", "notepad", "--state-dir", state, "--listen", "127.0.0.1:0"}, work + "/proxy-a.log");
+    std::vector<std::string> args = {client, "proxy", "notepad", "--state-dir", state, "--listen", "127.0.0.1:0"};
+    if (vm.count("no-sync")) args.push_back("--no-sync");
+    Process proxy(args, work + "/proxy-a.log");
     if (!proxy.WaitFor("proxy ready", std::chrono::seconds(60))) return Fail("proxy:\n" + proxy.Output());
     uint16_t vnc = ParsePort(proxy.Output(), "viewer at 127.0.0.1:");
+    // Alternate blocks of keys: direct to the replica's VNC server, then
+    // through the proxy. The direct session is closed while the proxy is
+    // measured: an RFB server sends each update to its clients one after
+    // another, so an idle extra client would delay the other's update.
     auto via = RfbSession::Connect(Endpoint{"127.0.0.1", vnc});
-    auto direct = RfbSession::Connect(HomeEndpoint(work + "/services", kRfbPort));
-    if (!via.ok() || !direct.ok()) return Fail("cannot connect VNC sessions");
-    for (int i = 0; i < keys + 10; ++i) {
-      char c = static_cast<char>('a' + i % 26);
-      (void)(*direct)->Drain(20);
-      (void)(*via)->Drain(20);
-      auto d1 = (*direct)->KeyToScreenMs(static_cast<uint32_t>(c), 5000);
-      reference += c;
-      (void)(*direct)->Drain(20);
-      (void)(*via)->Drain(20);
-      char c2 = static_cast<char>('A' + i % 26);
-      auto p1 = (*via)->KeyToScreenMs(static_cast<uint32_t>(c2), 5000);
-      reference += c2;
-      if (!d1.ok() || !p1.ok()) return Fail("a key got no screen update: " + (d1.ok() ? p1.status() : d1.status()).ToString());
-      if (i >= 10) {  // the first ten warm up
-        direct_ms.push_back(*d1);
-        proxy_ms.push_back(*p1);
+    if (!via.ok()) return Fail("cannot connect to the proxy");
+    const int block = 10;
+    for (int b = 0; b * block < keys + block; ++b) {
+      {
+        auto direct = RfbSession::Connect(HomeEndpoint(work + "/services", kRfbPort));
+        if (!direct.ok()) return Fail("cannot connect to the replica's VNC server");
+        for (int i = 0; i < block; ++i) {
+          char c = static_cast<char>('a' + (b * block + i) % 26);
+          (void)(*direct)->Drain(20);
+          (void)(*via)->Drain(20);
+          auto d1 = (*direct)->KeyToScreenMs(static_cast<uint32_t>(c), 5000);
+          reference += c;
+          if (!d1.ok()) return Fail("a direct key got no screen update: " + d1.status().ToString());
+          if (b > 0) direct_ms.push_back(*d1);  // the first block warms up
+        }
+        (void)(*direct)->Drain(50);
+      }
+      for (int i = 0; i < block; ++i) {
+        char c = static_cast<char>('A' + (b * block + i) % 26);
+        (void)(*via)->Drain(20);
+        auto p1 = (*via)->KeyToScreenMs(static_cast<uint32_t>(c), 5000);
+        reference += c;
+        if (!p1.ok()) return Fail("a key through the proxy got no screen update: " + p1.status().ToString());
+        if (b > 0) proxy_ms.push_back(*p1);
       }
     }
     auto ctl = HomeEndpoint(work + "/services", kControlPort);
@@ -224,6 +239,9 @@ int main(int argc, char** argv) {
       typed_b += c;
     }
     reference += typed_b;
+    // Everything typed is in the log; wait for home to have it before the
+    // proxy goes (a stopped proxy would replay the rest next time).
+    (void)WaitForText(HomeEndpoint(work + "/services", kControlPort), reference, std::chrono::seconds(30), via->get());
     std::printf("surrogate instantiated in %.0f ms (use, from the command to caught up)\n", instantiate_ms);
     proxy.Kill(SIGTERM);
   }
@@ -244,7 +262,7 @@ int main(int argc, char** argv) {
               Percentile(proxy_ms, 0.99));
   std::printf("failover: %.1f ms from kill -9 of the leading surrogate to the next screen update\n", gap_ms);
   std::printf("home document: %zu characters, %zu typed, %zu lost\n", doc->size(), reference.size(), lost);
-  fs::remove_all(work);
+  if (!keep) fs::remove_all(work);
   std::printf("RESULT proxy_overhead_ms=%.2f failover_gap_ms=%.0f events_lost=%zu\n", overhead, gap_ms, lost);
   return 0;
 }

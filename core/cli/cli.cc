@@ -137,7 +137,7 @@ Result<std::pair<std::string, uint16_t>> ParseHostPort(const std::string& s) {
   if (colon == std::string::npos) return Status::InvalidArgument("\"" + s + "\" is not HOST:PORT");
   char* end = nullptr;
   long port = std::strtol(s.c_str() + colon + 1, &end, 10);
-  if (port <= 0 || port > 65535 || *end != '\0') return Status::InvalidArgument("\"" + s + "\" has no valid port");
+  if (port < 0 || end == s.c_str() + colon + 1 || port > 65535 || *end != '\0') return Status::InvalidArgument("\"" + s + "\" has no valid port");
   std::string host = s.substr(0, colon);
   if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
   if (host.empty()) return Status::InvalidArgument("\"" + s + "\" has no host");

@@ -481,6 +481,44 @@ class RfbAdapter : public ServiceAdapter {
     if (callbacks_.on_lost) callbacks_.on_lost(why);
   }
 
+  // Appends to out the parts of r that differ from the kept copy: bands of
+  // consecutive changed rows, each cut to its changed columns. Services
+  // often repaint far more than changed (the notepad redraws its whole
+  // screen per key); only what changed crosses the network.
+  void Changed(const RawRect& r, std::vector<wire::ScreenRect>* out) {
+    MutexLock l(&fb_mu_);
+    const auto* fresh = reinterpret_cast<const uint32_t*>(r.pixels.data());
+    const auto* kept = reinterpret_cast<const uint32_t*>(fb_.data());
+    int band_top = -1, lo = r.w, hi = -1;
+    auto flush = [&](int bottom) {
+      if (band_top < 0) return;
+      uint16_t w = static_cast<uint16_t>(hi - lo + 1), h = static_cast<uint16_t>(bottom - band_top);
+      Bytes px(size_t(w) * h * 4);
+      for (int row = 0; row < h; ++row) {
+        std::memcpy(&px[size_t(row) * w * 4], fresh + size_t(band_top + row) * r.w + lo, size_t(w) * 4);
+      }
+      out->push_back(Pack(static_cast<uint16_t>(r.x + lo), static_cast<uint16_t>(r.y + band_top), w, h, std::move(px)));
+      band_top = -1;
+      lo = r.w;
+      hi = -1;
+    };
+    for (int row = 0; row < r.h; ++row) {
+      const uint32_t* a = fresh + size_t(row) * r.w;
+      const uint32_t* b = kept + size_t(r.y + row) * si_.width + r.x;
+      int first = 0, last = r.w - 1;
+      while (first < r.w && a[first] == b[first]) ++first;
+      if (first == r.w) {
+        flush(row);
+        continue;
+      }
+      while (last > first && a[last] == b[last]) --last;
+      if (band_top < 0) band_top = row;
+      lo = std::min(lo, first);
+      hi = std::max(hi, last);
+    }
+    flush(r.h);
+  }
+
   void OutputLoop() {
     std::vector<RawRect> rects;
     for (;;) {
@@ -489,8 +527,8 @@ class RfbAdapter : public ServiceAdapter {
       if (!*update) continue;
       wire::Screen screen;
       for (auto& r : rects) {
+        Changed(r, &screen.rects);
         Blit(r);
-        screen.rects.push_back(Pack(r.x, r.y, r.w, r.h, std::move(r.pixels)));
       }
       // Ask for the next before passing this one on: the VM may start on it.
       Status w = out_.Write(UpdateRequest(true, 0, 0, si_.width, si_.height));

@@ -46,7 +46,8 @@ struct Program {
 
 int Main(const Program& program, int argc, char** argv);
 
-// Splits "HOST:PORT" or "[V6]:PORT" (the port is required).
+// Splits "HOST:PORT" or "[V6]:PORT" (the port is required; 0 means "pick a
+// free one" where a program listens).
 Result<std::pair<std::string, uint16_t>> ParseHostPort(const std::string& s);
 
 // For daemons: BlockStopSignals() before any thread starts (threads inherit
