@@ -10,6 +10,7 @@
 #include "slingshot/disk_table.h"
 #include "slingshot/manifest.h"
 #include "slingshot/memory_image.h"
+#include "slingshot/rfb.h"
 #include "slingshot/vm_stream.h"
 #include "slingshot/wire.h"
 #include "slingshot/working_set.h"
@@ -33,7 +34,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
   ByteView in(data + 1, size - 1);
   static const PublicKey key = SigningKey::Generate().value().public_key();
-  switch (data[0] % 14) {
+  switch (data[0] % 15) {
     case 0:
       CheckTable(DiskTable::Decode(in));
       break;
@@ -106,7 +107,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (in.size() < 2) break;
       ByteView body = in.subspan(2);
       wire::FrameHeader h;
-      h.type = static_cast<wire::MessageType>(in[0] % 12);
+      h.type = static_cast<wire::MessageType>(in[0] % 25);  // every type, and one past
       h.length = static_cast<uint32_t>(body.size());
       h.payload_crc = crc32c::Value(body.data(), body.size());
       (void)wire::DecodePayload(h, body);
@@ -119,6 +120,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
           if (id.IsNull()) __builtin_trap();
         }
       }
+      break;
+    }
+    case 14: {
+      // A logged input as a replica host receives it.
+      if (in.empty()) break;
+      Status st = rfb::CheckInput(in[0] % 5, in.subspan(1));
+      if (st.ok() && in.size() - 1 > 8 + rfb::kMaxCutText) __builtin_trap();
       break;
     }
   }

@@ -12,6 +12,7 @@
 #include "slingshot/event_log.h"
 #include "slingshot/manifest.h"
 #include "slingshot/memory_image.h"
+#include "slingshot/rfb.h"
 #include "slingshot/vm_stream.h"
 #include "slingshot/wire.h"
 #include "slingshot/working_set.h"
@@ -83,6 +84,18 @@ int main(int argc, char** argv) {
     body.insert(body.begin(), {1, 0});
     Seed(dec, "wire-hello-body", 12, body);
   }
+  for (const wire::Message& m : std::vector<wire::Message>{
+           wire::Attached{"notepad", "home", 640, 400, 7}, wire::Input{8, 1, Bytes{4, 1, 0, 0, 0, 0, 0, 97}},
+           wire::Screen{false, {wire::ScreenRect{1, 2, 1, 1, 0, Bytes(4, 9)}}},
+           wire::Instantiate{"notepad", "10.0.0.1", 7390, "ca", Bytes(32, 1), "cert", "key", ""},
+           wire::AgentStatus{"cafe", {wire::ReplicaStatus{"notepad", "alice", 8, 1}}, 1, 2, 3, 4}}) {
+    Bytes b = wire::EncodeFrame(0, m);
+    Bytes body(b.begin() + wire::kHeaderSize, b.end());
+    uint16_t type = static_cast<uint16_t>(wire::TypeOf(m));
+    body.insert(body.begin(), {static_cast<uint8_t>(type), 0});
+    Seed(dec, std::string("wire-body-") + wire::MessageTypeName(wire::TypeOf(m)), 12, body);
+  }
+  Seed(dec, "rfb-key", 14, [] { Bytes b{1}; Bytes k = rfb::KeyEvent(true, 'a'); b.insert(b.end(), k.begin(), k.end()); return b; }());
   Seed(dec, "working-set", 13, Body(WorkingSetRecord{ChunkId::Of(AsBytes("t")), {ChunkId::Of(AsBytes("a"))}}.Encode()));
 
   // An NBD session: handshake, GO, a read, a write, a flush, a trim, disconnect.
