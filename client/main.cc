@@ -23,6 +23,7 @@
 #include "slingshot/manifest.h"
 #include "slingshot/memory_image.h"
 #include "slingshot/portable.h"
+#include "slingshot/transport.h"
 #include "slingshot/working_set.h"
 #include "proxy.h"
 
@@ -302,6 +303,31 @@ Status UseCmd(const cli::po::variables_map& vm) {
   return st;
 }
 
+// Asks a surrogate's agent what it runs (any client may ask).
+Status AgentStatusCmd(const cli::po::variables_map& vm) {
+  SLINGSHOT_ASSIGN_OR_RETURN(auto addr, cli::ParseHostPort(vm["surrogate"].as<std::string>()));
+  auto creds = TlsCredentials::Load(StateDir(vm) + "/pairing");
+  if (!creds.ok()) return creds.status().Annotate("not paired with a home (run slingshot-client pair DIR)");
+  ConnectOptions o;
+  o.verify_server_ca = false;
+  if (vm.count("fingerprint")) o.server_fingerprint = vm["fingerprint"].as<std::string>();
+  o.software = "slingshot-client";
+  SLINGSHOT_ASSIGN_OR_RETURN(auto c, Connection::Connect(addr.first, addr.second, *creds, o));
+  SLINGSHOT_RETURN_IF_ERROR(c->Send(1, wire::GetStatus{}));
+  SLINGSHOT_ASSIGN_OR_RETURN(wire::Message m, c->Expect(1, wire::MessageType::kAgentStatus));
+  const auto& s = std::get<wire::AgentStatus>(m);
+  std::printf("surrogate %s (certificate %s)\n", s.name.c_str(), c->peer().fingerprint.c_str());
+  cli::PrintFigure("replicas", std::to_string(s.replicas.size()));
+  for (const auto& r : s.replicas) {
+    std::printf("  %s for %s, consumed %llu, capability until %lld\n", r.service.c_str(), r.client.c_str(),
+                static_cast<unsigned long long>(r.consumed_seq), static_cast<long long>(r.expires));
+  }
+  cli::PrintFigure("cache", HumanBytes(s.cache_bytes));
+  cli::PrintFigure("fetched from sticks", HumanBytes(s.from_stick));
+  cli::PrintFigure("fetched from homes", HumanBytes(s.from_home));
+  return Status::OK();
+}
+
 }  // namespace
 }  // namespace slingshot
 
@@ -346,6 +372,13 @@ int main(int argc, char** argv) {
          pos.add("surrogate", 1);
        },
        UseCmd},
+      {"agent-status", "ask a surrogate's agent what it runs: replicas, cache use, bytes by source", "HOST:PORT",
+       [](Opts& d, Pos& pos) {
+         d.add_options()("surrogate", value<std::string>()->required(), "the surrogate's agent, HOST:PORT")
+             ("fingerprint", value<std::string>(), "refuse an agent whose certificate has another fingerprint");
+         pos.add("surrogate", 1);
+       },
+       AgentStatusCmd},
       {"status", "ask the running proxy about its replicas, leader and log", "", cli::NoOptions, StatusCmd},
       {"log stats", "recover the event log and print what it holds", "", cli::NoOptions, LogStats},
       {"log show", "list records (seq, time, type, size)", "[--from SEQ] [--limit N]",

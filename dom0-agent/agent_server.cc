@@ -86,13 +86,18 @@ struct AgentServer::Impl final : public RequestHandler {
       MutexLock l(&mu);
       for (const auto& r : replicas) {
         s.replicas.push_back(wire::ReplicaStatus{r->service, r->client, r->host ? r->host->consumed() : 0, r->expires});
+        if (!r->chain) continue;  // still being built
+        FetchChainStats fs = r->chain->stats();  // live replicas' fetches so far
+        for (size_t i = 0; i < fs.sources.size(); ++i) {
+          (i + 1 == fs.sources.size() ? s.from_home : s.from_stick) += fs.sources[i].bytes;
+        }
       }
     }
     auto st = cache->Stats();
     if (st.ok()) s.cache_bytes = st->stored_bytes;
     s.from_cache = from_cache;
-    s.from_stick = from_stick;
-    s.from_home = from_home;
+    s.from_stick += from_stick;  // plus what replicas now gone fetched
+    s.from_home += from_home;
     return s;
   }
 
@@ -166,7 +171,10 @@ struct AgentServer::Impl final : public RequestHandler {
       }
     }
     sources.push_back(r.home.get());
-    r.chain = std::make_unique<FetchChain>(cache.get(), sources);
+    {
+      MutexLock l(&mu);  // StatusReport reads it
+      r.chain = std::make_unique<FetchChain>(cache.get(), sources);
+    }
 
     // Memory, kernel and initrd: every chunk, fetched in bulk with progress.
     auto list_of = [&](const ChunkId& id) -> Result<ChunkList> {
@@ -232,13 +240,21 @@ struct AgentServer::Impl final : public RequestHandler {
     auto restored = hv->Restore(spec, [&](const ByteSink& sink) { return ReadMemoryImage(memory, r.chain.get(), sink); });
     SLINGSHOT_RETURN_IF_ERROR(restored.status());
     SLINGSHOT_ASSIGN_OR_RETURN(Endpoint ep, hv->ServiceEndpoint(r.id, 5900));
-    r.host = std::make_shared<ReplicaHost>(in.service, m.service_type, options.name);
-    SLINGSHOT_RETURN_IF_ERROR(r.host->Connect(ep, m.last_seq, 60000));
+    auto host = std::make_shared<ReplicaHost>(in.service, m.service_type, options.name);
+    SLINGSHOT_RETURN_IF_ERROR(host->Connect(ep, m.last_seq, 60000));
+    {
+      MutexLock l(&mu);  // the death callback and StatusReport read it
+      r.host = std::move(host);
+    }
     Report(c, request, "ready", m.memory_size, m.memory_size, r);
     return Status::OK();
   }
 
   void Destroy(const std::shared_ptr<Replica>& r) {
+    {
+      MutexLock l(&mu);  // out of StatusReport's sight before its parts go
+      replicas.remove(r);
+    }
     if (r->host) r->host->Shutdown();
     (void)hv->Destroy(r->id);
     if (r->prefetch) r->prefetch->Stop();
@@ -255,8 +271,6 @@ struct AgentServer::Impl final : public RequestHandler {
     r->chain.reset();
     std::error_code ec;
     fs::remove_all(r->dir, ec);
-    MutexLock l(&mu);
-    replicas.remove(r);
   }
 
   Status Instantiate(Connection& c, uint32_t request, const wire::Instantiate& in) {
@@ -329,10 +343,14 @@ Result<std::unique_ptr<AgentServer>> AgentServer::Start(AgentOptions options) {
   Impl* raw = impl.get();
   impl->hv->OnDeath([raw](const std::string& name, const std::string& why) {
     LogWarning("replica VM " + name + " died: " + why);
-    MutexLock l(&raw->mu);
-    for (auto& r : raw->replicas) {
-      if (r->id == name && r->host) r->host->Shutdown();
+    std::shared_ptr<ReplicaHost> host;
+    {
+      MutexLock l(&raw->mu);
+      for (auto& r : raw->replicas) {
+        if (r->id == name) host = r->host;
+      }
     }
+    if (host) host->Shutdown();  // ends the session; Instantiate then destroys the replica
   });
   // An ephemeral identity: a surrogate belongs to no home.
   SLINGSHOT_ASSIGN_OR_RETURN(CertificateAuthority self, CertificateAuthority::Create(impl->options.name, 365 * 86400));

@@ -279,6 +279,11 @@ TEST_F(E2eTest, ASecondSurrogateJoinsWhileTheFirstRuns) {
   EXPECT_NE(st.find("replica cafe"), std::string::npos) << st;
   EXPECT_NE(st.find("replica library"), std::string::npos) << st;
   EXPECT_TRUE(WaitHomeDoc(doc_ + "one two", 60s).ok());
+  // Each agent answers a status request: its replica, for whom, and what it fetched.
+  std::string as = InNetns("ss-client", [] { return Shell(kClient + " agent-status 10.77.0.4:7391 --state-dir " + kState); });
+  EXPECT_NE(as.find("surrogate library"), std::string::npos) << as;
+  EXPECT_NE(as.find("notepad for alice"), std::string::npos) << as;
+  EXPECT_EQ(as.find("fetched from homes   0 B"), std::string::npos) << as;
   // Leaving the first hotspot: its replica goes, typing goes on.
   agents_[0]->Kill(SIGKILL);
   Type(" three");
