@@ -370,7 +370,10 @@ class RfbAdapter : public ServiceAdapter {
     if (si2.width != si_.width || si2.height != si_.height) {
       return Status::Corruption("the " + out_.what() + " reported two screen sizes");
     }
-    fb_.assign(size_t(si_.width) * si_.height * 4, 0);
+    {
+      MutexLock l(&fb_mu_);  // no reader runs yet; the lock keeps the analysis exact
+      fb_.assign(size_t(si_.width) * si_.height * 4, 0);
+    }
     // The first full screen, before anything is passed on.
     SLINGSHOT_RETURN_IF_ERROR(out_.Write(UpdateRequest(false, 0, 0, si_.width, si_.height)));
     std::vector<RawRect> rects;
