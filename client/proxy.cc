@@ -502,9 +502,10 @@ void Proxy::Stop() {
   if (i.control_fd >= 0) ::close(i.control_fd);
   ::unlink(i.options.control_socket.c_str());
   if (i.screen) {
+    // Closes the viewers' connections. The screen itself is not freed:
+    // libvncserver's threaded mode frees client state under its client
+    // threads in rfbScreenCleanup, and the proxy stops only to exit.
     rfbShutdownServer(i.screen, TRUE);
-    rfbScreenCleanup(i.screen);
-    i.screen = nullptr;
   }
 }
 

@@ -62,11 +62,17 @@ class TestService {
       rfbMarkRectAsModified(self->screen_, x, y, x + 1, y + 1);
     };
     rfbInitServer(screen_);
-    rfbRunEventLoop(screen_, 2000, TRUE);
+    // One loop thread of our own: libvncserver's threaded mode frees client
+    // state under its client threads when the server shuts down.
+    loop_ = std::thread([this] {
+      while (running_) rfbProcessEvents(screen_, 2000);
+    });
   }
   ~TestService() { Stop(); }
   void Stop() {
     if (!screen_) return;
+    running_ = false;
+    loop_.join();
     rfbShutdownServer(screen_, TRUE);
     rfbScreenCleanup(screen_);
     screen_ = nullptr;
@@ -86,6 +92,8 @@ class TestService {
  private:
   std::vector<uint32_t> fb_;
   rfbScreenInfoPtr screen_ = nullptr;
+  std::atomic<bool> running_{true};
+  std::thread loop_;
   std::mutex mu_;
   std::vector<uint32_t> keys_;
 };
