@@ -22,6 +22,7 @@
 #include "slingshot/event_log.h"
 #include "slingshot/manifest.h"
 #include "slingshot/memory_image.h"
+#include "slingshot/pairing.h"
 #include "slingshot/portable.h"
 #include "slingshot/transport.h"
 #include "slingshot/working_set.h"
@@ -179,23 +180,51 @@ Result<std::string> ReadLine(const std::string& path) {
   return s;
 }
 
-Status PairCmd(const cli::po::variables_map& vm) {
-  const std::string from = vm["dir"].as<std::string>();
-  const std::string to = StateDir(vm) + "/pairing";
-  SLINGSHOT_ASSIGN_OR_RETURN(TlsCredentials creds, TlsCredentials::Load(from));
-  SLINGSHOT_ASSIGN_OR_RETURN(PublicKey key, PublicKey::Load(from + "/manifest-key.pub"));
-  SLINGSHOT_ASSIGN_OR_RETURN(std::string address, ReadLine(from + "/home-address"));
-  SLINGSHOT_RETURN_IF_ERROR(cli::ParseHostPort(address).status());
+// Replaces this client's pairing with (creds, key, address).
+Status SavePairing(const std::string& to, const TlsCredentials& creds, const PublicKey& key,
+                   const std::string& address) {
   SLINGSHOT_ASSIGN_OR_RETURN(CertificateInfo info, InspectCertificate(creds.cert_pem));
-  if (info.role != "client") return Status::InvalidArgument(from + " holds " + info.role + " credentials, not a client's");
+  if (info.role != "client") return Status::InvalidArgument("these are " + info.role + " credentials, not a client's");
+  // Written beside the old pairing, then swapped in: a failure leaves the old one.
+  const std::string next = to + ".new";
   std::error_code ec;
+  std::filesystem::remove_all(next, ec);
+  SLINGSHOT_RETURN_IF_ERROR(creds.Save(next));
+  SLINGSHOT_RETURN_IF_ERROR(key.Save(next + "/manifest-key.pub"));
+  SLINGSHOT_RETURN_IF_ERROR(WriteFileAtomic(next + "/home-address", AsBytes(address + "\n")));
   std::filesystem::remove_all(to, ec);
-  SLINGSHOT_RETURN_IF_ERROR(creds.Save(to));
-  SLINGSHOT_RETURN_IF_ERROR(key.Save(to + "/manifest-key.pub"));
-  SLINGSHOT_RETURN_IF_ERROR(WriteFileAtomic(to + "/home-address", AsBytes(address + "\n")));
+  std::filesystem::rename(next, to, ec);
+  if (ec) return Status::IOError("move " + next + " to " + to + ": " + ec.message());
   std::printf("paired as \"%s\" with the home at %s (manifest key %s); saved in %s\n", info.common_name.c_str(),
               address.c_str(), key.Fingerprint().c_str(), to.c_str());
   return Status::OK();
+}
+
+Status PairCmd(const cli::po::variables_map& vm) {
+  const std::string home = vm["home"].as<std::string>();
+  const std::string to = StateDir(vm) + "/pairing";
+  if (std::filesystem::is_directory(home)) {  // the folder slingshot-home pair --out wrote
+    SLINGSHOT_ASSIGN_OR_RETURN(TlsCredentials creds, TlsCredentials::Load(home));
+    SLINGSHOT_ASSIGN_OR_RETURN(PublicKey key, PublicKey::Load(home + "/manifest-key.pub"));
+    SLINGSHOT_ASSIGN_OR_RETURN(std::string address, ReadLine(home + "/home-address"));
+    SLINGSHOT_RETURN_IF_ERROR(cli::ParseHostPort(address).status());
+    return SavePairing(to, creds, key, address);
+  }
+  if (!vm.count("code")) {
+    return Status::InvalidArgument("pairing with " + home + " over the network needs --code (slingshot-home pair "
+                                   "prints it); or give the folder slingshot-home pair --out wrote");
+  }
+  SLINGSHOT_ASSIGN_OR_RETURN(PairingCode code, PairingCode::Parse(vm["code"].as<std::string>()));
+  SLINGSHOT_ASSIGN_OR_RETURN(auto hp, cli::ParseHostPort(home.find(':') == std::string::npos ? home + ":7392" : home));
+  std::string device = vm["device"].as<std::string>();
+  if (device.empty()) {
+    char host[256] = {};
+    device = ::gethostname(host, sizeof(host) - 1) == 0 && host[0] ? host : "client";
+  }
+  auto p = PairWithHome(hp.first, hp.second, code, device);
+  if (!p.ok()) return p.status().Annotate("pairing with " + home);
+  SLINGSHOT_RETURN_IF_ERROR(cli::ParseHostPort(p->home_address).status().Annotate("the home's address"));
+  return SavePairing(to, p->creds, p->manifest_key, p->home_address);
 }
 
 Status ProxyCmd(const cli::po::variables_map& vm) {
@@ -204,7 +233,7 @@ Status ProxyCmd(const cli::po::variables_map& vm) {
   ProxyOptions o;
   o.service = vm["service"].as<std::string>();
   auto creds = TlsCredentials::Load(pairing);
-  if (!creds.ok()) return creds.status().Annotate("not paired with a home (run slingshot-client pair DIR)");
+  if (!creds.ok()) return creds.status().Annotate("not paired with a home (run slingshot-client pair HOME --code CODE)");
   o.creds = *creds;
   SLINGSHOT_ASSIGN_OR_RETURN(o.manifest_key, PublicKey::Load(pairing + "/manifest-key.pub"));
   std::string address = vm.count("home") ? vm["home"].as<std::string>() : "";
@@ -307,7 +336,7 @@ Status UseCmd(const cli::po::variables_map& vm) {
 Status AgentStatusCmd(const cli::po::variables_map& vm) {
   SLINGSHOT_ASSIGN_OR_RETURN(auto addr, cli::ParseHostPort(vm["surrogate"].as<std::string>()));
   auto creds = TlsCredentials::Load(StateDir(vm) + "/pairing");
-  if (!creds.ok()) return creds.status().Annotate("not paired with a home (run slingshot-client pair DIR)");
+  if (!creds.ok()) return creds.status().Annotate("not paired with a home (run slingshot-client pair HOME --code CODE)");
   ConnectOptions o;
   o.verify_server_ca = false;
   if (vm.count("fingerprint")) o.server_fingerprint = vm["fingerprint"].as<std::string>();
@@ -349,10 +378,15 @@ int main(int argc, char** argv) {
          "pairing, event logs and the proxy's socket (default $XDG_DATA_HOME/slingshot or ~/.local/share/slingshot)");
   };
   p.commands = {
-      {"pair", "take the pairing a home issued (slingshot-home pair) into this client", "DIR",
+      {"pair", "pair with a home: over the network with the code slingshot-home pair printed, or from its folder",
+       "HOST[:PORT] --code CODE | DIR",
        [](Opts& d, Pos& pos) {
-         d.add_options()("dir", value<std::string>()->required(), "the folder slingshot-home pair wrote");
-         pos.add("dir", 1);
+         d.add_options()("home", value<std::string>()->required(),
+                         "the home's pairing listener (HOST[:PORT], port 7392 by default), or the folder "
+                         "slingshot-home pair --out wrote")
+             ("code", value<std::string>(), "the one-time code slingshot-home pair printed")
+             ("device", value<std::string>()->default_value(""), "how this client calls itself (default: host name)");
+         pos.add("home", 1);
        },
        PairCmd},
       {"proxy", "run the proxy: a VNC endpoint for your viewer in front of every replica of SERVICE", "SERVICE",

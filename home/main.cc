@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <ctime>
 #include <filesystem>
 
 #include "slingshot/bundle.h"
@@ -20,6 +21,7 @@
 #include "slingshot/gc.h"
 #include "slingshot/keys.h"
 #include "slingshot/memory_image.h"
+#include "slingshot/pairing.h"
 #include "slingshot/tls.h"
 #include "slingshot/transport.h"
 #include "home_server.h"
@@ -422,18 +424,54 @@ Status ServiceListCmd(const cli::po::variables_map& vm) {
   return Status::OK();
 }
 
-Status PairCmd(const cli::po::variables_map& vm) {
-  const std::string name = vm["name"].as<std::string>();
+// The folder way: credentials written here, carried to the client by hand.
+Status PairToFolder(const cli::po::variables_map& vm, const std::string& name, const std::string& address) {
   const std::string out = vm["out"].as<std::string>();
   SLINGSHOT_ASSIGN_OR_RETURN(CertificateAuthority ca, CertificateAuthority::Load(vm["tls-dir"].as<std::string>() + "/ca"));
   SLINGSHOT_ASSIGN_OR_RETURN(TlsCredentials c, ca.Issue(name, "client", 365 * kDay));
   SLINGSHOT_ASSIGN_OR_RETURN(SigningKey key, SigningKey::Load(vm["key"].as<std::string>()));
   SLINGSHOT_RETURN_IF_ERROR(c.Save(out));
   SLINGSHOT_RETURN_IF_ERROR(key.public_key().Save(out + "/manifest-key.pub"));
-  SLINGSHOT_RETURN_IF_ERROR(WriteFileAtomic(out + "/home-address", AsBytes(vm["address"].as<std::string>() + "\n"), 0644));
+  SLINGSHOT_RETURN_IF_ERROR(WriteFileAtomic(out + "/home-address", AsBytes(address + "\n"), 0644));
   std::printf("paired client \"%s\": its credentials, the home's manifest key and address are in %s.\n"
               "Move that folder to the client (it holds a private key) and run: slingshot-client pair %s\n",
               name.c_str(), out.c_str(), out.c_str());
+  return Status::OK();
+}
+
+// The network way (pairing.h): a one-time code, and a listener that serves
+// one client.
+Status PairCmd(const cli::po::variables_map& vm) {
+  const std::string name = vm["name"].as<std::string>();
+  const std::string address = vm["address"].as<std::string>();
+  SLINGSHOT_ASSIGN_OR_RETURN(auto home_addr, cli::ParseHostPort(address));
+  if (vm.count("out")) return PairToFolder(vm, name, address);
+  const std::string tls = vm["tls-dir"].as<std::string>();
+  PairingOffer offer;
+  offer.client_name = name;
+  offer.valid_seconds = 365 * kDay;
+  SLINGSHOT_ASSIGN_OR_RETURN(offer.ca, CertificateAuthority::Load(tls + "/ca"));
+  SLINGSHOT_ASSIGN_OR_RETURN(offer.home_creds, TlsCredentials::Load(tls + "/home"));
+  SLINGSHOT_ASSIGN_OR_RETURN(SigningKey key, SigningKey::Load(vm["key"].as<std::string>()));
+  offer.manifest_key = key.public_key();
+  offer.home_address = address;
+  SLINGSHOT_ASSIGN_OR_RETURN(auto listen, cli::ParseHostPort(vm["listen"].as<std::string>()));
+  SLINGSHOT_ASSIGN_OR_RETURN(PairingCode code, PairingCode::Generate());
+  const std::string shown = code.ToString();
+  SLINGSHOT_ASSIGN_OR_RETURN(auto listener, PairingListener::Start(std::move(offer), std::move(code), listen.first,
+                                                                   listen.second, vm["tries"].as<int>()));
+  const int timeout_s = vm["timeout"].as<int>();
+  std::printf("pairing \"%s\": on the client, within %d s, run\n"
+              "  slingshot-client pair %s:%u --code %s\n"
+              "waiting on %s:%u ...\n",
+              name.c_str(), timeout_s, home_addr.first.c_str(), listener->port(), shown.c_str(), listen.first.c_str(),
+              listener->port());
+  std::fflush(stdout);
+  SLINGSHOT_ASSIGN_OR_RETURN(PairedClient client, listener->Wait(timeout_s * 1000));
+  const int64_t days = (client.certificate.not_after - static_cast<int64_t>(std::time(nullptr))) / kDay;
+  std::printf("paired client \"%s\" (it calls itself \"%s\", from %s); certificate %s, good for %lld days\n",
+              name.c_str(), client.device.c_str(), client.address.c_str(), client.certificate.fingerprint.c_str(),
+              static_cast<long long>(days));
   return Status::OK();
 }
 
@@ -572,11 +610,17 @@ int main(int argc, char** argv) {
        },
        ServiceCreateCmd},
       {"service list", "list services and their last checkpoint", "", cli::NoOptions, ServiceListCmd},
-      {"pair", "issue a client its credentials, with the home's manifest key and address", "NAME --out DIR --address H:P",
+      {"pair",
+       "pair a client: print a one-time code and serve one pairing over TLS (or, with --out, write its "
+       "credentials to a folder)",
+       "NAME --address H:P [--listen H:P] [--timeout S] | NAME --address H:P --out DIR",
        [](Opts& d, Pos& pos) {
-         d.add_options()("name", value<std::string>()->required(), "the client's name")
-             ("out", value<std::string>()->required(), "folder to write the pairing into")
-             ("address", value<std::string>()->required(), "HOST:PORT where clients reach this home");
+         d.add_options()("name", value<std::string>()->required(), "the client's name (its certificate's CN)")
+             ("address", value<std::string>()->required(), "HOST:PORT where clients reach this home's daemon")
+             ("listen", value<std::string>()->default_value("0.0.0.0:7392"), "where the pairing listener listens")
+             ("timeout", value<int>()->default_value(600), "seconds the code stays good")
+             ("tries", value<int>()->default_value(3), "wrong codes before the pairing is cancelled")
+             ("out", value<std::string>(), "write the client's credentials to this folder instead (carry it by hand)");
          pos.add("name", 1);
        },
        PairCmd},

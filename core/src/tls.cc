@@ -239,6 +239,40 @@ Status VerifyCertificate(const std::string& cert_pem, const std::string& ca_pem,
   return st;
 }
 
+Result<TlsCredentials> SelfSignedCredentials(const std::string& common_name, const std::string& role,
+                                             int64_t valid_seconds) {
+  SLINGSHOT_ASSIGN_OR_RETURN(PkeyPtr key, NewKey());
+  SLINGSHOT_ASSIGN_OR_RETURN(X509Ptr x, MakeCert(key.get(), common_name, role, valid_seconds, nullptr, nullptr, false));
+  TlsCredentials c;
+  SLINGSHOT_ASSIGN_OR_RETURN(c.cert_pem, CertPem(x.get()));
+  SLINGSHOT_ASSIGN_OR_RETURN(c.key_pem, KeyPem(key.get()));
+  c.ca_pem = c.cert_pem;
+  return c;
+}
+
+Status CheckKeyMatches(const std::string& cert_pem, const std::string& key_pem) {
+  SLINGSHOT_ASSIGN_OR_RETURN(X509Ptr x, ParseCert(cert_pem, "certificate"));
+  SLINGSHOT_ASSIGN_OR_RETURN(PkeyPtr key, ParseKey(key_pem, "private key"));
+  if (X509_check_private_key(x.get(), key.get()) != 1) {
+    ERR_clear_error();
+    return Status::PermissionDenied("the certificate is not for this private key");
+  }
+  return Status::OK();
+}
+
+Result<std::string> CertificateAuthority::IssueForKeyOf(const std::string& cert_pem, const std::string& common_name,
+                                                        const std::string& role, int64_t valid_seconds) const {
+  SLINGSHOT_ASSIGN_OR_RETURN(X509Ptr peer, ParseCert(cert_pem, "the peer's certificate"));
+  EVP_PKEY* key = X509_get0_pubkey(peer.get());
+  if (!key || EVP_PKEY_get_id(key) != EVP_PKEY_ED25519) {
+    return Status::InvalidArgument("the peer's certificate does not hold an Ed25519 key");
+  }
+  SLINGSHOT_ASSIGN_OR_RETURN(X509Ptr ca, ParseCert(cert_pem_, "CA certificate"));
+  SLINGSHOT_ASSIGN_OR_RETURN(PkeyPtr ca_key, ParseKey(key_pem_, "CA key"));
+  SLINGSHOT_ASSIGN_OR_RETURN(X509Ptr x, MakeCert(key, common_name, role, valid_seconds, ca.get(), ca_key.get(), false));
+  return CertPem(x.get());
+}
+
 Result<TlsCredentials> CertificateAuthority::Issue(const std::string& common_name, const std::string& role,
                                                    int64_t valid_seconds, const std::string& scope) const {
   SLINGSHOT_ASSIGN_OR_RETURN(X509Ptr ca, ParseCert(cert_pem_, "CA certificate"));

@@ -16,6 +16,7 @@
 #include <list>
 #include <thread>
 
+#include "openssl_util.h"
 #include "slingshot/coding.h"
 #include "slingshot/log.h"
 #include "slingshot/mutex.h"
@@ -240,6 +241,18 @@ Connection::~Connection() {
 
 const PeerInfo& Connection::peer() const { return impl_->peer; }
 bool Connection::broken() const { return impl_->broken; }
+
+Result<Bytes> Connection::ChannelBinding() const {
+  // RFC 9266's tls-exporter: a secret both ends of this TLS 1.3 session
+  // derive, different for every session.
+  static constexpr char kLabel[] = "EXPORTER-Channel-Binding";
+  Bytes out(32);
+  if (SSL_export_keying_material(impl_->stream.native_handle(), out.data(), out.size(), kLabel, sizeof(kLabel) - 1,
+                                 nullptr, 0, 0) != 1) {
+    return Status::IOError("TLS channel binding with " + impl_->peer.Describe() + ": " + OpenSslError());
+  }
+  return out;
+}
 
 void Connection::Close() {
   int fd = impl_->fd.load();

@@ -115,6 +115,20 @@ void Put(Encoder& e, const Progress& m) {
   e.U64(m.from_stick);
   e.U64(m.from_home);
 }
+void Put(Encoder& e, const Pair& m) {
+  e.Str(m.device);
+  e.U32(static_cast<uint32_t>(m.proof.size()));
+  e.Raw(m.proof.data(), m.proof.size());
+}
+void Put(Encoder& e, const Paired& m) {
+  e.Str(m.cert_pem);
+  e.Str(m.ca_pem);
+  e.U32(static_cast<uint32_t>(m.manifest_key.size()));
+  e.Raw(m.manifest_key.data(), m.manifest_key.size());
+  e.Str(m.home_address);
+  e.U32(static_cast<uint32_t>(m.proof.size()));
+  e.Raw(m.proof.data(), m.proof.size());
+}
 void Put(Encoder&, const GetStatus&) {}
 void Put(Encoder& e, const AgentStatus& m) {
   e.Str(m.name);
@@ -330,6 +344,23 @@ Message Get(Decoder& d, MessageType t) {
       m.from_home = d.U64();
       return m;
     }
+    case MessageType::kPair: {
+      Pair m;
+      m.device = d.Str(kMaxName, "device name");
+      m.proof = Blob(d, kPairProofSize, "pairing proof");
+      if (d.ok() && m.proof.size() != kPairProofSize) d.Fail("pairing proof is not " + std::to_string(kPairProofSize) + " bytes");
+      return m;
+    }
+    case MessageType::kPaired: {
+      Paired m;
+      m.cert_pem = d.Str(kMaxPem, "certificate");
+      m.ca_pem = d.Str(kMaxPem, "CA certificate");
+      m.manifest_key = Blob(d, 64, "manifest key");
+      m.home_address = d.Str(kMaxName, "home address");
+      m.proof = Blob(d, kPairProofSize, "pairing proof");
+      if (d.ok() && m.proof.size() != kPairProofSize) d.Fail("pairing proof is not " + std::to_string(kPairProofSize) + " bytes");
+      return m;
+    }
   }
   d.Fail("message type " + std::to_string(static_cast<unsigned>(t)) + " is not in this side's catalogue");
   return Error{};
@@ -344,7 +375,8 @@ constexpr MessageType kTypes[] = {
     MessageType::kInput,      MessageType::kConsumed,   MessageType::kScreen,
     MessageType::kRepaint,    MessageType::kCheckpointed, MessageType::kGetCapability,
     MessageType::kCapability, MessageType::kInstantiate, MessageType::kProgress,
-    MessageType::kGetStatus,  MessageType::kAgentStatus};
+    MessageType::kGetStatus,  MessageType::kAgentStatus, MessageType::kPair,
+    MessageType::kPaired};
 static_assert(std::size(kTypes) == std::variant_size_v<Message>);
 
 }  // namespace
@@ -374,6 +406,8 @@ const char* MessageTypeName(MessageType t) {
     case MessageType::kProgress: return "Progress";
     case MessageType::kGetStatus: return "GetStatus";
     case MessageType::kAgentStatus: return "AgentStatus";
+    case MessageType::kPair: return "Pair";
+    case MessageType::kPaired: return "Paired";
   }
   return "unknown";
 }

@@ -42,8 +42,22 @@ h="--store $world/home/store --key $world/home/home.key --tls-dir $world/home/tl
 $home init $h --name e2e-home >/dev/null
 $home service create notepad --kernel "$g/vmlinuz" --initrd "$g/initrd.img" \
   --cmdline "quiet panic=1 slingshot.disk=auto" --extra-port 5901 $h >/dev/null
-$home pair alice --out "$world/pairing" --address 10.77.0.1:7390 $h >/dev/null
-$build/client/slingshot-client pair "$world/pairing" --state-dir "$world/client" >/dev/null
+# Pairing over the network: the home prints a one-time code, the client
+# (in its own namespace) brings it.
+ip netns exec ss-home "$home" pair alice --address 10.77.0.1:7390 --listen 10.77.0.1:7392 --timeout 60 $h \
+  >"$world/pair-home.log" 2>&1 </dev/null &
+pair_pid=$!
+code=
+for _ in $(seq 1 100); do
+  code=$(sed -n 's/.*--code \([0-9A-Z-]*\).*/\1/p' "$world/pair-home.log")
+  [ -n "$code" ] && break
+  sleep 0.1
+done
+[ -n "$code" ] || { echo "slingshot-home pair printed no code:" >&2; cat "$world/pair-home.log" >&2; exit 1; }
+ip netns exec ss-client "$build/client/slingshot-client" pair 10.77.0.1:7392 --code "$code" --device laptop \
+  --state-dir "$world/client" >"$world/pair-client.log" 2>&1 ||
+  { echo "pairing failed:" >&2; cat "$world/pair-client.log" "$world/pair-home.log" >&2; exit 1; }
+wait "$pair_pid" || { echo "slingshot-home pair failed:" >&2; cat "$world/pair-home.log" >&2; exit 1; }
 # A home that checkpoints often, so that tests see log truncation.
 ip netns exec ss-home setsid "$home" run $h --listen 10.77.0.1:7390 --accel tcg \
   --checkpoint-inputs 40 --checkpoint-seconds 5 >"$world/home.log" 2>&1 </dev/null &

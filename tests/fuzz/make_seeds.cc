@@ -88,7 +88,9 @@ int main(int argc, char** argv) {
            wire::Attached{"notepad", "home", 640, 400, 7}, wire::Input{8, 1, Bytes{4, 1, 0, 0, 0, 0, 0, 97}},
            wire::Screen{false, {wire::ScreenRect{1, 2, 1, 1, 0, Bytes(4, 9)}}},
            wire::Instantiate{"notepad", "10.0.0.1", 7390, "ca", Bytes(32, 1), "cert", "key", ""},
-           wire::AgentStatus{"cafe", {wire::ReplicaStatus{"notepad", "alice", 8, 1}}, 1, 2, 3, 4}}) {
+           wire::AgentStatus{"cafe", {wire::ReplicaStatus{"notepad", "alice", 8, 1}}, 1, 2, 3, 4},
+           wire::Pair{"laptop", Bytes(wire::kPairProofSize, 1)},
+           wire::Paired{"cert", "ca", Bytes(32, 1), "10.0.0.1:7390", Bytes(wire::kPairProofSize, 2)}}) {
     Bytes b = wire::EncodeFrame(0, m);
     Bytes body(b.begin() + wire::kHeaderSize, b.end());
     uint16_t type = static_cast<uint16_t>(wire::TypeOf(m));

@@ -48,6 +48,8 @@ TEST(WireTest, EveryMessageRoundTrips) {
       Progress{"memory", 10, 20, 1, 2, 3},
       GetStatus{},
       AgentStatus{"cafe", {ReplicaStatus{"notepad", "alice", 18, 1800000000}}, 1 << 20, 1, 2, 3},
+      Pair{"alice-laptop", Bytes(kPairProofSize, 5)},
+      Paired{"cert", "ca", Bytes(32, 1), "10.0.0.1:7390", Bytes(kPairProofSize, 6)},
   };
   for (const auto& m : all) {
     FrameHeader h;

@@ -47,6 +47,14 @@ Result<CertificateInfo> InspectCertificate(const std::string& pem);
 // message ("the capability").
 Status VerifyCertificate(const std::string& cert_pem, const std::string& ca_pem, std::string_view what);
 
+// A fresh key and a self-signed certificate for it (ca_pem = cert_pem): an
+// identity for a TLS session before a CA has issued one (pairing).
+Result<TlsCredentials> SelfSignedCredentials(const std::string& common_name, const std::string& role,
+                                             int64_t valid_seconds);
+
+// OK if key_pem is the private key of cert_pem's public key.
+Status CheckKeyMatches(const std::string& cert_pem, const std::string& key_pem);
+
 class CertificateAuthority {
  public:
   static Result<CertificateAuthority> Create(const std::string& name, int64_t valid_seconds);
@@ -60,6 +68,10 @@ class CertificateAuthority {
   // capability's "service=NAME;client=NAME".
   Result<TlsCredentials> Issue(const std::string& common_name, const std::string& role,
                                int64_t valid_seconds, const std::string& scope = "") const;
+  // A certificate for the key in another certificate (a pairing client's
+  // self-signed one, whose key never leaves the client).
+  Result<std::string> IssueForKeyOf(const std::string& cert_pem, const std::string& common_name,
+                                    const std::string& role, int64_t valid_seconds) const;
   const std::string& cert_pem() const { return cert_pem_; }
 
  private:

@@ -87,6 +87,9 @@ class Connection {
 
   const PeerInfo& peer() const;
   bool broken() const;
+  // 32 bytes that both ends of this TLS session, and no one else, can
+  // derive (RFC 9266 tls-exporter): binds a proof to this session.
+  Result<Bytes> ChannelBinding() const;
 
   struct Impl;
 

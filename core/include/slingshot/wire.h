@@ -75,6 +75,10 @@ enum class MessageType : uint16_t {
   kProgress = 21,
   kGetStatus = 22,      // anyone -> agent
   kAgentStatus = 23,
+  // Pairing over the network (pairing.h): a client that holds a pairing
+  // code but no credentials yet, and the home's pairing listener.
+  kPair = 24,           // client -> home: proof that it knows the code
+  kPaired = 25,         // home -> client: its certificate and the home's proof
 };
 const char* MessageTypeName(MessageType t);
 
@@ -211,10 +215,26 @@ struct AgentStatus {
   uint64_t from_cache = 0, from_stick = 0, from_home = 0;
 };
 
+// Proofs are HMAC-SHA256 under the pairing code over the TLS session's
+// channel binding (pairing.h): a man in the middle has two sessions, and
+// cannot make a proof for either without the code.
+constexpr size_t kPairProofSize = 32;
+struct Pair {
+  std::string device;  // how the client calls itself (shown at home; the home names the certificate)
+  Bytes proof;         // kPairProofSize bytes
+};
+struct Paired {
+  std::string cert_pem;      // the client's certificate, for the key of its TLS session
+  std::string ca_pem;        // the home CA
+  Bytes manifest_key;        // the home's Ed25519 manifest key (32 bytes)
+  std::string home_address;  // where the client reaches the home daemon ("host:port")
+  Bytes proof;               // kPairProofSize bytes, over everything above too
+};
+
 using Message = std::variant<Hello, Error, GetChunks, ChunkData, GetObject, ObjectData, GetRef,
                              RefData, GetWorkingSet, WorkingSet, Attach, Attached, Input, Consumed,
                              Screen, Repaint, Checkpointed, GetCapability, Capability, Instantiate,
-                             Progress, GetStatus, AgentStatus>;
+                             Progress, GetStatus, AgentStatus, Pair, Paired>;
 
 MessageType TypeOf(const Message& m);
 
