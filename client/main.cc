@@ -18,6 +18,7 @@
 #include "slingshot/chunk_service.h"
 #include "slingshot/cli.h"
 #include "slingshot/coding.h"
+#include "slingshot/discovery.h"
 #include "slingshot/disk_table.h"
 #include "slingshot/event_log.h"
 #include "slingshot/manifest.h"
@@ -298,9 +299,64 @@ Status StatusCmd(const cli::po::variables_map& vm) {
   return Control(vm, "status", [](const std::string& l) { std::printf("%s\n", l.c_str()); });
 }
 
+// --- surrogates: found by DNS-SD or named by address ---
+
+struct SurrogateAddress {
+  std::string host;
+  uint16_t port = 0;
+  std::string fingerprint;  // to pin ("" = any)
+};
+
+// HOST:PORT as given, or a name that DNS-SD finds on this network (its
+// advertised fingerprint is then pinned unless --fingerprint says otherwise).
+Result<SurrogateAddress> FindSurrogate(const cli::po::variables_map& vm) {
+  const std::string what = vm["surrogate"].as<std::string>();
+  SurrogateAddress a;
+  if (vm.count("fingerprint")) a.fingerprint = vm["fingerprint"].as<std::string>();
+  if (what.find(':') != std::string::npos) {
+    SLINGSHOT_ASSIGN_OR_RETURN(auto hp, cli::ParseHostPort(what));
+    a.host = hp.first;
+    a.port = hp.second;
+    return a;
+  }
+  SLINGSHOT_ASSIGN_OR_RETURN(auto found, Browse(kSurrogateServiceType, vm["discover-ms"].as<int>()));
+  std::string names;
+  for (const auto& s : found) {
+    if (s.name == what) {
+      a.host = s.address;
+      a.port = s.port;
+      if (a.fingerprint.empty() && s.txt.count("fp")) a.fingerprint = s.txt.at("fp");
+      std::printf("surrogate \"%s\" found at %s (certificate %s)\n", what.c_str(), s.Endpoint().c_str(),
+                  a.fingerprint.empty() ? "not pinned" : a.fingerprint.c_str());
+      std::fflush(stdout);
+      return a;
+    }
+    names += (names.empty() ? "" : ", ") + s.name;
+  }
+  return Status::NotFound("no surrogate called \"" + what + "\" answers DNS-SD here" +
+                          (names.empty() ? std::string(" (none does)") : " (found: " + names + ")") +
+                          "; give its HOST:PORT instead");
+}
+
+Status DiscoverCmd(const cli::po::variables_map& vm) {
+  SLINGSHOT_ASSIGN_OR_RETURN(auto found, Browse(kSurrogateServiceType, vm["timeout-ms"].as<int>()));
+  if (found.empty()) {
+    std::printf("no surrogates found on this network (DNS-SD, %s)\n", kSurrogateServiceType);
+    return Status::OK();
+  }
+  std::printf("%-24s %-22s %-18s %s\n", "NAME", "ADDRESS", "CERTIFICATE", "HOST");
+  for (const auto& s : found) {
+    std::string fp = s.txt.count("fp") ? s.txt.at("fp") : "-";
+    if (s.txt.count("v") && s.txt.at("v") != std::to_string(wire::kVersion)) fp += " (speaks v" + s.txt.at("v") + ")";
+    std::printf("%-24s %-22s %-18s %s\n", s.name.c_str(), s.Endpoint().c_str(), fp.c_str(), s.host.c_str());
+  }
+  return Status::OK();
+}
+
 Status UseCmd(const cli::po::variables_map& vm) {
-  SLINGSHOT_ASSIGN_OR_RETURN(auto addr, cli::ParseHostPort(vm["surrogate"].as<std::string>()));
-  std::string fp = vm.count("fingerprint") ? vm["fingerprint"].as<std::string>() : "-";
+  SLINGSHOT_ASSIGN_OR_RETURN(SurrogateAddress sa, FindSurrogate(vm));
+  auto addr = std::make_pair(sa.host, sa.port);
+  std::string fp = sa.fingerprint.empty() ? "-" : sa.fingerprint;
   std::string stick = vm.count("stick") ? std::filesystem::absolute(vm["stick"].as<std::string>()).string() : "-";
   const bool tty = isatty(STDOUT_FILENO);
   auto st = Control(vm, "use " + addr.first + " " + std::to_string(addr.second) + " " + fp + " " + stick,
@@ -334,14 +390,14 @@ Status UseCmd(const cli::po::variables_map& vm) {
 
 // Asks a surrogate's agent what it runs (any client may ask).
 Status AgentStatusCmd(const cli::po::variables_map& vm) {
-  SLINGSHOT_ASSIGN_OR_RETURN(auto addr, cli::ParseHostPort(vm["surrogate"].as<std::string>()));
+  SLINGSHOT_ASSIGN_OR_RETURN(SurrogateAddress addr, FindSurrogate(vm));
   auto creds = TlsCredentials::Load(StateDir(vm) + "/pairing");
   if (!creds.ok()) return creds.status().Annotate("not paired with a home (run slingshot-client pair HOME --code CODE)");
   ConnectOptions o;
   o.verify_server_ca = false;
-  if (vm.count("fingerprint")) o.server_fingerprint = vm["fingerprint"].as<std::string>();
+  o.server_fingerprint = addr.fingerprint;
   o.software = "slingshot-client";
-  SLINGSHOT_ASSIGN_OR_RETURN(auto c, Connection::Connect(addr.first, addr.second, *creds, o));
+  SLINGSHOT_ASSIGN_OR_RETURN(auto c, Connection::Connect(addr.host, addr.port, *creds, o));
   SLINGSHOT_RETURN_IF_ERROR(c->Send(1, wire::GetStatus{}));
   SLINGSHOT_ASSIGN_OR_RETURN(wire::Message m, c->Expect(1, wire::MessageType::kAgentStatus));
   const auto& s = std::get<wire::AgentStatus>(m);
@@ -398,17 +454,26 @@ int main(int argc, char** argv) {
          pos.add("service", 1);
        },
        ProxyCmd},
-      {"use", "instantiate a replica on a surrogate, with a progress bar", "HOST:PORT [--fingerprint FP] [--stick DIR]",
+      {"discover", "list the surrogates that advertise themselves on this network (DNS-SD)", "[--timeout-ms MS]",
+       [](Opts& d, Pos&) {
+         d.add_options()("timeout-ms", value<int>()->default_value(3000), "how long to listen at most");
+       },
+       DiscoverCmd},
+      {"use", "instantiate a replica on a surrogate, with a progress bar", "NAME|HOST:PORT [--fingerprint FP] [--stick DIR]",
        [](Opts& d, Pos& pos) {
-         d.add_options()("surrogate", value<std::string>()->required(), "the surrogate's agent, HOST:PORT")
+         d.add_options()("surrogate", value<std::string>()->required(),
+                         "the surrogate's agent: a name slingshot-client discover lists, or HOST:PORT")
+             ("discover-ms", value<int>()->default_value(3000), "how long to look for a surrogate by name")
              ("fingerprint", value<std::string>(), "refuse an agent whose certificate has another fingerprint")
              ("stick", value<std::string>(), "portable storage plugged into the surrogate (its path there)");
          pos.add("surrogate", 1);
        },
        UseCmd},
-      {"agent-status", "ask a surrogate's agent what it runs: replicas, cache use, bytes by source", "HOST:PORT",
+      {"agent-status", "ask a surrogate's agent what it runs: replicas, cache use, bytes by source", "NAME|HOST:PORT",
        [](Opts& d, Pos& pos) {
-         d.add_options()("surrogate", value<std::string>()->required(), "the surrogate's agent, HOST:PORT")
+         d.add_options()("surrogate", value<std::string>()->required(),
+                         "the surrogate's agent: a name slingshot-client discover lists, or HOST:PORT")
+             ("discover-ms", value<int>()->default_value(3000), "how long to look for a surrogate by name")
              ("fingerprint", value<std::string>(), "refuse an agent whose certificate has another fingerprint");
          pos.add("surrogate", 1);
        },

@@ -11,6 +11,7 @@
 #include "slingshot/chunk_table_export.h"
 #include "slingshot/cli.h"
 #include "slingshot/coding.h"
+#include "slingshot/discovery.h"
 #include "slingshot/disk_table.h"
 #include "slingshot/fetch_chain.h"
 #include "slingshot/file_util.h"
@@ -18,6 +19,7 @@
 #include "slingshot/log.h"
 #include "slingshot/nbd_server.h"
 #include "slingshot/portable.h"
+#include "slingshot/wire.h"
 #include "agent_server.h"
 
 namespace slingshot {
@@ -178,7 +180,18 @@ Status RunCmd(const cli::po::variables_map& vm) {
   std::printf("slingshot-agent \"%s\" listening on %s:%u, certificate %s; cache %s (wiped)\n", o.name.c_str(),
               listen.first.c_str(), agent->port(), agent->fingerprint().c_str(), o.cache_dir.c_str());
   std::fflush(stdout);
+  // Clients on the hotspot find the agent by DNS-SD (discovery.h); the
+  // advert carries the certificate's fingerprint for them to pin.
+  std::unique_ptr<Advertiser> advert;
+  if (!vm.count("no-advertise")) {
+    ServiceAdvert ad;
+    ad.name = o.name;
+    ad.port = agent->port();
+    ad.txt = {{"v", std::to_string(wire::kVersion)}, {"fp", agent->fingerprint()}};
+    SLINGSHOT_ASSIGN_OR_RETURN(advert, Advertiser::Start(ad));
+  }
   int sig = cli::WaitForStopSignal();
+  advert.reset();
   std::printf("stopping on %s: destroying every replica\n", strsignal(sig));
   std::fflush(stdout);
   agent->Stop();
@@ -215,7 +228,8 @@ int main(int argc, char** argv) {
        [](Opts& d, Pos&) {
          d.add_options()("listen", value<std::string>()->default_value("0.0.0.0:7391"), "address to listen on")
              ("name", value<std::string>()->default_value("surrogate"), "this surrogate's name, shown to clients")
-             ("max-replicas", value<int>()->default_value(8), "replicas run at once");
+             ("max-replicas", value<int>()->default_value(8), "replicas run at once")
+             ("no-advertise", "do not advertise this agent over DNS-SD (clients then need its address)");
        },
        RunCmd},
       {"cache stats", "print what the chunk cache holds", "", cli::NoOptions, CacheStats},

@@ -8,14 +8,14 @@ PACKAGES=(
   # build
   build-essential cmake pkg-config
   libssl-dev libdb5.3++-dev libzstd-dev libarchive-dev libboost-program-options-dev
-  nlohmann-json3-dev libvncserver-dev libxen-dev
+  nlohmann-json3-dev libvncserver-dev libxen-dev libavahi-client-dev
   # virtual machines: QEMU (TCG here), qemu-nbd for disks in tests; the test
   # guest image is packed with cpio from packages fetched by apt-get download
   qemu-system-x86 qemu-utils cpio gzip kmod
   # NBD interop tests: libnbd's nbdinfo and nbdcopy
   libnbd-bin
-  # tests
-  libgtest-dev
+  # tests (DNS-SD: an avahi-daemon and a D-Bus per test namespace)
+  libgtest-dev avahi-daemon dbus-daemon
   # demo: listing and checking bundles with stock tools
   zstd tar coreutils
   "$@"

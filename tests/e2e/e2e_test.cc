@@ -58,6 +58,12 @@ auto InNetns(const std::string& ns, F f) {
   return r;
 }
 
+// The environment setting that points a program at the D-Bus system bus of
+// namespace ns (world.sh runs one, with an avahi-daemon, per namespace).
+std::string BusOf(const std::string& ns) {
+  return "DBUS_SYSTEM_BUS_ADDRESS=unix:path=" + kWorld + "/bus-" + ns.substr(3);
+}
+
 // Where the home's primary answers its notepad control port (in ss-home).
 Endpoint HomeControl() {
   std::ifstream in(kWorld + "/home/services/notepad/endpoints");
@@ -161,7 +167,7 @@ class E2eTest : public ::testing::Test {
 
   Process* StartAgent(const std::string& ns, const std::string& ip, const std::string& name) {
     agents_.push_back(std::make_unique<Process>(
-        std::vector<std::string>{kAgent, "run", "--listen", ip + ":7391", "--name", name, "--cache",
+        std::vector<std::string>{"env", BusOf(ns), kAgent, "run", "--listen", ip + ":7391", "--name", name, "--cache",
                                  kWorld + "/" + name + "-cache", "--accel", "tcg"},
         kWorld + "/" + name + ".log", ns));
     EXPECT_TRUE(agents_.back()->WaitFor("listening", 20s)) << agents_.back()->Output();
@@ -436,6 +442,93 @@ TEST_F(E2eTest, TheLogIsTruncatedWhenTheHomeCheckpoints) {
     std::this_thread::sleep_for(200ms);
   }
   EXPECT_TRUE(truncated) << proxy_->Output();
+}
+
+
+// The agent's certificate fingerprint, from its "listening" line.
+std::string AgentFingerprint(const Process& agent) {
+  std::string out = agent.Output();
+  size_t at = out.find("certificate ");
+  return at == std::string::npos ? "" : out.substr(at + 12, 16);
+}
+
+TEST_F(E2eTest, SurrogatesAreFoundByDnsSdAndUsedByName) {
+  Process* cafe = StartAgent("ss-surr", "10.77.0.3", "cafe");
+  Process* library = StartAgent("ss-surr2", "10.77.0.4", "library");
+  ASSERT_TRUE(cafe->WaitFor("advertised as", 20s)) << cafe->Output();
+  ASSERT_TRUE(library->WaitFor("advertised as", 20s)) << library->Output();
+  const std::string discover = "env " + BusOf("ss-client") + " " + kClient + " discover --state-dir " + kState;
+  // Both answer on the client's network, each with the fingerprint its agent printed.
+  std::string seen;
+  auto until = Clock::now() + 20s;
+  while (Clock::now() < until) {
+    seen = Shell(discover);
+    if (seen.find("cafe") != std::string::npos && seen.find("library") != std::string::npos) break;
+    std::this_thread::sleep_for(500ms);
+  }
+  EXPECT_NE(seen.find("10.77.0.3:7391"), std::string::npos) << seen;
+  EXPECT_NE(seen.find("10.77.0.4:7391"), std::string::npos) << seen;
+  ASSERT_EQ(AgentFingerprint(*cafe).size(), 16u) << cafe->Output();
+  EXPECT_NE(seen.find(AgentFingerprint(*cafe)), std::string::npos) << seen;
+  EXPECT_NE(seen.find(AgentFingerprint(*library)), std::string::npos) << seen;
+
+  // The user picks the cafe by name; the proxy gets its address and pins
+  // its advertised certificate.
+  StartProxy();
+  int rc;
+  std::string out = Shell("env " + BusOf("ss-client") + " " + kClient + " use cafe --state-dir " + kState, &rc);
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("found at 10.77.0.3:7391"), std::string::npos) << out;
+  EXPECT_NE(out.find("ready replica cafe"), std::string::npos) << out;
+  Type("found by name");
+  EXPECT_TRUE(WaitHomeDoc(doc_ + "found by name", 60s).ok()) << proxy_->Output();
+  EXPECT_TRUE(WaitStatus("replica cafe", 5s)) << StatusText();
+
+  // A name no surrogate answers to gets a clear error naming those that do.
+  out = Shell("env " + BusOf("ss-client") + " " + kClient + " use nowhere --discover-ms 1500 --state-dir " + kState, &rc);
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("no surrogate called \"nowhere\""), std::string::npos) << out;
+  EXPECT_NE(out.find("library"), std::string::npos) << out;
+
+  // An agent that stops withdraws its advert.
+  library->Kill(SIGTERM);
+  until = Clock::now() + 20s;
+  while (Clock::now() < until) {
+    seen = Shell(discover);
+    if (seen.find("library") == std::string::npos) break;
+    std::this_thread::sleep_for(500ms);
+  }
+  EXPECT_EQ(seen.find("library"), std::string::npos) << seen;
+  EXPECT_NE(seen.find("cafe"), std::string::npos) << seen;
+}
+
+// Counts the occurrences of needle in hay.
+size_t Count(const std::string& hay, const std::string& needle) {
+  size_t n = 0;
+  for (size_t at = hay.find(needle); at != std::string::npos; at = hay.find(needle, at + 1)) ++n;
+  return n;
+}
+
+TEST_F(E2eTest, AnAgentAdvertisesAgainAfterAvahiDaemonRestarts) {
+  Process* agent = StartAgent("ss-surr2", "10.77.0.4", "library");
+  ASSERT_TRUE(agent->WaitFor("advertised as", 20s)) << agent->Output();
+  // Stop the surrogate's avahi-daemon (as a package upgrade would), then
+  // start it again the way world.sh does.
+  const std::string conf = kWorld + "/avahi-surr2.conf";
+  int rc;
+  // (avahi-daemon renames its process "avahi-daemon: running [HOST]"; the
+  // brackets keep pkill from matching its own shell.)
+  Shell("pkill -f '[a]vahi-daemon: running .ss-surr2[.]local'", &rc);
+  ASSERT_EQ(rc, 0) << "no avahi-daemon in ss-surr2";
+  ASSERT_TRUE(agent->WaitFor("lost avahi-daemon", 20s)) << agent->Output();
+  Shell("ip netns exec ss-surr2 unshare -m sh -c 'mkdir -p /run/avahi-daemon && mount -t tmpfs tmpfs "
+        "/run/avahi-daemon && " + BusOf("ss-surr2") + " exec avahi-daemon --no-drop-root --no-chroot --no-rlimits -f " +
+        conf + "' >>" + kWorld + "/avahi-surr2.log 2>&1 </dev/null &", &rc);
+  auto until = Clock::now() + 30s;
+  while (Count(agent->Output(), "advertised as") < 2 && Clock::now() < until) std::this_thread::sleep_for(200ms);
+  EXPECT_EQ(Count(agent->Output(), "advertised as"), 2u) << agent->Output();
+  std::string seen = Shell("env " + BusOf("ss-client") + " " + kClient + " discover --state-dir " + kState);
+  EXPECT_NE(seen.find("10.77.0.4:7391"), std::string::npos) << seen;
 }
 
 }  // namespace

@@ -36,6 +36,19 @@ for n in "${names[@]}"; do
   ip -n "ss-$n" link set lo up
   i=$((i + 1))
 done
+# DNS-SD: the client's and the surrogates' namespaces each get a system bus
+# of their own (a unix socket, $world/bus-NAME; programs find it through
+# DBUS_SYSTEM_BUS_ADDRESS) and an avahi-daemon on it, as on separate machines.
+here=$(cd "$(dirname "$0")" && pwd)
+for n in client surr surr2; do
+  sed "s|@SOCKET@|$world/bus-$n|" "$here/bus.conf.in" >"$world/bus-$n.conf"
+  sed "s|@HOST@|ss-$n|" "$here/avahi-daemon.conf.in" >"$world/avahi-$n.conf"
+  ip netns exec "ss-$n" dbus-daemon --config-file="$world/bus-$n.conf" --fork >/dev/null
+  # avahi-daemon keeps its pid file in /run/avahi-daemon: one of its own each.
+  ip netns exec "ss-$n" unshare -m sh -c "mkdir -p /run/avahi-daemon && mount -t tmpfs tmpfs /run/avahi-daemon &&
+    DBUS_SYSTEM_BUS_ADDRESS=unix:path=$world/bus-$n exec avahi-daemon --no-drop-root --no-chroot --no-rlimits \
+    -f $world/avahi-$n.conf" >"$world/avahi-$n.log" 2>&1 </dev/null &
+done
 home=$build/home/slingshot-home
 g=$build/guest
 h="--store $world/home/store --key $world/home/home.key --tls-dir $world/home/tls --services-dir $world/home/services"
@@ -62,6 +75,14 @@ wait "$pair_pid" || { echo "slingshot-home pair failed:" >&2; cat "$world/pair-h
 ip netns exec ss-home setsid "$home" run $h --listen 10.77.0.1:7390 --accel tcg \
   --checkpoint-inputs 40 --checkpoint-seconds 5 >"$world/home.log" 2>&1 </dev/null &
 echo $! >"$world/home.pid"
+for n in client surr surr2; do
+  for _ in $(seq 1 100); do
+    grep -q "Server startup complete" "$world/avahi-$n.log" 2>/dev/null && break
+    sleep 0.1
+  done
+  grep -q "Server startup complete" "$world/avahi-$n.log" ||
+    { echo "avahi-daemon in ss-$n did not start:" >&2; cat "$world/avahi-$n.log" >&2; exit 1; }
+done
 for _ in $(seq 1 240); do
   if grep -q "^epoch" "$world/home/services/notepad/status" 2>/dev/null; then
     echo "world up: home pid $(cat "$world/home.pid"), $(cat "$world/home/services/notepad/status")"
