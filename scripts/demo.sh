@@ -6,7 +6,8 @@
 # store and verified, a damaged bundle refused, garbage collection, and the
 # disk served on demand to a surrogate: the home's chunk service over TLS,
 # a stick filled from it, and the agent's NBD export read by nbdcopy. Then
-# replication: home, client and surrogate in network namespaces, typing
+# replication: home, client and surrogate in network namespaces, pairing
+# over the network, a surrogate found by DNS-SD, typing
 # through the proxy, a surrogate replica that leads and is killed, and the
 # home's document checked against what was typed (DEMO OK).
 set -euo pipefail
@@ -146,13 +147,19 @@ step "Home, client and two hotspots, each in its own network namespace; the home
 "$SRC/tests/e2e/world.sh" up "$BUILD"
 "$HOME_BIN" service list --services-dir "$WORLD/home/services"
 
+step "The laptop paired with its home over the network: a one-time code, nothing else carried by hand"
+sed 's/^/home:   /' "$WORLD/pair-home.log"
+sed 's/^/laptop: /' "$WORLD/pair-client.log"
+
 step "The client reaches home over a WAN: 40 ms round trip, 50 Mbit/s (a user-space link emulator)"
 ip netns exec ss-client "$LINKEMU" 10.77.0.2:17390 10.77.0.1:7390 40 50 > "$W/linkemu.out" 2>&1 &
+disown
 for _ in $(seq 50); do grep -q relaying "$W/linkemu.out" && break; sleep 0.1; done
 cat "$W/linkemu.out"
 
 step "The client proxy: a VNC endpoint on 127.0.0.1:5900 for any viewer, in front of every replica"
 ip netns exec ss-client "$CLIENT_BIN" proxy notepad --state-dir "$STATE" --home 10.77.0.2:17390 > "$W/proxy.out" 2>&1 &
+disown
 for _ in $(seq 300); do grep -q "proxy ready" "$W/proxy.out" && break; sleep 0.1; done
 grep -v TRACE "$W/proxy.out"
 REF=""
@@ -166,12 +173,23 @@ typeit "Dear diary, typed at home. "
 "$CLIENT_BIN" status --state-dir "$STATE"
 
 step "A surrogate in the cafe; the client instantiates a replica there (checkpoint + log)"
-ip netns exec ss-surr "$AGENT_BIN" run --listen 10.77.0.3:7391 --name cafe --cache "$WORLD/cafe-cache" --accel tcg \
-  > "$W/cafe.out" 2>&1 &
+# Each namespace has its own D-Bus system bus and avahi-daemon (world.sh).
+bus() { echo "DBUS_SYSTEM_BUS_ADDRESS=unix:path=$WORLD/bus-$1"; }
+ip netns exec ss-surr env "$(bus surr)" "$AGENT_BIN" run --listen 10.77.0.3:7391 --name cafe \
+  --cache "$WORLD/cafe-cache" --accel tcg > "$W/cafe.out" 2>&1 &
 CAFE=$!
-for _ in $(seq 100); do grep -q listening "$W/cafe.out" && break; sleep 0.1; done
+disown
+for _ in $(seq 100); do grep -q "advertised as" "$W/cafe.out" && break; sleep 0.1; done
+cat "$W/cafe.out"
+echo "the laptop looks for surrogates on the hotspot's network (DNS-SD):"
+for _ in $(seq 20); do
+  env "$(bus client)" "$CLIENT_BIN" discover --state-dir "$STATE" > "$W/discover.out"
+  grep -q cafe "$W/discover.out" && break
+  sleep 0.5
+done
+cat "$W/discover.out"
 START=$(date +%s%N)
-"$CLIENT_BIN" use 10.77.0.3:7391 --state-dir "$STATE"
+env "$(bus client)" "$CLIENT_BIN" use cafe --state-dir "$STATE"
 echo "instantiated in $(( ($(date +%s%N) - START) / 1000000 )) ms (the command, from asking for a capability to caught up)"
 
 step "Typing with the surrogate leading: keys answer over the hotspot's LAN"
