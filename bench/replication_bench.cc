@@ -103,7 +103,7 @@ uint16_t FreePort() {
 int main(int argc, char** argv) {
   po::options_description d("replication_bench options");
   d.add_options()("help", "this help")
-      ("keys", po::value<int>()->default_value(200), "keystrokes measured each way")
+      ("keys", po::value<int>()->default_value(600), "keystrokes measured each way")
       ("wan-rtt-ms", po::value<double>()->default_value(2), "home link RTT in the failover phase")
       ("accel", po::value<std::string>()->default_value("tcg"), "QEMU accel")
       ("no-sync", "run the proxy with --no-sync (no fdatasync per input)")
