@@ -295,6 +295,13 @@ Status Control(const cli::po::variables_map& vm, const std::string& command,
   return result;
 }
 
+Status LeaveCmd(const cli::po::variables_map& vm) {
+  const std::string name = vm["replica"].as<std::string>();
+  SLINGSHOT_RETURN_IF_ERROR(Control(vm, "leave " + name, [](const std::string& l) { std::printf("%s\n", l.c_str()); }));
+  std::printf("left %s: its surrogate destroys the replica\n", name.c_str());
+  return Status::OK();
+}
+
 Status StatusCmd(const cli::po::variables_map& vm) {
   return Control(vm, "status", [](const std::string& l) { std::printf("%s\n", l.c_str()); });
 }
@@ -479,6 +486,12 @@ int main(int argc, char** argv) {
        },
        AgentStatusCmd},
       {"status", "ask the running proxy about its replicas, leader and log", "", cli::NoOptions, StatusCmd},
+      {"leave", "end a surrogate replica (its agent destroys it); typing goes on with the others", "NAME",
+       [](Opts& d, Pos& pos) {
+         d.add_options()("replica", value<std::string>()->required(), "the replica, as status names it");
+         pos.add("replica", 1);
+       },
+       LeaveCmd},
       {"log stats", "recover the event log and print what it holds", "", cli::NoOptions, LogStats},
       {"log show", "list records (seq, time, type, size)", "[--from SEQ] [--limit N]",
        [](Opts& d, Pos&) {

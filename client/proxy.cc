@@ -59,6 +59,7 @@ struct Link {
   double ewma_ms = -1;
   uint64_t pin = 0;
   bool pinned = false;
+  bool leaving = false;  // the user asked to leave it
 };
 
 struct Proxy::Impl {
@@ -334,7 +335,11 @@ struct Proxy::Impl {
       k->pinned = false;
     }
     links.remove(k);
-    LogWarning("replica " + k->name + " dropped: " + end.message());
+    if (k->leaving) {
+      LogInfo("replica " + k->name + " left at the user's request");
+    } else {
+      LogWarning("replica " + k->name + " dropped: " + end.message());
+    }
     ChooseLeader();
   }
 
@@ -419,8 +424,11 @@ struct Proxy::Impl {
       Status st = self->Use(w[1], static_cast<uint16_t>(port), w[3] == "-" ? "" : w[3], w[4] == "-" ? "" : w[4],
                             [&](const std::string& s) { WriteLine(fd, s); });
       WriteLine(fd, st.ok() ? "ok" : "error " + st.message());
+    } else if (w.size() == 2 && w[0] == "leave") {
+      Status st = self->Leave(w[1]);
+      WriteLine(fd, st.ok() ? "ok" : "error " + st.message());
     } else {
-      WriteLine(fd, "error unknown command \"" + line + "\" (status | use HOST PORT FP|- STICK|-)");
+      WriteLine(fd, "error unknown command \"" + line + "\" (status | use HOST PORT FP|- STICK|- | leave NAME)");
     }
     ::close(fd);
   }
@@ -510,6 +518,24 @@ void Proxy::Stop() {
 }
 
 uint16_t Proxy::vnc_port() const { return impl_->vnc_port; }
+
+Status Proxy::Leave(const std::string& name) {
+  Impl& i = *impl_;
+  std::shared_ptr<Link> k;
+  {
+    MutexLock l(&i.mu);
+    for (const auto& c : i.links) {
+      if (c->name == name && !c->dead) k = c;
+    }
+    if (!k) return Status::NotFound("no replica called \"" + name + "\" (slingshot-client status lists them)");
+    if (k->is_home) return Status::InvalidArgument("home holds the primary replica: it cannot be left");
+    k->leaving = true;
+  }
+  // Ends the session: the agent destroys the replica, and RunLink drops it
+  // (choosing another leader if it led).
+  k->conn->Close();
+  return Status::OK();
+}
 
 ProxyStatus Proxy::status() const {
   Impl& i = *impl_;

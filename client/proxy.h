@@ -17,7 +17,8 @@
 // - When the home reports a published checkpoint, the log is truncated up
 //   to its seq (never past the seq of a replica still being instantiated).
 // - The home is reconnected forever, with backoff; surrogates are added by
-//   `slingshot-client use` through the proxy's control socket.
+//   `slingshot-client use` through the proxy's control socket, and left
+//   with `slingshot-client leave`.
 #ifndef SLINGSHOT_CLIENT_PROXY_H_
 #define SLINGSHOT_CLIENT_PROXY_H_
 
@@ -75,6 +76,11 @@ class Proxy {
   // report as they come. Returns when the replica is attached.
   Status Use(const std::string& host, uint16_t port, const std::string& fingerprint, const std::string& stick_dir,
              const std::function<void(const std::string&)>& report);
+
+  // Ends the session with the surrogate replica called name: its agent
+  // destroys it; typing goes on with the others. NotFound if there is no
+  // such replica; home cannot be left.
+  Status Leave(const std::string& name);
 
   struct Impl;
 

@@ -531,5 +531,106 @@ TEST_F(E2eTest, AnAgentAdvertisesAgainAfterAvahiDaemonRestarts) {
   EXPECT_NE(seen.find("10.77.0.4:7391"), std::string::npos) << seen;
 }
 
+
+// How many QEMU processes run in namespace ns (a replica each).
+int QemusIn(const std::string& ns) {
+  std::string out = Shell("for p in $(ip netns pids " + ns + "); do tr '\\0' ' ' </proc/$p/cmdline 2>/dev/null; echo; "
+                          "done | grep -c 'qemu-system-'");
+  return std::atoi(out.c_str());
+}
+
+bool WaitQemus(const std::string& ns, int n, std::chrono::milliseconds timeout) {
+  auto end = Clock::now() + timeout;
+  while (QemusIn(ns) != n && Clock::now() < end) std::this_thread::sleep_for(200ms);
+  return QemusIn(ns) == n;
+}
+
+TEST_F(E2eTest, TheClientLeavesASurrogateAndItsAgentDestroysTheReplica) {
+  StartProxy();
+  Process* cafe = StartAgent("ss-surr", "10.77.0.3", "cafe");
+  int rc;
+  std::string out = Use("10.77.0.3:7391", &rc);
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_EQ(QemusIn("ss-surr"), 1);
+  Type("stay ");
+  ASSERT_TRUE(WaitStatus("replica cafe consumed", 10s)) << StatusText();
+  out = Shell(kClient + " leave cafe --state-dir " + kState, &rc);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_TRUE(cafe->WaitFor("destroying it", 20s)) << cafe->Output();
+  EXPECT_TRUE(WaitQemus("ss-surr", 0, 20s)) << "the replica's VM outlived the session";
+  EXPECT_EQ(StatusText().find("replica cafe"), std::string::npos) << StatusText();
+  EXPECT_NE(proxy_->Output().find("replica cafe left at the user's request"), std::string::npos) << proxy_->Output();
+  // Home cannot be left, nor a replica that is not there.
+  out = Shell(kClient + " leave home --state-dir " + kState, &rc);
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("primary"), std::string::npos) << out;
+  out = Shell(kClient + " leave cafe --state-dir " + kState, &rc);
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("no replica called \"cafe\""), std::string::npos) << out;
+  Type("and go on");
+  EXPECT_TRUE(WaitHomeDoc(doc_ + "stay and go on", 60s).ok()) << proxy_->Output();
+}
+
+// Every file under dir whose bytes contain needle.
+std::vector<std::string> FilesHolding(const std::string& dir, const std::string& needle) {
+  std::vector<std::string> hits;
+  std::error_code ec;
+  for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator();
+       it.increment(ec)) {
+    if (!it->is_regular_file()) continue;
+    auto b = ReadFileBounded(it->path().string(), 1ull << 30);
+    if (b.ok() && std::string_view(reinterpret_cast<const char*>(b->data()), b->size()).find(needle) !=
+                      std::string_view::npos) {
+      hits.push_back(it->path().string());
+    }
+  }
+  return hits;
+}
+
+TEST_F(E2eTest, AReplicaEndsWhenItsCapabilityExpiresAndNoKeyReachesTheSurrogatesDisk) {
+  Process* cafe = StartAgent("ss-surr", "10.77.0.3", "cafe");
+  Pairing p = LoadPairing();
+  auto home_ca = CertificateAuthority::Load(kWorld + "/home/tls/ca");
+  ASSERT_TRUE(home_ca.ok());
+  // A capability good for 30 more seconds, used and kept open.
+  auto cap = home_ca->Issue("alice", "surrogate", 30, "service=notepad;client=alice");
+  ASSERT_TRUE(cap.ok());
+  const int64_t not_after = InspectCertificate(cap->cert_pem)->not_after;
+  Status ended = InNetns("ss-client", [&]() -> Status {
+    ConnectOptions o;
+    o.verify_server_ca = false;
+    SLINGSHOT_ASSIGN_OR_RETURN(auto c, Connection::Connect("10.77.0.3", 7391, p.creds, o));
+    wire::Instantiate in;
+    in.service = "notepad";
+    in.home_host = "10.77.0.1";
+    in.home_port = 7390;
+    in.ca_pem = p.creds.ca_pem;
+    in.manifest_key = p.manifest_key;
+    in.cert_pem = cap->cert_pem;
+    in.key_pem = cap->key_pem;
+    SLINGSHOT_RETURN_IF_ERROR(c->Send(1, in));
+    bool attached = false;
+    for (;;) {
+      auto f = c->Receive(10000);
+      if (!f.ok()) return attached ? f.status() : f.status().Annotate("before Attached");
+      if (auto* e = std::get_if<wire::Error>(&f->message)) return e->ToStatus("agent");
+      if (std::holds_alternative<wire::Attached>(f->message) && !attached) {
+        attached = true;
+        EXPECT_EQ(QemusIn("ss-surr"), 1);
+        // The replica runs: nothing the agent wrote holds a private key.
+        for (const auto& secret : {std::string("PRIVATE KEY"), cap->key_pem.substr(28, 40)}) {
+          auto hits = FilesHolding(kWorld + "/cafe-cache", secret);
+          EXPECT_TRUE(hits.empty()) << "\"" << secret << "\" is on the surrogate's disk in " << hits[0];
+        }
+      }
+    }
+  });
+  // The agent ended the session at the capability's expiry (not before).
+  EXPECT_FALSE(ended.ok());
+  EXPECT_GE(static_cast<int64_t>(std::time(nullptr)), not_after) << ended.ToString();
+  EXPECT_TRUE(cafe->WaitFor("the capability expired; destroying it", 5s)) << cafe->Output();
+  EXPECT_TRUE(WaitQemus("ss-surr", 0, 20s)) << "the replica's VM outlived its capability";
+}
+
 }  // namespace
 }  // namespace slingshot::testing
