@@ -632,5 +632,46 @@ TEST_F(E2eTest, AReplicaEndsWhenItsCapabilityExpiresAndNoKeyReachesTheSurrogates
   EXPECT_TRUE(WaitQemus("ss-surr", 0, 20s)) << "the replica's VM outlived its capability";
 }
 
+// The pid of the one QEMU in namespace ns.
+pid_t QemuPid(const std::string& ns) {
+  std::string out = Shell("for p in $(ip netns pids " + ns + "); do tr '\\0' ' ' </proc/$p/cmdline 2>/dev/null | "
+                          "grep -q 'qemu-system-' && echo $p; done");
+  return static_cast<pid_t>(std::atoi(out.c_str()));
+}
+
+TEST_F(E2eTest, ALaggingLeaderLosesTheLeadAndCatchesUpAfter) {
+  StartProxy();
+  StartAgent("ss-surr", "10.77.0.3", "cafe");
+  int rc;
+  std::string out = Use("10.77.0.3:7391", &rc);
+  ASSERT_EQ(rc, 0) << out;
+  std::string typed;
+  auto until = Clock::now() + 90s;
+  while (Leader() != "cafe" && Clock::now() < until) {
+    typed += static_cast<char>('a' + typed.size() % 26);
+    Type(typed.substr(typed.size() - 1));
+  }
+  ASSERT_EQ(Leader(), "cafe") << StatusText();
+  // The surrogate's VM freezes (an overloaded hotspot): its agent lives on,
+  // but the replica stops consuming inputs.
+  pid_t vm = QemuPid("ss-surr");
+  ASSERT_GT(vm, 0);
+  ASSERT_EQ(kill(vm, SIGSTOP), 0);
+  Type(" frozen", 100);
+  bool home_led = WaitLeader("home", 10s);
+  std::string during = StatusText();
+  ASSERT_EQ(kill(vm, SIGCONT), 0);
+  EXPECT_TRUE(home_led) << during;
+  Type(" thawed");
+  typed += " frozen thawed";
+  EXPECT_TRUE(WaitHomeDoc(doc_ + typed, 60s).ok()) << proxy_->Output();
+  // Lagging is not dying: the frozen replica stayed in the set, and once
+  // thawed it consumes every input (it is sent what it missed).
+  EXPECT_NE(during.find("replica cafe consumed"), std::string::npos) << during;
+  EXPECT_EQ(proxy_->Output().find("replica cafe dropped"), std::string::npos) << proxy_->Output();
+  const uint64_t last = LastSeq();
+  EXPECT_TRUE(WaitStatus("replica cafe consumed " + std::to_string(last) + " ", 30s)) << last << "\n" << StatusText();
+}
+
 }  // namespace
 }  // namespace slingshot::testing
