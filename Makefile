@@ -45,14 +45,14 @@ sanitize: deps
 	cd $(BUILD)-asan && ctest -LE 'nested|long|bench|e2e' --output-on-failure -j$(JOBS)
 
 # The unit tests and the concurrent network tests (TLS transport, chunk
-# service, fetch chain) under ThreadSanitizer. -Wno-tsan: Boost.Asio uses
+# service, fetch chain, pairing) under ThreadSanitizer. -Wno-tsan: Boost.Asio uses
 # atomic_thread_fence, which TSan does not model (GCC warns about it).
 tsan: deps
 	cmake -S . -B $(BUILD)-tsan -DCMAKE_BUILD_TYPE=Debug -DSLINGSHOT_WERROR=ON -DCMAKE_CXX_FLAGS="-fsanitize=thread -Wno-tsan"
 	cmake --build $(BUILD)-tsan -j$(JOBS) --target slingshot_unit_tests slingshot_nbd_tests
 	TSAN_OPTIONS="halt_on_error=1 suppressions=$(CURDIR)/tests/tsan.supp" $(BUILD)-tsan/tests/unit/slingshot_unit_tests
 	TSAN_OPTIONS="halt_on_error=1 suppressions=$(CURDIR)/tests/tsan.supp" $(BUILD)-tsan/tests/nbd/slingshot_nbd_tests \
-	  --gtest_filter='FetchTest.*'
+	  --gtest_filter='FetchTest.*:Pairing*'
 
 # Builds with clang's -Wthread-safety as an error: every GUARDED_BY member
 # and REQUIRES method (core/include/slingshot/mutex.h) is checked.

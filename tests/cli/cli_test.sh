@@ -108,6 +108,25 @@ grep -q "stopped by Terminated: 5 chunks sent" "$W/serve.out" || { echo "FAIL: s
 expect 1 "Unavailable.*cannot connect" -- "$CLIENT_BIN" portable sync "$W/stick" --home 127.0.0.1:$PORT --credentials "$W/laptop" --ref disk/d
 expect 1 "holds no Slingshot chunks" -- "$CLIENT_BIN" portable status "$W"
 
+# Pairing over the network: a wrong code, then the right one; the code is
+# then spent. The client's mistakes are caught before it connects.
+H="--store $W/pair-store --key $W/pair.key --tls-dir $W/pair-tls --services-dir $W/pair-services"
+"$HOME_BIN" init $H --name cli-home >/dev/null
+PPORT=$((21000 + RANDOM % 20000))
+"$HOME_BIN" pair laptop --address 127.0.0.1:7390 --listen 127.0.0.1:$PPORT --timeout 30 $H > "$W/pair.out" 2>&1 &
+PAIR=$!
+for _ in $(seq 50); do grep -q -- "--code" "$W/pair.out" && break; sleep 0.1; done
+CODE=$(sed -n 's/.*--code \([0-9A-Z-]*\).*/\1/p' "$W/pair.out")
+expect 2 "needs --code" -- "$CLIENT_BIN" pair 127.0.0.1:$PPORT --state-dir "$W/client"
+expect 2 "'U', which no code has" -- "$CLIENT_BIN" pair 127.0.0.1:$PPORT --code UUUU-0000-0000-0000-0000 --state-dir "$W/client"
+expect 1 "wrong pairing code" -- "$CLIENT_BIN" pair 127.0.0.1:$PPORT --code 0000-0000-0000-0000-0000 --state-dir "$W/client"
+expect 0 "paired as \"laptop\" with the home at 127.0.0.1:7390" -- "$CLIENT_BIN" pair 127.0.0.1:$PPORT --code "$CODE" --state-dir "$W/client"
+wait $PAIR || { echo "FAIL: slingshot-home pair failed:"; cat "$W/pair.out"; fails=$((fails + 1)); }
+grep -q 'paired client "laptop"' "$W/pair.out" || { echo "FAIL: the home did not report the pairing:"; cat "$W/pair.out"; fails=$((fails + 1)); }
+expect 1 "cannot connect" -- "$CLIENT_BIN" pair 127.0.0.1:$PPORT --code "$CODE" --state-dir "$W/client2"
+[ "$(stat -c %a "$W/client/pairing/key.pem")" = 600 ] || { echo "FAIL: the client's key is not 0600"; fails=$((fails + 1)); }
+expect 1 "cannot reach avahi-daemon|no surrogate called" -- env DBUS_SYSTEM_BUS_ADDRESS=unix:path=$W/no-bus "$CLIENT_BIN" use cafe --state-dir "$W/client" --discover-ms 500
+
 if [ "$fails" -ne 0 ]; then
   echo "$fails check(s) failed"
   exit 1

@@ -6,6 +6,7 @@
 
 #include <thread>
 
+#include "slingshot/mutex.h"
 #include "slingshot/transport.h"
 #include "slingshot/wire.h"
 
@@ -179,7 +180,12 @@ TEST(PairingTest, AnImpostorHomeCannotProveTheCode) {
 // session, so the home refuses it and the client gets no pairing.
 struct Relay : RequestHandler {
   uint16_t home_port = 0;
-  Status relayed_reply;
+  Mutex mu;
+  Status relayed_reply GUARDED_BY(mu);
+  Status RelayedReply() {
+    MutexLock l(&mu);
+    return relayed_reply;
+  }
   Status Handle(Connection& c, uint32_t request, wire::Message&& m) override {
     auto self = SelfSignedCredentials("mitm", "pairing", 600);
     ConnectOptions co;
@@ -188,7 +194,10 @@ struct Relay : RequestHandler {
     if (!up.ok()) return up.status();
     SLINGSHOT_RETURN_IF_ERROR((*up)->Send(request, m));
     auto reply = (*up)->Expect(request, wire::MessageType::kPaired);
-    relayed_reply = reply.status();
+    {
+      MutexLock l(&mu);
+      relayed_reply = reply.status();
+    }
     if (!reply.ok()) return reply.status();
     return c.Send(request, *reply);
   }
@@ -209,9 +218,9 @@ TEST(PairingTest, AManInTheMiddleIsCaughtByTheChannelBinding) {
   ASSERT_TRUE(server.ok());
   auto r = PairWithHome("127.0.0.1", (*server)->port(), code, "alice-laptop");
   EXPECT_FALSE(r.ok());
-  EXPECT_EQ(relay.relayed_reply.code(), Status::Code::kPermissionDenied);
-  EXPECT_NE(relay.relayed_reply.message().find("wrong pairing code"), std::string::npos)
-      << relay.relayed_reply.ToString();
+  Status relayed = relay.RelayedReply();
+  EXPECT_EQ(relayed.code(), Status::Code::kPermissionDenied);
+  EXPECT_NE(relayed.message().find("wrong pairing code"), std::string::npos) << relayed.ToString();
   // The home is still waiting for the real client, which then pairs.
   EXPECT_EQ((*listener)->Wait(100).status().code(), Status::Code::kUnavailable);
   EXPECT_TRUE(PairWithHome("127.0.0.1", (*listener)->port(), code, "alice-laptop").ok());
