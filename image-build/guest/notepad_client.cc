@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <thread>
@@ -233,6 +234,9 @@ std::vector<int> ProcessesMatching(const std::string& needle) {
     if (pid <= 0 || pid == getpid()) continue;
     std::ifstream in("/proc/" + std::string(e->d_name) + "/cmdline", std::ios::binary);
     std::string cmd((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    // Arguments are NUL-separated: match against them joined by spaces, so
+    // a needle may span two ("-name replica-").
+    std::replace(cmd.begin(), cmd.end(), '\0', ' ');
     // A zombie has an empty command line; it is gone for our purposes.
     if (cmd.find(needle) != std::string::npos) out.push_back(pid);
   }

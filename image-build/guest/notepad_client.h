@@ -71,7 +71,8 @@ class RfbSession {
   uint64_t updates_ = 0;
 };
 
-// Pids of live processes whose command line contains needle.
+// Pids of live processes whose command line (arguments joined by spaces)
+// contains needle.
 std::vector<int> ProcessesMatching(const std::string& needle);
 
 }  // namespace slingshot::testing

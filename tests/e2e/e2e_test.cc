@@ -178,6 +178,25 @@ class E2eTest : public ::testing::Test {
     return Shell(kClient + " use " + addr + " --state-dir " + kState, rc);
   }
 
+  // Proxy, agent "cafe" in ss-surr, and a replica there; then keeps typing
+  // (each key is a new sample of each replica's speed; on a loaded machine
+  // the first are noisy) until the cafe leads. Returns what it typed.
+  std::string UseCafeUntilItLeads() {
+    StartProxy();
+    StartAgent("ss-surr", "10.77.0.3", "cafe");
+    int rc;
+    std::string out = Use("10.77.0.3:7391", &rc);
+    EXPECT_EQ(rc, 0) << out;
+    EXPECT_NE(out.find("ready replica cafe"), std::string::npos) << out;
+    std::string typed;
+    auto until = Clock::now() + 90s;
+    while (rc == 0 && Leader() != "cafe" && Clock::now() < until) {
+      typed += static_cast<char>('a' + typed.size() % 26);
+      Type(typed.substr(typed.size() - 1));
+    }
+    return typed;
+  }
+
   // Types text through the proxy, one key at a time, like a person.
   void Type(const std::string& text, int gap_ms = 15) {
     ASSERT_TRUE(rfb_) << "no VNC session with the proxy";
@@ -202,22 +221,9 @@ TEST_F(E2eTest, TypingThroughTheProxyReachesThePrimaryAtHome) {
 }
 
 TEST_F(E2eTest, SurrogateLeadsThenDiesMidTypingAndNothingIsLost) {
-  StartProxy();
-  StartAgent("ss-surr", "10.77.0.3", "cafe");
-  int rc;
-  std::string out = Use("10.77.0.3:7391", &rc);
-  ASSERT_EQ(rc, 0) << out;
-  EXPECT_NE(out.find("ready replica cafe"), std::string::npos) << out;
   // The surrogate is near; home is 40 ms away: once inputs show it is
   // faster, the surrogate leads.
-  // Keep typing (each key is a new sample of each replica's speed) until it
-  // leads: on a loaded machine the first samples are noisy.
-  std::string lead;
-  auto until = Clock::now() + 90s;
-  while (Leader() != "cafe" && Clock::now() < until) {
-    lead += 'a' + static_cast<char>(lead.size() % 26);
-    Type(lead.substr(lead.size() - 1));
-  }
+  std::string lead = UseCafeUntilItLeads();
   ASSERT_EQ(Leader(), "cafe") << StatusText() << proxy_->Output();
 
   const std::string text = "the quick brown fox jumps over the lazy dog";
@@ -532,17 +538,13 @@ TEST_F(E2eTest, AnAgentAdvertisesAgainAfterAvahiDaemonRestarts) {
 }
 
 
-// How many QEMU processes run in namespace ns (a replica each).
-int QemusIn(const std::string& ns) {
-  std::string out = Shell("for p in $(ip netns pids " + ns + "); do tr '\\0' ' ' </proc/$p/cmdline 2>/dev/null; echo; "
-                          "done | grep -c 'qemu-system-'");
-  return std::atoi(out.c_str());
-}
+// The surrogates' replica VMs (the agents name their QEMUs "replica-N").
+size_t ReplicaVms() { return ProcessesMatching("-name replica-").size(); }
 
-bool WaitQemus(const std::string& ns, int n, std::chrono::milliseconds timeout) {
+bool WaitReplicaVms(size_t n, std::chrono::milliseconds timeout) {
   auto end = Clock::now() + timeout;
-  while (QemusIn(ns) != n && Clock::now() < end) std::this_thread::sleep_for(200ms);
-  return QemusIn(ns) == n;
+  while (ReplicaVms() != n && Clock::now() < end) std::this_thread::sleep_for(200ms);
+  return ReplicaVms() == n;
 }
 
 TEST_F(E2eTest, TheClientLeavesASurrogateAndItsAgentDestroysTheReplica) {
@@ -551,13 +553,13 @@ TEST_F(E2eTest, TheClientLeavesASurrogateAndItsAgentDestroysTheReplica) {
   int rc;
   std::string out = Use("10.77.0.3:7391", &rc);
   ASSERT_EQ(rc, 0) << out;
-  EXPECT_EQ(QemusIn("ss-surr"), 1);
+  EXPECT_EQ(ReplicaVms(), 1u);
   Type("stay ");
   ASSERT_TRUE(WaitStatus("replica cafe consumed", 10s)) << StatusText();
   out = Shell(kClient + " leave cafe --state-dir " + kState, &rc);
   EXPECT_EQ(rc, 0) << out;
   EXPECT_TRUE(cafe->WaitFor("destroying it", 20s)) << cafe->Output();
-  EXPECT_TRUE(WaitQemus("ss-surr", 0, 20s)) << "the replica's VM outlived the session";
+  EXPECT_TRUE(WaitReplicaVms(0, 20s)) << "the replica's VM outlived the session";
   EXPECT_EQ(StatusText().find("replica cafe"), std::string::npos) << StatusText();
   EXPECT_NE(proxy_->Output().find("replica cafe left at the user's request"), std::string::npos) << proxy_->Output();
   // Home cannot be left, nor a replica that is not there.
@@ -616,7 +618,7 @@ TEST_F(E2eTest, AReplicaEndsWhenItsCapabilityExpiresAndNoKeyReachesTheSurrogates
       if (auto* e = std::get_if<wire::Error>(&f->message)) return e->ToStatus("agent");
       if (std::holds_alternative<wire::Attached>(f->message) && !attached) {
         attached = true;
-        EXPECT_EQ(QemusIn("ss-surr"), 1);
+        EXPECT_EQ(ReplicaVms(), 1u);
         // The replica runs: nothing the agent wrote holds a private key.
         for (const auto& secret : {std::string("PRIVATE KEY"), cap->key_pem.substr(28, 40)}) {
           auto hits = FilesHolding(kWorld + "/cafe-cache", secret);
@@ -629,33 +631,17 @@ TEST_F(E2eTest, AReplicaEndsWhenItsCapabilityExpiresAndNoKeyReachesTheSurrogates
   EXPECT_FALSE(ended.ok());
   EXPECT_GE(static_cast<int64_t>(std::time(nullptr)), not_after) << ended.ToString();
   EXPECT_TRUE(cafe->WaitFor("the capability expired; destroying it", 5s)) << cafe->Output();
-  EXPECT_TRUE(WaitQemus("ss-surr", 0, 20s)) << "the replica's VM outlived its capability";
-}
-
-// The pid of the one QEMU in namespace ns.
-pid_t QemuPid(const std::string& ns) {
-  std::string out = Shell("for p in $(ip netns pids " + ns + "); do tr '\\0' ' ' </proc/$p/cmdline 2>/dev/null | "
-                          "grep -q 'qemu-system-' && echo $p; done");
-  return static_cast<pid_t>(std::atoi(out.c_str()));
+  EXPECT_TRUE(WaitReplicaVms(0, 20s)) << "the replica's VM outlived its capability";
 }
 
 TEST_F(E2eTest, ALaggingLeaderLosesTheLeadAndCatchesUpAfter) {
-  StartProxy();
-  StartAgent("ss-surr", "10.77.0.3", "cafe");
-  int rc;
-  std::string out = Use("10.77.0.3:7391", &rc);
-  ASSERT_EQ(rc, 0) << out;
-  std::string typed;
-  auto until = Clock::now() + 90s;
-  while (Leader() != "cafe" && Clock::now() < until) {
-    typed += static_cast<char>('a' + typed.size() % 26);
-    Type(typed.substr(typed.size() - 1));
-  }
+  std::string typed = UseCafeUntilItLeads();
   ASSERT_EQ(Leader(), "cafe") << StatusText();
   // The surrogate's VM freezes (an overloaded hotspot): its agent lives on,
   // but the replica stops consuming inputs.
-  pid_t vm = QemuPid("ss-surr");
-  ASSERT_GT(vm, 0);
+  std::vector<int> vms = ProcessesMatching("-name replica-");
+  ASSERT_EQ(vms.size(), 1u);
+  pid_t vm = vms[0];
   ASSERT_EQ(kill(vm, SIGSTOP), 0);
   Type(" frozen", 100);
   bool home_led = WaitLeader("home", 10s);
