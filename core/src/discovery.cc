@@ -14,7 +14,6 @@
 #include <chrono>
 
 #include "slingshot/log.h"
-#include "slingshot/mutex.h"
 
 namespace slingshot {
 namespace {
@@ -46,7 +45,7 @@ std::map<std::string, std::string> TxtOf(AvahiStringList* l) {
 //
 // Everything below runs on the threaded poll's thread (the callbacks), or
 // with the poll stopped (Start before it starts, the destructor after it
-// stops); state() and friends read the copies under mu.
+// stops), so it needs no lock.
 struct Advertiser::Impl {
   ServiceAdvert advert;
   std::string name;  // the name asked for, or the alternative after a collision
@@ -54,21 +53,11 @@ struct Advertiser::Impl {
   AvahiClient* client = nullptr;
   AvahiEntryGroup* group = nullptr;
   AvahiTimeout* retry = nullptr;
+  std::string last_logged;
 
-  mutable Mutex mu;
-  bool established GUARDED_BY(mu) = false;
-  std::string shown_name GUARDED_BY(mu);
-  std::string state GUARDED_BY(mu) = "starting";
-  std::string last_logged;  // poll thread only
-
+  // Logs a change of state once, not at every retry.
   void SetState(const std::string& s, bool up) {
-    {
-      MutexLock l(&mu);
-      state = s;
-      established = up;
-      shown_name = name;
-    }
-    if (s != last_logged) {  // say each change once, not every retry
+    if (s != last_logged) {
       (up ? LogInfo : LogWarning)("DNS-SD: " + s);
       last_logged = s;
     }
@@ -217,28 +206,12 @@ Result<std::unique_ptr<Advertiser>> Advertiser::Start(const ServiceAdvert& adver
   return std::unique_ptr<Advertiser>(new Advertiser(std::move(impl)));
 }
 
-bool Advertiser::established() const {
-  MutexLock l(&impl_->mu);
-  return impl_->established;
-}
-
-std::string Advertiser::name() const {
-  MutexLock l(&impl_->mu);
-  return impl_->shown_name.empty() ? impl_->advert.name : impl_->shown_name;
-}
-
-std::string Advertiser::state() const {
-  MutexLock l(&impl_->mu);
-  return impl_->state;
-}
-
 // --- browsing ---
 
 namespace {
 
 struct BrowseState {
   AvahiClient* client = nullptr;
-  std::string type;
   std::map<std::string, DiscoveredService> found;  // by name
   int resolving = 0;
   bool all_for_now = false;
@@ -301,7 +274,6 @@ Result<std::vector<DiscoveredService>> Browse(const std::string& type, int timeo
   std::unique_ptr<AvahiSimplePoll, void (*)(AvahiSimplePoll*)> poll(avahi_simple_poll_new(), avahi_simple_poll_free);
   if (!poll) return Status::IOError("avahi_simple_poll_new failed");
   BrowseState st;
-  st.type = type;
   int err = 0;
   st.client = avahi_client_new(avahi_simple_poll_get(poll.get()), AvahiClientFlags(0), nullptr, nullptr, &err);
   if (!st.client) {

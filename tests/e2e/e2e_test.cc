@@ -325,21 +325,29 @@ Pairing LoadPairing() {
   return p;
 }
 
+// Connects to the agent at 10.77.0.3 as client (from ss-client's thread)
+// and asks it for a notepad replica with cap.
+Result<std::unique_ptr<Connection>> SendInstantiate(const TlsCredentials& client, const TlsCredentials& cap,
+                                                    const Bytes& manifest_key) {
+  ConnectOptions o;
+  o.verify_server_ca = false;
+  SLINGSHOT_ASSIGN_OR_RETURN(auto c, Connection::Connect("10.77.0.3", 7391, client, o));
+  wire::Instantiate in;
+  in.service = "notepad";
+  in.home_host = "10.77.0.1";
+  in.home_port = 7390;
+  in.ca_pem = client.ca_pem;
+  in.manifest_key = manifest_key;
+  in.cert_pem = cap.cert_pem;
+  in.key_pem = cap.key_pem;
+  SLINGSHOT_RETURN_IF_ERROR(c->Send(1, in));
+  return c;
+}
+
 // Sends Instantiate with cap to the agent at 10.77.0.3 and returns how it ended.
 Status Instantiate(const TlsCredentials& client, const TlsCredentials& cap, const Bytes& manifest_key) {
   return InNetns("ss-client", [&]() -> Status {
-    ConnectOptions o;
-    o.verify_server_ca = false;
-    SLINGSHOT_ASSIGN_OR_RETURN(auto c, Connection::Connect("10.77.0.3", 7391, client, o));
-    wire::Instantiate in;
-    in.service = "notepad";
-    in.home_host = "10.77.0.1";
-    in.home_port = 7390;
-    in.ca_pem = client.ca_pem;
-    in.manifest_key = manifest_key;
-    in.cert_pem = cap.cert_pem;
-    in.key_pem = cap.key_pem;
-    SLINGSHOT_RETURN_IF_ERROR(c->Send(1, in));
+    SLINGSHOT_ASSIGN_OR_RETURN(auto c, SendInstantiate(client, cap, manifest_key));
     for (;;) {
       SLINGSHOT_ASSIGN_OR_RETURN(Frame f, c->Receive(120000));
       if (auto* e = std::get_if<wire::Error>(&f.message)) return e->ToStatus("agent");
@@ -520,16 +528,14 @@ TEST_F(E2eTest, AnAgentAdvertisesAgainAfterAvahiDaemonRestarts) {
   ASSERT_TRUE(agent->WaitFor("advertised as", 20s)) << agent->Output();
   // Stop the surrogate's avahi-daemon (as a package upgrade would), then
   // start it again the way world.sh does.
-  const std::string conf = kWorld + "/avahi-surr2.conf";
   int rc;
   // (avahi-daemon renames its process "avahi-daemon: running [HOST]"; the
   // brackets keep pkill from matching its own shell.)
   Shell("pkill -f '[a]vahi-daemon: running .ss-surr2[.]local'", &rc);
   ASSERT_EQ(rc, 0) << "no avahi-daemon in ss-surr2";
   ASSERT_TRUE(agent->WaitFor("lost avahi-daemon", 20s)) << agent->Output();
-  Shell("ip netns exec ss-surr2 unshare -m sh -c 'mkdir -p /run/avahi-daemon && mount -t tmpfs tmpfs "
-        "/run/avahi-daemon && " + BusOf("ss-surr2") + " exec avahi-daemon --no-drop-root --no-chroot --no-rlimits -f " +
-        conf + "' >>" + kWorld + "/avahi-surr2.log 2>&1 </dev/null &", &rc);
+  Shell(std::string(SLINGSHOT_WORLD_SH) + " avahi " + kBuild + " surr2", &rc);
+  ASSERT_EQ(rc, 0);
   auto until = Clock::now() + 30s;
   while (Count(agent->Output(), "advertised as") < 2 && Clock::now() < until) std::this_thread::sleep_for(200ms);
   EXPECT_EQ(Count(agent->Output(), "advertised as"), 2u) << agent->Output();
@@ -599,18 +605,7 @@ TEST_F(E2eTest, AReplicaEndsWhenItsCapabilityExpiresAndNoKeyReachesTheSurrogates
   ASSERT_TRUE(cap.ok());
   const int64_t not_after = InspectCertificate(cap->cert_pem)->not_after;
   Status ended = InNetns("ss-client", [&]() -> Status {
-    ConnectOptions o;
-    o.verify_server_ca = false;
-    SLINGSHOT_ASSIGN_OR_RETURN(auto c, Connection::Connect("10.77.0.3", 7391, p.creds, o));
-    wire::Instantiate in;
-    in.service = "notepad";
-    in.home_host = "10.77.0.1";
-    in.home_port = 7390;
-    in.ca_pem = p.creds.ca_pem;
-    in.manifest_key = p.manifest_key;
-    in.cert_pem = cap->cert_pem;
-    in.key_pem = cap->key_pem;
-    SLINGSHOT_RETURN_IF_ERROR(c->Send(1, in));
+    SLINGSHOT_ASSIGN_OR_RETURN(auto c, SendInstantiate(p.creds, *cap, p.manifest_key));
     bool attached = false;
     for (;;) {
       auto f = c->Receive(10000);

@@ -4,6 +4,7 @@
 # notepad service in the home namespace.
 #   world.sh up BUILD_DIR     build it (idempotent: tears down first)
 #   world.sh down BUILD_DIR   remove it all
+#   world.sh avahi BUILD_DIR NAME   (re)start the avahi-daemon of ss-NAME
 # State lives in BUILD_DIR/e2e-world; addresses: home 10.77.0.1, client
 # 10.77.0.2, surrogates 10.77.0.3 and 10.77.0.4.
 set -euo pipefail
@@ -20,8 +21,17 @@ down() {
   ip link del ssbr0 2>/dev/null || true
   rm -rf "$world"
 }
+# avahi-daemon in ss-$1, on that namespace's own system bus. It keeps its pid
+# file in /run/avahi-daemon: a tmpfs of its own in a mount namespace of its
+# own, so the daemons of different namespaces do not see each other's.
+start_avahi() {
+  ip netns exec "ss-$1" unshare -m sh -c "mkdir -p /run/avahi-daemon && mount -t tmpfs tmpfs /run/avahi-daemon &&
+    DBUS_SYSTEM_BUS_ADDRESS=unix:path=$world/bus-$1 exec avahi-daemon --no-drop-root --no-chroot --no-rlimits \
+    -f $world/avahi-$1.conf" >>"$world/avahi-$1.log" 2>&1 </dev/null &
+}
 if [ "$cmd" = down ]; then down; exit 0; fi
-[ "$cmd" = up ] || { echo "usage: world.sh up|down BUILD_DIR" >&2; exit 2; }
+if [ "$cmd" = avahi ]; then start_avahi "$3"; exit 0; fi
+[ "$cmd" = up ] || { echo "usage: world.sh up|down BUILD_DIR, or world.sh avahi BUILD_DIR NAME" >&2; exit 2; }
 down
 mkdir -p "$world"
 ip link add ssbr0 type bridge
@@ -44,10 +54,7 @@ for n in client surr surr2; do
   sed "s|@SOCKET@|$world/bus-$n|" "$here/bus.conf.in" >"$world/bus-$n.conf"
   sed "s|@HOST@|ss-$n|" "$here/avahi-daemon.conf.in" >"$world/avahi-$n.conf"
   ip netns exec "ss-$n" dbus-daemon --config-file="$world/bus-$n.conf" --fork >/dev/null
-  # avahi-daemon keeps its pid file in /run/avahi-daemon: one of its own each.
-  ip netns exec "ss-$n" unshare -m sh -c "mkdir -p /run/avahi-daemon && mount -t tmpfs tmpfs /run/avahi-daemon &&
-    DBUS_SYSTEM_BUS_ADDRESS=unix:path=$world/bus-$n exec avahi-daemon --no-drop-root --no-chroot --no-rlimits \
-    -f $world/avahi-$n.conf" >"$world/avahi-$n.log" 2>&1 </dev/null &
+  start_avahi "$n"
 done
 home=$build/home/slingshot-home
 g=$build/guest

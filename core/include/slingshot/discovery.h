@@ -12,8 +12,9 @@
 //
 // avahi-daemon must be running (Debian: the avahi-daemon package). An
 // Advertiser that finds no daemon keeps trying every few seconds and
-// re-registers after the daemon restarts; Browse says plainly that there is
-// no daemon to ask.
+// re-registers after the daemon restarts, logging each change of state
+// once ("advertised as \"cafe #2\"" after a name collision); Browse says
+// plainly that there is no daemon to ask.
 #ifndef SLINGSHOT_DISCOVERY_H_
 #define SLINGSHOT_DISCOVERY_H_
 
@@ -41,14 +42,6 @@ class Advertiser {
   // Starts advertising in the background; returns at once.
   static Result<std::unique_ptr<Advertiser>> Start(const ServiceAdvert& advert);
   ~Advertiser();  // withdraws the advert
-
-  // True once the daemon has announced the service on the network.
-  bool established() const;
-  // The name it is advertised under: the asked-for one, or, after a name
-  // collision with another service, an alternative ("cafe #2").
-  std::string name() const;
-  // One line for logs: "advertised as cafe", "waiting for avahi-daemon: ...".
-  std::string state() const;
 
   struct Impl;
 
