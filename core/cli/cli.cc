@@ -39,6 +39,21 @@ LogLevel ParseLevel(const std::string& s) {
   return LogLevel::kInfo;
 }
 
+// Whether any command of p (or the options every command takes) has an
+// option called name.
+bool AnyCommandKnows(const Program& p, const std::string& name) {
+  po::options_description every;
+  AddCommon(every);
+  if (p.global_options) p.global_options(every);
+  for (const auto& c : p.commands) {
+    po::positional_options_description pos;
+    po::options_description one;
+    if (c.options) c.options(one, pos);
+    if (one.find_nothrow(name, /*approx=*/false)) return true;
+  }
+  return every.find_nothrow(name, false) != nullptr;
+}
+
 }  // namespace
 
 void PrintFigure(const std::string& key, const std::string& value) {
@@ -94,7 +109,20 @@ int Main(const Program& p, int argc, char** argv) {
     } else if (!p.default_config.empty() && std::filesystem::exists(p.default_config)) {
       config = p.default_config;
     }
-    if (!config.empty()) po::store(po::parse_config_file<char>(config.c_str(), all, /*allow_unregistered=*/false), vm);
+    if (!config.empty()) {
+      // One config file serves every command of a program, so it may set
+      // another command's options (`listen` for run); those are skipped
+      // here. A key no command knows is an error (a typo, most likely).
+      po::parsed_options parsed = po::parse_config_file<char>(config.c_str(), all, /*allow_unregistered=*/true);
+      for (const auto& o : parsed.options) {
+        if (o.unregistered && !AnyCommandKnows(p, o.string_key)) {
+          std::cerr << p.name << ": config file " << config << ": unrecognised option '" << o.string_key
+                    << "'\nRun '" << p.name << " COMMAND --help' for the options.\n";
+          return 2;
+        }
+      }
+      po::store(parsed, vm);
+    }
   } catch (const po::error& e) {
     std::cerr << p.name << ": " << e.what() << "\nRun '" << p.name << (cmd ? " " + cmd->words : std::string()) << " --help'.\n";
     return 2;

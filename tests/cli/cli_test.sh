@@ -39,6 +39,10 @@ expect 1 "no chunk store in $W/elsewhere.*store init" -- "$HOME_BIN" store refs 
 printf 'stroe = /tmp/typo\n' > "$W/typo.conf"
 expect 2 "unrecognised option 'stroe'" -- "$HOME_BIN" store stats --config "$W/typo.conf"
 expect 2 "does not exist" -- "$HOME_BIN" store stats --config "$W/missing.conf"
+# One config file serves every command: another command's option (run's
+# listen) is skipped, not refused (the packaged /etc/slingshot/home.conf).
+printf 'store = %s\nlisten = 0.0.0.0:7390\n' "$W/from-config" > "$W/shared.conf"
+expect 0 "disk/d +disk-table" -- "$HOME_BIN" store refs --config "$W/shared.conf"
 
 # Usage errors exit 2 and say how to get help.
 expect 2 "unknown command 'stor init'" -- "$HOME_BIN" stor init
