@@ -159,6 +159,18 @@ struct AgentServer::Impl final : public RequestHandler {
       return Status::Corruption("the manifest under manifest/" + in.service + " is for " + m.service_id);
     }
     if (m.kernel.IsNull()) return Status::Unsupported("the manifest carries no kernel (a version 1 manifest)");
+    // A memory image restores only on a hypervisor of its own kind. A
+    // service that keeps its state on its disk boots from the checkpoint's
+    // disk instead ("cold"), and the log replay from last_seq brings it
+    // current all the same.
+    const bool cold = m.vm.backend != hv->StreamFormat();
+    if (cold && !m.state_on_disk) {
+      return Status::Unsupported("the checkpoint of " + in.service + " holds a " + m.vm.backend +
+                                 " memory image, which this surrogate's hypervisor (" + hv->Name() +
+                                 ") cannot restore, and the service keeps state in memory (it was not created "
+                                 "with --state-on-disk), so it cannot be booted from its disk either; use a "
+                                 "surrogate whose hypervisor matches the home's");
+    }
 
     std::vector<ChunkSource*> sources;
     if (!in.stick_dir.empty()) {
@@ -176,7 +188,8 @@ struct AgentServer::Impl final : public RequestHandler {
       r.chain = std::make_unique<FetchChain>(cache.get(), sources);
     }
 
-    // Memory, kernel and initrd: every chunk, fetched in bulk with progress.
+    // Memory (unless booting cold), kernel and initrd: every chunk, fetched
+    // in bulk with progress.
     auto list_of = [&](const ChunkId& id) -> Result<ChunkList> {
       SLINGSHOT_ASSIGN_OR_RETURN(Bytes b, r.home->GetObject(id));
       return ChunkList::Decode(b);
@@ -190,6 +203,7 @@ struct AgentServer::Impl final : public RequestHandler {
     std::vector<ChunkId> ids;
     uint64_t total = 0;
     for (const ChunkList* l : {&kernel, &initrd, &memory}) {
+      if (cold && l == &memory) continue;
       for (const auto& e : l->entries) ids.push_back(e.id);
       total += l->total_size;
     }
@@ -216,7 +230,15 @@ struct AgentServer::Impl final : public RequestHandler {
     SLINGSHOT_ASSIGN_OR_RETURN(auto disk, ChunkTableExport::Open(table, r.chain.get(), r.dir + "/overlay"));
     r.nbd = std::make_unique<NbdServer>();
     SLINGSHOT_RETURN_IF_ERROR(r.nbd->AddExport("disk", std::shared_ptr<BlockExport>(std::move(disk)), in.service));
-    SLINGSHOT_RETURN_IF_ERROR(r.nbd->ListenUnix(r.dir + "/disk.sock"));
+    NbdDisk nbd_disk{"", "", 0, "disk", false};
+    if (hv->DisksOverTcp()) {
+      // Loopback only: the hypervisor's own NBD client in this host.
+      SLINGSHOT_ASSIGN_OR_RETURN(nbd_disk.port, r.nbd->ListenTcp("127.0.0.1", 0));
+      nbd_disk.host = "127.0.0.1";
+    } else {
+      nbd_disk.unix_socket = r.dir + "/disk.sock";
+      SLINGSHOT_RETURN_IF_ERROR(r.nbd->ListenUnix(nbd_disk.unix_socket));
+    }
     SLINGSHOT_RETURN_IF_ERROR(r.nbd->Start());
     auto ws = r.home->GetWorkingSet(m.disk_table);
     std::vector<ChunkId> order = ws.ok() ? *ws : std::vector<ChunkId>{};
@@ -226,7 +248,7 @@ struct AgentServer::Impl final : public RequestHandler {
     }
     r.prefetch = std::make_unique<Prefetcher>(r.chain.get(), std::move(order));
 
-    Report(c, request, "restore", 0, m.memory_size, r);
+    Report(c, request, cold ? "boot" : "restore", 0, m.memory_size, r);
     VmSpec spec;
     spec.name = r.id;
     spec.kernel = r.dir + "/kernel";
@@ -234,14 +256,22 @@ struct AgentServer::Impl final : public RequestHandler {
     spec.cmdline = m.vm.kernel_cmdline;
     spec.memory_mib = m.vm.memory_mib;
     spec.vcpus = m.vm.vcpus;
-    spec.disk = NbdDisk{r.dir + "/disk.sock", "", 0, "disk", false};
+    spec.disk = nbd_disk;
     spec.service_ports = {5900};
     spec.run_dir = r.dir + "/vm";
-    auto restored = hv->Restore(spec, [&](const ByteSink& sink) { return ReadMemoryImage(memory, r.chain.get(), sink); });
-    SLINGSHOT_RETURN_IF_ERROR(restored.status());
+    if (cold) {
+      LogInfo("booting " + in.service + " from its checkpoint's disk: its " + m.vm.backend +
+              " memory image does not restore on " + hv->Name());
+      SLINGSHOT_RETURN_IF_ERROR(hv->Boot(spec));
+    } else {
+      auto restored =
+          hv->Restore(spec, [&](const ByteSink& sink) { return ReadMemoryImage(memory, r.chain.get(), sink); });
+      SLINGSHOT_RETURN_IF_ERROR(restored.status());
+    }
     SLINGSHOT_ASSIGN_OR_RETURN(Endpoint ep, hv->ServiceEndpoint(r.id, 5900));
     auto host = std::make_shared<ReplicaHost>(in.service, m.service_type, options.name);
-    SLINGSHOT_RETURN_IF_ERROR(host->Connect(ep, m.last_seq, 60000));
+    // A cold boot runs the guest's whole start-up first (minutes, nested).
+    SLINGSHOT_RETURN_IF_ERROR(host->Connect(ep, m.last_seq, cold ? 600000 : 60000));
     {
       MutexLock l(&mu);  // the death callback and StatusReport read it
       r.host = std::move(host);

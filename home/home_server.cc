@@ -72,6 +72,7 @@ std::string ServiceDef::Encode() const {
   s += "disk_image=" + disk_image + "\ndisk_size_mb=" + std::to_string(disk_size_mb) + "\n";
   s += "service_port=" + std::to_string(service_port) + "\n";
   for (uint16_t p : extra_ports) s += "extra_port=" + std::to_string(p) + "\n";
+  if (state_on_disk) s += "state_on_disk=1\n";
   return s;
 }
 
@@ -93,6 +94,10 @@ Result<ServiceDef> ServiceDef::Decode(const std::string& text) {
     else if (k == "type") d.type = v;
     else if (k == "cmdline") d.cmdline = v;
     else if (k == "disk_image") d.disk_image = v;
+    else if (k == "state_on_disk") {
+      if (v != "0" && v != "1") return Status::Corruption("service.conf line " + std::to_string(n) + ": state_on_disk must be 0 or 1");
+      d.state_on_disk = v == "1";
+    }
     else if (k == "memory_mib" || k == "vcpus" || k == "disk_size_mb" || k == "service_port" || k == "extra_port") {
       SLINGSHOT_ASSIGN_OR_RETURN(uint64_t x, ParseU64(k, v));
       if (k == "memory_mib") d.memory_mib = static_cast<uint32_t>(x);
@@ -342,7 +347,8 @@ struct HomeServer::Impl final : public RequestHandler {
     m.epoch = p.epoch + 1;
     m.last_seq = seq;
     m.created_ns = NowNs();
-    m.vm = VmConfig{p.def.memory_mib, p.def.vcpus, p.def.cmdline, hv->Name(), ""};
+    m.vm = VmConfig{p.def.memory_mib, p.def.vcpus, p.def.cmdline, hv->StreamFormat(), ""};
+    m.state_on_disk = p.def.state_on_disk;
     m.disk_table = table_id;
     m.disk_size = table->image_size;
     m.memory_list = memory_id;

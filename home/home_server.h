@@ -51,6 +51,10 @@ struct ServiceDef {
   uint64_t disk_size_mb = 8;     // for a blank disk
   uint16_t service_port = 5900;  // the port the ServiceAdapter speaks to
   std::vector<uint16_t> extra_ports;  // also forwarded (diagnostics)
+  // The guest keeps its whole state on its disk at every barrier, so a
+  // surrogate on another hypervisor may boot it from a checkpoint's disk
+  // (Manifest::state_on_disk).
+  bool state_on_disk = false;
 
   std::string Encode() const;
   static Result<ServiceDef> Decode(const std::string& text);

@@ -402,6 +402,7 @@ Status ServiceCreateCmd(const cli::po::variables_map& vm) {
   d.disk_size_mb = vm["disk-size-mb"].as<uint64_t>();
   d.service_port = vm["service-port"].as<uint16_t>();
   if (vm.count("extra-port")) d.extra_ports = vm["extra-port"].as<std::vector<uint16_t>>();
+  d.state_on_disk = vm.count("state-on-disk") > 0;
   const std::string dir = vm["services-dir"].as<std::string>();
   SLINGSHOT_RETURN_IF_ERROR(CreateService(dir, d, vm["kernel"].as<std::string>(),
                                           vm.count("initrd") ? vm["initrd"].as<std::string>() : ""));
@@ -605,7 +606,10 @@ int main(int argc, char** argv) {
              ("vcpus", value<uint32_t>()->default_value(1), "guest CPUs")
              ("type", value<std::string>()->default_value("rfb"), "service type (rfb: a VNC desktop)")
              ("service-port", value<uint16_t>()->default_value(5900), "the guest port the service listens on")
-             ("extra-port", value<std::vector<uint16_t>>(), "another guest port to forward (repeatable)");
+             ("extra-port", value<std::vector<uint16_t>>(), "another guest port to forward (repeatable)")
+             ("state-on-disk", "the guest keeps all its state on its disk whenever it has consumed every input "
+                               "(the notepad with slingshot.autosave=1): a surrogate on another hypervisor may "
+                               "then boot it from a checkpoint's disk");
          pos.add("name", 1);
        },
        ServiceCreateCmd},

@@ -16,6 +16,7 @@
 #   slingshot.ip=ADDR/PREFIX   address for eth0 (default 10.0.2.15/24)
 #   slingshot.disk=DEV|auto    block device the notepad keeps its document on
 #                              (auto: /dev/vda under QEMU, /dev/xvda under Xen)
+#   slingshot.autosave=1       write the document there at every edit
 set -euo pipefail
 
 out=${1:?usage: guest-image.sh OUT_DIR NOTEPAD_BINARY}
@@ -104,10 +105,12 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 ip=10.0.2.15/24
 disk=
+autosave=
 for arg in $(cat /proc/cmdline); do
   case $arg in
     slingshot.ip=*) ip=${arg#slingshot.ip=} ;;
     slingshot.disk=*) disk=${arg#slingshot.disk=} ;;
+    slingshot.autosave=1) autosave=--autosave ;;
   esac
 done
 for m in $(cat /etc/modules.order); do insmod /lib/modules/$m 2>/dev/null; done
@@ -124,7 +127,7 @@ if [ -n "$disk" ]; then
     [ -b "$disk" ] && break
     sleep 0.1; n=$((n + 1))
   done
-  exec /bin/slingshot-notepad --disk "$disk"
+  exec /bin/slingshot-notepad --disk "$disk" $autosave
 fi
 exec /bin/slingshot-notepad
 INIT

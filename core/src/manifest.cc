@@ -8,7 +8,7 @@ namespace slingshot {
 namespace {
 constexpr Magic kBodyMagic = {'S', 'S', 'M', 'F'};
 constexpr Magic kSignedMagic = {'S', 'S', 'M', 'S'};
-constexpr uint16_t kVersion = 2;          // the body: 2 added the boot files; 1 is still read
+constexpr uint16_t kVersion = 3;  // the body: 2 added the boot files, 3 state_on_disk; 1 and 2 are still read
 constexpr uint16_t kEnvelopeVersion = 1;  // the signed envelope
 constexpr size_t kMaxBody = 4u << 20;
 constexpr char kDomain[] = "slingshot manifest v1";  // the terminating NUL is signed too
@@ -61,6 +61,7 @@ Bytes Manifest::Encode() const {
   e.U64(kernel_size);
   e.Id(initrd);
   e.U64(initrd_size);
+  e.U8(state_on_disk ? 1 : 0);
   return SealFrame(kBodyMagic, kVersion, body);
 }
 
@@ -87,6 +88,11 @@ Result<Manifest> Manifest::Decode(ByteView bytes) {
     m.kernel_size = d.U64();
     m.initrd = d.Id();
     m.initrd_size = d.U64();
+  }
+  if (f.version >= 3) {
+    uint8_t s = d.U8();
+    if (d.ok() && s > 1) d.Fail("state_on_disk is " + std::to_string(s) + ", not 0 or 1");
+    m.state_on_disk = s == 1;
   }
   SLINGSHOT_RETURN_IF_ERROR(d.Finish());
   if (m.service_id.empty()) return Status::Corruption("manifest: empty service id");

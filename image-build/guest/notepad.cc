@@ -10,6 +10,10 @@
 // - With --disk DEV the document is loaded from DEV at start and "save"
 //   writes it there: sector 0 holds magic "NPAD", version, length and
 //   checksum; the text follows from byte 512.
+// - With --autosave as well, every edit is written there (and fsynced)
+//   before the screen is redrawn, so whenever the notepad has handled every
+//   key sent, its whole state is on the disk: a replica may boot from a
+//   checkpoint's disk (slingshot-home service create --state-on-disk).
 // Nothing here reads a clock or a random source, so two runs fed the same
 // keys show the same pixels.
 #include <arpa/inet.h>
@@ -41,9 +45,12 @@ struct State {
   std::vector<uint32_t> fb;
   rfbScreenInfoPtr screen = nullptr;
   std::string disk;
+  bool autosave = false;
   bool dirty = true;
 };
 State g;
+
+std::string SaveToDisk();
 
 void Redraw() {
   notepad::Render(g.font, g.doc, g.fb.data());
@@ -54,6 +61,10 @@ void Redraw() {
 void OnKey(rfbBool down, rfbKeySym key, rfbClientPtr) {
   if (down && notepad::ApplyKey(static_cast<uint32_t>(key), &g.doc)) {
     g.dirty = true;
+    if (g.autosave) {
+      std::string r = SaveToDisk();
+      if (r.rfind("saved", 0) != 0) printf("notepad: autosave: %s\n", r.c_str());
+    }
   }
 }
 
@@ -168,8 +179,10 @@ int main(int argc, char** argv) {
       font_path = argv[++i];
     } else if (a == "--disk" && i + 1 < argc) {
       g.disk = argv[++i];
+    } else if (a == "--autosave") {
+      g.autosave = true;
     } else {
-      fprintf(stderr, "usage: %s [--font PSF] [--disk DEV]\n", argv[0]);
+      fprintf(stderr, "usage: %s [--font PSF] [--disk DEV [--autosave]]\n", argv[0]);
       return 2;
     }
   }

@@ -68,24 +68,37 @@ TEST(ManifestTest, ValidEnvelopeWithForgedSignatureIsRejected) {
   EXPECT_NE(m.status().message().find("signature does not verify"), std::string::npos);
 }
 
-TEST(ManifestTest, BootFilesRoundTripAndVersionOneBodiesStillRead) {
+TEST(ManifestTest, BootFilesRoundTripAndOlderBodiesStillRead) {
   Manifest m = Sample();
   m.kernel = ChunkId::Of(AsBytes("kernel"));
   m.kernel_size = 8 << 20;
   m.initrd = ChunkId::Of(AsBytes("initrd"));
   m.initrd_size = 3 << 20;
+  m.state_on_disk = true;
   auto back = Manifest::Decode(m.Encode());
   ASSERT_TRUE(back.ok()) << back.status().ToString();
   EXPECT_EQ(*back, m);
-  // A version 1 body is the version 2 body without the four boot fields.
-  Bytes v2 = m.Encode();
-  auto f = OpenFrame(v2, {'S', 'S', 'M', 'F'}, 2, 1 << 24, "t");
+  // Version 2 is version 3 without the state_on_disk byte; version 1 is
+  // version 2 without the four boot fields.
+  Bytes v3 = m.Encode();
+  auto f = OpenFrame(v3, {'S', 'S', 'M', 'F'}, 3, 1 << 24, "t");
   ASSERT_TRUE(f.ok());
-  Bytes body(f->body.begin(), f->body.end() - 2 * (ChunkId::kSize + 8));
-  auto v1 = Manifest::Decode(SealFrame({'S', 'S', 'M', 'F'}, 1, body));
+  Bytes body2(f->body.begin(), f->body.end() - 1);
+  auto v2 = Manifest::Decode(SealFrame({'S', 'S', 'M', 'F'}, 2, body2));
+  ASSERT_TRUE(v2.ok()) << v2.status().ToString();
+  EXPECT_FALSE(v2->state_on_disk);
+  EXPECT_EQ(v2->kernel, m.kernel);
+  Bytes body1(body2.begin(), body2.end() - 2 * (ChunkId::kSize + 8));
+  auto v1 = Manifest::Decode(SealFrame({'S', 'S', 'M', 'F'}, 1, body1));
   ASSERT_TRUE(v1.ok()) << v1.status().ToString();
   EXPECT_TRUE(v1->kernel.IsNull());
   EXPECT_EQ(v1->memory_list, m.memory_list);
+  // state_on_disk is a flag: any other byte is refused.
+  Bytes bad(f->body.begin(), f->body.end());
+  bad.back() = 2;
+  auto b = Manifest::Decode(SealFrame({'S', 'S', 'M', 'F'}, 3, bad));
+  ASSERT_FALSE(b.ok());
+  EXPECT_NE(b.status().message().find("state_on_disk"), std::string::npos) << b.status().ToString();
 }
 
 TEST(ManifestTest, LyingStringLengthIsRefused) {

@@ -110,6 +110,16 @@ class Hypervisor {
   // "qemu-kvm", "qemu-tcg" or "xen".
   virtual std::string Name() const = 0;
 
+  // The kind of VM stream this backend writes and restores ("qemu" for
+  // either accelerator, "xen"): a checkpoint restores only on a backend of
+  // the same format. A manifest records it.
+  virtual std::string StreamFormat() const = 0;
+
+  // Whether a VM's disk must be offered over TCP (NbdDisk::host/port; the
+  // Xen dom0 kernel's NBD client speaks nothing else) rather than the unix
+  // socket.
+  virtual bool DisksOverTcp() const = 0;
+
   // Starts a VM. AlreadyExists if the name is taken, InvalidArgument for a
   // bad spec, IOError (with the backend's own words) if it fails to start.
   virtual Status Boot(const VmSpec& spec) = 0;

@@ -11,9 +11,14 @@
 //   id  memory_list (object id of a ChunkList)    u64 memory_size
 //   id  kernel (object id of a ChunkList)  u64 kernel_size      (version 2)
 //   id  initrd (ChunkList, or all zero)    u64 initrd_size      (version 2)
+//   u8  state_on_disk (0 or 1)                                  (version 3)
 // The boot files travel with the checkpoint because a hypervisor restoring
 // the VM elsewhere needs the same kernel and initrd it booted from.
-// Version 1 bodies (no boot files) are still read.
+// state_on_disk: the service keeps its whole state on its disk whenever it
+// has consumed every input (the barrier), so a surrogate whose hypervisor
+// cannot restore this memory image (another StreamFormat) may boot the
+// guest from the checkpoint's disk instead and replay from last_seq.
+// Version 1 bodies (no boot files) and 2 (no state_on_disk) are still read.
 // (str = u32 length + bytes; id = 32 bytes.) The memory chunk list is held
 // by id rather than inline: the signature covers it just the same, and the
 // manifest stays small enough to fetch first, before anything else.
@@ -37,7 +42,7 @@ struct VmConfig {
   uint32_t memory_mib = 0;
   uint32_t vcpus = 0;
   std::string kernel_cmdline;
-  std::string backend;         // the hypervisor the save stream came from
+  std::string backend;         // the save stream's format (Hypervisor::StreamFormat)
   std::string backend_config;  // its own configuration (e.g. libxl's JSON)
   friend bool operator==(const VmConfig&, const VmConfig&) = default;
 };
@@ -57,6 +62,7 @@ struct Manifest {
   uint64_t kernel_size = 0;
   ChunkId initrd;  // null if none
   uint64_t initrd_size = 0;
+  bool state_on_disk = false;  // version 3; see above
   friend bool operator==(const Manifest&, const Manifest&) = default;
 
   Bytes Encode() const;

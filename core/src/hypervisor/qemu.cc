@@ -129,6 +129,8 @@ class QemuHypervisor final : public Hypervisor {
   }
 
   std::string Name() const override { return kvm_ ? "qemu-kvm" : "qemu-tcg"; }
+  std::string StreamFormat() const override { return "qemu"; }
+  bool DisksOverTcp() const override { return false; }
 
   Status Boot(const VmSpec& spec) override {
     SLINGSHOT_ASSIGN_OR_RETURN(std::shared_ptr<Vm> vm, Reserve(spec));

@@ -110,6 +110,8 @@ class XenHypervisor final : public Hypervisor {
   }
 
   std::string Name() const override { return "xen"; }
+  std::string StreamFormat() const override { return "xen"; }
+  bool DisksOverTcp() const override { return true; }
 
   Status Boot(const VmSpec& spec) override {
     SLINGSHOT_ASSIGN_OR_RETURN(std::shared_ptr<XenVm> vm, Reserve(spec));
