@@ -4,7 +4,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSLINGSHOT_WERROR=ON
 
-.PHONY: all deps build check demo bench nested sanitize tsan analyze fuzz clean
+.PHONY: all deps build check demo bench nested debs appliance reproducible sanitize tsan analyze fuzz clean
 
 all: build
 
@@ -31,10 +31,31 @@ bench: build
 	$(BUILD)/bench/disk_bench
 	$(BUILD)/bench/replication_bench
 
-# Xen nested under QEMU TCG, the Xen backend run in its dom0 (~10 minutes;
-# the first run also debootstraps a dom0 root into $(BUILD)/nested).
-nested: build
-	scripts/install-deps.sh debootstrap
+# The .debs of slingshot-home, slingshot-client and slingshot-agent
+# (image-build/debian; dpkg-buildpackage, lintian) into $(BUILD)/debs, then
+# a clean bookworm chroot installs the home's and runs it.
+debs: deps
+	scripts/install-deps.sh debhelper dpkg-dev lintian help2man fakeroot git debootstrap
+	image-build/debs.sh $(BUILD)/debs
+	tests/packages/install_test.sh $(BUILD)/debs
+
+# The surrogate appliance ISO (image-build/appliance.sh): Xen, a read-only
+# dom0 and the agent's .deb, into $(BUILD)/appliance.
+appliance: debs
+	scripts/install-deps.sh debootstrap squashfs-tools xorriso grub-pc-bin grub-efi-amd64-bin grub-common mtools
+	image-build/appliance.sh $(BUILD)/appliance $(BUILD)/debs
+
+# Builds the .debs and the ISO a second time and compares (diffoscope
+# explains any difference).
+reproducible: appliance
+	scripts/install-deps.sh diffoscope-minimal
+	image-build/reproducible.sh $(BUILD)
+
+# Xen nested under QEMU TCG: the Xen backend run in its dom0 (the first run
+# debootstraps a dom0 root into $(BUILD)/nested), then the appliance ISO
+# booted on a test LAN (see tests/nested/).
+nested: build appliance
+	scripts/install-deps.sh debootstrap dnsmasq-base
 	cd $(BUILD) && ctest -L nested --output-on-failure
 
 # The default suite under AddressSanitizer and UndefinedBehaviorSanitizer.
