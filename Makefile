@@ -37,7 +37,7 @@ bench: build
 debs: deps
 	scripts/install-deps.sh debhelper dpkg-dev lintian help2man fakeroot git debootstrap
 	image-build/debs.sh $(BUILD)/debs
-	tests/packages/install_test.sh $(BUILD)/debs
+	tests/packages/install_test.sh $(BUILD)/debs $(wildcard $(BUILD)/guest)
 
 # The surrogate appliance ISO (image-build/appliance.sh): Xen, a read-only
 # dom0 and the agent's .deb, into $(BUILD)/appliance.

@@ -163,8 +163,9 @@ struct AgentServer::Impl final : public RequestHandler {
     // service that keeps its state on its disk boots from the checkpoint's
     // disk instead ("cold"), and the log replay from last_seq brings it
     // current all the same.
-    const bool cold = m.vm.backend != hv->StreamFormat();
-    if (cold && !m.state_on_disk) {
+    const bool foreign = m.vm.backend != hv->StreamFormat();
+    const bool cold = foreign || (options.prefer_boot && m.state_on_disk);
+    if (foreign && !m.state_on_disk) {
       return Status::Unsupported("the checkpoint of " + in.service + " holds a " + m.vm.backend +
                                  " memory image, which this surrogate's hypervisor (" + hv->Name() +
                                  ") cannot restore, and the service keeps state in memory (it was not created "
@@ -260,8 +261,9 @@ struct AgentServer::Impl final : public RequestHandler {
     spec.service_ports = {5900};
     spec.run_dir = r.dir + "/vm";
     if (cold) {
-      LogInfo("booting " + in.service + " from its checkpoint's disk: its " + m.vm.backend +
-              " memory image does not restore on " + hv->Name());
+      LogInfo("booting " + in.service + " from its checkpoint's disk: " +
+              (foreign ? "its " + m.vm.backend + " memory image does not restore on " + hv->Name()
+                       : std::string("--prefer-boot")));
       SLINGSHOT_RETURN_IF_ERROR(hv->Boot(spec));
     } else {
       auto restored =

@@ -39,6 +39,12 @@ struct AgentOptions {
   std::string cache_dir;            // wiped at start
   uint64_t cache_budget_bytes = 4ull << 30;
   int max_replicas = 8;
+  // Boot a service that keeps its state on its disk (Manifest::
+  // state_on_disk) from the checkpoint's disk even when its memory image
+  // would restore here: no memory image crosses the WAN, at the price of
+  // the guest's start-up. Such services are booted anyway on a hypervisor
+  // that cannot restore their image.
+  bool prefer_boot = false;
   HypervisorOptions hypervisor;
 };
 

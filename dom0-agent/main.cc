@@ -172,6 +172,7 @@ Status RunCmd(const cli::po::variables_map& vm) {
   o.cache_dir = vm["cache"].as<std::string>();
   o.cache_budget_bytes = vm["cache-budget-mb"].as<uint64_t>() << 20;
   o.max_replicas = vm["max-replicas"].as<int>();
+  o.prefer_boot = vm.count("prefer-boot") > 0;
   o.hypervisor.backend = vm["hypervisor"].as<std::string>();
   o.hypervisor.accel = vm["accel"].as<std::string>();
   o.hypervisor.qemu_binary = vm["qemu"].as<std::string>();
@@ -229,7 +230,10 @@ int main(int argc, char** argv) {
          d.add_options()("listen", value<std::string>()->default_value("0.0.0.0:7391"), "address to listen on")
              ("name", value<std::string>()->default_value("surrogate"), "this surrogate's name, shown to clients")
              ("max-replicas", value<int>()->default_value(8), "replicas run at once")
-             ("no-advertise", "do not advertise this agent over DNS-SD (clients then need its address)");
+             ("no-advertise", "do not advertise this agent over DNS-SD (clients then need its address)")
+             ("prefer-boot", "boot services that keep their state on their disk (service create --state-on-disk) "
+                             "from the checkpoint's disk instead of restoring their memory image: less to fetch, "
+                             "a guest start-up to wait for");
        },
        RunCmd},
       {"cache stats", "print what the chunk cache holds", "", cli::NoOptions, CacheStats},

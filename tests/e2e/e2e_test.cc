@@ -165,11 +165,12 @@ class E2eTest : public ::testing::Test {
     rfb_ = std::move(*s);
   }
 
-  Process* StartAgent(const std::string& ns, const std::string& ip, const std::string& name) {
-    agents_.push_back(std::make_unique<Process>(
-        std::vector<std::string>{"env", BusOf(ns), kAgent, "run", "--listen", ip + ":7391", "--name", name, "--cache",
-                                 kWorld + "/" + name + "-cache", "--accel", "tcg"},
-        kWorld + "/" + name + ".log", ns));
+  Process* StartAgent(const std::string& ns, const std::string& ip, const std::string& name,
+                      const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> argv{"env", BusOf(ns), kAgent, "run", "--listen", ip + ":7391", "--name", name, "--cache",
+                                  kWorld + "/" + name + "-cache", "--accel", "tcg"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    agents_.push_back(std::make_unique<Process>(argv, kWorld + "/" + name + ".log", ns));
     EXPECT_TRUE(agents_.back()->WaitFor("listening", 20s)) << agents_.back()->Output();
     return agents_.back().get();
   }
@@ -627,6 +628,39 @@ TEST_F(E2eTest, AReplicaEndsWhenItsCapabilityExpiresAndNoKeyReachesTheSurrogates
   EXPECT_GE(static_cast<int64_t>(std::time(nullptr)), not_after) << ended.ToString();
   EXPECT_TRUE(cafe->WaitFor("the capability expired; destroying it", 5s)) << cafe->Output();
   EXPECT_TRUE(WaitReplicaVms(0, 20s)) << "the replica's VM outlived its capability";
+}
+
+// A service that keeps its state on its disk (the world's notepad
+// autosaves; --state-on-disk) may be booted from the checkpoint's disk
+// instead of restored from its memory image: what the appliance's Xen does
+// with a QEMU home's checkpoints. Here --prefer-boot asks for it on QEMU.
+// The booted replica must hold the checkpoint-time document plus the
+// replayed log: once it leads, the client's screen is its screen, and it
+// must show every character typed.
+TEST_F(E2eTest, AStateOnDiskServiceBootsFromTheCheckpointsDiskAndCatchesUp) {
+  StartProxy();
+  std::string typed = "Typed before the cafe boots it. ";
+  Type(typed);
+  ASSERT_TRUE(WaitHomeDoc(doc_ + typed, 60s).ok());
+  Process* agent = StartAgent("ss-surr", "10.77.0.3", "cafe", {"--prefer-boot"});
+  int rc;
+  std::string out = Use("10.77.0.3:7391", &rc);
+  ASSERT_EQ(rc, 0) << out << agent->Output();
+  EXPECT_NE(out.find("ready replica cafe"), std::string::npos) << out;
+  EXPECT_TRUE(agent->WaitFor("booting notepad from its checkpoint's disk: --prefer-boot", 1s)) << agent->Output();
+  // Typed while it booted and caught up, then until it leads.
+  auto until = Clock::now() + 90s;
+  while (Leader() != "cafe" && Clock::now() < until) {
+    typed += static_cast<char>('a' + typed.size() % 26);
+    Type(typed.substr(typed.size() - 1));
+  }
+  ASSERT_EQ(Leader(), "cafe") << StatusText();
+  std::string font_error;
+  auto font = notepad::LoadPsf(GuestDir() + "/notepad.psf", &font_error);
+  ASSERT_TRUE(font) << font_error;
+  Status screen = rfb_->WaitForScreen(*font, doc_ + typed, 30s);
+  EXPECT_TRUE(screen.ok()) << screen.ToString() << "\n" << StatusText();
+  EXPECT_TRUE(WaitHomeDoc(doc_ + typed, 60s).ok());
 }
 
 TEST_F(E2eTest, ALaggingLeaderLosesTheLeadAndCatchesUpAfter) {

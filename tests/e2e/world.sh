@@ -60,8 +60,10 @@ home=$build/home/slingshot-home
 g=$build/guest
 h="--store $world/home/store --key $world/home/home.key --tls-dir $world/home/tls --services-dir $world/home/services"
 $home init $h --name e2e-home >/dev/null
+# The notepad autosaves, so its state is on its disk at every checkpoint
+# and a surrogate may boot it from there (--state-on-disk; one test does).
 $home service create notepad --kernel "$g/vmlinuz" --initrd "$g/initrd.img" \
-  --cmdline "quiet panic=1 slingshot.disk=auto" --extra-port 5901 $h >/dev/null
+  --cmdline "quiet panic=1 slingshot.disk=auto slingshot.autosave=1" --state-on-disk --extra-port 5901 $h >/dev/null
 # Pairing over the network: the home prints a one-time code, the client
 # (in its own namespace) brings it.
 ip netns exec ss-home "$home" pair alice --address 10.77.0.1:7390 --listen 10.77.0.1:7392 --timeout 60 $h \

@@ -9,7 +9,11 @@
 #     `init` (ExecStartPre) and `run` (ExecStart), which must come up and
 #     stop cleanly on SIGTERM.
 #
-#   tests/packages/install_test.sh DEBS_DIR
+#   - with GUEST_DIR (the test guest's vmlinuz and initrd.img, from a
+#     build), follow the home user's guide: create a service and pair a
+#     client (to a folder) as that user.
+#
+#   tests/packages/install_test.sh DEBS_DIR [GUEST_DIR]
 # Needs root. Last line: INSTALL-TEST OK
 set -euo pipefail
 
@@ -78,5 +82,18 @@ done
 [[ -n $up ]] || fail "slingshot-home run did not come up: $(cat "$debs/run.log")"
 pkill -TERM -f "slingshot-home run --listen 127.0.0.1:17390" || true
 wait $run || fail "slingshot-home run did not stop cleanly on SIGTERM: $(tail -3 "$debs/run.log")"
+guest=${2:-}
+if [[ -n $guest ]]; then
+  as_home() { in_root setpriv --reuid=slingshot --regid=slingshot --init-groups -- slingshot-home "$@"; }
+  cp "$guest/vmlinuz" "$guest/initrd.img" "$root/tmp/"
+  as_home service create notepad --kernel /tmp/vmlinuz --initrd /tmp/initrd.img \
+    --cmdline "quiet slingshot.disk=auto slingshot.autosave=1" --state-on-disk > "$debs/guide.log" 2>&1 ||
+    fail "service create: $(cat "$debs/guide.log")"
+  as_home service list | grep -q "^notepad" || fail "service list does not show notepad: $(as_home service list)"
+  as_home pair laptop --address 192.0.2.1:7390 --out /var/lib/slingshot/laptop >> "$debs/guide.log" 2>&1 ||
+    fail "pair --out: $(cat "$debs/guide.log")"
+  [[ -f $root/var/lib/slingshot/laptop/cert.pem ]] || fail "pair --out wrote no client certificate"
+  echo "install_test: the home user's guide: service created, client paired"
+fi
 echo "install_test: installed, enabled, ran and stopped in $(( $(date +%s) - t0 )) s"
 echo "INSTALL-TEST OK"
