@@ -642,6 +642,16 @@ TEST_F(E2eTest, AStateOnDiskServiceBootsFromTheCheckpointsDiskAndCatchesUp) {
   std::string typed = "Typed before the cafe boots it. ";
   Type(typed);
   ASSERT_TRUE(WaitHomeDoc(doc_ + typed, 60s).ok());
+  // A checkpoint that covers all of it, so that the booted replica has it
+  // from the disk alone (the log from there on is empty).
+  const uint64_t typed_seq = LastSeq();
+  auto covered = [&] {
+    std::string st = StatusText();
+    size_t at = st.find(" log ");
+    return at != std::string::npos && std::stoull(st.substr(at + 5)) > typed_seq;
+  };
+  for (auto end = Clock::now() + 60s; !covered() && Clock::now() < end;) std::this_thread::sleep_for(200ms);
+  ASSERT_TRUE(covered()) << "no home checkpoint covered seq " << typed_seq << ": " << StatusText();
   Process* agent = StartAgent("ss-surr", "10.77.0.3", "cafe", {"--prefer-boot"});
   int rc;
   std::string out = Use("10.77.0.3:7391", &rc);

@@ -7,7 +7,8 @@
 #      notepad service from a home on the same LAN (`use`); the replica is a
 #      Xen PV domain inside the appliance, booted from the checkpoint's disk
 #      (the home runs QEMU) and brought current from the client's log;
-#   3. typing through the proxy reaches it: it consumes every input;
+#   3. typing through the proxy reaches it: it consumes every input, and
+#      while the home's VM is frozen it leads and shows all that was typed;
 #   4. the appliance is powered off (QEMU killed); typing goes on at home,
 #      and the home's document equals everything typed;
 #   5. the appliance boots again: its agent's cache is empty, no replica.
@@ -147,6 +148,27 @@ cat "$w/status.log"
 [[ -n $ok ]] || fail "the appliance's replica did not consume every input"
 say "the Xen replica consumed every input"
 typeit "More keys while both run. "
+
+# The Xen replica's own screen: with the home's VM frozen (SIGSTOP) the
+# home lags, the replica leads, and the viewer sees what the replica shows,
+# which must be everything typed (its start from the checkpoint's disk and
+# the replay included).
+home_vm=$(for p in $(ip netns pids $ns); do
+  tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q -- "-name notepad " && echo "$p"; done)
+[[ -n $home_vm ]] || fail "cannot find the home's notepad VM"
+kill -STOP $home_vm
+led=
+for _ in $(seq 30); do
+  # A key's screen update may wait for the switch: its timeout is no error.
+  ip netns exec $ns "$typist" type 127.0.0.1:5900 "-" 30 > /dev/null 2>&1 || true
+  REF="$REF-"
+  if "$client_bin" status --state-dir "$w/client" | grep -q "^replica $name .* leader"; then led=1; break; fi
+done
+"$client_bin" status --state-dir "$w/client"
+if [[ -z $led ]]; then kill -CONT $home_vm; fail "the Xen replica did not lead while the home was frozen"; fi
+ip netns exec $ns "$typist" screen 127.0.0.1:5900 "$REF" 60 || { kill -CONT $home_vm; fail "the Xen replica's screen is not what was typed"; }
+kill -CONT $home_vm
+say "with the home frozen the Xen replica led, and its screen showed all ${#REF} characters"
 
 # 4. Power off the appliance; typing goes on at home.
 kill -9 "$(cat "$w/qemu.pid")"

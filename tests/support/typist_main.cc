@@ -5,6 +5,9 @@
 //       p50 / p99 / max
 //   slingshot-typist doc HOST:PORT                   prints the notepad's document
 //       (its control port)
+//   slingshot-typist screen HOST:PORT TEXT [SECONDS] waits until the screen
+//       shown at HOST:PORT (RFB) is the notepad's rendering of TEXT; exits 1
+//       with the count of differing pixels if it is not within SECONDS
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -21,7 +24,8 @@ using namespace slingshot::testing;
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    std::fprintf(stderr, "usage: slingshot-typist type HOST:PORT TEXT [GAP_MS] | doc HOST:PORT\n");
+    std::fprintf(stderr, "usage: slingshot-typist type HOST:PORT TEXT [GAP_MS] | doc HOST:PORT | "
+                         "screen HOST:PORT TEXT [SECONDS]\n");
     return 2;
   }
   std::string cmd = argv[1];
@@ -38,6 +42,23 @@ int main(int argc, char** argv) {
       return 1;
     }
     std::printf("%s\n", d->c_str());
+    return 0;
+  }
+  if (cmd == "screen" && argc >= 4) {
+    std::string error;
+    auto font = notepad::LoadPsf(GuestDir() + "/notepad.psf", &error);
+    if (!font) {
+      std::fprintf(stderr, "%s\n", error.c_str());
+      return 1;
+    }
+    auto s = RfbSession::Connect(ep);
+    Status shown = s.ok() ? (*s)->WaitForScreen(*font, argv[3], std::chrono::seconds(argc > 4 ? std::atoi(argv[4]) : 30))
+                          : s.status();
+    if (!shown.ok()) {
+      std::fprintf(stderr, "%s\n", shown.ToString().c_str());
+      return 1;
+    }
+    std::printf("the screen shows the %zu characters\n", std::string(argv[3]).size());
     return 0;
   }
   if (cmd != "type" || argc < 4) return 2;
