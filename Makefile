@@ -42,13 +42,15 @@ debs: deps
 # The surrogate appliance ISO (image-build/appliance.sh): Xen, a read-only
 # dom0 and the agent's .deb, into $(BUILD)/appliance.
 appliance: debs
-	scripts/install-deps.sh debootstrap squashfs-tools xorriso grub-pc-bin grub-efi-amd64-bin grub-common mtools
+	scripts/install-deps.sh debootstrap squashfs-tools xorriso grub-pc-bin grub-efi-amd64-bin grub-common mtools faketime
 	image-build/appliance.sh $(BUILD)/appliance $(BUILD)/debs
 
-# Builds the .debs and the ISO a second time and compares (diffoscope
-# explains any difference).
-reproducible: appliance
-	scripts/install-deps.sh diffoscope-minimal
+# Builds the .debs and the ISO a second time and compares them with those
+# of make appliance (run that first; CI's make nested does); diffoscope
+# explains any difference.
+reproducible: deps
+	scripts/install-deps.sh debhelper dpkg-dev lintian help2man fakeroot git debootstrap squashfs-tools \
+	  xorriso grub-pc-bin grub-efi-amd64-bin grub-common mtools faketime diffoscope-minimal
 	image-build/reproducible.sh $(BUILD)
 
 # Xen nested under QEMU TCG: the Xen backend run in its dom0 (the first run

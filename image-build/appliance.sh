@@ -29,7 +29,7 @@ export LC_ALL=C.UTF-8 TZ=UTC
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(dpkg-parsechangelog -l "$here/debian/changelog" -S Timestamp)}
 
 [[ $(id -u) == 0 ]] || { echo "appliance: needs root (debootstrap and chroot)" >&2; exit 1; }
-for t in debootstrap mksquashfs grub-mkrescue xorriso mformat; do
+for t in debootstrap mksquashfs grub-mkrescue xorriso mformat faketime; do
   command -v "$t" >/dev/null || { echo "appliance: $t is missing; run scripts/install-deps.sh appliance (or make appliance)" >&2; exit 1; }
 done
 [[ -d /usr/lib/grub/i386-pc && -d /usr/lib/grub/x86_64-efi ]] || {
@@ -132,7 +132,13 @@ mksquashfs "$root" "$iso/live/filesystem.squashfs" -comp zstd -Xcompression-leve
 
 step "ISO"
 find "$iso" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
-grub-mkrescue -o "$out/slingshot-appliance.iso" "$iso" -- -volid SLINGSHOT > "$work/grub-mkrescue.log" 2>&1 || {
+# grub-mkrescue's EFI image (mformat, mcopy: FAT dates and serial) and
+# xorriso's directory records take the time of day, whatever
+# SOURCE_DATE_EPOCH says; under a clock frozen there (libfaketime) two
+# builds give the same bytes.
+frozen=$(date -u -d "@$SOURCE_DATE_EPOCH" '+%Y-%m-%d %H:%M:%S')
+faketime -f "$frozen" grub-mkrescue -o "$out/slingshot-appliance.iso" "$iso" -- -volid SLINGSHOT \
+  > "$work/grub-mkrescue.log" 2>&1 || {
   echo "appliance: grub-mkrescue failed:" >&2; tail -20 "$work/grub-mkrescue.log" >&2; exit 1; }
 step "done: $out/slingshot-appliance.iso, $(du -m "$out/slingshot-appliance.iso" | cut -f1) MiB (squashfs $(du -m "$iso/live/filesystem.squashfs" | cut -f1) MiB, initrd $(du -m "$iso/boot/initrd.img" | cut -f1) MiB)"
 sha256sum "$out/slingshot-appliance.iso" | cut -d' ' -f1 > "$out/slingshot-appliance.iso.sha256"
