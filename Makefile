@@ -57,7 +57,7 @@ reproducible: deps
 # debootstraps a dom0 root into $(BUILD)/nested), then the appliance ISO
 # booted on a test LAN (see tests/nested/).
 nested: build appliance
-	scripts/install-deps.sh debootstrap dnsmasq-base
+	scripts/install-deps.sh debootstrap dnsmasq-base ovmf
 	cd $(BUILD) && ctest -L nested --output-on-failure
 
 # The default suite under AddressSanitizer and UndefinedBehaviorSanitizer.

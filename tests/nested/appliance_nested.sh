@@ -11,7 +11,8 @@
 #      while the home's VM is frozen it leads and shows all that was typed;
 #   4. the appliance is powered off (QEMU killed); typing goes on at home,
 #      and the home's document equals everything typed;
-#   5. the appliance boots again: its agent's cache is empty, no replica.
+#   5. the appliance boots again, by UEFI this time (the first is by BIOS):
+#      its agent's cache is empty, no replica.
 #
 #   tests/nested/appliance_nested.sh BUILD_DIR
 # Needs root, BUILD_DIR/appliance/slingshot-appliance.iso (make appliance)
@@ -31,6 +32,8 @@ name=slingshot-5a1701   # appliance-setup names it after its NIC
 export PATH=$PATH:/usr/sbin:/sbin
 
 [[ -f $iso ]] || { echo "appliance_nested: $iso is missing; run make appliance" >&2; exit 1; }
+ovmf=/usr/share/ovmf/OVMF.fd
+[[ -f $ovmf ]] || { echo "appliance_nested: $ovmf is missing (install ovmf)" >&2; exit 1; }
 for t in qemu-system-x86_64 dnsmasq avahi-daemon dbus-daemon; do
   command -v $t >/dev/null || { echo "appliance_nested: $t is missing (scripts/install-deps.sh)" >&2; exit 1; }
 done
@@ -105,21 +108,23 @@ home_doc() {
 }
 typeit "Typed at home before the cafe. "
 
-boot() {  # boot N: the appliance's Nth boot, from the ISO, in the background
-  ip netns exec $ns qemu-system-x86_64 -accel tcg,thread=multi -cpu qemu64,+svm,+npt -smp 2 -m 3072 \
-    -display none -no-reboot -nodefaults -serial "file:$w/console-$1.log" \
+boot() {  # boot N [FIRMWARE...]: the appliance's Nth boot, from the ISO, in the background
+  local n=$1
+  shift
+  ip netns exec $ns qemu-system-x86_64 "$@" -accel tcg,thread=multi -cpu qemu64,+svm,+npt -smp 2 -m 3072 \
+    -display none -no-reboot -nodefaults -serial "file:$w/console-$n.log" \
     -cdrom "$iso" -boot d -netdev tap,id=n0,ifname=tap0,script=no,downscript=no \
-    -device e1000,netdev=n0,mac=$mac > "$w/qemu-$1.log" 2>&1 &
+    -device e1000,netdev=n0,mac=$mac > "$w/qemu-$n.log" 2>&1 &
   echo $! > "$w/qemu.pid"
   local start=$(date +%s)
   for _ in $(seq 1500); do
-    grep -aq "SLINGSHOT-APPLIANCE" "$w/console-$1.log" 2>/dev/null && break
-    kill -0 "$(cat "$w/qemu.pid")" 2>/dev/null || fail "QEMU ended during boot $1"
+    grep -aq "SLINGSHOT-APPLIANCE" "$w/console-$n.log" 2>/dev/null && break
+    kill -0 "$(cat "$w/qemu.pid")" 2>/dev/null || fail "QEMU ended during boot $n"
     sleep 1
   done
-  grep -aq "SLINGSHOT-APPLIANCE ready" "$w/console-$1.log" || fail "boot $1: the agent did not come up"
+  grep -aq "SLINGSHOT-APPLIANCE ready" "$w/console-$n.log" || fail "boot $n: the agent did not come up"
   boot_s=$(( $(date +%s) - start ))
-  say "boot $1: $(grep -a "SLINGSHOT-APPLIANCE ready" "$w/console-$1.log" | tail -1 | tr -d '\r') after ${boot_s} s"
+  say "boot $n: $(grep -a "SLINGSHOT-APPLIANCE ready" "$w/console-$n.log" | tail -1 | tr -d '\r') after ${boot_s} s"
 }
 
 boot 1
@@ -192,7 +197,9 @@ done
 say "after the power-off the home's document equals all ${#REF} characters typed"
 
 # 5. A second boot keeps nothing.
-boot 2
+# (by UEFI this time: the ISO is hybrid, and OVMF is QEMU's UEFI firmware)
+boot 2 -bios "$ovmf"
+grep -aq "(XEN) EFI RAM map" "$w/console-2.log" || fail "boot 2 was not by UEFI (Xen printed no EFI memory map)"
 status_ok=
 for try in 1 2 3; do
   if client agent-status "$name" > "$w/agent-status.log" 2>&1; then
