@@ -34,23 +34,25 @@ bench: build
 # The .debs of slingshot-home, slingshot-client and slingshot-agent
 # (image-build/debian; dpkg-buildpackage, lintian) into $(BUILD)/debs, then
 # a clean bookworm chroot installs the home's and runs it.
+DEBS_TOOLS = debhelper dpkg-dev lintian help2man fakeroot git debootstrap
+APPLIANCE_TOOLS = debootstrap squashfs-tools xorriso grub-pc-bin grub-efi-amd64-bin grub-common mtools faketime
+
 debs: deps
-	scripts/install-deps.sh debhelper dpkg-dev lintian help2man fakeroot git debootstrap
+	scripts/install-deps.sh $(DEBS_TOOLS)
 	image-build/debs.sh $(BUILD)/debs
 	tests/packages/install_test.sh $(BUILD)/debs $(wildcard $(BUILD)/guest)
 
 # The surrogate appliance ISO (image-build/appliance.sh): Xen, a read-only
 # dom0 and the agent's .deb, into $(BUILD)/appliance.
 appliance: debs
-	scripts/install-deps.sh debootstrap squashfs-tools xorriso grub-pc-bin grub-efi-amd64-bin grub-common mtools faketime
+	scripts/install-deps.sh $(APPLIANCE_TOOLS)
 	image-build/appliance.sh $(BUILD)/appliance $(BUILD)/debs
 
 # Builds the .debs and the ISO a second time and compares them with those
 # of make appliance (run that first; CI's make nested does); diffoscope
 # explains any difference.
 reproducible: deps
-	scripts/install-deps.sh debhelper dpkg-dev lintian help2man fakeroot git debootstrap squashfs-tools \
-	  xorriso grub-pc-bin grub-efi-amd64-bin grub-common mtools faketime diffoscope-minimal
+	scripts/install-deps.sh $(DEBS_TOOLS) $(APPLIANCE_TOOLS) diffoscope-minimal
 	image-build/reproducible.sh $(BUILD)
 
 # Xen nested under QEMU TCG: the Xen backend run in its dom0 (the first run

@@ -195,7 +195,10 @@ struct AgentServer::Impl final : public RequestHandler {
       SLINGSHOT_ASSIGN_OR_RETURN(Bytes b, r.home->GetObject(id));
       return ChunkList::Decode(b);
     };
-    SLINGSHOT_ASSIGN_OR_RETURN(ChunkList memory, list_of(m.memory_list));
+    ChunkList memory;  // stays empty when booting cold: nothing of it is needed
+    if (!cold) {
+      SLINGSHOT_ASSIGN_OR_RETURN(memory, list_of(m.memory_list));
+    }
     SLINGSHOT_ASSIGN_OR_RETURN(ChunkList kernel, list_of(m.kernel));
     ChunkList initrd;
     if (!m.initrd.IsNull()) {
@@ -204,7 +207,6 @@ struct AgentServer::Impl final : public RequestHandler {
     std::vector<ChunkId> ids;
     uint64_t total = 0;
     for (const ChunkList* l : {&kernel, &initrd, &memory}) {
-      if (cold && l == &memory) continue;
       for (const auto& e : l->entries) ids.push_back(e.id);
       total += l->total_size;
     }

@@ -58,14 +58,10 @@ debootstrap --variant=minbase --cache-dir="$cache" --include="$packages" \
   bookworm "$root" http://deb.debian.org/debian > "$work/debootstrap.log" 2>&1 || {
   echo "appliance: debootstrap failed; its log ends:" >&2; tail -20 "$work/debootstrap.log" >&2; exit 1; }
 
-for m in proc sys dev; do
-  case $m in
-    proc) mount -t proc proc "$root/proc" ;;
-    sys) mount -t sysfs sys "$root/sys" ;;
-    dev) mount --bind /dev "$root/dev" ;;
-  esac
-  mounted+=("$root/$m")
-done
+mounted=("$root/proc" "$root/sys" "$root/dev")  # (cleanup skips what is not mounted)
+mount -t proc proc "$root/proc"
+mount -t sysfs sys "$root/sys"
+mount --bind /dev "$root/dev"
 in_root() { chroot "$root" env DEBIAN_FRONTEND=noninteractive SOURCE_DATE_EPOCH="$SOURCE_DATE_EPOCH" "$@"; }
 # No service starts inside the build.
 printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"

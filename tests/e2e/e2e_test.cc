@@ -113,14 +113,18 @@ bool WaitLeader(const std::string& name, std::chrono::milliseconds timeout) {
   return false;
 }
 
-// The last seq in the proxy's log.
-uint64_t LastSeq() {
+// The proxy's log, "log FIRST..LAST" in its status: FIRST is one past the
+// seq the home's last checkpoint covers. {0, 0} when there is no status.
+std::pair<uint64_t, uint64_t> LogRange() {
   std::string st = StatusText();
   size_t at = st.find(" log ");
-  if (at == std::string::npos) return 0;
+  if (at == std::string::npos) return {0, 0};
   size_t dots = st.find("..", at);
-  return std::stoull(st.substr(dots + 2));
+  return {std::stoull(st.substr(at + 5)), std::stoull(st.substr(dots + 2))};
 }
+
+// The last seq in the proxy's log.
+uint64_t LastSeq() { return LogRange().second; }
 
 bool WaitStatus(const std::string& needle, std::chrono::milliseconds timeout) {
   auto end = Clock::now() + timeout;
@@ -645,11 +649,7 @@ TEST_F(E2eTest, AStateOnDiskServiceBootsFromTheCheckpointsDiskAndCatchesUp) {
   // A checkpoint that covers all of it, so that the booted replica has it
   // from the disk alone (the log from there on is empty).
   const uint64_t typed_seq = LastSeq();
-  auto covered = [&] {
-    std::string st = StatusText();
-    size_t at = st.find(" log ");
-    return at != std::string::npos && std::stoull(st.substr(at + 5)) > typed_seq;
-  };
+  auto covered = [&] { return LogRange().first > typed_seq; };
   for (auto end = Clock::now() + 60s; !covered() && Clock::now() < end;) std::this_thread::sleep_for(200ms);
   ASSERT_TRUE(covered()) << "no home checkpoint covered seq " << typed_seq << ": " << StatusText();
   Process* agent = StartAgent("ss-surr", "10.77.0.3", "cafe", {"--prefer-boot"});

@@ -21,16 +21,9 @@ down() {
   ip link del ssbr0 2>/dev/null || true
   rm -rf "$world"
 }
-# avahi-daemon in ss-$1, on that namespace's own system bus. It keeps its pid
-# file in /run/avahi-daemon: a tmpfs of its own in a mount namespace of its
-# own, so the daemons of different namespaces do not see each other's.
-start_avahi() {
-  ip netns exec "ss-$1" unshare -m sh -c "mkdir -p /run/avahi-daemon && mount -t tmpfs tmpfs /run/avahi-daemon &&
-    DBUS_SYSTEM_BUS_ADDRESS=unix:path=$world/bus-$1 exec avahi-daemon --no-drop-root --no-chroot --no-rlimits \
-    -f $world/avahi-$1.conf" >>"$world/avahi-$1.log" 2>&1 </dev/null &
-}
+dns_sd=$(cd "$(dirname "$0")/../support" && pwd)/netns-dns-sd.sh
 if [ "$cmd" = down ]; then down; exit 0; fi
-if [ "$cmd" = avahi ]; then start_avahi "$3"; exit 0; fi
+if [ "$cmd" = avahi ]; then "$dns_sd" avahi "ss-$3" "$world" "$3"; exit 0; fi
 [ "$cmd" = up ] || { echo "usage: world.sh up|down BUILD_DIR, or world.sh avahi BUILD_DIR NAME" >&2; exit 2; }
 down
 mkdir -p "$world"
@@ -49,12 +42,8 @@ done
 # DNS-SD: the client's and the surrogates' namespaces each get a system bus
 # of their own (a unix socket, $world/bus-NAME; programs find it through
 # DBUS_SYSTEM_BUS_ADDRESS) and an avahi-daemon on it, as on separate machines.
-here=$(cd "$(dirname "$0")" && pwd)
 for n in client surr surr2; do
-  sed "s|@SOCKET@|$world/bus-$n|" "$here/bus.conf.in" >"$world/bus-$n.conf"
-  sed "s|@HOST@|ss-$n|" "$here/avahi-daemon.conf.in" >"$world/avahi-$n.conf"
-  ip netns exec "ss-$n" dbus-daemon --config-file="$world/bus-$n.conf" --fork >/dev/null
-  start_avahi "$n"
+  "$dns_sd" up "ss-$n" "$world" "$n" eth0
 done
 home=$build/home/slingshot-home
 g=$build/guest

@@ -69,12 +69,8 @@ ip netns exec $ns dnsmasq --keep-in-foreground --port=0 --interface=br0 --bind-i
   --dhcp-range=10.78.0.50,10.78.0.99,1h --dhcp-leasefile="$w/leases" --pid-file="$w/dnsmasq.pid" \
   --log-facility="$w/dnsmasq.log" --log-dhcp &
 # DNS-SD on the LAN: a system bus and an avahi-daemon of the namespace's own.
-sed "s|@SOCKET@|$w/bus|" "$src/tests/e2e/bus.conf.in" > "$w/bus.conf"
-sed "s|@HOST@|lan-host|; s|allow-interfaces=eth0|allow-interfaces=br0|" "$src/tests/e2e/avahi-daemon.conf.in" > "$w/avahi.conf"
-ip netns exec $ns dbus-daemon --config-file="$w/bus.conf" --fork > /dev/null
-export DBUS_SYSTEM_BUS_ADDRESS=unix:path=$w/bus
-ip netns exec $ns unshare -m sh -c "mkdir -p /run/avahi-daemon && mount -t tmpfs tmpfs /run/avahi-daemon &&
-  exec avahi-daemon --no-drop-root --no-chroot --no-rlimits -f $w/avahi.conf" > "$w/avahi.log" 2>&1 < /dev/null &
+"$src/tests/support/netns-dns-sd.sh" up $ns "$w" lan br0
+export DBUS_SYSTEM_BUS_ADDRESS=unix:path=$w/bus-lan
 
 # The home: the notepad service, autosaving, so it may boot from its disk
 # on the appliance's Xen (its own checkpoints are QEMU's).

@@ -69,9 +69,10 @@ in_root slingshot-home --version
 
 # The unit's commands, as its user (systemd is not PID 1 in a chroot;
 # setpriv execs the daemon itself, so SIGTERM reaches it as from systemd).
-in_root setpriv --reuid=slingshot --regid=slingshot --init-groups -- slingshot-home init > "$debs/init.log" 2>&1 || fail "init: $(cat "$debs/init.log")"
-in_root setpriv --reuid=slingshot --regid=slingshot --init-groups -- slingshot-home init > /dev/null 2>&1 || fail "a second init (every start) failed"
-in_root setpriv --reuid=slingshot --regid=slingshot --init-groups -- slingshot-home run --listen 127.0.0.1:17390 --accel tcg > "$debs/run.log" 2>&1 &
+as_home() { in_root setpriv --reuid=slingshot --regid=slingshot --init-groups -- slingshot-home "$@"; }
+as_home init > "$debs/init.log" 2>&1 || fail "init: $(cat "$debs/init.log")"
+as_home init > /dev/null 2>&1 || fail "a second init (every start) failed"
+as_home run --listen 127.0.0.1:17390 --accel tcg > "$debs/run.log" 2>&1 &
 run=$!
 up=
 for _ in $(seq 100); do
@@ -84,7 +85,6 @@ pkill -TERM -f "slingshot-home run --listen 127.0.0.1:17390" || true
 wait $run || fail "slingshot-home run did not stop cleanly on SIGTERM: $(tail -3 "$debs/run.log")"
 guest=${2:-}
 if [[ -n $guest ]]; then
-  as_home() { in_root setpriv --reuid=slingshot --regid=slingshot --init-groups -- slingshot-home "$@"; }
   cp "$guest/vmlinuz" "$guest/initrd.img" "$root/tmp/"
   as_home service create notepad --kernel /tmp/vmlinuz --initrd /tmp/initrd.img \
     --cmdline "quiet slingshot.disk=auto slingshot.autosave=1" --state-on-disk > "$debs/guide.log" 2>&1 ||
