@@ -7,9 +7,13 @@
 //     "doc"  -> "doc <length> <fnv1a64 hex>"   (also printed on the console)
 //     "text" -> "text <length>\n" followed by the document bytes
 //     "save" -> "saved <length>" after writing the document to the disk
+// - Keys beyond typing (notepad_render.h): F2 saves to the disk and marks
+//   the screen saved, Escape closes the document (a blank screen; other
+//   keys are ignored), F3 opens it again from the disk. The mode is saved
+//   with the document, so a replica booted from the disk shows the same.
 // - With --disk DEV the document is loaded from DEV at start and "save"
-//   writes it there: sector 0 holds magic "NPAD", version, length and
-//   checksum; the text follows from byte 512.
+//   writes it there: sector 0 holds magic "NPAD", version, length,
+//   checksum and the mode (byte 20); the text follows from byte 512.
 // - With --autosave as well, every edit is written there (and fsynced)
 //   before the screen is redrawn, so whenever the notepad has handled every
 //   key sent, its whole state is on the disk: a replica may boot from a
@@ -47,19 +51,48 @@ struct State {
   std::string disk;
   bool autosave = false;
   bool dirty = true;
+  notepad::Mode mode = notepad::Mode::kEditing;
 };
 State g;
 
 std::string SaveToDisk();
 
 void Redraw() {
-  notepad::Render(g.font, g.doc, g.fb.data());
+  notepad::Render(g.font, g.doc, g.fb.data(), g.mode);
   rfbMarkRectAsModified(g.screen, 0, 0, notepad::kWidth, notepad::kHeight);
   g.dirty = false;
 }
 
+void LoadFromDisk();
+
+// Applies one key to the document and the mode; whether anything changed.
+bool HandleKey(uint32_t key) {
+  using notepad::Mode;
+  if (key == notepad::kKeyOpen) {  // reloads from the disk, closed or not
+    if (!g.disk.empty()) LoadFromDisk();
+    g.mode = Mode::kEditing;
+    return true;
+  }
+  if (g.mode == Mode::kClosed) return false;
+  if (key == notepad::kKeyClose) {
+    g.mode = Mode::kClosed;
+    return true;
+  }
+  if (key == notepad::kKeySave) {
+    g.mode = Mode::kSaved;
+    if (!g.disk.empty() && !g.autosave) {
+      std::string r = SaveToDisk();
+      if (r.rfind("saved", 0) != 0) printf("notepad: save: %s\n", r.c_str());
+    }
+    return true;  // redrawn even if it was saved already: the user sees an answer
+  }
+  if (!notepad::ApplyKey(key, &g.doc)) return false;
+  g.mode = Mode::kEditing;
+  return true;
+}
+
 void OnKey(rfbBool down, rfbKeySym key, rfbClientPtr) {
-  if (down && notepad::ApplyKey(static_cast<uint32_t>(key), &g.doc)) {
+  if (down && HandleKey(static_cast<uint32_t>(key))) {
     g.dirty = true;
     if (g.autosave) {
       std::string r = SaveToDisk();
@@ -85,6 +118,7 @@ std::string SaveToDisk() {
   uint64_t sum = notepad::Checksum(g.doc);
   PutLe32(&buf[12], sum);
   PutLe32(&buf[16], sum >> 32);
+  PutLe32(&buf[20], static_cast<uint32_t>(g.mode));
   memcpy(buf.data() + 512, g.doc.data(), g.doc.size());
   int fd = open(g.disk.c_str(), O_WRONLY);
   if (fd < 0) return "error cannot open " + g.disk + ": " + strerror(errno);
@@ -114,6 +148,8 @@ void LoadFromDisk() {
              g.disk.c_str());
     } else {
       g.doc = std::move(doc);
+      uint32_t mode = GetLe32(&head[20]);  // 0 (editing) on disks of before modes
+      g.mode = mode <= 2 ? static_cast<notepad::Mode>(mode) : notepad::Mode::kEditing;
       printf("notepad: loaded %u bytes from %s\n", len, g.disk.c_str());
     }
   }

@@ -163,6 +163,44 @@ Result<double> RfbSession::KeyToScreenMs(uint32_t keysym, int timeout_ms) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
 }
 
+Result<double> RfbSession::KeyUntilScreenMs(uint32_t keysym, const std::vector<uint32_t>& want, int timeout_ms) {
+  if (client_->width != notepad::kWidth || client_->height != notepad::kHeight ||
+      want.size() != size_t(notepad::kWidth) * notepad::kHeight) {
+    return Status::InvalidArgument("the framebuffer is " + std::to_string(client_->width) + "x" +
+                                   std::to_string(client_->height) + ", not the notepad's");
+  }
+  auto start = Clock::now();
+  if (!SendKeyEvent(client_, keysym, TRUE) || !SendKeyEvent(client_, keysym, FALSE)) {
+    return Status::IOError("RFB: sending a key event failed");
+  }
+  auto deadline = start + std::chrono::milliseconds(timeout_ms);
+  size_t differing = 0;
+  uint64_t checked = updates_;
+  for (;;) {
+    if (updates_ != checked) {  // judge whole updates only, never a half-drawn screen
+      checked = updates_;
+      if (ScreenEquals(want, &differing)) break;
+    }
+    int left = static_cast<int>(std::chrono::duration_cast<std::chrono::microseconds>(deadline - Clock::now()).count());
+    if (left <= 0) {
+      return Status::Unavailable("the screen did not show the key's effect within " + std::to_string(timeout_ms) +
+                                 " ms (" + std::to_string(differing) + " pixels differ)");
+    }
+    int r = WaitForMessage(client_, static_cast<unsigned>(left));
+    if (r < 0) return Status::IOError("RFB connection failed");
+    if (r > 0 && !HandleRFBServerMessage(client_)) return Status::IOError("RFB: bad server message");
+  }
+  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
+
+bool RfbSession::ScreenEquals(const std::vector<uint32_t>& want, size_t* differing) const {
+  const uint32_t* fb = reinterpret_cast<const uint32_t*>(client_->frameBuffer);
+  size_t n = 0;
+  for (size_t i = 0; i < want.size(); ++i) n += (fb[i] & 0xffffff) != want[i];
+  if (differing) *differing = n;
+  return n == 0;
+}
+
 Status RfbSession::Drain(int quiet_ms) {
   for (;;) {
     int r = WaitForMessage(client_, static_cast<unsigned>(quiet_ms) * 1000);
@@ -203,23 +241,20 @@ Status RfbSession::Pump(int timeout_ms) {
 }
 
 Status RfbSession::WaitForScreen(const notepad::Font& font, const std::string& text,
-                                 std::chrono::milliseconds timeout) {
+                                 std::chrono::milliseconds timeout, notepad::Mode mode) {
   if (client_->width != notepad::kWidth || client_->height != notepad::kHeight) {
     return Status::Corruption("framebuffer is " + std::to_string(client_->width) + "x" +
                               std::to_string(client_->height));
   }
   std::vector<uint32_t> want(size_t(notepad::kWidth) * notepad::kHeight);
-  notepad::Render(font, text, want.data());
+  notepad::Render(font, text, want.data(), mode);
   auto deadline = Clock::now() + timeout;
   size_t differing = 0;
   while (Clock::now() < deadline) {
     SendFramebufferUpdateRequest(client_, 0, 0, notepad::kWidth, notepad::kHeight, FALSE);
     auto until = Clock::now() + std::chrono::milliseconds(200);
     while (Clock::now() < until) SLINGSHOT_RETURN_IF_ERROR(Pump(50));
-    const uint32_t* fb = reinterpret_cast<const uint32_t*>(client_->frameBuffer);
-    differing = 0;
-    for (size_t i = 0; i < want.size(); ++i) differing += (fb[i] & 0xffffff) != want[i];
-    if (differing == 0) return Status::OK();
+    if (ScreenEquals(want, &differing)) return Status::OK();
   }
   return Status::IOError("screen differs from the rendering of '" + text + "' in " +
                          std::to_string(differing) + " pixels");

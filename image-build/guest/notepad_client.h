@@ -57,12 +57,19 @@ class RfbSession {
   // the keystroke-to-screen time in ms. Drain first so that an earlier
   // update is not mistaken for this key's.
   Result<double> KeyToScreenMs(uint32_t keysym, int timeout_ms);
+  // Presses and releases key, then reads screen updates until the
+  // framebuffer equals want (notepad::kWidth x kHeight, 0x00RRGGBB): the
+  // keystroke-to-screen time in ms, exactly as the viewer sees it.
+  Result<double> KeyUntilScreenMs(uint32_t keysym, const std::vector<uint32_t>& want, int timeout_ms);
+  // Whether the framebuffer equals want; *differing gets the pixels that do not.
+  bool ScreenEquals(const std::vector<uint32_t>& want, size_t* differing = nullptr) const;
   // Reads until the server has been quiet for quiet_ms.
   Status Drain(int quiet_ms);
   // Asks for a full update and waits until the framebuffer equals what
-  // notepad::Render draws for `text`; the error counts differing pixels.
+  // notepad::Render draws for `text` in `mode`; the error counts differing
+  // pixels.
   Status WaitForScreen(const notepad::Font& font, const std::string& text,
-                       std::chrono::milliseconds timeout);
+                       std::chrono::milliseconds timeout, notepad::Mode mode = notepad::Mode::kEditing);
 
  private:
   explicit RfbSession(rfbClient* c) : client_(c) {}

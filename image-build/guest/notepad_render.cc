@@ -106,11 +106,15 @@ std::optional<Font> LoadPsf(const std::string& path, std::string* error) {
   return font;
 }
 
-void Render(const Font& font, std::string_view text, uint32_t* fb) {
+void Render(const Font& font, std::string_view text, uint32_t* fb, Mode mode) {
   const int margin = 4;
   const int cols = (kWidth - 2 * margin) / font.width;
   const int rows = (kHeight - 2 * margin) / font.height;
   for (int i = 0; i < kWidth * kHeight; ++i) fb[i] = kBackground;
+  if (mode == Mode::kClosed) return;
+  if (mode == Mode::kSaved) {
+    for (int i = 0; i < kWidth * 2; ++i) fb[i] = kSavedMark;
+  }
 
   // Lay out (row, col) for every character, then show the last `rows` rows.
   struct Cell { int row, col; char c; };

@@ -22,6 +22,18 @@ inline constexpr int kHeight = 400;
 inline constexpr uint32_t kBackground = 0x00202830;  // 0x00RRGGBB
 inline constexpr uint32_t kForeground = 0x00e8e8d0;
 inline constexpr uint32_t kCursor = 0x0060c0ff;
+inline constexpr uint32_t kSavedMark = 0x0040c060;  // a bar along the top edge
+
+// What the editor shows: the document being edited, the same just after a
+// save (with a green bar along the top edge until the next edit), or
+// nothing (closed).
+enum class Mode : uint32_t { kEditing = 0, kSaved = 1, kClosed = 2 };
+
+// Keys beyond ApplyKey's: F2 saves, Escape closes, F3 opens (reloads the
+// document from the disk). A closed notepad ignores every other key.
+inline constexpr uint32_t kKeySave = 0xffbf;   // XK_F2
+inline constexpr uint32_t kKeyOpen = 0xffc0;   // XK_F3
+inline constexpr uint32_t kKeyClose = 0xff1b;  // XK_Escape
 // The document is capped so a runaway client cannot exhaust guest memory.
 inline constexpr size_t kMaxDocument = 1 << 20;
 
@@ -42,7 +54,9 @@ std::optional<Font> LoadPsf(const std::string& path, std::string* error);
 // Draws `text` into `fb` (kWidth * kHeight pixels, 0x00RRGGBB): the text
 // wraps at the right edge, '\n' breaks lines, and when the text is longer
 // than the screen the last lines are shown. A block cursor follows the text.
-void Render(const Font& font, std::string_view text, uint32_t* fb);
+// In Mode::kSaved a bar marks the top edge; in Mode::kClosed only the
+// background is drawn.
+void Render(const Font& font, std::string_view text, uint32_t* fb, Mode mode = Mode::kEditing);
 
 // Applies one key press (an X11 keysym) to a document. Returns false when
 // the key does not change the document (unknown key, or document full).

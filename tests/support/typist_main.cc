@@ -8,10 +8,20 @@
 //   slingshot-typist screen HOST:PORT TEXT [SECONDS] waits until the screen
 //       shown at HOST:PORT (RFB) is the notepad's rendering of TEXT; exits 1
 //       with the count of differing pixels if it is not within SECONDS
+//   slingshot-typist session HOST:PORT TEXT_FILE START_DOC_FILE OUT_FILE
+//       an editing session, as a user at a VNC viewer: open the document
+//       (F3), type TEXT_FILE's characters, save (F2), close (Escape). Each
+//       key waits until the screen shows exactly its effect (the notepad's
+//       rendering of the document it must hold by then, starting from
+//       START_DOC_FILE's text) before the next. A notepad found open is
+//       closed first, untimed. OUT_FILE gets one "STEP MS" line per key
+//       (open, key, save, close) and a last "task MS" line.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <thread>
 #include <vector>
@@ -21,11 +31,86 @@
 
 using namespace slingshot;
 using namespace slingshot::testing;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+bool ReadFile(const std::string& path, std::string* out) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return false;
+  out->assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  return true;
+}
+
+double Percentile(std::vector<double> v, double p) {
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<size_t>(p * double(v.size() - 1) + 0.5))];
+}
+
+int Session(const Endpoint& ep, const std::string& text_file, const std::string& doc_file, const std::string& out_file) {
+  std::string text, doc, error;
+  if (!ReadFile(text_file, &text) || !ReadFile(doc_file, &doc)) {
+    std::fprintf(stderr, "cannot read %s or %s\n", text_file.c_str(), doc_file.c_str());
+    return 2;
+  }
+  auto font = notepad::LoadPsf(GuestDir() + "/notepad.psf", &error);
+  if (!font) {
+    std::fprintf(stderr, "%s\n", error.c_str());
+    return 1;
+  }
+  auto s = RfbSession::Connect(ep);
+  if (!s.ok()) {
+    std::fprintf(stderr, "%s\n", s.status().ToString().c_str());
+    return 1;
+  }
+  std::vector<uint32_t> want(size_t(notepad::kWidth) * notepad::kHeight);
+  auto expect = [&](notepad::Mode mode) { notepad::Render(*font, doc, want.data(), mode); };
+  std::ofstream out(out_file, std::ios::trunc);
+  std::vector<double> keys;
+  auto step = [&](const char* name, uint32_t key) -> bool {
+    auto ms = (*s)->KeyUntilScreenMs(key, want, 30000);
+    if (!ms.ok()) {
+      std::fprintf(stderr, "%s (key 0x%x): %s\n", name, key, ms.status().ToString().c_str());
+      return false;
+    }
+    out << name << ' ' << *ms << '\n';
+    if (std::string(name) == "key") keys.push_back(*ms);
+    return true;
+  };
+  (void)(*s)->Drain(300);
+  expect(notepad::Mode::kClosed);
+  if (!(*s)->ScreenEquals(want) && !step("prepare", notepad::kKeyClose)) return 1;
+  auto t0 = Clock::now();
+  expect(notepad::Mode::kEditing);
+  if (!step("open", notepad::kKeyOpen)) return 1;
+  for (char c : text) {
+    uint32_t key = c == '\n' ? 0xff0d : static_cast<unsigned char>(c);
+    notepad::ApplyKey(key, &doc);
+    expect(notepad::Mode::kEditing);
+    if (!step("key", key)) return 1;
+  }
+  expect(notepad::Mode::kSaved);
+  if (!step("save", notepad::kKeySave)) return 1;
+  expect(notepad::Mode::kClosed);
+  if (!step("close", notepad::kKeyClose)) return 1;
+  double task = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+  out << "task " << task << '\n';
+  out.close();
+  if (!out || keys.empty()) {
+    std::fprintf(stderr, "cannot write %s, or no key was typed\n", out_file.c_str());
+    return 1;
+  }
+  std::printf("session: open, %zu keys, save, close in %.0f ms; keystroke to screen p50 %.1f ms, p99 %.1f ms\n",
+              keys.size(), task, Percentile(keys, 0.5), Percentile(keys, 0.99));
+  return 0;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 3) {
     std::fprintf(stderr, "usage: slingshot-typist type HOST:PORT TEXT [GAP_MS] | doc HOST:PORT | "
-                         "screen HOST:PORT TEXT [SECONDS]\n");
+                         "screen HOST:PORT TEXT [SECONDS] | session HOST:PORT TEXT_FILE START_DOC_FILE OUT_FILE\n");
     return 2;
   }
   std::string cmd = argv[1];
@@ -43,6 +128,13 @@ int main(int argc, char** argv) {
     }
     std::printf("%s\n", d->c_str());
     return 0;
+  }
+  if (cmd == "session") {
+    if (argc != 6) {
+      std::fprintf(stderr, "usage: slingshot-typist session HOST:PORT TEXT_FILE START_DOC_FILE OUT_FILE\n");
+      return 2;
+    }
+    return Session(ep, argv[3], argv[4], argv[5]);
   }
   if (cmd == "screen" && argc >= 4) {
     std::string error;

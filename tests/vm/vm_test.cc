@@ -285,6 +285,31 @@ TEST_F(VmTest, DiskServedOverNbdKeepsTheDocument) {
   again.run_dir = dir_ / "disk2";
   BootAndWait(again);
   EXPECT_TRUE(WaitForText(Ep("disk2", kControlPort), "kept on disk", 10s).ok());
+
+  // The editor's keys, each checked on screen: an unsaved edit, Escape
+  // (closed: a blank screen; typing is ignored), F3 (opened again from the disk: the unsaved
+  // edit is gone), an edit and F2 (saved: the bar, and the bytes on disk).
+  auto rfb = RfbSession::Connect(Ep("disk2", kRfbPort));
+  ASSERT_TRUE(rfb.ok()) << rfb.status().ToString();
+  ASSERT_TRUE((*rfb)->WaitForScreen(font_, "kept on disk", 30s).ok());
+  std::vector<uint32_t> want(size_t(notepad::kWidth) * notepad::kHeight);
+  auto press = [&](uint32_t key, const std::string& doc, notepad::Mode mode) {
+    notepad::Render(font_, doc, want.data(), mode);
+    auto ms = (*rfb)->KeyUntilScreenMs(key, want, 30000);
+    EXPECT_TRUE(ms.ok()) << "key 0x" << std::hex << key << ": " << ms.status().ToString();
+  };
+  press('?', "kept on disk?", notepad::Mode::kEditing);
+  press(notepad::kKeyClose, "", notepad::Mode::kClosed);
+  ASSERT_TRUE((*rfb)->Type("x").ok());
+  press(notepad::kKeyOpen, "kept on disk", notepad::Mode::kEditing);
+  press('!', "kept on disk!", notepad::Mode::kEditing);
+  press(notepad::kKeySave, "kept on disk!", notepad::Mode::kSaved);
+  EXPECT_TRUE(WaitForText(Ep("disk2", kControlPort), "kept on disk!", 10s).ok());
+  raw = ReadFileBounded(image, 16 << 20);
+  ASSERT_TRUE(raw.ok());
+  EXPECT_EQ(std::string(raw->begin() + 512, raw->begin() + 525), "kept on disk!");
+  EXPECT_EQ((*raw)[20], 1) << "the mode on disk is 'saved'";
+  rfb->reset();
   ASSERT_TRUE(hv_->Destroy("disk2").ok());
   kill(server, SIGTERM);
   waitpid(server, nullptr, 0);
