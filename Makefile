@@ -23,13 +23,17 @@ check: build
 demo: build
 	scripts/demo.sh $(BUILD)
 
-# The full benchmarks: the store on 1 GiB, then checkpoints of a real VM.
-# Each prints a RESULT line.
+# The full benchmarks: the store on 1 GiB, checkpoints of a real VM, disks
+# on demand, replication, then the paper's experiment (bench/paper: both
+# network profiles; writes bench/out/report.md and bench/out/plot.png; needs
+# root). Each prints a RESULT line; the paper's is the last.
 bench: build
+	scripts/install-deps.sh gnuplot-nox python3
 	$(BUILD)/bench/store_bench
 	$(BUILD)/bench/vm_bench
 	$(BUILD)/bench/disk_bench
 	$(BUILD)/bench/replication_bench
+	bench/paper/run.sh $(BUILD) bench/out
 
 # The .debs of slingshot-home, slingshot-client and slingshot-agent
 # (image-build/debian; dpkg-buildpackage, lintian) into $(BUILD)/debs, then

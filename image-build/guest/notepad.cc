@@ -31,6 +31,7 @@
 #include <cerrno>
 #include <cinttypes>
 #include <cstdio>
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -57,9 +58,36 @@ State g;
 
 std::string SaveToDisk();
 
+// Draws the new screen and hands libvncserver only the rectangle that
+// changed, as a real toolkit's damage tracking would: a key then costs an
+// update of a few character cells, not of the whole 640x400 screen. A
+// redraw that changed nothing still sends one pixel, so every key the
+// notepad acted on gets an answer.
 void Redraw() {
-  notepad::Render(g.font, g.doc, g.fb.data(), g.mode);
-  rfbMarkRectAsModified(g.screen, 0, 0, notepad::kWidth, notepad::kHeight);
+  static std::vector<uint32_t> next(g.fb.size());
+  notepad::Render(g.font, g.doc, next.data(), g.mode);
+  int x0 = notepad::kWidth, y0 = notepad::kHeight, x1 = -1, y1 = -1;
+  for (int y = 0; y < notepad::kHeight; ++y) {
+    const uint32_t* a = &g.fb[size_t(y) * notepad::kWidth];
+    const uint32_t* b = &next[size_t(y) * notepad::kWidth];
+    if (memcmp(a, b, notepad::kWidth * sizeof(uint32_t)) == 0) continue;
+    int l = 0, r = notepad::kWidth - 1;
+    while (a[l] == b[l]) ++l;
+    while (a[r] == b[r]) --r;
+    x0 = std::min(x0, l);
+    x1 = std::max(x1, r);
+    y0 = std::min(y0, y);
+    y1 = y;
+  }
+  if (x1 < 0) {
+    x0 = y0 = 0;
+    x1 = y1 = 0;
+  }
+  if (y1 >= y0 && x1 >= 0) {
+    memcpy(&g.fb[size_t(y0) * notepad::kWidth], &next[size_t(y0) * notepad::kWidth],
+           size_t(y1 - y0 + 1) * notepad::kWidth * sizeof(uint32_t));
+  }
+  rfbMarkRectAsModified(g.screen, x0, y0, x1 + 1, y1 + 1);
   g.dirty = false;
 }
 

@@ -2,18 +2,42 @@
 # The e2e world (ctest fixture): client, surrogates and home, each in its own
 # network namespace, joined by veth pairs to a bridge; a home daemon with the
 # notepad service in the home namespace.
-#   world.sh up BUILD_DIR     build it (idempotent: tears down first)
+#   world.sh up BUILD_DIR [OPTIONS]  build it (idempotent: tears down first)
 #   world.sh down BUILD_DIR   remove it all
 #   world.sh avahi BUILD_DIR NAME   (re)start the avahi-daemon of ss-NAME
 # State lives in BUILD_DIR/e2e-world; addresses: home 10.77.0.1, client
 # 10.77.0.2, surrogates 10.77.0.3 and 10.77.0.4.
+# Options (the benchmarks' network profiles; by default every namespace
+# hangs off the bridge on a plain veth):
+#   --hotspot RATE_MBIT:RTT_MS[:LOSS]  the client's (wireless) link to the hotspot
+#   --wan RATE_MBIT:RTT_MS[:LOSS]      the home's link to the rest (its uplink)
+#   --checkpoint-inputs N --checkpoint-seconds S   the home daemon's (40, 5)
+# A link is a TapLink (slingshot-linkemu link) between the namespace and the
+# bridge, so client to home crosses both links and a surrogate to home the
+# WAN alone, as from a hotspot's wired LAN.
 set -euo pipefail
 cmd=$1
 build=$(cd "$2" && pwd)
+avahi_name=${3:-}
+shift 2
+[ "$cmd" = up ] || set --
 world=$build/e2e-world
 names=(home client surr surr2)
+declare -A link=()
+ckpt_inputs=40
+ckpt_seconds=5
+while [ $# -gt 0 ]; do
+  case $1 in
+    --hotspot) link[client]=$2; shift 2 ;;
+    --wan) link[home]=$2; shift 2 ;;
+    --checkpoint-inputs) ckpt_inputs=$2; shift 2 ;;
+    --checkpoint-seconds) ckpt_seconds=$2; shift 2 ;;
+    *) echo "world.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+done
 down() {
   if [ -f "$world/home.pid" ]; then kill -TERM "$(cat "$world/home.pid")" 2>/dev/null || true; sleep 1; fi
+  if [ -f "$world/links.pids" ]; then xargs -r kill -TERM <"$world/links.pids" 2>/dev/null || true; fi
   for n in "${names[@]}"; do
     ip netns pids "ss-$n" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
     ip netns del "ss-$n" 2>/dev/null || true
@@ -23,7 +47,7 @@ down() {
 }
 dns_sd=$(cd "$(dirname "$0")/../support" && pwd)/netns-dns-sd.sh
 if [ "$cmd" = down ]; then down; exit 0; fi
-if [ "$cmd" = avahi ]; then "$dns_sd" avahi "ss-$3" "$world" "$3"; exit 0; fi
+if [ "$cmd" = avahi ]; then "$dns_sd" avahi "ss-$avahi_name" "$world" "$avahi_name"; exit 0; fi
 [ "$cmd" = up ] || { echo "usage: world.sh up|down BUILD_DIR, or world.sh avahi BUILD_DIR NAME" >&2; exit 2; }
 down
 mkdir -p "$world"
@@ -32,7 +56,19 @@ ip link set ssbr0 up
 i=1
 for n in "${names[@]}"; do
   ip netns add "ss-$n"
-  ip link add "ss-$n-h" type veth peer name eth0 netns "ss-$n"
+  if [ -n "${link[$n]:-}" ]; then
+    # An emulated link: taps ss-N-a (moved into the namespace as eth0) and
+    # ss-N-h (on the bridge), frames carried between them in user space.
+    setsid "$build/tests/support/slingshot-linkemu" link "ss-$n-a" "ss-$n-h" "${link[$n]}" \
+      >"$world/link-$n.log" 2>&1 </dev/null &
+    echo $! >>"$world/links.pids"
+    for _ in $(seq 1 50); do grep -q ready "$world/link-$n.log" && break; sleep 0.1; done
+    grep -q ready "$world/link-$n.log" || { cat "$world/link-$n.log" >&2; exit 1; }
+    ip link set "ss-$n-a" netns "ss-$n"
+    ip -n "ss-$n" link set "ss-$n-a" name eth0
+  else
+    ip link add "ss-$n-h" type veth peer name eth0 netns "ss-$n"
+  fi
   ip link set "ss-$n-h" master ssbr0 up
   ip -n "ss-$n" addr add "10.77.0.$i/24" dev eth0
   ip -n "ss-$n" link set eth0 up
@@ -71,7 +107,7 @@ ip netns exec ss-client "$build/client/slingshot-client" pair 10.77.0.1:7392 --c
 wait "$pair_pid" || { echo "slingshot-home pair failed:" >&2; cat "$world/pair-home.log" >&2; exit 1; }
 # A home that checkpoints often, so that tests see log truncation.
 ip netns exec ss-home setsid "$home" run $h --listen 10.77.0.1:7390 --accel tcg \
-  --checkpoint-inputs 40 --checkpoint-seconds 5 >"$world/home.log" 2>&1 </dev/null &
+  --checkpoint-inputs "$ckpt_inputs" --checkpoint-seconds "$ckpt_seconds" >"$world/home.log" 2>&1 </dev/null &
 echo $! >"$world/home.pid"
 for n in client surr surr2; do
   for _ in $(seq 1 100); do

@@ -3,6 +3,8 @@
 //   slingshot-typist type HOST:PORT TEXT [GAP_MS]   types TEXT one key at a
 //       time, waiting for each key's screen update; prints keystroke-to-screen
 //       p50 / p99 / max
+//   slingshot-typist key HOST:PORT KEYSYM           presses one key (an X11 keysym,
+//       e.g. 0xffc0 for F3) and waits for the screen update it brings
 //   slingshot-typist doc HOST:PORT                   prints the notepad's document
 //       (its control port)
 //   slingshot-typist screen HOST:PORT TEXT [SECONDS] waits until the screen
@@ -109,7 +111,7 @@ int Session(const Endpoint& ep, const std::string& text_file, const std::string&
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    std::fprintf(stderr, "usage: slingshot-typist type HOST:PORT TEXT [GAP_MS] | doc HOST:PORT | "
+    std::fprintf(stderr, "usage: slingshot-typist type HOST:PORT TEXT [GAP_MS] | key HOST:PORT KEYSYM | doc HOST:PORT | "
                          "screen HOST:PORT TEXT [SECONDS] | session HOST:PORT TEXT_FILE START_DOC_FILE OUT_FILE\n");
     return 2;
   }
@@ -151,6 +153,17 @@ int main(int argc, char** argv) {
       return 1;
     }
     std::printf("the screen shows the %zu characters\n", std::string(argv[3]).size());
+    return 0;
+  }
+  if (cmd == "key" && argc == 4) {
+    auto s = RfbSession::Connect(ep);
+    auto t = s.ok() ? (*s)->KeyToScreenMs(static_cast<uint32_t>(std::strtoul(argv[3], nullptr, 0)), 10000)
+                    : Result<double>(s.status());
+    if (!t.ok()) {
+      std::fprintf(stderr, "%s\n", t.status().ToString().c_str());
+      return 1;
+    }
+    std::printf("key to screen %.1f ms\n", *t);
     return 0;
   }
   if (cmd != "type" || argc < 4) return 2;
