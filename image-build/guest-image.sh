@@ -17,6 +17,9 @@
 #   slingshot.disk=DEV|auto    block device the notepad keeps its document on
 #                              (auto: /dev/vda under QEMU, /dev/xvda under Xen)
 #   slingshot.autosave=1       write the document there at every edit
+#   slingshot.root=DEV|auto    instead of the notepad: mount DEV (ext4; auto as
+#                              above) and hand over to its /sbin/slingshot-desktop
+#                              (the desktop guest, image-build/desktop-image.sh)
 set -euo pipefail
 
 out=${1:?usage: guest-image.sh OUT_DIR NOTEPAD_BINARY}
@@ -75,7 +78,7 @@ add_module() {
   done
   order+=("$rel")
 }
-for name in virtio_pci virtio_net virtio_blk xen-netfront xen-blkfront; do
+for name in virtio_pci virtio_net virtio_blk xen-netfront xen-blkfront crc32c_generic ext4; do
   rel=$(awk -F: -v n="/$name.ko" 'index($1, n) && substr($1, length($1) - length(n) + 1) == n { print $1; exit }' "$moddir/modules.dep")
   [[ -n $rel ]] || { echo "guest-image: kernel $kver has no module $name" >&2; exit 1; }
   add_module "$rel"
@@ -106,11 +109,13 @@ mount -t devtmpfs dev /dev
 ip=10.0.2.15/24
 disk=
 autosave=
+newroot=
 for arg in $(cat /proc/cmdline); do
   case $arg in
     slingshot.ip=*) ip=${arg#slingshot.ip=} ;;
     slingshot.disk=*) disk=${arg#slingshot.disk=} ;;
     slingshot.autosave=1) autosave=--autosave ;;
+    slingshot.root=*) disk=${arg#slingshot.root=}; newroot=1 ;;
   esac
 done
 for m in $(cat /etc/modules.order); do insmod /lib/modules/$m 2>/dev/null; done
@@ -127,6 +132,13 @@ if [ -n "$disk" ]; then
     [ -b "$disk" ] && break
     sleep 0.1; n=$((n + 1))
   done
+  if [ -n "$newroot" ]; then
+    mkdir -p /newroot
+    mount -t ext4 "$disk" /newroot || { echo "init: cannot mount $disk"; exec sh; }
+    umount /proc /sys
+    mount --move /dev /newroot/dev
+    exec switch_root /newroot /sbin/slingshot-desktop
+  fi
   exec /bin/slingshot-notepad --disk "$disk" $autosave
 fi
 exec /bin/slingshot-notepad

@@ -12,7 +12,7 @@
 # (TapLink, tests/e2e/world.sh), so client to home crosses both, and a
 # surrogate (wired to the hotspot) reaches home over the WAN alone.
 #
-#   bench/paper/run.sh BUILD OUT [--profiles 2005,today] [--chars N]
+#   bench/paper/run.sh BUILD OUT [--profiles 2005,today] [--workloads notepad,desktop] [--chars N]
 # writes OUT/PROFILE/results.env and the sessions' per-key times, then
 # bench/paper/report.py OUT writes OUT/report.md and OUT/plot.png and prints
 # the RESULT line. Needs root (network namespaces), as the e2e tests do.
@@ -22,11 +22,13 @@ mkdir -p "${2:?usage: run.sh BUILD OUT}"
 OUT=$(cd "$2" && pwd)
 shift 2
 PROFILES=2005,today
+WORKLOADS=notepad,desktop
 CHARS=300
 while [ $# -gt 0 ]; do
   case $1 in
     --profiles) PROFILES=$2; shift 2 ;;
     --chars) CHARS=$2; shift 2 ;;
+    --workloads) WORKLOADS=$2; shift 2 ;;
     *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -39,6 +41,8 @@ TYPIST=$BUILD/tests/support/slingshot-typist
 LINKEMU=$BUILD/tests/support/slingshot-linkemu
 WORLD=$BUILD/e2e-world
 STATE=$WORLD/client
+SERVICE=notepad
+LEAD_KEY=0xffc0  # F3 on the notepad: reopens the document, unchanged
 
 declare -A HOTSPOT=([2005]=11:2 [today]=300:1)
 declare -A WAN=([2005]=2:60 [today]=50:40)
@@ -86,7 +90,7 @@ wait_checkpoint() {
   want=$(last_seq)
   for _ in $(seq 1 240); do
     local got
-    got=$(awk '{print $4}' "$WORLD/home/services/notepad/status")
+    got=$(awk '{print $4}' "$WORLD/home/services/$SERVICE/status")
     [ "${got:-0}" -ge "$want" ] && return 0
     sleep 0.5
   done
@@ -102,6 +106,36 @@ start_agent() {  # $1 namespace, $2 address, $3 name: a fresh agent (its cache i
   return 1
 }
 stop_agent() { pkill -TERM -f "$AGENT run --listen $1:7391" || true; sleep 1; }
+
+# A service run by a home daemon of its own in the second surrogate's
+# namespace, without replication, reached straight over the hotspot link at
+# 10.77.0.4:5999. $1 service, then its `service create` options.
+start_local() {
+  local name=$1
+  shift
+  local lh="--store $P_OUT/local/store --key $P_OUT/local/home.key --tls-dir $P_OUT/local/tls"
+  lh="$lh --services-dir $P_OUT/local/services"
+  # shellcheck disable=SC2086
+  "$HOME_BIN" init $lh --name local >/dev/null
+  # shellcheck disable=SC2086
+  "$HOME_BIN" service create "$name" --kernel "$BUILD/guest/vmlinuz" --initrd "$BUILD/guest/initrd.img" "$@" \
+    $lh >/dev/null
+  # shellcheck disable=SC2086
+  ip netns exec ss-surr2 "$HOME_BIN" run $lh --listen 127.0.0.1:7490 --accel tcg --checkpoint-inputs 100000 \
+    --checkpoint-seconds 100000 >"$P_OUT/local-home.log" 2>&1 &
+  LOCAL_PID=$!
+  for _ in $(seq 1 240); do grep -q "^epoch" "$P_OUT/local/services/$name/status" 2>/dev/null && break; sleep 0.5; done
+  local vnc
+  vnc=$(awk '$1 == 5900 {print $2}' "$P_OUT/local/services/$name/endpoints")
+  ip netns exec ss-surr2 "$LINKEMU" 10.77.0.4:5999 "$vnc" 0 100000 >"$P_OUT/local-relay.log" 2>&1 &
+  RELAY_PID=$!
+  for _ in $(seq 1 50); do grep -q relaying "$P_OUT/local-relay.log" && break; sleep 0.1; done
+}
+stop_local() {
+  kill -TERM "$RELAY_PID" "$LOCAL_PID"
+  wait "$RELAY_PID" "$LOCAL_PID" 2>/dev/null || true
+  rm -rf "$P_OUT/local"
+}
 
 # Instantiates a replica; records NAME_ms (the `use` command, from asking
 # home for a capability to caught up) and NAME_wan_bytes. $1 name, $2
@@ -123,12 +157,12 @@ instantiate() {
   grep -a "ready " "$P_OUT/use-$name.log" | tr '\r' '\n' | grep "ready " | head -1 | sed 's/^/    /'
 }
 
-# Presses F3 (open: the document reloads, unchanged, and the screen
-# answers) through the proxy until the replica on $1 leads.
+# Presses LEAD_KEY (a key whose answer changes nothing that matters)
+# through the proxy until the replica on $1 leads.
 lead_with() {
   for _ in $(seq 1 60); do
     [ "$(leader)" = "$1" ] && return 0
-    ip netns exec ss-client "$TYPIST" key 127.0.0.1:5900 0xffc0 >/dev/null
+    ip netns exec ss-client "$TYPIST" key 127.0.0.1:5900 "$LEAD_KEY" >/dev/null
   done
   echo "the replica on $1 did not take the lead" >&2
   "$CLIENT" status --state-dir "$STATE" >&2
@@ -153,6 +187,8 @@ XEOF
 
 run_profile() {
   local p=$1
+  SERVICE=notepad
+  LEAD_KEY=0xffc0
   P_OUT=$OUT/$p
   rm -rf "$P_OUT"
   mkdir -p "$P_OUT"
@@ -172,36 +208,20 @@ run_profile() {
   # The stale stick: filled at home from the first checkpoint, before any
   # of the typing below.
   ip netns exec ss-home "$CLIENT" portable sync "$P_OUT/stick-stale" --home "$home_ep" \
-    --credentials "$STATE/pairing" --ref manifest/notepad >"$P_OUT/sync-stale.log"
+    --credentials "$STATE/pairing" --ref "manifest/$SERVICE" >"$P_OUT/sync-stale.log"
 
   # 1. Local only: the service on a surrogate with no replication (its own
   # home daemon there, reached straight over the hotspot link).
   log "local-only session (the service on a surrogate, no replication)"
-  local lh="--store $P_OUT/local/store --key $P_OUT/local/home.key --tls-dir $P_OUT/local/tls"
-  lh="$lh --services-dir $P_OUT/local/services"
-  # shellcheck disable=SC2086
-  "$HOME_BIN" init $lh --name local >/dev/null
-  # shellcheck disable=SC2086
-  "$HOME_BIN" service create notepad --kernel "$BUILD/guest/vmlinuz" --initrd "$BUILD/guest/initrd.img" \
-    --cmdline "quiet panic=1 slingshot.disk=auto slingshot.autosave=1" --state-on-disk --extra-port 5901 $lh >/dev/null
-  # shellcheck disable=SC2086
-  ip netns exec ss-surr2 "$HOME_BIN" run $lh --listen 127.0.0.1:7490 --accel tcg --checkpoint-inputs 100000 \
-    --checkpoint-seconds 100000 >"$P_OUT/local-home.log" 2>&1 &
-  local local_pid=$!
-  for _ in $(seq 1 240); do grep -q "^epoch" "$P_OUT/local/services/notepad/status" 2>/dev/null && break; sleep 0.5; done
-  local vnc
-  vnc=$(awk '$1 == 5900 {print $2}' "$P_OUT/local/services/notepad/endpoints")
-  ip netns exec ss-surr2 "$LINKEMU" 10.77.0.4:5999 "$vnc" 0 100000 >"$P_OUT/local-relay.log" 2>&1 &
-  local relay_pid=$!
-  for _ in $(seq 1 50); do grep -q relaying "$P_OUT/local-relay.log" && break; sleep 0.1; done
+  start_local notepad --cmdline "quiet panic=1 slingshot.disk=auto slingshot.autosave=1" --state-on-disk \
+    --extra-port 5901
   session local 10.77.0.4:5999 ""
-  kill -TERM "$relay_pid" "$local_pid"
-  wait "$relay_pid" "$local_pid" 2>/dev/null || true
+  stop_local
 
   # 2. Remote execution: the proxy with the home's replica alone; every
   # key crosses the hotspot and the WAN.
   log "remote session (the home's replica alone)"
-  ip netns exec ss-client "$CLIENT" proxy notepad --state-dir "$STATE" --home "$home_ep" >"$P_OUT/proxy.log" 2>&1 &
+  ip netns exec ss-client "$CLIENT" proxy "$SERVICE" --state-dir "$STATE" --home "$home_ep" >"$P_OUT/proxy.log" 2>&1 &
   for _ in $(seq 1 300); do grep -q "proxy ready" "$P_OUT/proxy.log" && break; sleep 0.1; done
   session remote 127.0.0.1:5900 "$(home_doc)"
 
@@ -221,7 +241,7 @@ run_profile() {
   # checkpoint that covers everything typed.
   wait_checkpoint
   ip netns exec ss-home "$CLIENT" portable sync "$P_OUT/stick-current" --home "$home_ep" \
-    --credentials "$STATE/pairing" --ref manifest/notepad >"$P_OUT/sync-current.log"
+    --credentials "$STATE/pairing" --ref "manifest/$SERVICE" >"$P_OUT/sync-current.log"
   ip netns exec ss-client "$CLIENT" leave cafe --state-dir "$STATE" >/dev/null
   stop_agent 10.77.0.3
   start_agent ss-surr 10.77.0.3 cafe
@@ -261,9 +281,58 @@ run_profile() {
   cleanup
 }
 
+# The same session on the desktop guest (Xvfb, x11vnc, nano in an xterm):
+# local only, remote, and Slingshot with a replica made from a current
+# stick (at 2 Mbit/s its 256 MiB memory image would take minutes from home
+# alone; the notepad's runs above measure that case).
+run_desktop() {
+  local p=$1
+  SERVICE=desktop
+  LEAD_KEY=0x20  # a space at the closed document's prompt: echoed, then ignored on open
+  P_OUT=$OUT/$p/desktop
+  rm -rf "$P_OUT"
+  mkdir -p "$P_OUT"
+  RESULTS=$OUT/$p/results.env
+  make_text >"$P_OUT/text"
+  log "profile $p, desktop guest"
+  "$SRC/tests/e2e/world.sh" up "$BUILD" --hotspot "${HOTSPOT[$p]}" --wan "${WAN[$p]}" \
+    --checkpoint-inputs 100000 --checkpoint-seconds 10 --desktop "$BUILD/desktop/desktop.img" >"$P_OUT/world.log"
+  local home_ep=10.77.0.1:7390
+  desktop_session() {  # $1 name, $2 endpoint
+    ip netns exec ss-client "$TYPIST" desktop-session "$2" "$P_OUT/text" "$P_OUT/$1.keys" | tee "$P_OUT/$1.log"
+    ip netns exec ss-client "$TYPIST" shot "$2" "$P_OUT/$1.ppm" || true
+  }
+  log "desktop: local-only session"
+  start_local desktop --disk "$BUILD/desktop/desktop.img" --memory-mb 256 --cmdline "quiet panic=1 slingshot.root=auto"
+  sleep 5  # Xvfb and x11vnc start after the VM's boot is reported
+  desktop_session local 10.77.0.4:5999
+  stop_local
+  log "desktop: remote session"
+  ip netns exec ss-client "$CLIENT" proxy desktop --state-dir "$STATE" --home "$home_ep" >"$P_OUT/proxy.log" 2>&1 &
+  for _ in $(seq 1 300); do grep -q "proxy ready" "$P_OUT/proxy.log" && break; sleep 0.1; done
+  desktop_session remote 127.0.0.1:5900
+  wait_checkpoint
+  ip netns exec ss-home "$CLIENT" portable sync "$P_OUT/stick" --home "$home_ep" \
+    --credentials "$STATE/pairing" --ref manifest/desktop >"$P_OUT/sync.log"
+  start_agent ss-surr 10.77.0.3 cafe
+  log "desktop: a replica on the cafe's surrogate, current stick"
+  instantiate desktop_current 10.77.0.3 "$P_OUT/stick"
+  lead_with cafe
+  log "desktop: Slingshot session (the cafe's replica leads)"
+  desktop_session slingshot 127.0.0.1:5900
+  "$CLIENT" status --state-dir "$STATE" | tee "$P_OUT/status-slingshot.txt"
+  cleanup
+}
+
+if [[ ,$WORKLOADS, == *,desktop,* && ! -f $BUILD/desktop/desktop.img ]]; then
+  log "building the desktop guest's disk (image-build/desktop-image.sh)"
+  "$SRC/image-build/desktop-image.sh" "$BUILD/desktop"
+fi
 IFS=, read -r -a list <<<"$PROFILES"
 for p in "${list[@]}"; do
   [ -n "${WAN[$p]:-}" ] || { echo "run.sh: unknown profile $p (2005, today)" >&2; exit 2; }
-  run_profile "$p"
+  [[ ,$WORKLOADS, == *,notepad,* ]] && run_profile "$p"
+  [[ ,$WORKLOADS, == *,desktop,* ]] && run_desktop "$p"
 done
+[[ ,$WORKLOADS, == *,notepad,* ]] || exit 0  # the report needs the notepad's figures
 python3 "$SRC/bench/paper/report.py" "$OUT" "${list[@]}"

@@ -146,10 +146,11 @@ void RfbSession::OnUpdateDone(rfbClient* c) {
   if (s) ++s->updates_;
 }
 
-Result<double> RfbSession::KeyToScreenMs(uint32_t keysym, int timeout_ms) {
+Result<double> RfbSession::KeyToScreenMs(uint32_t keysym, int timeout_ms, uint32_t modifier) {
   const uint64_t before = updates_;
   auto start = Clock::now();
-  if (!SendKeyEvent(client_, keysym, TRUE) || !SendKeyEvent(client_, keysym, FALSE)) {
+  if ((modifier != 0 && !SendKeyEvent(client_, modifier, TRUE)) || !SendKeyEvent(client_, keysym, TRUE) ||
+      !SendKeyEvent(client_, keysym, FALSE) || (modifier != 0 && !SendKeyEvent(client_, modifier, FALSE))) {
     return Status::IOError("RFB: sending a key event failed");
   }
   auto deadline = start + std::chrono::milliseconds(timeout_ms);
@@ -199,6 +200,18 @@ bool RfbSession::ScreenEquals(const std::vector<uint32_t>& want, size_t* differi
   for (size_t i = 0; i < want.size(); ++i) n += (fb[i] & 0xffffff) != want[i];
   if (differing) *differing = n;
   return n == 0;
+}
+
+Status RfbSession::SavePpm(const std::string& path) const {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << "P6\n" << client_->width << ' ' << client_->height << "\n255\n";
+  const uint32_t* fb = reinterpret_cast<const uint32_t*>(client_->frameBuffer);
+  for (int i = 0; i < client_->width * client_->height; ++i) {
+    char rgb[3] = {char(fb[i] >> 16), char(fb[i] >> 8), char(fb[i])};
+    out.write(rgb, 3);
+  }
+  out.close();
+  return out ? Status::OK() : Status::IOError("cannot write " + path);
 }
 
 Status RfbSession::Drain(int quiet_ms) {

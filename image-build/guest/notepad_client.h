@@ -56,7 +56,8 @@ class RfbSession {
   // Presses and releases key, then reads until the next screen update:
   // the keystroke-to-screen time in ms. Drain first so that an earlier
   // update is not mistaken for this key's.
-  Result<double> KeyToScreenMs(uint32_t keysym, int timeout_ms);
+  // With a modifier (e.g. 0xffe3, Control_L), it is held around the key.
+  Result<double> KeyToScreenMs(uint32_t keysym, int timeout_ms, uint32_t modifier = 0);
   // Presses and releases key, then reads screen updates until the
   // framebuffer equals want (notepad::kWidth x kHeight, 0x00RRGGBB): the
   // keystroke-to-screen time in ms, exactly as the viewer sees it.
@@ -65,6 +66,8 @@ class RfbSession {
   bool ScreenEquals(const std::vector<uint32_t>& want, size_t* differing = nullptr) const;
   // Reads until the server has been quiet for quiet_ms.
   Status Drain(int quiet_ms);
+  // Writes the framebuffer as a binary PPM (P6) image.
+  Status SavePpm(const std::string& path) const;
   // Asks for a full update and waits until the framebuffer equals what
   // notepad::Render draws for `text` in `mode`; the error counts differing
   // pixels.

@@ -12,6 +12,8 @@
 #   --hotspot RATE_MBIT:RTT_MS[:LOSS]  the client's (wireless) link to the hotspot
 #   --wan RATE_MBIT:RTT_MS[:LOSS]      the home's link to the rest (its uplink)
 #   --checkpoint-inputs N --checkpoint-seconds S   the home daemon's (40, 5)
+#   --desktop DISK   the home's service is "desktop" (the desktop guest,
+#                    image-build/desktop-image.sh) instead of "notepad"
 # A link is a TapLink (slingshot-linkemu link) between the namespace and the
 # bridge, so client to home crosses both links and a surrogate to home the
 # WAN alone, as from a hotspot's wired LAN.
@@ -26,12 +28,14 @@ names=(home client surr surr2)
 declare -A link=()
 ckpt_inputs=40
 ckpt_seconds=5
+desktop=
 while [ $# -gt 0 ]; do
   case $1 in
     --hotspot) link[client]=$2; shift 2 ;;
     --wan) link[home]=$2; shift 2 ;;
     --checkpoint-inputs) ckpt_inputs=$2; shift 2 ;;
     --checkpoint-seconds) ckpt_seconds=$2; shift 2 ;;
+    --desktop) desktop=$(cd "$(dirname "$2")" && pwd)/$(basename "$2"); shift 2 ;;
     *) echo "world.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -85,10 +89,19 @@ home=$build/home/slingshot-home
 g=$build/guest
 h="--store $world/home/store --key $world/home/home.key --tls-dir $world/home/tls --services-dir $world/home/services"
 $home init $h --name e2e-home >/dev/null
-# The notepad autosaves, so its state is on its disk at every checkpoint
-# and a surrogate may boot it from there (--state-on-disk; one test does).
-$home service create notepad --kernel "$g/vmlinuz" --initrd "$g/initrd.img" \
-  --cmdline "quiet panic=1 slingshot.disk=auto slingshot.autosave=1" --state-on-disk --extra-port 5901 $h >/dev/null
+service=notepad
+if [ -n "$desktop" ]; then
+  # Xvfb, x11vnc and nano in an xterm, on a root file system on its disk;
+  # its state is in memory.
+  service=desktop
+  $home service create desktop --kernel "$g/vmlinuz" --initrd "$g/initrd.img" --disk "$desktop" --memory-mb 256 \
+    --cmdline "quiet panic=1 slingshot.root=auto" $h >/dev/null
+else
+  # The notepad autosaves, so its state is on its disk at every checkpoint
+  # and a surrogate may boot it from there (--state-on-disk; one test does).
+  $home service create notepad --kernel "$g/vmlinuz" --initrd "$g/initrd.img" \
+    --cmdline "quiet panic=1 slingshot.disk=auto slingshot.autosave=1" --state-on-disk --extra-port 5901 $h >/dev/null
+fi
 # Pairing over the network: the home prints a one-time code, the client
 # (in its own namespace) brings it.
 ip netns exec ss-home "$home" pair alice --address 10.77.0.1:7390 --listen 10.77.0.1:7392 --timeout 60 $h \
@@ -118,8 +131,8 @@ for n in client surr surr2; do
     { echo "avahi-daemon in ss-$n did not start:" >&2; cat "$world/avahi-$n.log" >&2; exit 1; }
 done
 for _ in $(seq 1 240); do
-  if grep -q "^epoch" "$world/home/services/notepad/status" 2>/dev/null; then
-    echo "world up: home pid $(cat "$world/home.pid"), $(cat "$world/home/services/notepad/status")"
+  if grep -q "^epoch" "$world/home/services/$service/status" 2>/dev/null; then
+    echo "world up: home pid $(cat "$world/home.pid"), $service $(cat "$world/home/services/$service/status")"
     exit 0
   fi
   sleep 0.5

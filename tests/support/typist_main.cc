@@ -5,6 +5,7 @@
 //       p50 / p99 / max
 //   slingshot-typist key HOST:PORT KEYSYM           presses one key (an X11 keysym,
 //       e.g. 0xffc0 for F3) and waits for the screen update it brings
+//   slingshot-typist shot HOST:PORT FILE.ppm          saves the screen as a PPM image
 //   slingshot-typist doc HOST:PORT                   prints the notepad's document
 //       (its control port)
 //   slingshot-typist screen HOST:PORT TEXT [SECONDS] waits until the screen
@@ -18,6 +19,14 @@
 //       START_DOC_FILE's text) before the next. A notepad found open is
 //       closed first, untimed. OUT_FILE gets one "STEP MS" line per key
 //       (open, key, save, close) and a last "task MS" line.
+//   slingshot-typist desktop-session HOST:PORT TEXT_FILE OUT_FILE
+//       the same session on the desktop guest (image-build/desktop-image.sh):
+//       Enter opens the document in nano, TEXT_FILE is typed, Ctrl-O and
+//       Enter save, Ctrl-X closes. Its pixels are not known in advance, so
+//       each key waits for the first screen update after it, then for the
+//       screen to be quiet for 30 ms (x11vnc may send one redraw in two
+//       updates) before the next key; "task" is the sum of the keys' times,
+//       without those quiet waits.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -107,6 +116,50 @@ int Session(const Endpoint& ep, const std::string& text_file, const std::string&
   return 0;
 }
 
+int DesktopSession(const Endpoint& ep, const std::string& text_file, const std::string& out_file) {
+  std::string text;
+  if (!ReadFile(text_file, &text)) {
+    std::fprintf(stderr, "cannot read %s\n", text_file.c_str());
+    return 2;
+  }
+  auto s = RfbSession::Connect(ep);
+  if (!s.ok()) {
+    std::fprintf(stderr, "%s\n", s.status().ToString().c_str());
+    return 1;
+  }
+  constexpr uint32_t kReturn = 0xff0d, kControl = 0xffe3;
+  std::ofstream out(out_file, std::ios::trunc);
+  std::vector<double> keys;
+  double task = 0;
+  auto step = [&](const char* name, uint32_t key, uint32_t modifier = 0) -> bool {
+    auto ms = (*s)->KeyToScreenMs(key, 30000, modifier);
+    if (!ms.ok()) {
+      std::fprintf(stderr, "%s (key 0x%x): %s\n", name, key, ms.status().ToString().c_str());
+      return false;
+    }
+    out << name << ' ' << *ms << '\n';
+    task += *ms;
+    if (std::string(name) == "key") keys.push_back(*ms);
+    return (*s)->Drain(30).ok();
+  };
+  if (!(*s)->Drain(500).ok()) return 1;
+  if (!step("open", kReturn)) return 1;
+  for (char c : text) {
+    if (!step("key", c == '\n' ? kReturn : static_cast<unsigned char>(c))) return 1;
+  }
+  if (!step("save", 'o', kControl) || !step("save", kReturn) || !step("close", 'x', kControl)) return 1;
+  out << "task " << task << '\n';
+  out.close();
+  if (!out || keys.empty()) {
+    std::fprintf(stderr, "cannot write %s, or no key was typed\n", out_file.c_str());
+    return 1;
+  }
+  std::printf("desktop session: open, %zu keys, save, close in %.0f ms of keystroke-to-screen time; p50 %.1f ms, "
+              "p99 %.1f ms\n",
+              keys.size(), task, Percentile(keys, 0.5), Percentile(keys, 0.99));
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -131,6 +184,13 @@ int main(int argc, char** argv) {
     std::printf("%s\n", d->c_str());
     return 0;
   }
+  if (cmd == "desktop-session") {
+    if (argc != 5) {
+      std::fprintf(stderr, "usage: slingshot-typist desktop-session HOST:PORT TEXT_FILE OUT_FILE\n");
+      return 2;
+    }
+    return DesktopSession(ep, argv[3], argv[4]);
+  }
   if (cmd == "session") {
     if (argc != 6) {
       std::fprintf(stderr, "usage: slingshot-typist session HOST:PORT TEXT_FILE START_DOC_FILE OUT_FILE\n");
@@ -153,6 +213,16 @@ int main(int argc, char** argv) {
       return 1;
     }
     std::printf("the screen shows the %zu characters\n", std::string(argv[3]).size());
+    return 0;
+  }
+  if (cmd == "shot" && argc == 4) {
+    auto s = RfbSession::Connect(ep);
+    Status st = s.ok() ? (*s)->Drain(500) : s.status();
+    if (st.ok()) st = (*s)->SavePpm(argv[3]);
+    if (!st.ok()) {
+      std::fprintf(stderr, "%s\n", st.ToString().c_str());
+      return 1;
+    }
     return 0;
   }
   if (cmd == "key" && argc == 4) {
