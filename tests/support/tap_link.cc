@@ -50,6 +50,36 @@ Result<int> OpenTap(const std::string& name) {
   return fd;
 }
 
+// How late a thread blocked in ppoll() on an idle descriptor wakes after a
+// write to it: the median of a few tries, each after an idle millisecond.
+// A frame that reaches an idle link waits that long before it is stamped,
+// so the link takes it off the delay it adds (calibration, as in any delay
+// emulator: what matters is the delay seen end to end).
+Clock::duration MeasureWakeLatency() {
+  int p[2];
+  if (::pipe2(p, O_CLOEXEC) != 0) return Clock::duration::zero();
+  std::vector<Clock::duration> late;
+  for (int i = 0; i < 15; ++i) {
+    Clock::time_point written;
+    std::thread writer([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      written = Clock::now();
+      (void)!::write(p[1], "x", 1);
+    });
+    pollfd fd{p[0], POLLIN, 0};
+    ::ppoll(&fd, 1, nullptr, nullptr);
+    auto woke = Clock::now();
+    char c;
+    (void)!::read(p[0], &c, 1);
+    writer.join();
+    late.push_back(woke - written);
+  }
+  ::close(p[0]);
+  ::close(p[1]);
+  std::sort(late.begin(), late.end());
+  return std::min<Clock::duration>(late[late.size() / 2], std::chrono::microseconds(200));
+}
+
 double ParseNumber(const std::string& s, bool* ok) {
   char* end = nullptr;
   double v = std::strtod(s.c_str(), &end);
@@ -98,6 +128,7 @@ Result<std::unique_ptr<TapLink>> TapLink::Create(const std::string& name_a, cons
   SLINGSHOT_ASSIGN_OR_RETURN(l->fd_a_, OpenTap(name_a));
   SLINGSHOT_ASSIGN_OR_RETURN(l->fd_b_, OpenTap(name_b));
   if (::pipe2(l->wake_, O_CLOEXEC | O_NONBLOCK) != 0) return Status::FromErrno("pipe", errno);
+  l->wake_latency_ = MeasureWakeLatency();
   for (LinkDirection* d : {&a_to_b, &b_to_a}) {
     if (d->queue_bytes == 0) d->queue_bytes = std::max<size_t>(64 << 10, size_t(d->rate_bits_per_s * 0.1 / 8));
   }
@@ -151,7 +182,10 @@ void TapLink::Run(Pipe* p) {
   };
   std::deque<Frame> queue;
   Clock::time_point departure = Clock::now();
-  const auto delay = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double, std::milli>(p->d.delay_ms));
+  const auto delay = std::max<Clock::duration>(
+      Clock::duration::zero(),
+      std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double, std::milli>(p->d.delay_ms)) -
+          wake_latency_);
   std::bernoulli_distribution lose(p->d.loss);
   std::vector<uint8_t> buf(kMaxFrame);
   Clock::duration late = std::chrono::microseconds(50);  // moving average of a timed wake's lateness

@@ -21,6 +21,7 @@
 #define SLINGSHOT_TESTS_TAP_LINK_H_
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -60,6 +61,10 @@ class TapLink {
   TapLink& operator=(const TapLink&) = delete;
 
   LinkCounters a_to_b() const;
+  // How late this machine wakes a blocked thread (measured at Create): each
+  // direction adds its delay less this, so the delay seen end to end is
+  // the one asked for.
+  std::chrono::nanoseconds wake_latency() const { return wake_latency_; }
   LinkCounters b_to_a() const;
   void Stop();
 
@@ -74,6 +79,7 @@ class TapLink {
   std::unique_ptr<Pipe> ab_, ba_;
   std::thread ab_thread_, ba_thread_;
   std::atomic<bool> stop_{false};
+  std::chrono::nanoseconds wake_latency_{0};
 };
 
 }  // namespace slingshot::testing

@@ -177,8 +177,9 @@ TEST_P(TapLinkTest, RoundTripAndRateAreWithinFivePercentOfWhatWasAsked) {
   double rtt = rtts[rtts.size() / 2];
   double expected = c.rtt_ms + base + 2 * (50 * 8 / (c.rate_mbit * 1e6)) * 1e3;
   std::printf("%s: asked RTT %.2f ms (%.3f ms with the probe's serialization and the %.3f ms of a plain veth), "
-              "measured median %.3f ms (min %.3f, max %.3f)\n",
-              c.name, c.rtt_ms, expected, base, rtt, rtts.front(), rtts.back());
+              "measured median %.3f ms (min %.3f, max %.3f); wake-up correction %.1f us a way\n",
+              c.name, c.rtt_ms, expected, base, rtt, rtts.front(), rtts.back(),
+              std::chrono::duration<double, std::micro>(link_->wake_latency()).count());
   EXPECT_NEAR(rtt, expected, 0.05 * c.rtt_ms);
 
   // Rate: a bulk TCP upload from A to B; after a second of warm-up, the
