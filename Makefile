@@ -28,7 +28,7 @@ demo: build
 # network profiles; writes bench/out/report.md and bench/out/plot.png; needs
 # root). Each prints a RESULT line; the paper's is the last.
 bench: build
-	scripts/install-deps.sh gnuplot-nox python3
+	scripts/install-deps.sh gnuplot-nox python3 debootstrap e2fsprogs
 	$(BUILD)/bench/store_bench
 	$(BUILD)/bench/vm_bench
 	$(BUILD)/bench/disk_bench

@@ -319,7 +319,14 @@ run_desktop() {
   instantiate desktop_current 10.77.0.3 "$P_OUT/stick"
   lead_with cafe
   log "desktop: Slingshot session (the cafe's replica leads)"
-  desktop_session slingshot 127.0.0.1:5900
+  if ! desktop_session slingshot 127.0.0.1:5900; then
+    # Seen once in five runs: a key's screen update never came (see the
+    # report). Recorded, and the session is run again.
+    log "desktop: the Slingshot session stalled; running it again"
+    echo "desktop_slingshot_stalls=1" >>"$RESULTS"
+    cp "$P_OUT/slingshot.keys" "$P_OUT/slingshot-stalled.keys"
+    desktop_session slingshot 127.0.0.1:5900
+  fi
   "$CLIENT" status --state-dir "$STATE" | tee "$P_OUT/status-slingshot.txt"
   cleanup
 }
