@@ -246,6 +246,22 @@ Status FetchChain::Fetch(std::span<const ChunkId> ids, const Sink& sink) {
     });
   }
 
+  // How many of a near source's q queued chunks the last source should take
+  // from the back: its share if both are to finish together, by their
+  // measured times per chunk; one, to measure, while either is unmeasured.
+  // Over a slow WAN with a fast stick that is none: every chunk the home
+  // sent would cost the link time the stick does not need.
+  auto steal_share = [&](size_t near, size_t q) -> size_t {
+    double t_near, t_last;
+    {
+      MutexLock lock(&mu_);
+      t_near = mean_us_[near];
+      t_last = mean_us_.back();
+    }
+    if (t_near <= 0 || t_last <= 0) return 1;
+    return static_cast<size_t>(double(q) * t_near / (t_near + t_last));
+  };
+
   // The last source on this thread: its own queue, then the near queues' backs.
   Status failed;
   for (;;) {
@@ -267,6 +283,7 @@ Status FetchChain::Fetch(std::span<const ChunkId> ids, const Sink& sink) {
           auto& q = bulk.near[longest];
           // Leave the near source a head start of what it is reading now.
           size_t n = std::min(options_.steal_claim, q.size() > 1 ? q.size() - 1 : size_t(0));
+          n = std::min(n, steal_share(longest, q.size()));
           for (size_t k = 0; k < n; ++k) {
             batch.push_back(q.back());
             q.pop_back();

@@ -269,8 +269,12 @@ TEST_F(FetchTest, ACorruptedStickChunkIsCaughtAndFetchedFromHome) {
   EXPECT_TRUE(ReadDisk(&chain) == image_);
   auto st = chain.stats();
   EXPECT_EQ(st.sources[0].corrupt, 1u);
-  EXPECT_EQ(st.sources[0].chunks, ids_.size() - 1);
-  EXPECT_EQ(st.sources[1].chunks, 1u);  // only the damaged one from home
+  // Every chunk came from one source or the other, the damaged one from
+  // home. (Which source serves the rest is timing: a read goes to the
+  // source measured faster, and on a loaded machine that can be home.)
+  EXPECT_EQ(st.sources[0].chunks + st.sources[1].chunks, ids_.size());
+  EXPECT_GE(st.sources[1].chunks, 1u);
+  EXPECT_EQ(st.sources[1].corrupt + st.sources[1].errors + st.sources[1].misses, 0u);
   EXPECT_EQ(st.not_found, 0u);
   // The good copy is now cached: reading again touches no source.
   EXPECT_TRUE(ReadDisk(&chain) == image_);
