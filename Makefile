@@ -71,7 +71,7 @@ sanitize: deps
 	cmake -S . -B $(BUILD)-asan -DCMAKE_BUILD_TYPE=Debug -DSLINGSHOT_WERROR=ON \
 	  -DCMAKE_CXX_FLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
 	cmake --build $(BUILD)-asan -j$(JOBS)
-	cd $(BUILD)-asan && ctest -LE 'nested|long|bench|e2e' --output-on-failure -j$(JOBS)
+	cd $(BUILD)-asan && ctest -LE 'nested|long|bench|e2e|net' --output-on-failure -j$(JOBS)
 
 # The unit tests and the concurrent network tests (TLS transport, chunk
 # service, fetch chain, pairing) under ThreadSanitizer. -Wno-tsan: Boost.Asio uses
