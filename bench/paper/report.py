@@ -16,7 +16,6 @@ usage: report.py OUT PROFILE...
 """
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 

@@ -53,6 +53,9 @@ bool ReadFile(const std::string& path, std::string* out) {
   return true;
 }
 
+// The keysym a viewer sends for a character of typed text.
+uint32_t KeyFor(char c) { return c == '\n' ? 0xff0d : static_cast<unsigned char>(c); }
+
 double Percentile(std::vector<double> v, double p) {
   std::sort(v.begin(), v.end());
   return v[std::min(v.size() - 1, static_cast<size_t>(p * double(v.size() - 1) + 0.5))];
@@ -95,7 +98,7 @@ int Session(const Endpoint& ep, const std::string& text_file, const std::string&
   expect(notepad::Mode::kEditing);
   if (!step("open", notepad::kKeyOpen)) return 1;
   for (char c : text) {
-    uint32_t key = c == '\n' ? 0xff0d : static_cast<unsigned char>(c);
+    uint32_t key = KeyFor(c);
     notepad::ApplyKey(key, &doc);
     expect(notepad::Mode::kEditing);
     if (!step("key", key)) return 1;
@@ -145,7 +148,7 @@ int DesktopSession(const Endpoint& ep, const std::string& text_file, const std::
   if (!(*s)->Drain(500).ok()) return 1;
   if (!step("open", kReturn)) return 1;
   for (char c : text) {
-    if (!step("key", c == '\n' ? kReturn : static_cast<unsigned char>(c))) return 1;
+    if (!step("key", KeyFor(c))) return 1;
   }
   if (!step("save", 'o', kControl) || !step("save", kReturn) || !step("close", 'x', kControl)) return 1;
   out << "task " << task << '\n';
@@ -247,7 +250,7 @@ int main(int argc, char** argv) {
   std::vector<double> ms;
   for (char c : text) {
     (void)(*s)->Drain(5);
-    uint32_t key = c == '\n' ? 0xff0d : static_cast<unsigned char>(c);
+    uint32_t key = KeyFor(c);
     auto t = (*s)->KeyToScreenMs(key, 10000);
     if (!t.ok()) {
       std::fprintf(stderr, "%s\n", t.status().ToString().c_str());
@@ -256,9 +259,7 @@ int main(int argc, char** argv) {
     ms.push_back(*t);
     std::this_thread::sleep_for(std::chrono::milliseconds(gap));
   }
-  std::sort(ms.begin(), ms.end());
-  auto pct = [&](double p) { return ms[std::min(ms.size() - 1, static_cast<size_t>(p * (ms.size() - 1) + 0.5))]; };
-  std::printf("typed %zu keys: keystroke to screen p50 %.1f ms, p99 %.1f ms, max %.1f ms\n", ms.size(), pct(0.5),
-              pct(0.99), ms.back());
+  std::printf("typed %zu keys: keystroke to screen p50 %.1f ms, p99 %.1f ms, max %.1f ms\n", ms.size(),
+              Percentile(ms, 0.5), Percentile(ms, 0.99), *std::max_element(ms.begin(), ms.end()));
   return 0;
 }
