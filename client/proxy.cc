@@ -29,6 +29,7 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 constexpr size_t kMaxSentTimes = 8192;
+constexpr size_t kMaxHeldInputs = 64;     // inputs that share one fdatasync at most
 constexpr double kSwitchRatio = 0.8;      // a rival must be 20% faster to take over
 constexpr int kLagSwitchMs = 300;         // a leader behind this long loses the lead
 double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
@@ -75,6 +76,7 @@ struct Proxy::Impl {
   bool leader_behind GUARDED_BY(mu) = false;
   uint64_t switches GUARDED_BY(mu) = 0;
   std::deque<std::pair<uint64_t, Clock::time_point>> sent_times GUARDED_BY(mu);
+  uint64_t posted_seq GUARDED_BY(mu) = 0;  // every input <= this went to the live replicas
   std::multiset<uint64_t> pins GUARDED_BY(mu);
   int running_links GUARDED_BY(mu) = 0;
   uint16_t width GUARDED_BY(mu) = 0, height GUARDED_BY(mu) = 0;
@@ -91,39 +93,97 @@ struct Proxy::Impl {
 
   // --- inputs ---
 
-  void Input(uint16_t type, Bytes payload) {
-    MutexLock l(&mu);
-    if (stopping) return;
-    auto seq = log->Append(type, payload, options.sync_every_input);
+  // Inputs are appended to the log in arrival order, and each is sent only
+  // once it is durable. An input followed by another the viewer has already
+  // sent (a key's press and release, a burst of pointer motion) is appended
+  // without a sync and held: the next one's fdatasync covers both, and both
+  // go out together. input_mu orders appends and sends.
+  Mutex input_mu ACQUIRED_BEFORE(mu);
+  std::vector<wire::Input> held GUARDED_BY(input_mu);
+
+  void Input(uint16_t type, Bytes payload, bool another_waiting) EXCLUDES(input_mu, mu) {
+    MutexLock in(&input_mu);
+    {
+      MutexLock l(&mu);
+      if (stopping) return;
+    }
+    const bool hold = another_waiting && held.size() + 1 < kMaxHeldInputs;
+    auto seq = log->Append(type, payload, options.sync_every_input && !hold);
     if (!seq.ok()) {
       LogError("input dropped: the event log refused it: " + seq.status().message());
+      SendHeldLocked(/*sync=*/true);
       return;
     }
-    sent_times.emplace_back(*seq, Clock::now());
-    if (sent_times.size() > kMaxSentTimes) sent_times.pop_front();
-    wire::Input in{*seq, type, std::move(payload)};
-    for (auto& k : links) {
-      if (k->live && !k->dead) k->conn->Post(in);
+    held.push_back(wire::Input{*seq, type, std::move(payload)});
+    if (!hold) SendHeldLocked(/*sync=*/false);
+  }
+
+  // Makes the held inputs durable (if sync) and sends them to every live
+  // replica, in seq order.
+  void SendHeldLocked(bool sync) REQUIRES(input_mu) EXCLUDES(mu) {
+    if (held.empty()) return;
+    if (sync && options.sync_every_input) {
+      Status st = log->Sync();
+      if (!st.ok()) {
+        LogError("inputs " + std::to_string(held.front().seq) + ".." + std::to_string(held.back().seq) +
+                 " not sent: the event log could not make them durable: " + st.message() +
+                 ". Restart the proxy: the log recovers them and they are replayed");
+        held.clear();
+        return;
+      }
     }
+    MutexLock l(&mu);
+    const auto now = Clock::now();
+    for (auto& in : held) {
+      sent_times.emplace_back(in.seq, now);
+      for (auto& k : links) {
+        if (k->live && !k->dead) k->conn->Post(in);
+      }
+      posted_seq = in.seq;
+    }
+    while (sent_times.size() > kMaxSentTimes) sent_times.pop_front();
+    held.clear();
     ChooseLeader();
   }
 
+  // A viewer that left while an input of its was held.
+  void SendHeld() EXCLUDES(input_mu, mu) {
+    MutexLock in(&input_mu);
+    SendHeldLocked(/*sync=*/true);
+  }
+
   static Impl* From(rfbClientPtr cl) { return static_cast<Impl*>(cl->screen->screenData); }
+  // Whether the viewer has already sent another input (its first byte is
+  // in the socket; libvncserver reads plain sockets unbuffered).
+  static bool AnotherInputWaiting(rfbClientPtr cl) {
+    uint8_t type = 0;
+    if (::recv(cl->sock, &type, 1, MSG_PEEK | MSG_DONTWAIT) != 1) return false;
+    return type == rfbKeyEvent || type == rfbPointerEvent || type == rfbClientCutText;
+  }
   static void OnKey(rfbBool down, rfbKeySym key, rfbClientPtr cl) {
-    From(cl)->Input(rfb::kKey, rfb::KeyEvent(down, static_cast<uint32_t>(key)));
+    From(cl)->Input(rfb::kKey, rfb::KeyEvent(down, static_cast<uint32_t>(key)), AnotherInputWaiting(cl));
   }
   static void OnPointer(int mask, int x, int y, rfbClientPtr cl) {
-    From(cl)->Input(rfb::kPointer, rfb::PointerEvent(static_cast<uint8_t>(mask), static_cast<uint16_t>(x),
-                                                      static_cast<uint16_t>(y)));
+    From(cl)->Input(rfb::kPointer,
+                    rfb::PointerEvent(static_cast<uint8_t>(mask), static_cast<uint16_t>(x), static_cast<uint16_t>(y)),
+                    AnotherInputWaiting(cl));
   }
   static void OnCutText(char* text, int len, rfbClientPtr cl) {
-    From(cl)->Input(rfb::kCutText, rfb::CutText(std::string_view(text, static_cast<size_t>(len))));
+    From(cl)->Input(rfb::kCutText, rfb::CutText(std::string_view(text, static_cast<size_t>(len))),
+                    AnotherInputWaiting(cl));
+  }
+  // A viewer that dies after the first byte of an input leaves the one
+  // before it held: it goes out when the viewer is gone.
+  static void OnViewerGone(rfbClientPtr cl) { From(cl)->SendHeld(); }
+  static rfbNewClientAction OnNewViewer(rfbClientPtr cl) {
+    cl->clientGoneHook = OnViewerGone;
+    return RFB_CLIENT_ACCEPT;
   }
 
   // --- leader ---
 
   void ChooseLeader() REQUIRES(mu) {
-    const uint64_t last = log->last_seq();
+    const uint64_t last = posted_seq;
     auto caught_up = [&](const std::shared_ptr<Link>& k) { return k->live && !k->dead && k->consumed >= last; };
     auto speed = [](const std::shared_ptr<Link>& k) { return k->ewma_ms < 0 ? 1e9 : k->ewma_ms; };
     std::shared_ptr<Link> best;
@@ -209,6 +269,7 @@ struct Proxy::Impl {
     screen->kbdAddEvent = OnKey;
     screen->ptrAddEvent = OnPointer;
     screen->setXCutText = OnCutText;
+    screen->newClientHook = OnNewViewer;
     rfbInitServer(screen);
     if (screen->listenSock < 0) {
       return Status::IOError("cannot listen for VNC viewers on " + options.vnc_host + ":" + std::to_string(port) +
@@ -250,7 +311,13 @@ struct Proxy::Impl {
     }
     uint64_t next = a.consumed_seq + 1, replayed = 0;
     for (;;) {
+      uint64_t upto;  // held inputs are not durable yet: they are sent when they are
+      {
+        MutexLock l(&mu);
+        upto = posted_seq;
+      }
       Status st = log->ReadFrom(next, [&](const LogRecord& rec) {
+        if (rec.seq > upto) return false;
         k->conn->Post(wire::Input{rec.seq, rec.type, rec.payload});
         next = rec.seq + 1;
         ++replayed;
@@ -258,7 +325,7 @@ struct Proxy::Impl {
       });
       SLINGSHOT_RETURN_IF_ERROR(st);
       MutexLock l(&mu);
-      if (log->last_seq() < next) {  // nothing new came meanwhile: live from here
+      if (posted_seq < next) {  // nothing new was sent meanwhile: live from here
         k->live = true;
         if (k->pinned) {
           pins.erase(pins.find(k->pin));
@@ -456,6 +523,10 @@ Result<std::unique_ptr<Proxy>> Proxy::Start(ProxyOptions options) {
   auto impl = std::make_unique<Impl>();
   impl->options = std::move(options);
   SLINGSHOT_ASSIGN_OR_RETURN(impl->log, EventLog::Open(impl->options.log_dir));
+  {
+    MutexLock l(&impl->mu);
+    impl->posted_seq = impl->log->last_seq();  // recovered records are durable (EventLog::Open)
+  }
   const LogRecovery& rec = impl->log->recovery();
   LogInfo("event log " + impl->options.log_dir + ": inputs " + std::to_string(rec.truncated_seq + 1) + ".." +
           std::to_string(rec.last_seq) + (rec.torn_bytes ? ", a torn tail of " + std::to_string(rec.torn_bytes) +

@@ -327,6 +327,9 @@ struct EventLog::Impl {
     } else {
       UniqueFd fd(::open(segments.back().path.c_str(), O_WRONLY | O_CLOEXEC));
       if (!fd.valid()) return Status::FromErrno("open " + segments.back().path, errno);
+      // A process killed after an unsynced append left records that only
+      // the page cache holds: what recovery keeps is made durable first.
+      if (::fdatasync(fd.get()) != 0) return Status::FromErrno("fsync " + segments.back().path, errno);
       active = std::move(fd);
     }
     next_seq = std::max(segments.back().last_seq + 1, truncated + 1);
@@ -465,9 +468,21 @@ Result<uint64_t> EventLog::Append(uint16_t type, ByteView payload, bool sync, in
 }
 
 Status EventLog::Sync() {
-  MutexLock io(&impl_->io_mu);
-  if (impl_->unsynced && ::fdatasync(impl_->active.get()) != 0) return Status::FromErrno("fsync event log", errno);
-  impl_->unsynced = false;
+  Impl& m = *impl_;
+  MutexLock io(&m.io_mu);
+  {
+    MutexLock l(&m.mu);
+    if (!m.broken.ok()) return m.broken;
+  }
+  if (m.unsynced && ::fdatasync(m.active.get()) != 0) {
+    // After a failed fsync the page cache may have dropped the records:
+    // nothing more is taken until the log is reopened and recovered.
+    int err = errno;
+    MutexLock l(&m.mu);
+    m.broken = Status::FromErrno("fsync event log " + m.segments.back().path + " failed; reopen the log to recover", err);
+    return m.broken;
+  }
+  m.unsynced = false;
   return Status::OK();
 }
 

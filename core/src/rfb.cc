@@ -363,10 +363,14 @@ class RfbAdapter : public ServiceAdapter {
   ~RfbAdapter() override { Close(); }
 
   Status Open(const Endpoint& ep, int timeout_ms) {
-    SLINGSHOT_RETURN_IF_ERROR(out_.Connect(ep, timeout_ms));
-    SLINGSHOT_ASSIGN_OR_RETURN(si_, Handshake(out_, timeout_ms));
+    // The input session connects first. Servers commonly serve their
+    // clients newest first (libvncserver does), so the screen session's
+    // update goes out before the reply to the input session's probe, which
+    // would otherwise hold it back by one more send from the VM.
     SLINGSHOT_RETURN_IF_ERROR(in_.Connect(ep, timeout_ms));
-    SLINGSHOT_ASSIGN_OR_RETURN(ServerInit si2, Handshake(in_, timeout_ms));
+    SLINGSHOT_ASSIGN_OR_RETURN(si_, Handshake(in_, timeout_ms));
+    SLINGSHOT_RETURN_IF_ERROR(out_.Connect(ep, timeout_ms));
+    SLINGSHOT_ASSIGN_OR_RETURN(ServerInit si2, Handshake(out_, timeout_ms));
     if (si2.width != si_.width || si2.height != si_.height) {
       return Status::Corruption("the " + out_.what() + " reported two screen sizes");
     }
@@ -402,18 +406,25 @@ class RfbAdapter : public ServiceAdapter {
       return Status::InvalidArgument("input " + std::to_string(in.seq) + " arrived after " +
                                      std::to_string(applied) + ": inputs must be replayed in order, without gaps");
     }
-    SLINGSHOT_RETURN_IF_ERROR(in_.Write(in.payload));
     bool probe;
     {
       MutexLock l(&mu_);
-      applied_ = in.seq;
       probe = !probe_out_;
-      if (probe) {
-        probe_out_ = true;
-        probe_seq_ = applied_;
-      }
     }
-    if (probe) return in_.Write(UpdateRequest(false, 0, 0, 1, 1));
+    // The input and the probe that follows it go in one send: one segment
+    // for the VM to take in, not two.
+    Bytes out = in.payload;
+    if (probe) {
+      Bytes request = UpdateRequest(false, 0, 0, 1, 1);
+      out.insert(out.end(), request.begin(), request.end());
+    }
+    SLINGSHOT_RETURN_IF_ERROR(in_.Write(out));
+    MutexLock l(&mu_);
+    applied_ = in.seq;
+    if (probe) {
+      probe_out_ = true;
+      probe_seq_ = applied_;
+    }
     return Status::OK();
   }
 
@@ -533,10 +544,12 @@ class RfbAdapter : public ServiceAdapter {
         Changed(r, &screen.rects);
         Blit(r);
       }
-      // Ask for the next before passing this one on: the VM may start on it.
+      // Pass this one on before asking for the next: the request's send
+      // costs as much as the hop to the client, and the user waits for
+      // this screen, not the next.
+      if (!screen.rects.empty() && callbacks_.on_screen) callbacks_.on_screen(std::move(screen));
       Status w = out_.Write(UpdateRequest(true, 0, 0, si_.width, si_.height));
       if (!w.ok()) return Lost(w);
-      if (!screen.rects.empty() && callbacks_.on_screen) callbacks_.on_screen(std::move(screen));
     }
   }
 

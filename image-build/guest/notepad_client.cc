@@ -242,6 +242,13 @@ Status RfbSession::Type(const std::string& text) {
   return Status::OK();
 }
 
+Status RfbSession::SendRaw(const uint8_t* data, size_t n) {
+  if (!WriteToRFBServer(client_, reinterpret_cast<const char*>(data), static_cast<unsigned int>(n))) {
+    return Status::IOError("RFB: writing to the server failed");
+  }
+  return Status::OK();
+}
+
 Status RfbSession::Pump(int timeout_ms) {
   auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
   do {

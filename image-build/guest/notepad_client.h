@@ -66,6 +66,9 @@ class RfbSession {
   bool ScreenEquals(const std::vector<uint32_t>& want, size_t* differing = nullptr) const;
   // Reads until the server has been quiet for quiet_ms.
   Status Drain(int quiet_ms);
+  // Writes bytes to the server as they are (for tests of malformed or
+  // partial client messages).
+  Status SendRaw(const uint8_t* data, size_t n);
   // Writes the framebuffer as a binary PPM (P6) image.
   Status SavePpm(const std::string& path) const;
   // Asks for a full update and waits until the framebuffer equals what

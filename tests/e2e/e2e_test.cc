@@ -225,6 +225,23 @@ TEST_F(E2eTest, TypingThroughTheProxyReachesThePrimaryAtHome) {
   EXPECT_NE(StatusText().find("replica home"), std::string::npos);
 }
 
+TEST_F(E2eTest, AViewerThatDiesMidMessageLosesNoInputItSentWhole) {
+  // The proxy holds an input while the viewer's next one is already
+  // arriving, so that one fdatasync covers both. Here the next never
+  // completes: the viewer sends a key press and the first byte of another
+  // key event, then is gone. The press must still reach the replicas.
+  StartProxy();
+  auto v = InNetns("ss-client", [] { return RfbSession::Connect(Endpoint{"127.0.0.1", 5900}); });
+  ASSERT_TRUE(v.ok()) << v.status().ToString();
+  const uint8_t press_then_torn[9] = {4, 1, 0, 0, 0, 0, 0, 'z', 4};  // KeyEvent down 'z', then a type byte
+  ASSERT_TRUE((*v)->SendRaw(press_then_torn, sizeof(press_then_torn)).ok());
+  v->reset();
+  EXPECT_TRUE(WaitHomeDoc(doc_ + "z", 60s).ok()) << proxy_->Output();
+  // The proxy still takes whole inputs from the other viewer.
+  Type("y");
+  EXPECT_TRUE(WaitHomeDoc(doc_ + "zy", 60s).ok()) << proxy_->Output();
+}
+
 TEST_F(E2eTest, SurrogateLeadsThenDiesMidTypingAndNothingIsLost) {
   // The surrogate is near; home is 40 ms away: once inputs show it is
   // faster, the surrogate leads.

@@ -33,7 +33,9 @@
 // Durability: Append(sync=true) returns after the record and all before it
 // are on disk (fdatasync). Concurrent appenders share one write and one
 // fdatasync (group commit). Append(sync=false) survives a process crash but
-// not a power loss, until the next synced append or Sync().
+// not a power loss, until the next synced append or Sync(). Open makes the
+// records it keeps durable (a killed writer may have left unsynced ones).
+// After a failed fdatasync the log refuses appends and syncs until reopened.
 //
 // Thread-safety: all methods may be called concurrently.
 #ifndef SLINGSHOT_EVENT_LOG_H_
