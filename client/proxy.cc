@@ -29,7 +29,7 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 constexpr size_t kMaxSentTimes = 8192;
-constexpr size_t kMaxHeldInputs = 64;     // inputs that share one fdatasync at most
+constexpr size_t kMaxHeldInputs = 64;     // inputs that share one fdatasync, at most
 constexpr double kSwitchRatio = 0.8;      // a rival must be 20% faster to take over
 constexpr int kLagSwitchMs = 300;         // a leader behind this long loses the lead
 double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
@@ -94,10 +94,10 @@ struct Proxy::Impl {
   // --- inputs ---
 
   // Inputs are appended to the log in arrival order, and each is sent only
-  // once it is durable. An input followed by another the viewer has already
-  // sent (a key's press and release, a burst of pointer motion) is appended
-  // without a sync and held: the next one's fdatasync covers both, and both
-  // go out together. input_mu orders appends and sends.
+  // once it is durable. An input followed by a key event the viewer has
+  // already sent (a key's press and release, keys typed as a burst) is
+  // appended without a sync and held: the next one's fdatasync covers both,
+  // and both go out together. input_mu orders appends and sends.
   Mutex input_mu ACQUIRED_BEFORE(mu);
   std::vector<wire::Input> held GUARDED_BY(input_mu);
 
@@ -153,27 +153,30 @@ struct Proxy::Impl {
   }
 
   static Impl* From(rfbClientPtr cl) { return static_cast<Impl*>(cl->screen->screenData); }
-  // Whether the viewer has already sent another input (its first byte is
-  // in the socket; libvncserver reads plain sockets unbuffered).
-  static bool AnotherInputWaiting(rfbClientPtr cl) {
+  // Whether the viewer has already sent a key event (its first byte is in
+  // the socket; libvncserver reads plain sockets unbuffered). Only keys:
+  // libvncserver hands every key of a viewer that is not view-only to
+  // OnKey, but drops a viewer's pointer events while another holds a
+  // button, and may take cut text through its extended-clipboard path. An
+  // input must never be held for an event that does not come.
+  static bool AnotherKeyWaiting(rfbClientPtr cl) {
     uint8_t type = 0;
-    if (::recv(cl->sock, &type, 1, MSG_PEEK | MSG_DONTWAIT) != 1) return false;
-    return type == rfbKeyEvent || type == rfbPointerEvent || type == rfbClientCutText;
+    return ::recv(cl->sock, &type, 1, MSG_PEEK | MSG_DONTWAIT) == 1 && type == rfbKeyEvent;
   }
   static void OnKey(rfbBool down, rfbKeySym key, rfbClientPtr cl) {
-    From(cl)->Input(rfb::kKey, rfb::KeyEvent(down, static_cast<uint32_t>(key)), AnotherInputWaiting(cl));
+    From(cl)->Input(rfb::kKey, rfb::KeyEvent(down, static_cast<uint32_t>(key)), AnotherKeyWaiting(cl));
   }
   static void OnPointer(int mask, int x, int y, rfbClientPtr cl) {
     From(cl)->Input(rfb::kPointer,
                     rfb::PointerEvent(static_cast<uint8_t>(mask), static_cast<uint16_t>(x), static_cast<uint16_t>(y)),
-                    AnotherInputWaiting(cl));
+                    AnotherKeyWaiting(cl));
   }
   static void OnCutText(char* text, int len, rfbClientPtr cl) {
     From(cl)->Input(rfb::kCutText, rfb::CutText(std::string_view(text, static_cast<size_t>(len))),
-                    AnotherInputWaiting(cl));
+                    AnotherKeyWaiting(cl));
   }
-  // A viewer that dies after the first byte of an input leaves the one
-  // before it held: it goes out when the viewer is gone.
+  // A viewer that dies after the first byte of a key event leaves the
+  // input before it held: it goes out when the viewer is gone.
   static void OnViewerGone(rfbClientPtr cl) { From(cl)->SendHeld(); }
   static rfbNewClientAction OnNewViewer(rfbClientPtr cl) {
     cl->clientGoneHook = OnViewerGone;

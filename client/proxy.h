@@ -3,7 +3,9 @@
 //
 // - Every input the viewer sends (key, pointer, cut text) gets the next seq
 //   and is appended to the durable event log before it is sent; then it
-//   goes to every live replica.
+//   goes to every live replica. Inputs followed by a key event already in
+//   the viewer's socket share the next one's fdatasync (a press and its
+//   release cost one).
 // - A replica that attaches reports the seq its state covers; the proxy
 //   replays the log from there, and the replica joins the live set once it
 //   has been sent everything.
