@@ -325,6 +325,11 @@ run_desktop() {
     log "desktop: the Slingshot session stalled; running it again"
     echo "desktop_slingshot_stalls=1" >>"$RESULTS"
     cp "$P_OUT/slingshot.keys" "$P_OUT/slingshot-stalled.keys"
+    # What each part saw at the stall, for the report and for diagnosis.
+    "$CLIENT" status --state-dir "$STATE" >"$P_OUT/status-stalled.txt" 2>&1 || true
+    cp "$P_OUT/proxy.log" "$P_OUT/proxy-stalled.log"
+    cp "$WORLD/home.log" "$P_OUT/home-stalled.log"
+    cp "$P_OUT/agent-cafe.log" "$P_OUT/agent-cafe-stalled.log"
     desktop_session slingshot 127.0.0.1:5900
   fi
   "$CLIENT" status --state-dir "$STATE" | tee "$P_OUT/status-slingshot.txt"
