@@ -107,7 +107,8 @@ struct Proxy::Impl {
       MutexLock l(&mu);
       if (stopping) return;
     }
-    const bool hold = another_waiting && held.size() + 1 < kMaxHeldInputs;
+    // Without a sync per input (--no-sync) there is nothing to share.
+    const bool hold = options.sync_every_input && another_waiting && held.size() + 1 < kMaxHeldInputs;
     auto seq = log->Append(type, payload, options.sync_every_input && !hold);
     if (!seq.ok()) {
       LogError("input dropped: the event log refused it: " + seq.status().message());
