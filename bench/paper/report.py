@@ -151,6 +151,13 @@ def tables(results):
                 lines.append("`%s`: the first desktop Slingshot session stalled (a key got no screen update within "
                              "30 s; its keys are in desktop/slingshot-stalled.keys) and was run again: an open "
                              "problem, see README." % r["name"])
+            if "desktop_home_differing_pixels" in r["env"]:
+                n = int(r["env"]["desktop_home_differing_pixels"])
+                lines.append("")
+                lines.append("`%s`: after the Slingshot session the document was reopened while the cafe led; then "
+                             "the cafe left, and home's replica, once it led with every input, showed %s." %
+                             (r["name"], "the same screen, pixel for pixel" if n == 0 else
+                              "%d pixels other than the cafe's screen" % n))
             if "desktop_current_ms" in r["env"]:
                 lines.append("")
                 lines.append("`%s`: the desktop replica, from a current stick, was ready in %.2f s with %.2f MiB over "

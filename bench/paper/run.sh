@@ -333,7 +333,34 @@ run_desktop() {
     desktop_session slingshot 127.0.0.1:5900
   fi
   "$CLIENT" status --state-dir "$STATE" | tee "$P_OUT/status-slingshot.txt"
+  same_screen_at_home
   cleanup
+}
+
+# Home's replica must hold what the cafe's held after the same inputs: the
+# document is reopened (Enter) while the cafe leads and its screen is taken;
+# then the cafe leaves, home leads once it has consumed every input, and its
+# screen must be the same (nano shows the document as each disk holds it).
+same_screen_at_home() {
+  ip netns exec ss-client "$TYPIST" key 127.0.0.1:5900 0xff0d >/dev/null
+  ip netns exec ss-client "$TYPIST" shot 127.0.0.1:5900 "$P_OUT/reopened-cafe.ppm"
+  "$CLIENT" leave cafe --state-dir "$STATE" >/dev/null
+  local want ok=
+  want=$(last_seq)
+  for _ in $(seq 1 240); do
+    if "$CLIENT" status --state-dir "$STATE" |
+      awk -v want="$want" '$1 == "replica" && $2 == "home" && $4 >= want && / leader/ {ok = 1} END {exit !ok}'; then
+      ok=1
+      break
+    fi
+    sleep 0.5
+  done
+  [ -n "$ok" ] || { echo "home did not lead with every input within 120 s" >&2; return 1; }
+  ip netns exec ss-client "$TYPIST" shot 127.0.0.1:5900 "$P_OUT/reopened-home.ppm"
+  local differ
+  differ=$(python3 "$SRC/bench/paper/ppm_diff.py" "$P_OUT/reopened-cafe.ppm" "$P_OUT/reopened-home.ppm")
+  echo "desktop_home_differing_pixels=$differ" >>"$RESULTS"
+  log "desktop: the reopened document on home's screen against the cafe's: $differ pixels differ"
 }
 
 if [[ ,$WORKLOADS, == *,desktop,* && ! -f $BUILD/desktop/desktop.img ]]; then
