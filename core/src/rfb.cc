@@ -396,20 +396,17 @@ class RfbAdapter : public ServiceAdapter {
     SLINGSHOT_RETURN_IF_ERROR(rfb::CheckInput(in.type, in.payload));
     MutexLock w(&write_mu_);
     uint64_t applied;
+    bool probe;  // write_mu_ keeps probe_out_ as read until the write is done
     {
       MutexLock l(&mu_);
       if (!lost_.ok()) return lost_;
       applied = applied_;
+      probe = !probe_out_;
     }
     if (in.seq <= applied) return Status::OK();
     if (in.seq != applied + 1) {
       return Status::InvalidArgument("input " + std::to_string(in.seq) + " arrived after " +
                                      std::to_string(applied) + ": inputs must be replayed in order, without gaps");
-    }
-    bool probe;
-    {
-      MutexLock l(&mu_);
-      probe = !probe_out_;
     }
     // The input and the probe that follows it go in one send: one segment
     // for the VM to take in, not two.
