@@ -84,7 +84,7 @@ tsan: deps
 	  --gtest_filter='FetchTest.*:Pairing*'
 
 # Builds with clang's -Wthread-safety as an error: every GUARDED_BY member
-# and REQUIRES method (core/include/slingshot/mutex.h) is checked.
+# and REQUIRES method (core/base/include/slingshot/base/mutex.h) is checked.
 analyze:
 	@scripts/install-deps.sh clang
 	CXX=clang++ cmake -S . -B $(BUILD)-clang -DSLINGSHOT_WERROR=ON -DCMAKE_CXX_FLAGS="-Wthread-safety"

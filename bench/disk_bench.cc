@@ -22,15 +22,15 @@
 #include <iostream>
 
 #include "../tests/support/link_emulator.h"
-#include "slingshot/chunk_service.h"
-#include "slingshot/chunk_store.h"
-#include "slingshot/chunk_table_export.h"
-#include "slingshot/coding.h"
-#include "slingshot/disk_table.h"
-#include "slingshot/fetch_chain.h"
-#include "slingshot/log.h"
-#include "slingshot/nbd_server.h"
-#include "slingshot/portable.h"
+#include "slingshot/net/chunk_service.h"
+#include "slingshot/store/chunk_store.h"
+#include "slingshot/disk/chunk_table_export.h"
+#include "slingshot/base/coding.h"
+#include "slingshot/store/disk_table.h"
+#include "slingshot/store/fetch_chain.h"
+#include "slingshot/base/log.h"
+#include "slingshot/disk/nbd_server.h"
+#include "slingshot/store/portable.h"
 
 namespace po = boost::program_options;
 using namespace slingshot;

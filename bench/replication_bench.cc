@@ -35,7 +35,7 @@
 
 #include "notepad_client.h"
 #include "process.h"
-#include "slingshot/file_util.h"
+#include "slingshot/base/file_util.h"
 
 namespace po = boost::program_options;
 using namespace slingshot;

@@ -25,12 +25,12 @@
 #include <random>
 #include <thread>
 
-#include "slingshot/chunk_store.h"
-#include "slingshot/coding.h"
-#include "slingshot/disk_table.h"
-#include "slingshot/event_log.h"
-#include "slingshot/file_util.h"
-#include "slingshot/memory_image.h"
+#include "slingshot/store/chunk_store.h"
+#include "slingshot/base/coding.h"
+#include "slingshot/store/disk_table.h"
+#include "slingshot/store/event_log.h"
+#include "slingshot/base/file_util.h"
+#include "slingshot/store/memory_image.h"
 
 namespace slingshot {
 namespace {

@@ -18,11 +18,11 @@
 #include <thread>
 
 #include "notepad_client.h"
-#include "slingshot/chunk_store.h"
-#include "slingshot/coding.h"
-#include "slingshot/hypervisor.h"
-#include "slingshot/log.h"
-#include "slingshot/memory_image.h"
+#include "slingshot/store/chunk_store.h"
+#include "slingshot/base/coding.h"
+#include "slingshot/vm/hypervisor.h"
+#include "slingshot/base/log.h"
+#include "slingshot/store/memory_image.h"
 
 namespace po = boost::program_options;
 using namespace slingshot;

@@ -16,18 +16,18 @@
 #include <cstdio>
 #include <unordered_set>
 
-#include "slingshot/chunk_service.h"
-#include "slingshot/cli.h"
-#include "slingshot/coding.h"
-#include "slingshot/discovery.h"
-#include "slingshot/disk_table.h"
-#include "slingshot/event_log.h"
-#include "slingshot/manifest.h"
-#include "slingshot/memory_image.h"
-#include "slingshot/pairing.h"
-#include "slingshot/portable.h"
-#include "slingshot/transport.h"
-#include "slingshot/working_set.h"
+#include "slingshot/net/chunk_service.h"
+#include "slingshot/cli/cli.h"
+#include "slingshot/base/coding.h"
+#include "slingshot/net/discovery.h"
+#include "slingshot/store/disk_table.h"
+#include "slingshot/store/event_log.h"
+#include "slingshot/store/manifest.h"
+#include "slingshot/store/memory_image.h"
+#include "slingshot/net/pairing.h"
+#include "slingshot/store/portable.h"
+#include "slingshot/net/transport.h"
+#include "slingshot/store/working_set.h"
 #include "proxy.h"
 
 namespace slingshot {

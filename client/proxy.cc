@@ -18,11 +18,11 @@
 #include <set>
 #include <thread>
 
-#include "slingshot/event_log.h"
-#include "slingshot/log.h"
-#include "slingshot/mutex.h"
-#include "slingshot/rfb.h"
-#include "slingshot/transport.h"
+#include "slingshot/store/event_log.h"
+#include "slingshot/base/log.h"
+#include "slingshot/base/mutex.h"
+#include "slingshot/service/rfb.h"
+#include "slingshot/net/transport.h"
 
 namespace slingshot {
 using Clock = std::chrono::steady_clock;

@@ -29,9 +29,9 @@
 #include <string>
 #include <vector>
 
-#include "slingshot/keys.h"
-#include "slingshot/status.h"
-#include "slingshot/tls.h"
+#include "slingshot/base/keys.h"
+#include "slingshot/base/status.h"
+#include "slingshot/net/tls.h"
 
 namespace slingshot {
 

@@ -10,22 +10,22 @@
 #include <thread>
 #include <unordered_set>
 
-#include "slingshot/chunk_service.h"
-#include "slingshot/chunk_store.h"
-#include "slingshot/chunk_table_export.h"
-#include "slingshot/coding.h"
-#include "slingshot/disk_table.h"
-#include "slingshot/fetch_chain.h"
-#include "slingshot/keys.h"
-#include "slingshot/log.h"
-#include "slingshot/manifest.h"
-#include "slingshot/memory_image.h"
-#include "slingshot/mutex.h"
-#include "slingshot/nbd_server.h"
-#include "slingshot/portable.h"
-#include "slingshot/replica_host.h"
-#include "slingshot/tls.h"
-#include "slingshot/transport.h"
+#include "slingshot/net/chunk_service.h"
+#include "slingshot/store/chunk_store.h"
+#include "slingshot/disk/chunk_table_export.h"
+#include "slingshot/base/coding.h"
+#include "slingshot/store/disk_table.h"
+#include "slingshot/store/fetch_chain.h"
+#include "slingshot/base/keys.h"
+#include "slingshot/base/log.h"
+#include "slingshot/store/manifest.h"
+#include "slingshot/store/memory_image.h"
+#include "slingshot/base/mutex.h"
+#include "slingshot/disk/nbd_server.h"
+#include "slingshot/store/portable.h"
+#include "slingshot/replica/replica_host.h"
+#include "slingshot/net/tls.h"
+#include "slingshot/net/transport.h"
 
 namespace slingshot {
 namespace fs = std::filesystem;
@@ -233,14 +233,11 @@ struct AgentServer::Impl final : public RequestHandler {
     SLINGSHOT_ASSIGN_OR_RETURN(auto disk, ChunkTableExport::Open(table, r.chain.get(), r.dir + "/overlay"));
     r.nbd = std::make_unique<NbdServer>();
     SLINGSHOT_RETURN_IF_ERROR(r.nbd->AddExport("disk", std::shared_ptr<BlockExport>(std::move(disk)), in.service));
-    NbdDisk nbd_disk{"", "", 0, "disk", false};
-    if (hv->DisksOverTcp()) {
-      // Loopback only: the hypervisor's own NBD client in this host.
-      SLINGSHOT_ASSIGN_OR_RETURN(nbd_disk.port, r.nbd->ListenTcp("127.0.0.1", 0));
-      nbd_disk.host = "127.0.0.1";
-    } else {
-      nbd_disk.unix_socket = r.dir + "/disk.sock";
+    NbdDisk nbd_disk = hv->DiskAddress(r.dir);
+    if (!nbd_disk.unix_socket.empty()) {
       SLINGSHOT_RETURN_IF_ERROR(r.nbd->ListenUnix(nbd_disk.unix_socket));
+    } else {
+      SLINGSHOT_ASSIGN_OR_RETURN(nbd_disk.port, r.nbd->ListenTcp(nbd_disk.host, 0));
     }
     SLINGSHOT_RETURN_IF_ERROR(r.nbd->Start());
     auto ws = r.home->GetWorkingSet(m.disk_table);
@@ -260,7 +257,7 @@ struct AgentServer::Impl final : public RequestHandler {
     spec.memory_mib = m.vm.memory_mib;
     spec.vcpus = m.vm.vcpus;
     spec.disk = nbd_disk;
-    spec.service_ports = {5900};
+    spec.service_ports = {m.service_port};
     spec.run_dir = r.dir + "/vm";
     if (cold) {
       LogInfo("booting " + in.service + " from its checkpoint's disk: " +
@@ -272,7 +269,7 @@ struct AgentServer::Impl final : public RequestHandler {
           hv->Restore(spec, [&](const ByteSink& sink) { return ReadMemoryImage(memory, r.chain.get(), sink); });
       SLINGSHOT_RETURN_IF_ERROR(restored.status());
     }
-    SLINGSHOT_ASSIGN_OR_RETURN(Endpoint ep, hv->ServiceEndpoint(r.id, 5900));
+    SLINGSHOT_ASSIGN_OR_RETURN(Endpoint ep, hv->ServiceEndpoint(r.id, m.service_port));
     auto host = std::make_shared<ReplicaHost>(in.service, m.service_type, options.name);
     // A cold boot runs the guest's whole start-up first (minutes, nested).
     SLINGSHOT_RETURN_IF_ERROR(host->Connect(ep, m.last_seq, cold ? 600000 : 60000));

@@ -27,8 +27,8 @@
 #include <memory>
 #include <string>
 
-#include "slingshot/hypervisor.h"
-#include "slingshot/status.h"
+#include "slingshot/vm/hypervisor.h"
+#include "slingshot/base/status.h"
 
 namespace slingshot {
 

@@ -12,19 +12,19 @@
 #include <sstream>
 #include <thread>
 
-#include "slingshot/chunk_service.h"
-#include "slingshot/chunk_table_export.h"
-#include "slingshot/coding.h"
-#include "slingshot/disk_table.h"
-#include "slingshot/file_util.h"
-#include "slingshot/log.h"
-#include "slingshot/manifest.h"
-#include "slingshot/memory_image.h"
-#include "slingshot/mutex.h"
-#include "slingshot/nbd_server.h"
-#include "slingshot/replica_host.h"
-#include "slingshot/transport.h"
-#include "slingshot/working_set.h"
+#include "slingshot/net/chunk_service.h"
+#include "slingshot/disk/chunk_table_export.h"
+#include "slingshot/base/coding.h"
+#include "slingshot/store/disk_table.h"
+#include "slingshot/base/file_util.h"
+#include "slingshot/base/log.h"
+#include "slingshot/store/manifest.h"
+#include "slingshot/store/memory_image.h"
+#include "slingshot/base/mutex.h"
+#include "slingshot/disk/nbd_server.h"
+#include "slingshot/replica/replica_host.h"
+#include "slingshot/net/transport.h"
+#include "slingshot/store/working_set.h"
 
 namespace slingshot {
 namespace fs = std::filesystem;
@@ -124,7 +124,7 @@ Status CheckServiceName(const std::string& name) {
 Status CreateService(const std::string& services_dir, const ServiceDef& def, const std::string& kernel,
                      const std::string& initrd) {
   SLINGSHOT_RETURN_IF_ERROR(CheckServiceName(def.name));
-  if (def.type != "rfb") return Status::InvalidArgument("service type \"" + def.type + "\" is unknown (rfb)");
+  if (!IsServiceType(def.type)) return Status::InvalidArgument("service type \"" + def.type + "\" is unknown (rfb)");
   if (!def.disk_image.empty() && !fs::is_regular_file(def.disk_image)) {
     return Status::InvalidArgument("disk image " + def.disk_image + " is not a file");
   }

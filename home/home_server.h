@@ -34,10 +34,10 @@
 #include <string>
 #include <vector>
 
-#include "slingshot/chunk_store.h"
-#include "slingshot/hypervisor.h"
-#include "slingshot/keys.h"
-#include "slingshot/tls.h"
+#include "slingshot/store/chunk_store.h"
+#include "slingshot/vm/hypervisor.h"
+#include "slingshot/base/keys.h"
+#include "slingshot/net/tls.h"
 
 namespace slingshot {
 

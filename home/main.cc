@@ -11,19 +11,19 @@
 #include <ctime>
 #include <filesystem>
 
-#include "slingshot/bundle.h"
-#include "slingshot/chunk_service.h"
-#include "slingshot/chunk_store.h"
-#include "slingshot/cli.h"
-#include "slingshot/coding.h"
-#include "slingshot/disk_table.h"
-#include "slingshot/file_util.h"
-#include "slingshot/gc.h"
-#include "slingshot/keys.h"
-#include "slingshot/memory_image.h"
-#include "slingshot/pairing.h"
-#include "slingshot/tls.h"
-#include "slingshot/transport.h"
+#include "slingshot/store/bundle.h"
+#include "slingshot/net/chunk_service.h"
+#include "slingshot/store/chunk_store.h"
+#include "slingshot/cli/cli.h"
+#include "slingshot/base/coding.h"
+#include "slingshot/store/disk_table.h"
+#include "slingshot/base/file_util.h"
+#include "slingshot/store/gc.h"
+#include "slingshot/base/keys.h"
+#include "slingshot/store/memory_image.h"
+#include "slingshot/net/pairing.h"
+#include "slingshot/net/tls.h"
+#include "slingshot/net/transport.h"
 #include "home_server.h"
 
 namespace slingshot {

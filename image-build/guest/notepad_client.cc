@@ -12,7 +12,7 @@
 #include <fstream>
 #include <thread>
 
-#include "slingshot/file_util.h"
+#include "slingshot/base/file_util.h"
 
 namespace slingshot::testing {
 namespace {

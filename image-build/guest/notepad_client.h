@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "notepad_render.h"
-#include "slingshot/hypervisor.h"
+#include "slingshot/vm/hypervisor.h"
 
 namespace slingshot::testing {
 

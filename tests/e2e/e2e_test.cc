@@ -22,11 +22,11 @@
 
 #include "notepad_client.h"
 #include "process.h"
-#include "slingshot/coding.h"
-#include "slingshot/file_util.h"
-#include "slingshot/keys.h"
-#include "slingshot/tls.h"
-#include "slingshot/transport.h"
+#include "slingshot/base/coding.h"
+#include "slingshot/base/file_util.h"
+#include "slingshot/base/keys.h"
+#include "slingshot/net/tls.h"
+#include "slingshot/net/transport.h"
 
 namespace slingshot::testing {
 namespace {

@@ -4,16 +4,16 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "slingshot/chunk_store.h"
-#include "slingshot/coding.h"
-#include "slingshot/crc32c.h"
-#include "slingshot/disk_table.h"
-#include "slingshot/manifest.h"
-#include "slingshot/memory_image.h"
-#include "slingshot/rfb.h"
-#include "slingshot/vm_stream.h"
-#include "slingshot/wire.h"
-#include "slingshot/working_set.h"
+#include "slingshot/store/chunk_store.h"
+#include "slingshot/base/coding.h"
+#include "slingshot/base/crc32c.h"
+#include "slingshot/store/disk_table.h"
+#include "slingshot/store/manifest.h"
+#include "slingshot/store/memory_image.h"
+#include "slingshot/service/rfb.h"
+#include "slingshot/vm/vm_stream.h"
+#include "slingshot/net/wire.h"
+#include "slingshot/store/working_set.h"
 
 using namespace slingshot;
 

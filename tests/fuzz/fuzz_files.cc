@@ -10,10 +10,10 @@
 #include <fstream>
 #include <string>
 
-#include "slingshot/bundle.h"
-#include "slingshot/chunk_store.h"
-#include "slingshot/event_log.h"
-#include "slingshot/log.h"
+#include "slingshot/store/bundle.h"
+#include "slingshot/store/chunk_store.h"
+#include "slingshot/store/event_log.h"
+#include "slingshot/base/log.h"
 
 using namespace slingshot;
 namespace fs = std::filesystem;

@@ -12,11 +12,11 @@
 #include <fstream>
 #include <memory>
 
-#include "slingshot/chunk_store.h"
-#include "slingshot/chunk_table_export.h"
-#include "slingshot/disk_table.h"
-#include "slingshot/log.h"
-#include "slingshot/nbd_server.h"
+#include "slingshot/store/chunk_store.h"
+#include "slingshot/disk/chunk_table_export.h"
+#include "slingshot/store/disk_table.h"
+#include "slingshot/base/log.h"
+#include "slingshot/disk/nbd_server.h"
 
 using namespace slingshot;
 

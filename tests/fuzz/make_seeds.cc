@@ -5,17 +5,17 @@
 #include <fstream>
 #include <string>
 
-#include "slingshot/bundle.h"
-#include "slingshot/chunk_store.h"
-#include "slingshot/coding.h"
-#include "slingshot/disk_table.h"
-#include "slingshot/event_log.h"
-#include "slingshot/manifest.h"
-#include "slingshot/memory_image.h"
-#include "slingshot/rfb.h"
-#include "slingshot/vm_stream.h"
-#include "slingshot/wire.h"
-#include "slingshot/working_set.h"
+#include "slingshot/store/bundle.h"
+#include "slingshot/store/chunk_store.h"
+#include "slingshot/base/coding.h"
+#include "slingshot/store/disk_table.h"
+#include "slingshot/store/event_log.h"
+#include "slingshot/store/manifest.h"
+#include "slingshot/store/memory_image.h"
+#include "slingshot/service/rfb.h"
+#include "slingshot/vm/vm_stream.h"
+#include "slingshot/net/wire.h"
+#include "slingshot/store/working_set.h"
 
 using namespace slingshot;
 namespace fs = std::filesystem;

@@ -1,7 +1,7 @@
 // The NBD server against real clients: libnbd's nbdinfo and nbdcopy,
 // qemu-img, QEMU's block driver under a booting guest, and raw sockets for
 // malformed input. Label: nbd.
-#include "slingshot/nbd_server.h"
+#include "slingshot/disk/nbd_server.h"
 
 #include <arpa/inet.h>
 #include <gtest/gtest.h>
@@ -14,13 +14,13 @@
 
 #include "../unit/test_util.h"
 #include "notepad_client.h"
-#include "slingshot/chunk_store.h"
-#include "slingshot/chunk_service.h"
-#include "slingshot/chunk_table_export.h"
-#include "slingshot/fetch_chain.h"
-#include "slingshot/memory_image.h"
-#include "slingshot/transport.h"
-#include "slingshot/file_util.h"
+#include "slingshot/store/chunk_store.h"
+#include "slingshot/net/chunk_service.h"
+#include "slingshot/disk/chunk_table_export.h"
+#include "slingshot/store/fetch_chain.h"
+#include "slingshot/store/memory_image.h"
+#include "slingshot/net/transport.h"
+#include "slingshot/base/file_util.h"
 
 namespace slingshot::testing {
 namespace {

@@ -1,14 +1,14 @@
 // Pairing over the network (pairing.h): real TLS 1.3 on loopback, a real
 // home CA, and an impostor and a man in the middle that both fail.
-#include "slingshot/pairing.h"
+#include "slingshot/net/pairing.h"
 
 #include <gtest/gtest.h>
 
 #include <thread>
 
-#include "slingshot/mutex.h"
-#include "slingshot/transport.h"
-#include "slingshot/wire.h"
+#include "slingshot/base/mutex.h"
+#include "slingshot/net/transport.h"
+#include "slingshot/net/wire.h"
 
 namespace slingshot::testing {
 namespace {

@@ -22,9 +22,9 @@
 #include <thread>
 
 #include "notepad_client.h"
-#include "slingshot/coding.h"
-#include "slingshot/file_util.h"
-#include "slingshot/log.h"
+#include "slingshot/base/coding.h"
+#include "slingshot/base/file_util.h"
+#include "slingshot/base/log.h"
 
 using namespace slingshot;
 using namespace slingshot::testing;

@@ -13,7 +13,7 @@
 #include <cstring>
 #include <deque>
 
-#include "slingshot/chunk_id.h"
+#include "slingshot/base/chunk_id.h"
 
 namespace slingshot::testing {
 namespace {

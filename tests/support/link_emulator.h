@@ -18,8 +18,8 @@
 #include <thread>
 #include <vector>
 
-#include "slingshot/mutex.h"
-#include "slingshot/status.h"
+#include "slingshot/base/mutex.h"
+#include "slingshot/base/status.h"
 
 namespace slingshot::testing {
 

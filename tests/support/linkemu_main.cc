@@ -14,7 +14,7 @@
 #include <cstring>
 
 #include "link_emulator.h"
-#include "slingshot/cli.h"
+#include "slingshot/cli/cli.h"
 #include "tap_link.h"
 
 namespace {

@@ -9,7 +9,7 @@
 #include <cstdio>
 #include <thread>
 
-#include "slingshot/file_util.h"
+#include "slingshot/base/file_util.h"
 
 namespace slingshot::testing {
 

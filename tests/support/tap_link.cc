@@ -15,7 +15,7 @@
 #include <random>
 #include <vector>
 
-#include "slingshot/mutex.h"
+#include "slingshot/base/mutex.h"
 
 namespace slingshot::testing {
 namespace {

@@ -27,7 +27,7 @@
 #include <string>
 #include <thread>
 
-#include "slingshot/status.h"
+#include "slingshot/base/status.h"
 
 namespace slingshot::testing {
 

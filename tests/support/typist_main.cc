@@ -38,7 +38,7 @@
 #include <vector>
 
 #include "notepad_client.h"
-#include "slingshot/cli.h"
+#include "slingshot/cli/cli.h"
 
 using namespace slingshot;
 using namespace slingshot::testing;

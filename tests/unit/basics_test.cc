@@ -1,9 +1,9 @@
 // Status/Result, CRC-32C, chunk ids, sealed frames and the bounded decoder.
 #include <gtest/gtest.h>
 
-#include "slingshot/coding.h"
-#include "slingshot/crc32c.h"
-#include "slingshot/status.h"
+#include "slingshot/base/coding.h"
+#include "slingshot/base/crc32c.h"
+#include "slingshot/base/status.h"
 #include "test_util.h"
 
 namespace slingshot {

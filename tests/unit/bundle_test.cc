@@ -1,12 +1,12 @@
 // Bundles: round trips, byte-identical output, corruption anywhere in the
 // file, incomplete bundles, manifests under a trusted key.
-#include "slingshot/bundle.h"
+#include "slingshot/store/bundle.h"
 
 #include <gtest/gtest.h>
 
-#include "slingshot/disk_table.h"
-#include "slingshot/manifest.h"
-#include "slingshot/memory_image.h"
+#include "slingshot/store/disk_table.h"
+#include "slingshot/store/manifest.h"
+#include "slingshot/store/memory_image.h"
 #include "test_util.h"
 
 namespace slingshot {

@@ -1,6 +1,6 @@
 // ChunkStore on real Berkeley DB files in temp dirs: round trips, both
 // modes, corruption, lying lengths, crash durability (kill -9), GC.
-#include "slingshot/chunk_store.h"
+#include "slingshot/store/chunk_store.h"
 
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -8,10 +8,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "slingshot/coding.h"
-#include "slingshot/crc32c.h"
-#include "slingshot/disk_table.h"
-#include "slingshot/gc.h"
+#include "slingshot/base/coding.h"
+#include "slingshot/base/crc32c.h"
+#include "slingshot/store/disk_table.h"
+#include "slingshot/store/gc.h"
 #include "test_util.h"
 
 namespace slingshot {

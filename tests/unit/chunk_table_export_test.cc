@@ -1,12 +1,12 @@
-#include "slingshot/chunk_table_export.h"
+#include "slingshot/disk/chunk_table_export.h"
 
 #include <gtest/gtest.h>
 
 #include <fstream>
 #include <random>
 
-#include "slingshot/chunk_store.h"
-#include "slingshot/file_util.h"
+#include "slingshot/store/chunk_store.h"
+#include "slingshot/base/file_util.h"
 #include "test_util.h"
 
 namespace slingshot::testing {

@@ -1,14 +1,14 @@
 // FastCDC: size bounds, independence from write sizes, shift resilience,
 // and memory images through the store.
-#include "slingshot/chunker.h"
+#include "slingshot/store/chunker.h"
 
 #include <gtest/gtest.h>
 
 #include <set>
 
-#include "slingshot/chunk_store.h"
-#include "slingshot/coding.h"
-#include "slingshot/memory_image.h"
+#include "slingshot/store/chunk_store.h"
+#include "slingshot/base/coding.h"
+#include "slingshot/store/memory_image.h"
 #include "test_util.h"
 
 namespace slingshot {

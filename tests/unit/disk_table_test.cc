@@ -1,11 +1,11 @@
 // Disk chunk tables: import/export bit-identical, zero chunks, format checks.
-#include "slingshot/disk_table.h"
+#include "slingshot/store/disk_table.h"
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
-#include "slingshot/chunk_store.h"
-#include "slingshot/coding.h"
+#include "slingshot/store/chunk_store.h"
+#include "slingshot/base/coding.h"
 #include "test_util.h"
 
 namespace slingshot {

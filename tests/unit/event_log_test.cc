@@ -1,6 +1,6 @@
 // EventLog: round trips, group commit, torn tails at every offset, damage
 // detection, truncation, full disks and kill -9.
-#include "slingshot/event_log.h"
+#include "slingshot/store/event_log.h"
 
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -12,7 +12,7 @@
 #include <random>
 #include <thread>
 
-#include "slingshot/coding.h"
+#include "slingshot/base/coding.h"
 #include "test_util.h"
 
 namespace slingshot {

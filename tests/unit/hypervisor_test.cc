@@ -1,5 +1,5 @@
 // Backend selection, without starting a VM (tests/vm starts real ones).
-#include "slingshot/hypervisor.h"
+#include "slingshot/vm/hypervisor.h"
 
 #include <gtest/gtest.h>
 

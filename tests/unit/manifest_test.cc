@@ -1,10 +1,10 @@
 // Ed25519 keys and signed manifests.
-#include "slingshot/manifest.h"
+#include "slingshot/store/manifest.h"
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
-#include "slingshot/coding.h"
+#include "slingshot/base/coding.h"
 #include "test_util.h"
 
 namespace slingshot {
@@ -78,12 +78,18 @@ TEST(ManifestTest, BootFilesRoundTripAndOlderBodiesStillRead) {
   auto back = Manifest::Decode(m.Encode());
   ASSERT_TRUE(back.ok()) << back.status().ToString();
   EXPECT_EQ(*back, m);
-  // Version 2 is version 3 without the state_on_disk byte; version 1 is
-  // version 2 without the four boot fields.
-  Bytes v3 = m.Encode();
-  auto f = OpenFrame(v3, {'S', 'S', 'M', 'F'}, 3, 1 << 24, "t");
+  // Version 3 is version 4 without the service port; version 2 is version
+  // 3 without the state_on_disk byte; version 1 is version 2 without the
+  // four boot fields.
+  Bytes v4 = m.Encode();
+  auto f = OpenFrame(v4, {'S', 'S', 'M', 'F'}, 4, 1 << 24, "t");
   ASSERT_TRUE(f.ok());
-  Bytes body2(f->body.begin(), f->body.end() - 1);
+  Bytes body3(f->body.begin(), f->body.end() - 2);
+  auto v3 = Manifest::Decode(SealFrame({'S', 'S', 'M', 'F'}, 3, body3));
+  ASSERT_TRUE(v3.ok()) << v3.status().ToString();
+  EXPECT_TRUE(v3->state_on_disk);
+  EXPECT_EQ(v3->service_port, kDefaultServicePort);
+  Bytes body2(body3.begin(), body3.end() - 1);
   auto v2 = Manifest::Decode(SealFrame({'S', 'S', 'M', 'F'}, 2, body2));
   ASSERT_TRUE(v2.ok()) << v2.status().ToString();
   EXPECT_FALSE(v2->state_on_disk);
@@ -94,11 +100,36 @@ TEST(ManifestTest, BootFilesRoundTripAndOlderBodiesStillRead) {
   EXPECT_TRUE(v1->kernel.IsNull());
   EXPECT_EQ(v1->memory_list, m.memory_list);
   // state_on_disk is a flag: any other byte is refused.
-  Bytes bad(f->body.begin(), f->body.end());
+  Bytes bad = body3;
   bad.back() = 2;
   auto b = Manifest::Decode(SealFrame({'S', 'S', 'M', 'F'}, 3, bad));
   ASSERT_FALSE(b.ok());
   EXPECT_NE(b.status().message().find("state_on_disk"), std::string::npos) << b.status().ToString();
+}
+
+// A service may listen on any guest port (slingshot-home service create
+// --service-port); the manifest carries it to the surrogate, which must not
+// assume 5900.
+TEST(ManifestTest, ServicePortTravelsInTheManifest) {
+  Manifest m = Sample();
+  m.service_port = 5901;
+  auto back = Manifest::Decode(m.Encode());
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(back->service_port, 5901);
+  auto key = SigningKey::Generate();
+  auto verified = VerifyManifest(SignManifest(m, *key), key->public_key());
+  ASSERT_TRUE(verified.ok());
+  EXPECT_EQ(verified->service_port, 5901);
+  // Port 0 is no port.
+  Bytes body = m.Encode();
+  auto f = OpenFrame(body, {'S', 'S', 'M', 'F'}, 4, 1 << 24, "t");
+  ASSERT_TRUE(f.ok());
+  Bytes zero(f->body.begin(), f->body.end());
+  zero[zero.size() - 2] = 0;
+  zero[zero.size() - 1] = 0;
+  auto z = Manifest::Decode(SealFrame({'S', 'S', 'M', 'F'}, 4, zero));
+  ASSERT_FALSE(z.ok());
+  EXPECT_NE(z.status().message().find("service port"), std::string::npos) << z.status().ToString();
 }
 
 TEST(ManifestTest, LyingStringLengthIsRefused) {

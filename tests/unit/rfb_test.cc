@@ -15,8 +15,8 @@
 #include <mutex>
 #include <thread>
 
-#include "slingshot/rfb.h"
-#include "slingshot/service_adapter.h"
+#include "slingshot/service/rfb.h"
+#include "slingshot/service/service_adapter.h"
 
 namespace slingshot::testing {
 namespace {

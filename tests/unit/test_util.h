@@ -16,7 +16,7 @@
 #include <random>
 #include <string>
 
-#include "slingshot/chunk_id.h"
+#include "slingshot/base/chunk_id.h"
 
 namespace slingshot::testing {
 

@@ -1,8 +1,8 @@
-#include "slingshot/vm_stream.h"
+#include "slingshot/vm/vm_stream.h"
 
 #include <gtest/gtest.h>
 
-#include "slingshot/coding.h"
+#include "slingshot/base/coding.h"
 #include "test_util.h"
 
 namespace slingshot::testing {

@@ -1,12 +1,12 @@
 // The wire catalogue and frames, and the home CA's certificates.
-#include "slingshot/wire.h"
+#include "slingshot/net/wire.h"
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
-#include "slingshot/coding.h"
-#include "slingshot/crc32c.h"
-#include "slingshot/tls.h"
+#include "slingshot/base/coding.h"
+#include "slingshot/base/crc32c.h"
+#include "slingshot/net/tls.h"
 #include "test_util.h"
 
 namespace slingshot::testing {

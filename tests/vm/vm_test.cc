@@ -9,13 +9,13 @@
 
 #include "../unit/test_util.h"
 #include "notepad_client.h"
-#include "slingshot/chunk_store.h"
-#include "slingshot/coding.h"
-#include "slingshot/file_util.h"
-#include "slingshot/mutex.h"
-#include "slingshot/hypervisor.h"
-#include "slingshot/memory_image.h"
-#include "slingshot/vm_stream.h"
+#include "slingshot/store/chunk_store.h"
+#include "slingshot/base/coding.h"
+#include "slingshot/base/file_util.h"
+#include "slingshot/base/mutex.h"
+#include "slingshot/vm/hypervisor.h"
+#include "slingshot/store/memory_image.h"
+#include "slingshot/vm/vm_stream.h"
 
 namespace slingshot::testing {
 namespace {

@@ -1,0 +1,107 @@
+// The chunk service (DESIGN.md §3, §5): the home serves chunks, objects,
+// refs and working sets over the transport; HomeSource is the surrogate's
+// ChunkSource for it.
+//
+// Chunks cross the wire as their stored values (compressed when that saved
+// space) and the receiver verifies each against its id, so the network and
+// the home's disk are never trusted. Requests are batched (up to
+// wire::kMaxBatch ids) and pipelined (several batches in flight per
+// connection) so a cold fetch keeps the link full instead of waiting a round
+// trip per chunk.
+//
+// Only peers with a certificate from the home's CA reach the service at all
+// (transport.h); the role a server requires is set in its ServerOptions.
+#ifndef SLINGSHOT_NET_CHUNK_SERVICE_H_
+#define SLINGSHOT_NET_CHUNK_SERVICE_H_
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "slingshot/store/chunk_source.h"
+#include "slingshot/store/chunk_store.h"
+#include "slingshot/base/mutex.h"
+#include "slingshot/net/transport.h"
+
+namespace slingshot {
+
+// Home side: answers GetChunks, GetObject, GetRef and GetWorkingSet from a
+// store. Thread-safe (one server thread per connection calls it).
+class ChunkService final : public RequestHandler {
+ public:
+  explicit ChunkService(ChunkStore* store) : store_(store) {}
+  Status Handle(Connection& c, uint32_t request, wire::Message&& m) override;
+
+  struct Stats {
+    uint64_t chunks_sent = 0;
+    uint64_t chunks_missing = 0;
+    uint64_t bytes_sent = 0;  // chunk values
+  };
+  Stats stats() const;
+
+ private:
+  ChunkStore* store_;
+  std::atomic<uint64_t> chunks_sent_{0}, chunks_missing_{0}, bytes_sent_{0};
+};
+
+struct HomeSourceOptions {
+  uint32_t batch = 32;       // ids per request
+  uint32_t window = 16;      // requests in flight per connection
+  size_t max_idle_connections = 4;
+  int timeout_ms = 30000;    // per reply
+  ConnectOptions connect;    // expected_role defaults to "home"
+};
+
+struct HomeSourceStats {
+  uint64_t chunks = 0;       // verified chunks received
+  uint64_t wire_bytes = 0;   // their encoded sizes
+  uint64_t raw_bytes = 0;
+  uint64_t missing = 0;      // the home did not have them
+  uint64_t corrupt = 0;      // failed verification
+  uint64_t requests = 0;
+  uint64_t connects = 0;
+};
+
+class HomeSource final : public ChunkSource {
+ public:
+  // Connects once to check the address and credentials.
+  static Result<std::unique_ptr<HomeSource>> Open(const std::string& host, uint16_t port,
+                                                  const TlsCredentials& creds,
+                                                  HomeSourceOptions options = {});
+  ~HomeSource() override;
+
+  Result<Bytes> Get(const ChunkId& id) override;
+  Status GetMany(std::span<const ChunkId> ids, const Sink& sink) override;
+  std::string Describe() const override;
+
+  // An object, verified against its id.
+  Result<Bytes> GetObject(const ChunkId& id);
+  Result<Ref> GetRef(const std::string& name);
+  // The recorded working set of a disk table (empty if none was recorded).
+  Result<std::vector<ChunkId>> GetWorkingSet(const ChunkId& table);
+
+  HomeSourceStats stats() const;
+
+ private:
+  HomeSource(std::string host, uint16_t port, TlsCredentials creds, HomeSourceOptions options);
+  Result<std::unique_ptr<Connection>> Acquire();
+  void Release(std::unique_ptr<Connection> c);
+  // One request-reply exchange on a pooled connection.
+  Result<wire::Message> Call(const wire::Message& request, wire::MessageType reply);
+  Result<Bytes> Verify(const wire::ChunkData& d, const ChunkId& want);
+
+  const std::string host_;
+  const uint16_t port_;
+  const TlsCredentials creds_;
+  const HomeSourceOptions options_;
+  Mutex mu_;
+  std::vector<std::unique_ptr<Connection>> idle_ GUARDED_BY(mu_);
+  std::atomic<uint32_t> next_request_{1};
+  std::atomic<uint64_t> chunks_{0}, wire_bytes_{0}, raw_bytes_{0}, missing_{0}, corrupt_{0}, requests_{0},
+      connects_{0};
+};
+
+}  // namespace slingshot
+
+#endif  // SLINGSHOT_NET_CHUNK_SERVICE_H_

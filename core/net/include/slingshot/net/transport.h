@@ -1,0 +1,148 @@
+// Transport: authenticated streams of wire frames (DESIGN.md §3 `Transport`,
+// §6 Trust) on Boost.Asio and OpenSSL.
+//
+// - TLS 1.3 only. Both sides present a certificate and verify the other's
+//   against the one CA in their credentials (the home's); no system roots.
+//   A server may also require a role (the certificate's OU).
+// - After the handshake the client sends Hello and the server answers Hello.
+// - Every blocking call has a deadline; a call that misses it closes the
+//   connection (a TLS stream cannot resume after a cancelled operation).
+// - Errors say what failed and what to do: an untrusted peer names the
+//   verification failure (e.g. "certificate has expired") and points at
+//   pairing; a version mismatch names both versions.
+//
+// A Connection is used by one thread at a time. A Server runs one thread per
+// connection (bounded) and hands every request to its Handler.
+#ifndef SLINGSHOT_NET_TRANSPORT_H_
+#define SLINGSHOT_NET_TRANSPORT_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "slingshot/base/status.h"
+#include "slingshot/net/tls.h"
+#include "slingshot/net/wire.h"
+
+namespace slingshot {
+
+struct PeerInfo {
+  std::string address;      // "127.0.0.1:40312"
+  std::string common_name;  // from the verified certificate
+  std::string role;
+  std::string software;     // from its Hello
+  std::string cert_pem;     // its certificate (for checks of its own, in open mode)
+  std::string fingerprint;  // InspectCertificate's fingerprint of it
+  std::string Describe() const;  // "client alice (127.0.0.1:40312)"
+};
+
+struct Frame {
+  uint32_t request = 0;
+  wire::Message message;
+};
+
+struct ConnectOptions {
+  std::string expected_role;  // refuse a server whose certificate has another role ("" = any)
+  int timeout_ms = 10000;     // connect + handshake + hello
+  std::string software = "slingshot";
+  // How the server is trusted. By default its certificate must chain to the
+  // CA in our credentials. With verify_server_ca off (a surrogate, which
+  // belongs to no home) any certificate is accepted, and if
+  // server_fingerprint is set it must have that fingerprint.
+  bool verify_server_ca = true;
+  std::string server_fingerprint;
+};
+
+class Connection {
+ public:
+  static Result<std::unique_ptr<Connection>> Connect(const std::string& host, uint16_t port,
+                                                     const TlsCredentials& creds,
+                                                     const ConnectOptions& options = {});
+  ~Connection();
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  Status Send(uint32_t request, const wire::Message& m, int timeout_ms = 30000);
+  // Writes bytes as they are (tests: malformed frames).
+  Status SendRaw(ByteView bytes, int timeout_ms = 30000);
+  // The next frame. An Error message is returned as a frame, not a Status;
+  // a Status means the connection failed (and is now closed).
+  Result<Frame> Receive(int timeout_ms = 30000);
+  // Receives the reply to request; an Error reply becomes its Status.
+  Result<wire::Message> Expect(uint32_t request, wire::MessageType type, int timeout_ms = 30000);
+  // Closes the socket; blocked calls on other threads return an error.
+  void Close();
+
+  // Full duplex (replica sessions): reads frames as they arrive and hands
+  // each to on_frame, on this thread, while frames given to Post() are
+  // written in between. Returns when on_frame returns an error (that
+  // error), the peer closes or breaks the connection (Unavailable), or
+  // nothing arrives for idle_timeout_ms (Unavailable, "silent"). Send and
+  // Receive must not be used while it runs; on_frame must not block.
+  Status Duplex(const std::function<Status(Frame&&)>& on_frame, int idle_timeout_ms);
+  // Queues a frame for Duplex to send; any thread, also before Duplex
+  // starts. A peer that lets more than 64 MiB pile up unread is cut off.
+  void Post(const wire::Message& m);
+
+  const PeerInfo& peer() const;
+  bool broken() const;
+  // 32 bytes that both ends of this TLS session, and no one else, can
+  // derive (RFC 9266 tls-exporter): binds a proof to this session.
+  Result<Bytes> ChannelBinding() const;
+
+  struct Impl;
+
+ private:
+  explicit Connection(std::unique_ptr<Impl> impl);
+  friend class Server;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Serves one kind of request. Handle may send any number of frames on c and
+// returns an error to have the server answer with an Error frame (the
+// connection stays open unless it broke).
+class RequestHandler {
+ public:
+  virtual ~RequestHandler() = default;
+  virtual Status Handle(Connection& c, uint32_t request, wire::Message&& m) = 0;
+};
+
+struct ServerOptions {
+  std::string host = "127.0.0.1";
+  uint16_t port = 0;                // 0: pick a free port
+  std::string required_role;        // "" = any certificate from the CA
+  // Off: accept a client certificate from any issuer (a surrogate serves
+  // clients of every home); the handler checks PeerInfo::cert_pem itself.
+  bool verify_client_ca = true;
+  int handshake_timeout_ms = 10000;
+  int idle_timeout_ms = 600000;     // a connection silent this long is closed
+  size_t max_connections = 64;
+  std::string software = "slingshot";
+};
+
+struct ServerStats {
+  uint64_t accepted = 0;
+  uint64_t refused = 0;     // TLS or role failures
+  uint64_t bad_frames = 0;  // malformed or wrong-version frames
+  uint64_t requests = 0;
+};
+
+class Server {
+ public:
+  static Result<std::unique_ptr<Server>> Start(const TlsCredentials& creds, const ServerOptions& options,
+                                               RequestHandler* handler);
+  ~Server();  // Stop()
+  uint16_t port() const;
+  void Stop();
+  ServerStats stats() const;
+
+ private:
+  struct Impl;
+  explicit Server(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace slingshot
+
+#endif  // SLINGSHOT_NET_TRANSPORT_H_

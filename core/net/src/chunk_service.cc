@@ -1,0 +1,242 @@
+#include "slingshot/net/chunk_service.h"
+
+#include <algorithm>
+#include <deque>
+
+#include "slingshot/store/working_set.h"
+
+namespace slingshot {
+
+// --- home side ---
+
+Status ChunkService::Handle(Connection& c, uint32_t request, wire::Message&& m) {
+  if (auto* g = std::get_if<wire::GetChunks>(&m)) {
+    // One reply per id, in order: the chunk, its absence, or an Error (a
+    // damaged copy here), so one bad chunk does not fail the batch.
+    for (const auto& id : g->ids) {
+      auto v = store_->GetEncoded(id);
+      Status st;
+      if (v.ok()) {
+        bytes_sent_ += v->size();
+        ++chunks_sent_;
+        st = c.Send(request, wire::ChunkData{id, true, std::move(*v)});
+      } else if (v.status().IsNotFound()) {
+        ++chunks_missing_;
+        st = c.Send(request, wire::ChunkData{id, false, {}});
+      } else {
+        st = c.Send(request, wire::Error{v.status().code(), v.status().message()});
+      }
+      SLINGSHOT_RETURN_IF_ERROR(st);
+    }
+    return Status::OK();
+  }
+  if (auto* g = std::get_if<wire::GetObject>(&m)) {
+    SLINGSHOT_ASSIGN_OR_RETURN(Bytes b, store_->GetObject(g->id));
+    return c.Send(request, wire::ObjectData{g->id, std::move(b)});
+  }
+  if (auto* g = std::get_if<wire::GetRef>(&m)) {
+    SLINGSHOT_ASSIGN_OR_RETURN(Ref r, store_->GetRef(g->name));
+    return c.Send(request, wire::RefData{r.name, static_cast<uint8_t>(r.kind), r.object});
+  }
+  if (auto* g = std::get_if<wire::GetWorkingSet>(&m)) {
+    wire::WorkingSet reply{g->table, {}};
+    auto ws = LoadWorkingSet(store_, g->table);
+    if (ws.ok()) {
+      reply.ids = std::move(ws->ids);
+      if (reply.ids.size() > wire::kMaxWorkingSet) reply.ids.resize(wire::kMaxWorkingSet);
+    } else if (!ws.status().IsNotFound()) {
+      return ws.status();
+    }
+    return c.Send(request, reply);
+  }
+  return Status::InvalidArgument(std::string(wire::MessageTypeName(wire::TypeOf(m))) +
+                                 " is not a request the chunk service answers");
+}
+
+ChunkService::Stats ChunkService::stats() const {
+  return Stats{chunks_sent_.load(), chunks_missing_.load(), bytes_sent_.load()};
+}
+
+// --- surrogate side ---
+
+HomeSource::HomeSource(std::string host, uint16_t port, TlsCredentials creds, HomeSourceOptions options)
+    : host_(std::move(host)), port_(port), creds_(std::move(creds)), options_(std::move(options)) {}
+
+HomeSource::~HomeSource() = default;
+
+Result<std::unique_ptr<HomeSource>> HomeSource::Open(const std::string& host, uint16_t port,
+                                                     const TlsCredentials& creds, HomeSourceOptions options) {
+  if (options.connect.expected_role.empty()) options.connect.expected_role = "home";
+  options.batch = std::clamp<uint32_t>(options.batch, 1, wire::kMaxBatch);
+  options.window = std::max<uint32_t>(options.window, 1);
+  std::unique_ptr<HomeSource> h(new HomeSource(host, port, creds, options));
+  SLINGSHOT_ASSIGN_OR_RETURN(auto c, h->Acquire());
+  h->Release(std::move(c));
+  return h;
+}
+
+std::string HomeSource::Describe() const { return "home " + host_ + ":" + std::to_string(port_); }
+
+Result<std::unique_ptr<Connection>> HomeSource::Acquire() {
+  {
+    MutexLock lock(&mu_);
+    if (!idle_.empty()) {
+      auto c = std::move(idle_.back());
+      idle_.pop_back();
+      return c;
+    }
+  }
+  ++connects_;
+  auto c = Connection::Connect(host_, port_, creds_, options_.connect);
+  if (!c.ok()) return c.status().Annotate("chunk service at " + host_ + ":" + std::to_string(port_));
+  return std::move(*c);
+}
+
+void HomeSource::Release(std::unique_ptr<Connection> c) {
+  if (!c || c->broken()) return;
+  MutexLock lock(&mu_);
+  if (idle_.size() < options_.max_idle_connections) idle_.push_back(std::move(c));
+}
+
+Result<Bytes> HomeSource::Verify(const wire::ChunkData& d, const ChunkId& want) {
+  if (!d.present) {
+    ++missing_;
+    return Status::NotFound("chunk " + want.ToHex() + " is not at " + Describe());
+  }
+  auto raw = ChunkStore::DecodeValue(want, d.value);
+  if (!raw.ok()) {
+    ++corrupt_;
+    return raw.status().Annotate("chunk from " + Describe());
+  }
+  ++chunks_;
+  wire_bytes_ += d.value.size();
+  raw_bytes_ += raw->size();
+  return raw;
+}
+
+Status HomeSource::GetMany(std::span<const ChunkId> ids, const Sink& sink) {
+  if (ids.empty()) return Status::OK();
+  const size_t batch = options_.batch;
+  const size_t nbatches = (ids.size() + batch - 1) / batch;
+  size_t delivered = 0;  // ids handed to the sink
+  // A pooled connection may have been closed by the home while idle: one
+  // retry on a fresh connection, from the first undelivered id.
+  for (int attempt = 0;; ++attempt) {
+    SLINGSHOT_ASSIGN_OR_RETURN(auto c, Acquire());
+    std::deque<uint32_t> in_flight;
+    size_t first_batch = delivered / batch;  // delivered is a batch multiple at a retry
+    size_t sent = first_batch, done = first_batch;
+    Status failed;
+    while (done < nbatches && failed.ok()) {
+      while (sent < nbatches && sent - done < options_.window) {
+        size_t from = sent * batch, to = std::min(ids.size(), from + batch);
+        wire::GetChunks g{std::vector<ChunkId>(ids.begin() + from, ids.begin() + to)};
+        uint32_t req = next_request_++;
+        failed = c->Send(req, g, options_.timeout_ms);
+        if (!failed.ok()) break;
+        ++requests_;
+        in_flight.push_back(req);
+        ++sent;
+      }
+      if (!failed.ok()) break;
+      size_t from = done * batch, to = std::min(ids.size(), from + batch);
+      for (size_t i = from; i < to; ++i) {
+        auto f = c->Receive(options_.timeout_ms);
+        if (!f.ok()) {
+          failed = f.status();
+          break;
+        }
+        if (f->request != in_flight.front()) {
+          c->Close();
+          return Status::Corruption(Describe() + " answered request " + std::to_string(f->request) + " out of turn");
+        }
+        if (auto* e = std::get_if<wire::Error>(&f->message)) {
+          sink(ids[i], e->ToStatus(Describe()));
+        } else if (auto* d = std::get_if<wire::ChunkData>(&f->message); d && d->id == ids[i]) {
+          sink(ids[i], Verify(*d, ids[i]));
+        } else {
+          c->Close();
+          return Status::Corruption(Describe() + " sent something other than chunk " + ids[i].Short() +
+                                    " where it was due");
+        }
+        ++delivered;
+      }
+      if (!failed.ok()) break;
+      in_flight.pop_front();
+      ++done;
+    }
+    if (failed.ok()) {
+      Release(std::move(c));
+      return Status::OK();
+    }
+    // Retry only if nothing of the failed batch was delivered.
+    if (attempt > 0 || delivered % batch != 0 || failed.code() != Status::Code::kUnavailable) {
+      return failed.Annotate("fetching chunks from " + Describe());
+    }
+  }
+}
+
+Result<Bytes> HomeSource::Get(const ChunkId& id) {
+  Result<Bytes> out = Status::IOError("no reply");
+  SLINGSHOT_RETURN_IF_ERROR(GetMany(std::span<const ChunkId>(&id, 1),
+                                    [&](const ChunkId&, Result<Bytes>&& r) { out = std::move(r); }));
+  return out;
+}
+
+Result<wire::Message> HomeSource::Call(const wire::Message& request, wire::MessageType reply) {
+  for (int attempt = 0;; ++attempt) {
+    SLINGSHOT_ASSIGN_OR_RETURN(auto c, Acquire());
+    uint32_t req = next_request_++;
+    ++requests_;
+    Status st = c->Send(req, request, options_.timeout_ms);
+    if (st.ok()) {
+      auto m = c->Expect(req, reply, options_.timeout_ms);
+      if (m.ok() || !c->broken()) {
+        Release(std::move(c));
+        return m;
+      }
+      st = m.status();
+    }
+    if (attempt > 0 || st.code() != Status::Code::kUnavailable) return st;
+  }
+}
+
+Result<Bytes> HomeSource::GetObject(const ChunkId& id) {
+  SLINGSHOT_ASSIGN_OR_RETURN(wire::Message m, Call(wire::GetObject{id}, wire::MessageType::kObjectData));
+  auto& o = std::get<wire::ObjectData>(m);
+  if (o.id != id || ChunkId::Of(o.bytes) != id) {
+    ++corrupt_;
+    return Status::Corruption("object " + id.Short() + " from " + Describe() + " does not match its id");
+  }
+  return std::move(o.bytes);
+}
+
+Result<Ref> HomeSource::GetRef(const std::string& name) {
+  SLINGSHOT_ASSIGN_OR_RETURN(wire::Message m, Call(wire::GetRef{name}, wire::MessageType::kRefData));
+  auto& r = std::get<wire::RefData>(m);
+  if (r.kind < 1 || r.kind > static_cast<uint8_t>(ObjectKind::kWorkingSet)) {
+    return Status::Corruption(Describe() + " named an unknown kind for ref " + name);
+  }
+  return Ref{r.name, static_cast<ObjectKind>(r.kind), r.object};
+}
+
+Result<std::vector<ChunkId>> HomeSource::GetWorkingSet(const ChunkId& table) {
+  SLINGSHOT_ASSIGN_OR_RETURN(wire::Message m, Call(wire::GetWorkingSet{table}, wire::MessageType::kWorkingSet));
+  auto& ws = std::get<wire::WorkingSet>(m);
+  if (ws.table != table) return Status::Corruption(Describe() + " sent the working set of another table");
+  return std::move(ws.ids);
+}
+
+HomeSourceStats HomeSource::stats() const {
+  HomeSourceStats s;
+  s.chunks = chunks_;
+  s.wire_bytes = wire_bytes_;
+  s.raw_bytes = raw_bytes_;
+  s.missing = missing_;
+  s.corrupt = corrupt_;
+  s.requests = requests_;
+  s.connects = connects_;
+  return s;
+}
+
+}  // namespace slingshot

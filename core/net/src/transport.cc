@@ -1,0 +1,611 @@
+#include "slingshot/net/transport.h"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <sys/socket.h>
+
+#include <atomic>
+#include <boost/asio.hpp>
+#include <boost/asio/ssl.hpp>
+#include <chrono>
+#include <array>
+#include <deque>
+#include <list>
+#include <thread>
+
+#include "slingshot/base/openssl_util.h"
+#include "slingshot/base/coding.h"
+#include "slingshot/base/log.h"
+#include "slingshot/base/mutex.h"
+
+namespace slingshot {
+namespace asio = boost::asio;
+namespace ssl = boost::asio::ssl;
+using tcp = boost::asio::ip::tcp;
+using boost::system::error_code;
+
+namespace {
+
+std::string SubjectEntry(X509* cert, int nid) {
+  if (!cert) return "";
+  char buf[256];
+  int n = X509_NAME_get_text_by_NID(X509_get_subject_name(cert), nid, buf, sizeof(buf));
+  return n > 0 ? std::string(buf, static_cast<size_t>(n)) : "";
+}
+
+Result<std::shared_ptr<ssl::context>> MakeContext(const TlsCredentials& c, bool server, bool verify_ca) {
+  auto ctx = std::make_shared<ssl::context>(server ? ssl::context::tls_server : ssl::context::tls_client);
+  SSL_CTX* n = ctx->native_handle();
+  // TLS 1.3 only: no downgrade, forward secrecy always.
+  if (SSL_CTX_set_min_proto_version(n, TLS1_3_VERSION) != 1 || SSL_CTX_set_max_proto_version(n, TLS1_3_VERSION) != 1) {
+    return Status::Unsupported("this OpenSSL cannot restrict TLS to version 1.3");
+  }
+  error_code ec;
+  ctx->use_certificate(asio::buffer(c.cert_pem), ssl::context::pem, ec);
+  if (ec) return Status::InvalidArgument("our certificate is unusable: " + ec.message());
+  ctx->use_private_key(asio::buffer(c.key_pem), ssl::context::pem, ec);
+  if (ec) return Status::InvalidArgument("our private key is unusable: " + ec.message());
+  if (SSL_CTX_check_private_key(n) != 1) {
+    return Status::InvalidArgument("our private key does not belong to our certificate: re-issue the credentials");
+  }
+  // The only trust root: the home's CA (pinned; the system's roots are never loaded).
+  if (verify_ca) {
+    ctx->add_certificate_authority(asio::buffer(c.ca_pem), ec);
+    if (ec) return Status::InvalidArgument("the CA certificate is unusable: " + ec.message());
+  }
+  ctx->set_verify_mode(ssl::verify_peer | ssl::verify_fail_if_no_peer_cert);
+  return ctx;
+}
+
+}  // namespace
+
+std::string PeerInfo::Describe() const {
+  std::string s = role.empty() ? "peer" : role;
+  if (!common_name.empty()) s += " " + common_name;
+  return s + " (" + address + ")";
+}
+
+struct Connection::Impl {
+  Impl(std::shared_ptr<ssl::context> c, bool verify_ca) : ctx(std::move(c)), stream(ioc, *ctx) {
+    stream.set_verify_callback([this, verify_ca](bool preverified, ssl::verify_context& vc) {
+      // Open mode: any certificate; the caller checks it (PeerInfo::cert_pem).
+      if (!verify_ca) return true;
+      if (!preverified && verify_error.empty()) {
+        X509_STORE_CTX* s = vc.native_handle();
+        X509* cert = X509_STORE_CTX_get_current_cert(s);
+        verify_error = std::string(X509_verify_cert_error_string(X509_STORE_CTX_get_error(s)));
+        std::string cn = SubjectEntry(cert, NID_commonName);
+        if (!cn.empty()) verify_error += " (certificate \"" + cn + "\")";
+      }
+      return preverified;
+    });
+  }
+
+  // Runs the queued operation until it completes or timeout_ms passes; on
+  // timeout the socket is closed and the connection is broken.
+  Status Run(int timeout_ms, std::string_view what) {
+    ioc.restart();
+    ioc.run_for(std::chrono::milliseconds(timeout_ms));
+    if (!ioc.stopped()) {
+      error_code ec;
+      stream.lowest_layer().cancel(ec);
+      stream.lowest_layer().close(ec);
+      ioc.restart();
+      ioc.run();
+      broken = true;
+      return Status::Unavailable(std::string(what) + " with " + peer.Describe() + " timed out after " +
+                                 std::to_string(timeout_ms) + " ms");
+    }
+    return Status::OK();
+  }
+
+  // Turns a failed TLS or socket operation into a Status that says whose
+  // fault it most likely was.
+  Status Failed(const error_code& ec, std::string_view what) {
+    broken = true;
+    if (!verify_error.empty()) {
+      return Status::PermissionDenied(
+          peer.Describe() + " is not trusted: " + verify_error +
+          (is_server ? ". Only certificates issued by this home's CA are accepted: pair it again"
+                     : ". Its certificate is not issued by the CA in our credentials: check the address, or pair "
+                       "again with this home"));
+    }
+    std::string m = ec.message();
+    if (ec.category() == asio::error::get_ssl_category() &&
+        (m.find("alert") != std::string::npos || m.find("certificate") != std::string::npos)) {
+      return Status::PermissionDenied(peer.Describe() + " refused our credentials during " + std::string(what) +
+                                      " (" + m + "): they are not from its CA or have expired; pair again");
+    }
+    if (ec == asio::error::eof || ec == ssl::error::stream_truncated || ec == asio::error::connection_reset) {
+      return Status::Unavailable(peer.Describe() + " closed the connection during " + std::string(what));
+    }
+    return Status::Unavailable(std::string(what) + " with " + peer.Describe() + " failed: " + m);
+  }
+
+  Status Write(ByteView bytes, int timeout_ms) {
+    if (broken) return Status::Unavailable("the connection to " + peer.Describe() + " is closed");
+    error_code result = asio::error::would_block;
+    asio::async_write(stream, asio::buffer(bytes.data(), bytes.size()),
+                      [&](const error_code& ec, size_t) { result = ec; });
+    SLINGSHOT_RETURN_IF_ERROR(Run(timeout_ms, "sending"));
+    if (result) return Failed(result, "sending");
+    return Status::OK();
+  }
+
+  Status ReadExact(uint8_t* p, size_t n, int timeout_ms) {
+    error_code result = asio::error::would_block;
+    asio::async_read(stream, asio::buffer(p, n), [&](const error_code& ec, size_t) { result = ec; });
+    SLINGSHOT_RETURN_IF_ERROR(Run(timeout_ms, "receiving"));
+    if (result) return Failed(result, "receiving");
+    return Status::OK();
+  }
+
+  void FillPeer() {
+    X509* cert = SSL_get0_peer_certificate(stream.native_handle());
+    peer.common_name = SubjectEntry(cert, NID_commonName);
+    peer.role = SubjectEntry(cert, NID_organizationalUnitName);
+    if (cert) {
+      BIO* bio = BIO_new(BIO_s_mem());
+      if (bio && PEM_write_bio_X509(bio, cert) == 1) {
+        char* data = nullptr;
+        long n = BIO_get_mem_data(bio, &data);
+        peer.cert_pem.assign(data, static_cast<size_t>(n));
+      }
+      BIO_free(bio);
+      auto info = InspectCertificate(peer.cert_pem);
+      if (info.ok()) peer.fingerprint = info->fingerprint;
+    }
+  }
+
+  // --- Duplex: everything below runs on the thread inside Duplex(). ---
+  void DuplexFinish(Status s) {
+    if (duplex_done) return;
+    duplex_done = true;
+    duplex_status = std::move(s);
+    broken = true;
+    error_code ec;
+    idle_timer.cancel();
+    stream.lowest_layer().close(ec);
+  }
+  void ArmIdle() {
+    idle_timer.expires_after(std::chrono::milliseconds(idle_ms));
+    idle_timer.async_wait([this](const error_code& ec) {
+      if (ec) return;  // re-armed or cancelled
+      DuplexFinish(Status::Unavailable(peer.Describe() + " was silent for " + std::to_string(idle_ms) + " ms"));
+    });
+  }
+  void ReadNextHeader() {
+    asio::async_read(stream, asio::buffer(duplex_header), [this](const error_code& ec, size_t) {
+      if (ec) return DuplexFinish(duplex_done ? Status::OK() : Failed(ec, "receiving"));
+      auto h = wire::DecodeHeader(ByteView(duplex_header.data(), duplex_header.size()));
+      if (!h.ok()) return DuplexFinish(h.status().Annotate("frame from " + peer.Describe()));
+      duplex_frame = *h;
+      duplex_payload.resize(h->length);
+      asio::async_read(stream, asio::buffer(duplex_payload), [this](const error_code& ec2, size_t) {
+        if (ec2) return DuplexFinish(duplex_done ? Status::OK() : Failed(ec2, "receiving"));
+        auto m = wire::DecodePayload(duplex_frame, duplex_payload);
+        if (!m.ok()) return DuplexFinish(m.status().Annotate("frame from " + peer.Describe()));
+        ArmIdle();
+        Status s = (*on_frame)(Frame{duplex_frame.request, std::move(*m)});
+        if (!s.ok()) return DuplexFinish(std::move(s));
+        ReadNextHeader();
+      });
+    });
+  }
+  void WriteNext() {
+    writing = true;
+    asio::async_write(stream, asio::buffer(outq.front()), [this](const error_code& ec, size_t) {
+      queued_bytes -= outq.front().size();
+      outq.pop_front();
+      if (ec) return DuplexFinish(duplex_done ? Status::OK() : Failed(ec, "sending"));
+      if (outq.empty()) {
+        writing = false;
+      } else {
+        WriteNext();
+      }
+    });
+  }
+
+  asio::io_context ioc;
+  std::shared_ptr<ssl::context> ctx;
+  ssl::stream<tcp::socket> stream;
+  PeerInfo peer;
+  std::string verify_error;
+  bool is_server = false;
+  bool broken = false;
+  std::atomic<int> fd{-1};
+
+  // Duplex state (the io thread's own, except queued_bytes).
+  static constexpr size_t kMaxQueued = 64u << 20;
+  asio::steady_timer idle_timer{ioc};
+  int idle_ms = 0;
+  const std::function<Status(Frame&&)>* on_frame = nullptr;
+  std::array<uint8_t, wire::kHeaderSize> duplex_header{};
+  wire::FrameHeader duplex_frame;
+  Bytes duplex_payload;
+  std::deque<Bytes> outq;
+  bool writing = false;
+  bool duplex_done = false;
+  Status duplex_status;
+  std::atomic<size_t> queued_bytes{0};
+};
+
+Connection::Connection(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Connection::~Connection() {
+  error_code ec;
+  impl_->stream.lowest_layer().close(ec);
+}
+
+const PeerInfo& Connection::peer() const { return impl_->peer; }
+bool Connection::broken() const { return impl_->broken; }
+
+Result<Bytes> Connection::ChannelBinding() const {
+  // RFC 9266's tls-exporter: a secret both ends of this TLS 1.3 session
+  // derive, different for every session.
+  static constexpr char kLabel[] = "EXPORTER-Channel-Binding";
+  Bytes out(32);
+  if (SSL_export_keying_material(impl_->stream.native_handle(), out.data(), out.size(), kLabel, sizeof(kLabel) - 1,
+                                 nullptr, 0, 0) != 1) {
+    return Status::IOError("TLS channel binding with " + impl_->peer.Describe() + ": " + OpenSslError());
+  }
+  return out;
+}
+
+void Connection::Close() {
+  int fd = impl_->fd.load();
+  if (fd >= 0) ::shutdown(fd, SHUT_RDWR);
+}
+
+Status Connection::Duplex(const std::function<Status(Frame&&)>& on_frame, int idle_timeout_ms) {
+  Impl& i = *impl_;
+  if (i.broken) return Status::Unavailable("the connection to " + i.peer.Describe() + " is closed");
+  i.on_frame = &on_frame;
+  i.idle_ms = idle_timeout_ms;
+  i.duplex_done = false;
+  i.ioc.restart();
+  i.ArmIdle();
+  i.ReadNextHeader();
+  i.ioc.run();
+  i.on_frame = nullptr;
+  return i.duplex_status;
+}
+
+void Connection::Post(const wire::Message& m) {
+  Impl* i = impl_.get();
+  Bytes frame = wire::EncodeFrame(0, m);
+  size_t n = frame.size();
+  if (i->queued_bytes.fetch_add(n) + n > Impl::kMaxQueued) {
+    asio::post(i->ioc, [i] {
+      i->DuplexFinish(Status::Unavailable(i->peer.Describe() + " is not reading: over " +
+                                          HumanBytes(Impl::kMaxQueued) + " queued for it"));
+    });
+    return;
+  }
+  asio::post(i->ioc, [i, f = std::move(frame)]() mutable {
+    if (i->duplex_done) {
+      i->queued_bytes -= f.size();
+      return;
+    }
+    i->outq.push_back(std::move(f));
+    if (!i->writing) i->WriteNext();
+  });
+}
+
+Result<std::unique_ptr<Connection>> Connection::Connect(const std::string& host, uint16_t port,
+                                                        const TlsCredentials& creds,
+                                                        const ConnectOptions& options) {
+  SLINGSHOT_ASSIGN_OR_RETURN(auto ctx, MakeContext(creds, false, options.verify_server_ca));
+  auto impl = std::make_unique<Impl>(std::move(ctx), options.verify_server_ca);
+  impl->peer.address = host + ":" + std::to_string(port);
+  impl->peer.role = options.expected_role;
+  error_code ec;
+  tcp::resolver resolver(impl->ioc);
+  auto endpoints = resolver.resolve(host, std::to_string(port), ec);
+  if (ec) return Status::Unavailable("cannot resolve " + host + ": " + ec.message());
+
+  error_code result = asio::error::would_block;
+  asio::async_connect(impl->stream.lowest_layer(), endpoints,
+                      [&](const error_code& e, const tcp::endpoint&) { result = e; });
+  SLINGSHOT_RETURN_IF_ERROR(impl->Run(options.timeout_ms, "connecting"));
+  if (result) {
+    return Status::Unavailable("cannot connect to " + impl->peer.address + ": " + result.message() +
+                               " (is the service running and the address right?)");
+  }
+  impl->stream.lowest_layer().set_option(tcp::no_delay(true), ec);
+  impl->fd = impl->stream.lowest_layer().native_handle();
+
+  result = asio::error::would_block;
+  impl->stream.async_handshake(ssl::stream_base::client, [&](const error_code& e) { result = e; });
+  SLINGSHOT_RETURN_IF_ERROR(impl->Run(options.timeout_ms, "the TLS handshake"));
+  if (result) return impl->Failed(result, "the TLS handshake");
+  impl->FillPeer();
+  if (!options.server_fingerprint.empty() && impl->peer.fingerprint != options.server_fingerprint) {
+    return Status::PermissionDenied(impl->peer.address + " presented certificate " + impl->peer.fingerprint +
+                                    ", not the expected " + options.server_fingerprint +
+                                    ": another machine answers at that address");
+  }
+  if (!options.expected_role.empty() && impl->peer.role != options.expected_role) {
+    return Status::PermissionDenied(impl->peer.Describe() + " is not a " + options.expected_role +
+                                    ": its certificate says role \"" + impl->peer.role + "\"");
+  }
+  std::unique_ptr<Connection> c(new Connection(std::move(impl)));
+  // Hello both ways; in TLS 1.3 the server checks our certificate after our
+  // handshake finished, so its refusal shows up here.
+  wire::Hello hello;
+  hello.software = options.software;
+  SLINGSHOT_RETURN_IF_ERROR(c->Send(0, hello, options.timeout_ms));
+  SLINGSHOT_ASSIGN_OR_RETURN(wire::Message reply, c->Expect(0, wire::MessageType::kHello, options.timeout_ms));
+  const auto& theirs = std::get<wire::Hello>(reply);
+  c->impl_->peer.software = theirs.software;
+  SLINGSHOT_RETURN_IF_ERROR(theirs.Check(c->impl_->peer.Describe()));
+  return c;
+}
+
+Status Connection::Send(uint32_t request, const wire::Message& m, int timeout_ms) {
+  Bytes frame = wire::EncodeFrame(request, m);
+  return impl_->Write(frame, timeout_ms);
+}
+
+Status Connection::SendRaw(ByteView bytes, int timeout_ms) { return impl_->Write(bytes, timeout_ms); }
+
+Result<Frame> Connection::Receive(int timeout_ms) {
+  if (impl_->broken) return Status::Unavailable("the connection to " + impl_->peer.Describe() + " is closed");
+  uint8_t header[wire::kHeaderSize];
+  SLINGSHOT_RETURN_IF_ERROR(impl_->ReadExact(header, sizeof(header), timeout_ms));
+  auto h = wire::DecodeHeader(ByteView(header, sizeof(header)));
+  if (!h.ok()) {
+    impl_->broken = true;  // the stream is out of step: nothing after this can be trusted
+    return h.status().Annotate("frame from " + impl_->peer.Describe());
+  }
+  Bytes payload(h->length);
+  SLINGSHOT_RETURN_IF_ERROR(impl_->ReadExact(payload.data(), payload.size(), timeout_ms));
+  // A payload that fails to decode leaves the stream in step: the connection
+  // stays usable and the caller may answer with an Error.
+  SLINGSHOT_ASSIGN_OR_RETURN(wire::Message m, wire::DecodePayload(*h, payload));
+  return Frame{h->request, std::move(m)};
+}
+
+Result<wire::Message> Connection::Expect(uint32_t request, wire::MessageType type, int timeout_ms) {
+  SLINGSHOT_ASSIGN_OR_RETURN(Frame f, Receive(timeout_ms));
+  if (auto* e = std::get_if<wire::Error>(&f.message)) return e->ToStatus(impl_->peer.Describe());
+  if (f.request != request || wire::TypeOf(f.message) != type) {
+    impl_->broken = true;
+    Close();
+    return Status::Corruption(impl_->peer.Describe() + " sent " + wire::MessageTypeName(wire::TypeOf(f.message)) +
+                              " for request " + std::to_string(f.request) + " where " + wire::MessageTypeName(type) +
+                              " for request " + std::to_string(request) + " was due");
+  }
+  return std::move(f.message);
+}
+
+// --- Server ---
+
+struct Server::Impl {
+  TlsCredentials creds;
+  ServerOptions options;
+  RequestHandler* handler = nullptr;
+  std::shared_ptr<ssl::context> ctx;
+  asio::io_context ioc;
+  tcp::acceptor acceptor{ioc};
+  std::thread accept_thread;
+  uint16_t port = 0;
+
+  struct Live {
+    int fd = -1;
+    std::thread thread;
+    bool done = false;
+  };
+  mutable Mutex mu;
+  std::list<Live> live GUARDED_BY(mu);
+  bool stopping GUARDED_BY(mu) = false;
+
+  std::atomic<uint64_t> accepted{0}, refused{0}, bad_frames{0}, requests{0};
+
+  void AcceptNext() {
+    acceptor.async_accept([this](const error_code& ec, tcp::socket s) {
+      if (ec == asio::error::operation_aborted) return;
+      if (!ec) OnAccept(std::move(s));
+      else LogWarning(std::string("accept on port ") + std::to_string(port) + " failed: " + ec.message());
+      AcceptNext();
+    });
+  }
+
+  void ReapDone() REQUIRES(mu) {
+    for (auto it = live.begin(); it != live.end();) {
+      if (it->done) {
+        it->thread.join();
+        it = live.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  void OnAccept(tcp::socket s) {
+    error_code ec;
+    auto remote = s.remote_endpoint(ec);
+    std::string address = ec ? "unknown" : remote.address().to_string() + ":" + std::to_string(remote.port());
+    bool v6 = !ec && remote.address().is_v6();
+    MutexLock lock(&mu);
+    ReapDone();
+    if (stopping) return;
+    if (live.size() >= options.max_connections) {
+      LogWarning(std::string("refusing ") + address + ": already serving " + std::to_string(live.size()) + " connections");
+      ++refused;
+      return;
+    }
+    ++accepted;
+    int fd = s.release(ec);
+    if (ec) return;
+    auto it = live.emplace(live.end());
+    it->fd = fd;
+    it->thread = std::thread([this, it, fd, address, v6] {
+      std::unique_ptr<Connection> c = Adopt(fd, address, v6);
+      if (c) Serve(*c);
+      // Forget the fd before the socket closes: Stop() must never shut
+      // down a number the kernel may already have handed to someone else.
+      {
+        MutexLock l(&mu);
+        it->fd = -1;
+        it->done = true;
+      }
+      if (c) c.reset();
+      else ::close(fd);
+    });
+  }
+
+  std::unique_ptr<Connection> Adopt(int fd, const std::string& address, bool v6) {
+    auto impl = std::make_unique<Connection::Impl>(ctx, options.verify_client_ca);
+    impl->peer.address = address;
+    error_code ec;
+    impl->stream.lowest_layer().assign(v6 ? tcp::v6() : tcp::v4(), fd, ec);
+    if (ec) return nullptr;  // the caller closes fd
+    impl->fd = fd;
+    impl->is_server = true;
+    impl->stream.lowest_layer().set_option(tcp::no_delay(true), ec);
+    return std::unique_ptr<Connection>(new Connection(std::move(impl)));
+  }
+
+  void Serve(Connection& conn) {
+    Connection* c = &conn;
+    const std::string address = conn.impl_->peer.address;
+    Connection::Impl& ci = *c->impl_;
+    error_code result = asio::error::would_block;
+    ci.stream.async_handshake(ssl::stream_base::server, [&](const error_code& e) { result = e; });
+    Status st = ci.Run(options.handshake_timeout_ms, "the TLS handshake");
+    if (st.ok() && result) st = ci.Failed(result, "the TLS handshake");
+    if (st.ok()) {
+      ci.FillPeer();
+      if (!options.required_role.empty() && ci.peer.role != options.required_role) {
+        st = Status::PermissionDenied(ci.peer.Describe() + " has role \"" + ci.peer.role + "\"; this service serves " +
+                                      options.required_role + "s only");
+        (void)c->Send(0, wire::Error{st.code(), st.message()}, 1000);
+      }
+    }
+    if (!st.ok()) {
+      ++refused;
+      LogWarning(std::string("refused ") + address + ": " + st.message());
+      return;
+    }
+    // Hello.
+    auto hello = c->Receive(options.handshake_timeout_ms);
+    if (!hello.ok() || !std::holds_alternative<wire::Hello>(hello->message)) {
+      ++bad_frames;
+      LogWarning(std::string(ci.peer.Describe()) + " did not start with Hello: " + (hello.ok() ? std::string(wire::MessageTypeName(wire::TypeOf(hello->message))) : hello.status().message()));
+      if (!ci.broken || hello.status().code() == Status::Code::kUnsupported) {
+        Status why = hello.ok() ? Status::InvalidArgument("the first message must be Hello") : hello.status();
+        ci.broken = false;
+        (void)c->Send(0, wire::Error{why.code(), why.message()}, 1000);
+      }
+      return;
+    }
+    const auto& theirs = std::get<wire::Hello>(hello->message);
+    ci.peer.software = theirs.software;
+    if (Status v = theirs.Check(ci.peer.Describe()); !v.ok()) {
+      ++refused;
+      LogWarning("refused " + address + ": " + v.message());
+      (void)c->Send(0, wire::Error{v.code(), v.message()}, 1000);
+      return;
+    }
+    wire::Hello mine;
+    mine.software = options.software;
+    if (!c->Send(0, mine, options.handshake_timeout_ms).ok()) return;
+
+    for (;;) {
+      auto f = c->Receive(options.idle_timeout_ms);
+      if (!f.ok()) {
+        Status::Code code = f.status().code();
+        if (code == Status::Code::kUnavailable) return;  // closed, reset or idle
+        ++bad_frames;
+        LogWarning(std::string("bad frame from ") + ci.peer.Describe() + ": " + f.status().message());
+        bool was_broken = ci.broken;
+        ci.broken = false;  // the socket is still open: try to say why
+        (void)c->Send(0, wire::Error{code, f.status().message()}, 1000);
+        if (was_broken) return;
+        continue;
+      }
+      ++requests;
+      Status hs = handler->Handle(*c, f->request, std::move(f->message));
+      if (!hs.ok()) {
+        if (ci.broken) return;
+        if (!c->Send(f->request, wire::Error{hs.code(), hs.message()}).ok()) return;
+      }
+      if (ci.broken) return;
+    }
+  }
+};
+
+Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Server::~Server() { Stop(); }
+
+Result<std::unique_ptr<Server>> Server::Start(const TlsCredentials& creds, const ServerOptions& options,
+                                              RequestHandler* handler) {
+  auto impl = std::make_unique<Impl>();
+  impl->creds = creds;
+  impl->options = options;
+  impl->handler = handler;
+  SLINGSHOT_ASSIGN_OR_RETURN(impl->ctx, MakeContext(creds, true, options.verify_client_ca));
+  error_code ec;
+  auto address = asio::ip::make_address(options.host, ec);
+  if (ec) return Status::InvalidArgument("listen address \"" + options.host + "\" is not an IP address");
+  tcp::endpoint ep(address, options.port);
+  impl->acceptor.open(ep.protocol(), ec);
+  if (!ec) impl->acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
+  if (!ec) impl->acceptor.bind(ep, ec);
+  if (!ec) impl->acceptor.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    return Status::IOError("cannot listen on " + options.host + ":" + std::to_string(options.port) + ": " +
+                           ec.message());
+  }
+  impl->port = impl->acceptor.local_endpoint().port();
+  impl->AcceptNext();
+  Impl* raw = impl.get();
+  impl->accept_thread = std::thread([raw] { raw->ioc.run(); });
+  return std::unique_ptr<Server>(new Server(std::move(impl)));
+}
+
+uint16_t Server::port() const { return impl_->port; }
+
+void Server::Stop() {
+  if (!impl_->accept_thread.joinable()) return;
+  asio::post(impl_->ioc, [this] {
+    error_code ec;
+    impl_->acceptor.close(ec);
+  });
+  impl_->accept_thread.join();
+  {
+    MutexLock lock(&impl_->mu);
+    impl_->stopping = true;
+    for (auto& l : impl_->live) {
+      if (l.fd >= 0) ::shutdown(l.fd, SHUT_RDWR);
+    }
+  }
+  // Threads finish on their own once their sockets are shut down; each
+  // marks its entry done under the lock before it exits, so an entry is
+  // removed only after its thread has been joined.
+  for (;;) {
+    std::thread t;
+    {
+      MutexLock lock(&impl_->mu);
+      if (impl_->live.empty()) break;
+      t = std::move(impl_->live.front().thread);
+    }
+    if (t.joinable()) t.join();
+    MutexLock lock(&impl_->mu);
+    impl_->live.pop_front();
+  }
+}
+
+ServerStats Server::stats() const {
+  ServerStats s;
+  s.accepted = impl_->accepted;
+  s.refused = impl_->refused;
+  s.bad_frames = impl_->bad_frames;
+  s.requests = impl_->requests;
+  return s;
+}
+
+}  // namespace slingshot

@@ -1,0 +1,178 @@
+// The Hypervisor seam (DESIGN.md §3): boot, checkpoint, restore, destroy and
+// list replicas, learn when one dies, and reach its service port.
+//
+// Two backends sit behind it, chosen by OpenHypervisor():
+//   - QemuHypervisor (core/vm/src/qemu.cc): one qemu-system-x86_64
+//     per VM driven over QMP; KVM when a probe shows it really works, TCG
+//     otherwise (with a warning).
+//   - XenHypervisor (core/vm/src/xen.cc): libxl + libxenstore in a
+//     Xen dom0; PV guests.
+// Nothing outside core/vm names either one.
+//
+// Checkpoints are streams. Checkpoint() pushes the VM's saved state (memory
+// and device state) to a ByteSink piece by piece, so it can flow straight
+// into a MemoryImageWriter (FastCDC + chunk store) without a temp file;
+// Restore() pulls the same bytes from a StreamProducer, e.g. one that calls
+// ReadMemoryImage(). The stream is a VM stream (vm_stream.h): a header with
+// the backend and the machine configuration, the backend's own save stream
+// in checksummed blocks, and a trailer with the length and SHA-256 of the
+// whole. A restore only resumes the guest after every block and the trailer
+// checked out; otherwise the half-restored VM is destroyed and the error
+// says what was wrong.
+//
+// Thread-safety: a Hypervisor may be called from several threads; calls on
+// one VM are serialized. The death callback runs on the backend's monitor
+// thread and must not call back into the Hypervisor synchronously.
+//
+// Lifetime: destroying a Hypervisor destroys every VM it started. VM
+// processes are also tied to their daemon's life (a killed daemon leaves no
+// qemu behind).
+#ifndef SLINGSHOT_VM_HYPERVISOR_H_
+#define SLINGSHOT_VM_HYPERVISOR_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "slingshot/base/chunk_id.h"
+#include "slingshot/base/endpoint.h"
+#include "slingshot/base/status.h"
+
+namespace slingshot {
+
+// A disk the VM sees, served by an NBD server (the replica's BlockExport).
+// QEMU connects to unix_socket; Xen's dom0 kernel client connects to
+// host:port (the kernel's NBD client speaks TCP only).
+struct NbdDisk {
+  std::string unix_socket;
+  std::string host;
+  uint16_t port = 0;
+  std::string export_name;
+  bool read_only = false;
+};
+
+struct VmSpec {
+  // Unique among this Hypervisor's VMs; letters, digits, '-', '_', '.';
+  // at most 48 characters (it names files, QEMU ids and Xen domains).
+  std::string name;
+  std::string kernel;    // path on this host
+  std::string initrd;    // optional
+  std::string cmdline;
+  uint32_t memory_mib = 256;
+  uint32_t vcpus = 1;
+  std::optional<NbdDisk> disk;
+  // Guest TCP ports the host must reach (ServiceEndpoint()). The guest
+  // network is 10.0.2.0/24 with the guest at 10.0.2.15.
+  std::vector<uint16_t> service_ports;
+  // A private directory for this VM's sockets and logs (created if missing;
+  // console.log holds the guest's serial console).
+  std::string run_dir;
+};
+
+enum class VmState { kRunning, kPaused, kDead };
+const char* VmStateName(VmState s);
+
+struct VmInfo {
+  std::string name;
+  VmState state = VmState::kDead;
+  std::string detail;  // e.g. "pid 1234", "domid 7", or why it died
+};
+
+struct CheckpointStats {
+  uint64_t stream_bytes = 0;  // the VM stream, as handed to the sink
+  double pause_ms = 0;        // guest stopped (stop .. cont)
+  double total_ms = 0;
+};
+
+struct RestoreStats {
+  uint64_t stream_bytes = 0;
+  double total_ms = 0;  // from the call to a running guest
+};
+
+using ByteSink = std::function<Status(ByteView)>;
+// Produces a whole stream by calling sink with each piece, in order; returns
+// the first error (its own or the sink's).
+using StreamProducer = std::function<Status(const ByteSink& sink)>;
+// Called once per VM that ends without Destroy(): name and reason.
+using DeathCallback = std::function<void(const std::string& name, const std::string& why)>;
+
+class Hypervisor {
+ public:
+  virtual ~Hypervisor() = default;
+
+  // "qemu-kvm", "qemu-tcg" or "xen".
+  virtual std::string Name() const = 0;
+
+  // The kind of VM stream this backend writes and restores ("qemu" for
+  // either accelerator, "xen"): a checkpoint restores only on a backend of
+  // the same format. A manifest records it.
+  virtual std::string StreamFormat() const = 0;
+
+  // Where a disk server for a VM with this run directory must listen so
+  // that the backend's NBD client reaches it: a unix socket in run_dir
+  // (QEMU), or loopback TCP with port 0 for the server to pick (Xen: the
+  // dom0 kernel's NBD client speaks TCP only). The server fills in the port
+  // it got and passes the result as VmSpec::disk.
+  virtual NbdDisk DiskAddress(const std::string& run_dir) const = 0;
+
+  // Starts a VM. AlreadyExists if the name is taken, InvalidArgument for a
+  // bad spec, IOError (with the backend's own words) if it fails to start.
+  virtual Status Boot(const VmSpec& spec) = 0;
+
+  // Saves the VM's state as a VM stream into sink. With keep_running the
+  // guest resumes afterwards (pause_ms says for how long it stood still);
+  // without, it stays paused. If the sink fails, the checkpoint is abandoned,
+  // the guest resumes (keep_running) and the sink's error is returned.
+  virtual Result<CheckpointStats> Checkpoint(const std::string& name, const ByteSink& sink,
+                                             bool keep_running) = 0;
+
+  // Starts a VM from a VM stream. The spec gives the name, run_dir, disk and
+  // service ports; its memory_mib and vcpus must match the stream's (else
+  // InvalidArgument). Corruption for a damaged or truncated stream (the
+  // half-built VM is destroyed first), Unsupported for another backend's
+  // stream or a newer version.
+  virtual Result<RestoreStats> Restore(const VmSpec& spec, const StreamProducer& stream) = 0;
+
+  // Stops the VM at once and forgets it. NotFound if unknown.
+  virtual Status Destroy(const std::string& name) = 0;
+
+  virtual std::vector<VmInfo> List() = 0;
+  virtual Result<VmInfo> Info(const std::string& name) = 0;
+
+  // Where the host reaches guest_port (one of spec.service_ports).
+  virtual Result<Endpoint> ServiceEndpoint(const std::string& name, uint16_t guest_port) = 0;
+
+  // Replaces the death callback (see DeathCallback).
+  virtual void OnDeath(DeathCallback callback) = 0;
+};
+
+struct HypervisorOptions {
+  // "auto" (Xen when /proc/xen shows a running Xen, else QEMU), "qemu", "xen".
+  std::string backend = "auto";
+  // QEMU only: "auto" (KVM if the probe passes, else TCG), "kvm", "tcg".
+  std::string accel = "auto";
+  std::string qemu_binary = "qemu-system-x86_64";
+  // How long the KVM probe may take before KVM is declared unusable.
+  int kvm_probe_timeout_ms = 3000;
+};
+
+// Picks and starts a backend; logs which one and why.
+Result<std::unique_ptr<Hypervisor>> OpenHypervisor(const HypervisorOptions& options);
+
+// The backends, for callers that must have one in particular.
+Result<std::unique_ptr<Hypervisor>> OpenQemuHypervisor(const HypervisorOptions& options);
+Result<std::unique_ptr<Hypervisor>> OpenXenHypervisor(const HypervisorOptions& options);
+
+// Whether this kernel runs under Xen as dom0 (the probe's test), and why not.
+bool XenIsRunning(std::string* why);
+
+// Runs a tiny boot sector under QEMU with KVM and checks that it finishes
+// within timeout_ms. Returns OK, or why KVM is not usable.
+Status ProbeKvm(const std::string& qemu_binary, int timeout_ms);
+
+}  // namespace slingshot
+
+#endif  // SLINGSHOT_VM_HYPERVISOR_H_

@@ -1,0 +1,562 @@
+// QemuHypervisor: one qemu-system-x86_64 per VM, driven over QMP.
+//
+// Checkpoint: stop, migrate to an fd handed over with getfd (one end of a
+// socketpair whose other end we read), then cont. Restore: start QEMU with
+// -incoming defer -S, hand it the read end of a socketpair, migrate-incoming
+// from it, write the checked payload in, and cont only once QEMU reports the
+// load finished and the VM stream's trailer matched.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "child.h"
+#include "qmp.h"
+#include "vm_registry.h"
+#include "slingshot/vm/hypervisor.h"
+#include "slingshot/base/coding.h"
+#include "slingshot/base/log.h"
+#include "slingshot/base/mutex.h"
+#include "slingshot/vm/vm_stream.h"
+
+namespace slingshot {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using nlohmann::json;
+
+double MsSince(Clock::time_point t) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
+}
+
+// The last lines of a log file, for error messages.
+std::string Tail(const std::string& path, size_t max_bytes = 600) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return "";
+  in.seekg(0, std::ios::end);
+  std::streamoff size = in.tellg();
+  std::streamoff from = size > static_cast<std::streamoff>(max_bytes) ? size - max_bytes : 0;
+  in.seekg(from);
+  std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
+  return s;
+}
+
+Result<uint16_t> FreeTcpPort() {
+  UniqueFd fd(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  if (!fd.valid() || bind(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+      getsockname(fd.get(), reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    return Status::FromErrno("finding a free TCP port", errno);
+  }
+  return ntohs(a.sin_port);
+}
+
+Status ValidateSpec(const VmSpec& s) {
+  SLINGSHOT_RETURN_IF_ERROR(ValidateVmName(s.name));
+  if (s.kernel.empty() || access(s.kernel.c_str(), R_OK) != 0) {
+    return Status::InvalidArgument("VM " + s.name + ": kernel '" + s.kernel + "' is not readable");
+  }
+  if (!s.initrd.empty() && access(s.initrd.c_str(), R_OK) != 0) {
+    return Status::InvalidArgument("VM " + s.name + ": initrd '" + s.initrd + "' is not readable");
+  }
+  if (s.memory_mib < 32 || s.memory_mib > (1u << 20)) {
+    return Status::InvalidArgument("VM " + s.name + ": memory_mib must be 32..1048576");
+  }
+  if (s.vcpus < 1 || s.vcpus > 64) return Status::InvalidArgument("VM " + s.name + ": vcpus must be 1..64");
+  if (s.run_dir.empty()) return Status::InvalidArgument("VM " + s.name + ": run_dir is required");
+  if (s.disk && s.disk->unix_socket.empty()) {
+    return Status::InvalidArgument("VM " + s.name + ": QEMU attaches NBD disks by unix socket; "
+                                   "disk.unix_socket is empty");
+  }
+  return Status::OK();
+}
+
+struct Vm {
+  VmSpec spec;
+  std::string log_path;
+  Mutex op_mu;  // serializes operations on this VM
+  std::unique_ptr<QmpClient> qmp GUARDED_BY(op_mu);
+  std::map<uint16_t, uint16_t> ports;  // guest port -> host port; fixed after start
+
+  Mutex state_mu;  // child and state; held briefly, also by the monitor
+  std::unique_ptr<Child> child GUARDED_BY(state_mu);
+  VmState state GUARDED_BY(state_mu) = VmState::kRunning;
+  std::string death GUARDED_BY(state_mu);
+  bool destroying GUARDED_BY(state_mu) = false;
+
+  bool Alive() {
+    MutexLock l(&state_mu);
+    std::string how;
+    return child && !child->Poll(&how);
+  }
+  // Why QEMU is gone, with its last words.
+  std::string Obituary() {
+    std::string how;
+    {
+      MutexLock l(&state_mu);
+      if (child) child->Poll(&how);
+    }
+    std::string tail = Tail(log_path);
+    return "qemu " + (how.empty() ? std::string("failed") : how) +
+           (tail.empty() ? "" : "; its log ends: " + tail);
+  }
+};
+
+class QemuHypervisor final : public Hypervisor {
+ public:
+  QemuHypervisor(std::string qemu, bool kvm) : qemu_(std::move(qemu)), kvm_(kvm) {
+    wake_.Reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    monitor_ = std::thread([this] { Monitor(); });
+  }
+
+  ~QemuHypervisor() override {
+    for (auto& vm : vms_.Close()) Kill(vm.get());
+    Wake();
+    monitor_.join();
+  }
+
+  std::string Name() const override { return kvm_ ? "qemu-kvm" : "qemu-tcg"; }
+  std::string StreamFormat() const override { return "qemu"; }
+  NbdDisk DiskAddress(const std::string& run_dir) const override {
+    return NbdDisk{run_dir + "/disk.sock", "", 0, "disk", false};
+  }
+
+  Status Boot(const VmSpec& spec) override {
+    SLINGSHOT_ASSIGN_OR_RETURN(std::shared_ptr<Vm> vm, Reserve(spec));
+    MutexLock op(&vm->op_mu);
+    Status s = Start(vm.get(), /*incoming=*/false);
+    if (!s.ok()) {
+      vms_.Forget(vm);
+      return s;
+    }
+    LogInfo("VM " + spec.name + " booted (" + Name() + ")");
+    return Status::OK();
+  }
+
+  Result<CheckpointStats> Checkpoint(const std::string& name, const ByteSink& sink,
+                                     bool keep_running) override {
+    SLINGSHOT_ASSIGN_OR_RETURN(std::shared_ptr<Vm> vm, vms_.Find(name));
+    MutexLock op(&vm->op_mu);
+    if (!vm->Alive()) return Status::IOError("VM " + name + " is dead: " + vm->Obituary());
+    CheckpointStats stats;
+    auto t0 = Clock::now();
+    VmStreamWriter writer(sink);
+    SLINGSHOT_RETURN_IF_ERROR(writer.Begin(Header(vm->spec)));
+
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+      return Status::FromErrno("socketpair", errno);
+    }
+    UniqueFd ours(sv[0]), theirs(sv[1]);
+    auto pause_start = Clock::now();
+    SLINGSHOT_RETURN_IF_ERROR(Qmp(vm.get(), "stop").status());
+    SetState(vm.get(), VmState::kPaused);
+    Status s = Qmp(vm.get(), "getfd", {{"fdname", "slingshot-ckpt"}}, theirs.get()).status();
+    theirs.Reset();
+    if (s.ok()) s = Qmp(vm.get(), "migrate", {{"uri", "fd:slingshot-ckpt"}}).status();
+    Status sink_status;
+    if (s.ok()) {
+      std::vector<uint8_t> buf(256 << 10);
+      for (;;) {
+        pollfd p{ours.get(), POLLIN, 0};
+        int r = poll(&p, 1, 1000);
+        if (r < 0 && errno == EINTR) continue;
+        if (r == 0) {
+          if (!vm->Alive()) {
+            s = Status::IOError("VM " + name + " died during checkpoint: " + vm->Obituary());
+            break;
+          }
+          continue;
+        }
+        ssize_t n = recv(ours.get(), buf.data(), buf.size(), 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) {
+          s = Status::FromErrno("reading QEMU's save stream", errno);
+          break;
+        }
+        if (n == 0) break;
+        sink_status = writer.Write(ByteView(buf.data(), static_cast<size_t>(n)));
+        if (!sink_status.ok()) break;
+      }
+      ours.Reset();  // if we stopped early, QEMU's writes now fail
+      Status m = WaitOutgoing(vm.get());
+      if (s.ok() && sink_status.ok()) s = m;
+    }
+    if (s.ok() && sink_status.ok()) sink_status = writer.Finish();
+    if (keep_running && vm->Alive()) {
+      Status c = Qmp(vm.get(), "cont").status();
+      if (c.ok()) SetState(vm.get(), VmState::kRunning);
+      if (s.ok()) s = c;
+    }
+    stats.pause_ms = MsSince(pause_start);
+    stats.total_ms = MsSince(t0);
+    stats.stream_bytes = writer.bytes_written();
+    if (!sink_status.ok()) return sink_status.Annotate("checkpoint of " + name + " abandoned");
+    if (!s.ok()) return s.Annotate("checkpoint of " + name);
+    return stats;
+  }
+
+  Result<RestoreStats> Restore(const VmSpec& spec, const StreamProducer& stream) override {
+    SLINGSHOT_ASSIGN_OR_RETURN(std::shared_ptr<Vm> vm, Reserve(spec));
+    MutexLock op(&vm->op_mu);
+    auto t0 = Clock::now();
+    UniqueFd ours;
+    bool started = false;
+    VmStreamReader reader(
+        [&](const VmStreamHeader& h) -> Status {
+          vm->op_mu.AssertHeld();  // called from stream() below, under op
+          SLINGSHOT_RETURN_IF_ERROR(CheckHeader(h, spec));
+          SLINGSHOT_RETURN_IF_ERROR(Start(vm.get(), /*incoming=*/true));
+          started = true;
+          int sv[2];
+          if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+            return Status::FromErrno("socketpair", errno);
+          }
+          ours.Reset(sv[0]);
+          UniqueFd theirs(sv[1]);
+          SLINGSHOT_RETURN_IF_ERROR(
+              Qmp(vm.get(), "getfd", {{"fdname", "slingshot-rst"}}, theirs.get()).status());
+          return Qmp(vm.get(), "migrate-incoming", {{"uri", "fd:slingshot-rst"}}).status();
+        },
+        [&](ByteView b) -> Status { return SendAll(vm.get(), ours.get(), b); });
+    Status s = stream([&](ByteView b) { return reader.Feed(b); });
+    if (s.ok()) s = reader.Finish();
+    if (s.ok()) {
+      shutdown(ours.get(), SHUT_WR);
+      s = WaitIncoming(vm.get());
+      ours.Reset();
+    }
+    if (s.ok()) s = Qmp(vm.get(), "cont").status();
+    if (!s.ok()) {
+      if (started) Kill(vm.get());
+      vms_.Forget(vm);
+      return s.Annotate("restore of " + spec.name);
+    }
+    SetState(vm.get(), VmState::kRunning);
+    RestoreStats stats;
+    stats.stream_bytes = reader.bytes_read();
+    stats.total_ms = MsSince(t0);
+    LogInfo("VM " + spec.name + " restored (" + HumanBytes(stats.stream_bytes) + ")");
+    return stats;
+  }
+
+  Status Destroy(const std::string& name) override {
+    SLINGSHOT_ASSIGN_OR_RETURN(std::shared_ptr<Vm> vm, vms_.Remove(name));
+    MutexLock op(&vm->op_mu);
+    Kill(vm.get());
+    vm->qmp.reset();
+    unlink((vm->spec.run_dir + "/qmp.sock").c_str());
+    Wake();
+    return Status::OK();
+  }
+
+  std::vector<VmInfo> List() override {
+    std::vector<VmInfo> out;
+    for (auto& vm : vms_.All()) out.push_back(InfoOf(vm.get()));
+    return out;
+  }
+
+  Result<VmInfo> Info(const std::string& name) override {
+    SLINGSHOT_ASSIGN_OR_RETURN(std::shared_ptr<Vm> vm, vms_.Find(name));
+    return InfoOf(vm.get());
+  }
+
+  Result<Endpoint> ServiceEndpoint(const std::string& name, uint16_t guest_port) override {
+    SLINGSHOT_ASSIGN_OR_RETURN(std::shared_ptr<Vm> vm, vms_.Find(name));
+    auto it = vm->ports.find(guest_port);
+    if (it == vm->ports.end()) {
+      return Status::NotFound("VM " + name + " exposes no guest port " +
+                              std::to_string(guest_port) + " (add it to service_ports)");
+    }
+    return Endpoint{"127.0.0.1", it->second};
+  }
+
+  void OnDeath(DeathCallback callback) override { vms_.SetDeathCallback(std::move(callback)); }
+
+ private:
+  VmStreamHeader Header(const VmSpec& spec) const {
+    VmStreamHeader h;
+    h.backend = "qemu";
+    h.memory_mib = spec.memory_mib;
+    h.vcpus = spec.vcpus;
+    h.config = MachineConfig(spec).dump();
+    return h;
+  }
+
+  // What must be equal on both sides of a restore besides memory and vcpus.
+  json MachineConfig(const VmSpec& spec) const {
+    return {{"machine", "pc"},
+            {"cpu", "qemu64"},
+            {"nic", "virtio-net-pci"},
+            {"disk", spec.disk ? "virtio-blk-pci" : "none"},
+            {"accel", kvm_ ? "kvm" : "tcg"}};
+  }
+
+  Status CheckHeader(const VmStreamHeader& h, const VmSpec& spec) const {
+    if (h.backend != "qemu") {
+      return Status::Unsupported("this checkpoint was made by the " + h.backend +
+                                 " backend; the QEMU backend cannot restore it");
+    }
+    if (h.memory_mib != spec.memory_mib || h.vcpus != spec.vcpus) {
+      return Status::InvalidArgument(
+          "checkpoint is of a VM with " + std::to_string(h.memory_mib) + " MiB and " +
+          std::to_string(h.vcpus) + " vCPUs, but the spec asks for " +
+          std::to_string(spec.memory_mib) + " MiB and " + std::to_string(spec.vcpus));
+    }
+    json theirs = json::parse(h.config, nullptr, false);
+    json ours = MachineConfig(spec);
+    if (theirs.is_discarded()) return Status::Corruption("checkpoint machine config is not JSON");
+    for (const char* key : {"machine", "cpu", "nic", "disk"}) {
+      if (theirs.value(key, "") != ours.value(key, "")) {
+        return Status::InvalidArgument(std::string("checkpoint's machine has ") + key + "=" +
+                                       theirs.value(key, "?") + " but this VM would have " +
+                                       ours.value(key, "?"));
+      }
+    }
+    return Status::OK();
+  }
+
+  std::vector<std::string> Argv(Vm* vm, bool incoming) const {
+    const VmSpec& s = vm->spec;
+    std::vector<std::string> a = {qemu_, "-name", s.name, "-machine", "pc",
+                                  "-accel", kvm_ ? "kvm" : "tcg", "-cpu", "qemu64",
+                                  "-m", std::to_string(s.memory_mib),
+                                  "-smp", std::to_string(s.vcpus),
+                                  "-nodefaults", "-no-user-config", "-display", "none",
+                                  "-no-reboot", "-kernel", s.kernel};
+    if (!s.initrd.empty()) a.insert(a.end(), {"-initrd", s.initrd});
+    a.insert(a.end(), {"-append", "console=ttyS0 " + s.cmdline});
+    a.insert(a.end(), {"-chardev",
+                       "socket,id=qmp,path=" + s.run_dir + "/qmp.sock,server=on,wait=off",
+                       "-mon", "chardev=qmp,mode=control"});
+    a.insert(a.end(), {"-chardev", "file,id=con,path=" + s.run_dir + "/console.log",
+                       "-serial", "chardev:con"});
+    std::string net = "user,id=n0,net=10.0.2.0/24,restrict=on";
+    for (auto [guest, host] : vm->ports) {
+      net += ",hostfwd=tcp:127.0.0.1:" + std::to_string(host) + "-:" + std::to_string(guest);
+    }
+    a.insert(a.end(), {"-netdev", net, "-device", "virtio-net-pci,netdev=n0,romfile="});
+    if (s.disk) {
+      std::string bd = "driver=nbd,server.type=unix,server.path=" + s.disk->unix_socket +
+                       ",node-name=d0,read-only=" + (s.disk->read_only ? "on" : "off");
+      if (!s.disk->export_name.empty()) bd += ",export=" + s.disk->export_name;
+      a.insert(a.end(), {"-blockdev", bd, "-device", "virtio-blk-pci,drive=d0"});
+    }
+    if (incoming) a.insert(a.end(), {"-S", "-incoming", "defer"});
+    return a;
+  }
+
+  // Spawns QEMU and connects QMP; retries with new host ports if QEMU could
+  // not bind the ones picked (another process took them meanwhile).
+  Status Start(Vm* vm, bool incoming) REQUIRES(vm->op_mu) {
+    if (mkdir(vm->spec.run_dir.c_str(), 0700) != 0 && errno != EEXIST) {
+      return Status::FromErrno("creating run dir " + vm->spec.run_dir, errno);
+    }
+    vm->log_path = vm->spec.run_dir + "/qemu.log";
+    Status last;
+    for (int attempt = 0; attempt < 3; ++attempt) {
+      vm->ports.clear();
+      for (uint16_t p : vm->spec.service_ports) {
+        SLINGSHOT_ASSIGN_OR_RETURN(uint16_t host, FreeTcpPort());
+        vm->ports[p] = host;
+      }
+      unlink((vm->spec.run_dir + "/qmp.sock").c_str());
+      SpawnOptions o;
+      o.argv = Argv(vm, incoming);
+      o.output_path = vm->log_path;
+      SLINGSHOT_ASSIGN_OR_RETURN(std::unique_ptr<Child> child, Child::Spawn(o));
+      {
+        MutexLock l(&vm->state_mu);
+        vm->child = std::move(child);
+        vm->state = incoming ? VmState::kPaused : VmState::kRunning;
+      }
+      Wake();
+      auto qmp = QmpClient::Connect(vm->spec.run_dir + "/qmp.sock", 20000,
+                                    [vm] { return vm->Alive(); });
+      if (qmp.ok()) {
+        vm->qmp = std::move(qmp.value());
+        // A stopped VM's save should go as fast as the sink takes it.
+        return Qmp(vm, "migrate-set-parameters", {{"max-bandwidth", int64_t{1} << 40}}).status();
+      }
+      last = Status::IOError("QEMU did not start: " + vm->Obituary());
+      Kill(vm);
+      if (Tail(vm->log_path).find("host forwarding") == std::string::npos) break;
+    }
+    return last;
+  }
+
+  Result<json> Qmp(Vm* vm, const std::string& cmd, const json& args = json::object(), int fd = -1)
+      REQUIRES(vm->op_mu) {
+    if (!vm->qmp) return Status::IOError("VM " + vm->spec.name + " has no QMP connection");
+    auto r = vm->qmp->Execute(cmd, args, fd);
+    if (!r.ok() && !vm->Alive()) {
+      return Status::IOError("VM " + vm->spec.name + " died: " + vm->Obituary());
+    }
+    return r;
+  }
+
+  Status WaitOutgoing(Vm* vm) REQUIRES(vm->op_mu) {
+    auto deadline = Clock::now() + std::chrono::seconds(60);
+    for (;;) {
+      SLINGSHOT_ASSIGN_OR_RETURN(json m, Qmp(vm, "query-migrate"));
+      std::string st = m.value("status", "");
+      if (st == "completed") return Status::OK();
+      if (st == "failed" || st == "cancelled") {
+        return Status::IOError("QEMU's save failed: " + m.value("error-desc", st));
+      }
+      if (Clock::now() > deadline) return Status::IOError("QEMU's save did not finish in 60 s");
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  }
+
+  Status WaitIncoming(Vm* vm) REQUIRES(vm->op_mu) {
+    auto deadline = Clock::now() + std::chrono::seconds(120);
+    for (;;) {
+      SLINGSHOT_ASSIGN_OR_RETURN(json st, Qmp(vm, "query-status"));
+      std::string status = st.value("status", "");
+      if (status == "paused" || status == "prelaunch" || status == "postmigrate") {
+        SLINGSHOT_ASSIGN_OR_RETURN(json m, Qmp(vm, "query-migrate"));
+        std::string ms = m.value("status", "");
+        if (ms == "failed") return Status::IOError("QEMU could not load the checkpoint: " + m.value("error-desc", ms));
+        if (ms == "completed" || ms.empty()) return Status::OK();
+      } else if (status != "inmigrate") {
+        return Status::IOError("unexpected VM status after restore: " + status);
+      }
+      if (Clock::now() > deadline) return Status::IOError("QEMU's load did not finish in 120 s");
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  }
+
+  Status SendAll(Vm* vm, int fd, ByteView b) {
+    while (!b.empty()) {
+      ssize_t n = send(fd, b.data(), b.size(), MSG_NOSIGNAL);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        int err = errno;
+        if (!vm->Alive()) return Status::IOError("QEMU died while loading: " + vm->Obituary());
+        return Status::FromErrno("writing the checkpoint to QEMU", err);
+      }
+      b = b.subspan(static_cast<size_t>(n));
+    }
+    return Status::OK();
+  }
+
+  Result<std::shared_ptr<Vm>> Reserve(const VmSpec& spec) {
+    SLINGSHOT_RETURN_IF_ERROR(ValidateSpec(spec));
+    return vms_.Reserve(spec);
+  }
+
+  static void Kill(Vm* vm) {
+    MutexLock l(&vm->state_mu);
+    vm->destroying = true;
+    if (vm->child) vm->child->Kill();
+    vm->state = VmState::kDead;
+  }
+
+  static void SetState(Vm* vm, VmState s) {
+    MutexLock l(&vm->state_mu);
+    if (vm->state != VmState::kDead) vm->state = s;
+  }
+
+  static VmInfo InfoOf(Vm* vm) {
+    MutexLock l(&vm->state_mu);
+    VmInfo i;
+    i.name = vm->spec.name;
+    i.state = vm->state;
+    if (vm->state == VmState::kDead) {
+      i.detail = vm->death.empty() ? "stopped" : vm->death;
+    } else if (vm->child) {
+      i.detail = "pid " + std::to_string(vm->child->pid());
+    }
+    return i;
+  }
+
+  void Wake() {
+    uint64_t one = 1;
+    ssize_t ignored = write(wake_.get(), &one, sizeof one);
+    (void)ignored;
+  }
+
+  // Watches every QEMU's pidfd; marks VMs whose QEMU exited on its own as
+  // dead and tells the death callback.
+  void Monitor() {
+    for (;;) {
+      if (vms_.closed()) return;
+      std::vector<std::shared_ptr<Vm>> vms;
+      std::vector<pollfd> fds{{wake_.get(), POLLIN, 0}};
+      for (auto& vm : vms_.All()) {
+        MutexLock st(&vm->state_mu);
+        if (vm->child && vm->state != VmState::kDead) {
+          vms.push_back(vm);
+          fds.push_back({vm->child->pidfd(), POLLIN, 0});
+        }
+      }
+      if (poll(fds.data(), fds.size(), -1) < 0 && errno != EINTR) return;
+      if (fds[0].revents) {
+        uint64_t v;
+        ssize_t ignored = read(wake_.get(), &v, sizeof v);
+        (void)ignored;
+      }
+      for (size_t i = 1; i < fds.size(); ++i) {
+        if (!fds[i].revents) continue;
+        Vm* vm = vms[i - 1].get();
+        std::string why;
+        {
+          MutexLock s(&vm->state_mu);
+          std::string how;
+          if (vm->destroying || !vm->child || !vm->child->Poll(&how)) continue;
+          vm->state = VmState::kDead;
+          std::string tail = Tail(vm->log_path, 300);
+          vm->death = "qemu " + how + (tail.empty() ? "" : ": " + tail);
+          why = vm->death;
+        }
+        LogWarning("VM " + vm->spec.name + " died: " + why);
+        vms_.ReportDeath(vm->spec.name, why);
+      }
+    }
+  }
+
+  const std::string qemu_;
+  const bool kvm_;
+  UniqueFd wake_;
+  VmRegistry<Vm> vms_;
+  std::thread monitor_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Hypervisor>> OpenQemuHypervisor(const HypervisorOptions& options) {
+  SLINGSHOT_ASSIGN_OR_RETURN(std::string qemu,
+                             FindExecutable(options.qemu_binary, "qemu-system-x86"));
+  bool kvm = false;
+  if (options.accel == "kvm") {
+    SLINGSHOT_RETURN_IF_ERROR(ProbeKvm(qemu, options.kvm_probe_timeout_ms)
+                                  .Annotate("accel=kvm was asked for, but KVM does not work"));
+    kvm = true;
+  } else if (options.accel == "auto") {
+    Status probe = ProbeKvm(qemu, options.kvm_probe_timeout_ms);
+    kvm = probe.ok();
+    if (!kvm) {
+      LogWarning("KVM is not usable (" + probe.message() +
+                 "); running guests under TCG, which is ~10x slower");
+    }
+  } else if (options.accel != "tcg") {
+    return Status::InvalidArgument("accel must be auto, kvm or tcg, not '" + options.accel + "'");
+  }
+  return std::unique_ptr<Hypervisor>(new QemuHypervisor(qemu, kvm));
+}
+
+}  // namespace slingshot
