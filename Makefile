@@ -33,6 +33,7 @@ bench: build
 	$(BUILD)/bench/vm_bench
 	$(BUILD)/bench/disk_bench
 	$(BUILD)/bench/replication_bench
+	$(BUILD)/bench/link_bench
 	bench/paper/run.sh $(BUILD) bench/out
 
 # The .debs of slingshot-home, slingshot-client and slingshot-agent

@@ -168,8 +168,8 @@ int main(int argc, char** argv) {
 
   auto ca = CertificateAuthority::Create("bench home", 3600);
   if (!ca.ok()) return Fail(ca.status(), "CA");
-  auto home_creds = ca->Issue("home", "home", 3600);
-  auto surrogate_creds = ca->Issue("bench-surrogate", "surrogate", 3600);
+  auto home_creds = ca->Issue("home", Role::kHome, 3600);
+  auto surrogate_creds = ca->Issue("bench-surrogate", Role::kSurrogate, 3600);
   if (!home_creds.ok() || !surrogate_creds.ok()) return Fail(home_creds.status(), "issue");
   ChunkService service(store->get());
   auto server = Server::Start(*home_creds, ServerOptions{}, &service);

@@ -186,7 +186,7 @@ Result<std::string> ReadLine(const std::string& path) {
 Status SavePairing(const std::string& to, const TlsCredentials& creds, const PublicKey& key,
                    const std::string& address) {
   SLINGSHOT_ASSIGN_OR_RETURN(CertificateInfo info, InspectCertificate(creds.cert_pem));
-  if (info.role != "client") return Status::InvalidArgument("these are " + info.role + " credentials, not a client's");
+  if (info.role != Role::kClient) return Status::InvalidArgument("these are " + info.role_name + " credentials, not a client's");
   // Written beside the old pairing, then swapped in: a failure leaves the old one.
   const std::string next = to + ".new";
   std::error_code ec;

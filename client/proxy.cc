@@ -422,7 +422,7 @@ struct Proxy::Impl {
         if (stopping) return;
       }
       ConnectOptions co;
-      co.expected_role = "home";
+      co.expected_role = Role::kHome;
       co.software = "slingshot-client";
       auto c = Connection::Connect(options.home_host, options.home_port, options.creds, co);
       if (c.ok()) {
@@ -633,7 +633,7 @@ Status Proxy::Use(const std::string& host, uint16_t port, const std::string& fin
   auto start = Clock::now();
   // A capability from home, for this service and this client.
   ConnectOptions home_opts;
-  home_opts.expected_role = "home";
+  home_opts.expected_role = Role::kHome;
   home_opts.software = "slingshot-client";
   SLINGSHOT_ASSIGN_OR_RETURN(auto home, Connection::Connect(i.options.home_host, i.options.home_port, i.options.creds, home_opts));
   SLINGSHOT_RETURN_IF_ERROR(home->Send(1, wire::GetCapability{i.options.service, 600}));

@@ -1,25 +1,26 @@
-// slingshot-agent: the surrogate's dom0 daemon. This build manages its
-// disposable chunk cache (a byte budget with LRU eviction, no hard state),
-// probes the hypervisor, and serves a home's disk on demand over NBD
-// (`disk serve`: the disk path a replica will use).
+// slingshot-agent: the surrogate's dom0 daemon (`run`, agent_server.h), and
+// diagnostics: its disposable chunk cache (stats, verify, clear), which
+// hypervisor it would use (`hypervisor probe`), and `disk serve`, which
+// serves a home's disk over NBD to any NBD client exactly as a replica's
+// disk is served (ReplicaDisk: on demand through cache, stick and home, the
+// working set prefetched first).
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 
-#include "slingshot/net/chunk_service.h"
-#include "slingshot/store/chunk_store.h"
-#include "slingshot/disk/chunk_table_export.h"
-#include "slingshot/cli/cli.h"
 #include "slingshot/base/coding.h"
+#include "slingshot/base/file_util.h"
+#include "slingshot/base/log.h"
+#include "slingshot/cli/cli.h"
+#include "slingshot/net/chunk_service.h"
 #include "slingshot/net/discovery.h"
+#include "slingshot/net/wire.h"
+#include "slingshot/replica/replica_disk.h"
+#include "slingshot/store/chunk_store.h"
 #include "slingshot/store/disk_table.h"
 #include "slingshot/store/fetch_chain.h"
-#include "slingshot/base/file_util.h"
-#include "slingshot/vm/hypervisor.h"
-#include "slingshot/base/log.h"
-#include "slingshot/disk/nbd_server.h"
 #include "slingshot/store/portable.h"
-#include "slingshot/net/wire.h"
+#include "slingshot/vm/hypervisor.h"
 #include "agent_server.h"
 
 namespace slingshot {
@@ -110,44 +111,36 @@ Status DiskServe(const cli::po::variables_map& vm) {
   if (stick) sources.push_back(stick.get());
   sources.push_back(home.get());
   FetchChain chain(cache.get(), sources);
-  const std::string overlay = vm["cache"].as<std::string>() + "/overlay-" + r.object.Short();
-  ChunkTableExportOptions eo;
-  eo.read_only = !vm.count("writable");
-  SLINGSHOT_ASSIGN_OR_RETURN(auto disk, ChunkTableExport::Open(table, &chain, overlay, eo));
-  cli::BlockStopSignals();
-  NbdServer nbd;
-  const std::string name = vm["export"].as<std::string>();
-  SLINGSHOT_RETURN_IF_ERROR(nbd.AddExport(name, std::shared_ptr<BlockExport>(std::move(disk)), ref));
-  std::string where;
+  ReplicaDiskOptions o;
+  o.dir = vm["cache"].as<std::string>() + "/disk-" + r.object.Short();
+  o.description = ref;
+  o.read_only = !vm.count("writable");
+  if (!vm.count("no-prefetch")) {
+    o.prefetch = &chain;
+    SLINGSHOT_ASSIGN_OR_RETURN(o.working_set, home->GetWorkingSet(r.object));
+  }
+  const size_t working_set = o.working_set.size();
+  NbdDisk where{"", "", 0, vm["export"].as<std::string>(), o.read_only};
   if (vm.count("socket")) {
-    SLINGSHOT_RETURN_IF_ERROR(nbd.ListenUnix(vm["socket"].as<std::string>()));
-    where = "nbd+unix:///" + name + "?socket=" + vm["socket"].as<std::string>();
+    where.unix_socket = vm["socket"].as<std::string>();
   } else {
     SLINGSHOT_ASSIGN_OR_RETURN(auto listen, cli::ParseHostPort(vm["listen"].as<std::string>()));
-    SLINGSHOT_ASSIGN_OR_RETURN(uint16_t port, nbd.ListenTcp(listen.first, listen.second));
-    where = "nbd://" + listen.first + ":" + std::to_string(port) + "/" + name;
+    where.host = listen.first;
+    where.port = listen.second;
   }
-  SLINGSHOT_RETURN_IF_ERROR(nbd.Start());
-
-  std::unique_ptr<Prefetcher> prefetch;
-  size_t working_set = 0;
-  if (!vm.count("no-prefetch")) {
-    SLINGSHOT_ASSIGN_OR_RETURN(std::vector<ChunkId> order, home->GetWorkingSet(r.object));
-    working_set = order.size();
-    std::unordered_set<ChunkId, ChunkIdHash> seen(order.begin(), order.end());
-    for (const auto& id : table.ids) {
-      if (!id.IsNull() && seen.insert(id).second) order.push_back(id);
-    }
-    prefetch = std::make_unique<Prefetcher>(&chain, std::move(order));
-  }
+  cli::BlockStopSignals();
+  SLINGSHOT_ASSIGN_OR_RETURN(auto disk, ReplicaDisk::Open(table, &chain, where, o));
+  const NbdDisk& at = disk->address();
+  const std::string url = at.unix_socket.empty()
+                              ? "nbd://" + at.host + ":" + std::to_string(at.port) + "/" + at.export_name
+                              : "nbd+unix:///" + at.export_name + "?socket=" + at.unix_socket;
   std::printf("serving %s (%s, %s) at %s; chunks from %s%s\n", ref.c_str(), HumanBytes(table.image_size).c_str(),
-              eo.read_only ? "read-only" : "writable, into a disposable overlay", where.c_str(),
-              chain.Describe().c_str(),
-              prefetch ? (", prefetching " + std::to_string(working_set) + " working-set chunks first").c_str() : "");
+              o.read_only ? "read-only" : "writable, into a disposable overlay", url.c_str(), chain.Describe().c_str(),
+              o.prefetch ? (", prefetching " + std::to_string(working_set) + " working-set chunks first").c_str() : "");
   std::fflush(stdout);
   int sig = cli::WaitForStopSignal();
-  if (prefetch) prefetch->Stop();
-  nbd.Stop();
+  const uint64_t prefetched = disk->prefetched(), prefetch_total = disk->prefetch_total();
+  disk->Stop();
   auto st = chain.stats();
   std::printf("stopped by %s\n", strsignal(sig));
   cli::PrintFigure("cache hits", std::to_string(st.cache_hits));
@@ -156,9 +149,10 @@ Status DiskServe(const cli::po::variables_map& vm) {
                                  std::to_string(s.corrupt) + " corrupt, " + std::to_string(s.misses) + " missing, " +
                                  std::to_string(s.errors) + " errors");
   }
-  if (prefetch) cli::PrintFigure("prefetched", std::to_string(prefetch->done()) + " of " + std::to_string(prefetch->total()));
+  if (o.prefetch) cli::PrintFigure("prefetched", std::to_string(prefetched) + " of " + std::to_string(prefetch_total));
+  disk.reset();
   std::error_code ec;
-  std::filesystem::remove(overlay, ec);
+  std::filesystem::remove_all(o.dir, ec);
   return Status::OK();
 }
 

@@ -7,24 +7,24 @@
 #include <atomic>
 #include <charconv>
 #include <chrono>
+#include <ctime>
 #include <filesystem>
 #include <map>
 #include <sstream>
 #include <thread>
 
-#include "slingshot/net/chunk_service.h"
-#include "slingshot/disk/chunk_table_export.h"
 #include "slingshot/base/coding.h"
-#include "slingshot/store/disk_table.h"
 #include "slingshot/base/file_util.h"
 #include "slingshot/base/log.h"
+#include "slingshot/base/mutex.h"
+#include "slingshot/net/chunk_service.h"
+#include "slingshot/net/transport.h"
+#include "slingshot/replica/checkpoint.h"
+#include "slingshot/replica/checkpoint_scope.h"
+#include "slingshot/replica/instantiate.h"
+#include "slingshot/store/disk_table.h"
 #include "slingshot/store/manifest.h"
 #include "slingshot/store/memory_image.h"
-#include "slingshot/base/mutex.h"
-#include "slingshot/disk/nbd_server.h"
-#include "slingshot/replica/replica_host.h"
-#include "slingshot/net/transport.h"
-#include "slingshot/store/working_set.h"
 
 namespace slingshot {
 namespace fs = std::filesystem;
@@ -46,21 +46,6 @@ Result<uint64_t> ParseU64(const std::string& key, const std::string& v) {
 std::string ReadText(const std::string& path) {
   auto b = ReadFileBounded(path, kMaxConf);
   return b.ok() ? std::string(b->begin(), b->end()) : "";
-}
-
-int64_t NowNs() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
-// "service=S;client=C" -> value of key.
-std::string ScopeValue(const std::string& scope, const std::string& key) {
-  std::stringstream ss(scope);
-  std::string part;
-  while (std::getline(ss, part, ';')) {
-    if (part.rfind(key + "=", 0) == 0) return part.substr(key.size() + 1);
-  }
-  return "";
 }
 
 }  // namespace
@@ -153,7 +138,7 @@ Status CreateService(const std::string& services_dir, const ServiceDef& def, con
   return Status::OK();
 }
 
-// One service's primary replica and its incarnation (VM, disk, session host).
+// One service's primary replica and its incarnation.
 struct Primary {
   ServiceDef def;
   std::string dir;
@@ -161,15 +146,11 @@ struct Primary {
   std::atomic<bool> dead{false};
 
   Mutex mu;  // the incarnation below; held across bring-up and checkpoints
-  std::shared_ptr<ReplicaHost> host GUARDED_BY(mu);
-  std::unique_ptr<NbdServer> nbd GUARDED_BY(mu);
-  ChunkTableExport* disk GUARDED_BY(mu) = nullptr;
-  Endpoint service_ep GUARDED_BY(mu);
-  ChunkId kernel, initrd;
-  uint64_t kernel_size = 0, initrd_size = 0;
-  uint64_t epoch GUARDED_BY(mu) = 0;
-  uint64_t checkpoint_seq GUARDED_BY(mu) = 0;
-  Clock::time_point checkpoint_time GUARDED_BY(mu) = Clock::now();
+  std::unique_ptr<LiveReplica> live GUARDED_BY(mu);
+  std::shared_ptr<ReplicaHost> host GUARDED_BY(mu);  // live's
+  // What every checkpoint's manifest repeats; epoch is the last published.
+  Manifest base GUARDED_BY(mu);
+  CheckpointSchedule schedule GUARDED_BY(mu){0, std::chrono::seconds(0)};
 };
 
 struct HomeServer::Impl final : public RequestHandler {
@@ -181,6 +162,7 @@ struct HomeServer::Impl final : public RequestHandler {
   std::unique_ptr<Hypervisor> hv;
   std::unique_ptr<Server> server;
   std::unique_ptr<ChunkService> chunks;
+  std::unique_ptr<CheckpointScope> scope;
   std::thread manager;
 
   Mutex mu;
@@ -218,14 +200,15 @@ struct HomeServer::Impl final : public RequestHandler {
     return id;
   }
 
-  Status ImportBoot(Primary& p) {
-    SLINGSHOT_ASSIGN_OR_RETURN(p.kernel, RefOrStore("boot/" + p.def.name + "/kernel", ObjectKind::kChunkList,
-                                                    [&] { return StoreFile(p.dir + "/kernel", store); }));
-    p.kernel_size = fs::file_size(p.dir + "/kernel");
+  // The boot files go into the store (once) and into every manifest.
+  Status ImportBoot(Primary& p) REQUIRES(p.mu) {
+    SLINGSHOT_ASSIGN_OR_RETURN(p.base.kernel, RefOrStore("boot/" + p.def.name + "/kernel", ObjectKind::kChunkList,
+                                                         [&] { return StoreFile(p.dir + "/kernel", store); }));
+    p.base.kernel_size = fs::file_size(p.dir + "/kernel");
     if (fs::exists(p.dir + "/initrd")) {
-      SLINGSHOT_ASSIGN_OR_RETURN(p.initrd, RefOrStore("boot/" + p.def.name + "/initrd", ObjectKind::kChunkList,
-                                                      [&] { return StoreFile(p.dir + "/initrd", store); }));
-      p.initrd_size = fs::file_size(p.dir + "/initrd");
+      SLINGSHOT_ASSIGN_OR_RETURN(p.base.initrd, RefOrStore("boot/" + p.def.name + "/initrd", ObjectKind::kChunkList,
+                                                           [&] { return StoreFile(p.dir + "/initrd", store); }));
+      p.base.initrd_size = fs::file_size(p.dir + "/initrd");
     }
     return Status::OK();
   }
@@ -253,138 +236,128 @@ struct HomeServer::Impl final : public RequestHandler {
 
   // --- an incarnation ---
 
-  VmSpec Spec(const Primary& p) {
-    VmSpec s;
-    s.name = p.def.name;
-    s.kernel = p.dir + "/kernel";
-    if (fs::exists(p.dir + "/initrd")) s.initrd = p.dir + "/initrd";
-    s.cmdline = p.def.cmdline;
-    s.memory_mib = p.def.memory_mib;
-    s.vcpus = p.def.vcpus;
-    s.disk = NbdDisk{p.dir + "/run/disk.sock", "", 0, "disk", false};
-    s.service_ports.push_back(p.def.service_port);
-    for (uint16_t x : p.def.extra_ports) s.service_ports.push_back(x);
-    s.run_dir = p.dir + "/run/vm";
-    return s;
-  }
-
-  Status StartDisk(Primary& p, const DiskTable& table) REQUIRES(p.mu) {
-    std::error_code ec;
-    fs::create_directories(p.dir + "/run", ec);
-    fs::remove(p.dir + "/run/disk.sock", ec);
-    SLINGSHOT_ASSIGN_OR_RETURN(auto exp, ChunkTableExport::Open(table, store, p.dir + "/run/overlay"));
-    p.disk = exp.get();
-    p.nbd = std::make_unique<NbdServer>();
-    SLINGSHOT_RETURN_IF_ERROR(p.nbd->AddExport("disk", std::shared_ptr<BlockExport>(std::move(exp)), p.def.name));
-    SLINGSHOT_RETURN_IF_ERROR(p.nbd->ListenUnix(p.dir + "/run/disk.sock"));
-    return p.nbd->Start();
+  // The manifest fields that come from the service's definition.
+  Manifest BaseManifest(const Primary& p) {
+    Manifest m;
+    m.service_id = p.def.name;
+    m.service_type = p.def.type;
+    m.service_port = p.def.service_port;
+    m.vm = VmConfig{p.def.memory_mib, p.def.vcpus, p.def.cmdline, hv->StreamFormat(), ""};
+    m.state_on_disk = p.def.state_on_disk;
+    return m;
   }
 
   Status Publish(Primary& p) REQUIRES(p.mu) {
     std::string text;
-    for (uint16_t port : Spec(p).service_ports) {
+    std::vector<uint16_t> ports{p.def.service_port};
+    ports.insert(ports.end(), p.def.extra_ports.begin(), p.def.extra_ports.end());
+    for (uint16_t port : ports) {
       auto ep = hv->ServiceEndpoint(p.def.name, port);
-      if (ep.ok()) text += std::to_string(port) + " " + ep->host + ":" + std::to_string(ep->port) + "\n";
+      if (ep.ok()) text += std::to_string(port) + " " + ep->ToString() + "\n";
     }
-    SLINGSHOT_RETURN_IF_ERROR(WriteFileAtomic(p.dir + "/endpoints", AsBytes(text)));
-    SLINGSHOT_ASSIGN_OR_RETURN(p.service_ep, hv->ServiceEndpoint(p.def.name, p.def.service_port));
-    return Status::OK();
+    return WriteFileAtomic(p.dir + "/endpoints", AsBytes(text));
   }
 
-  Status ColdBoot(Primary& p) REQUIRES(p.mu) {
-    SLINGSHOT_ASSIGN_OR_RETURN(DiskTable table, ImportServiceDisk(p));
-    SLINGSHOT_RETURN_IF_ERROR(StartDisk(p, table));
-    SLINGSHOT_RETURN_IF_ERROR(hv->Boot(Spec(p)));
+  std::function<void(const Status&)> OnLost(const std::shared_ptr<Primary>& p) {
+    std::weak_ptr<Primary> w = p;
+    return [w](const Status& why) {
+      auto q = w.lock();
+      if (!q) return;
+      LogWarning("service " + q->def.name + ": its service connection was lost (" + why.message() +
+                 "); restoring it from the last checkpoint");
+      q->dead = true;
+    };
+  }
+
+  void Adopt(Primary& p, std::unique_ptr<LiveReplica> live) REQUIRES(p.mu) {
+    p.host = live->host();
+    p.live = std::move(live);
+    p.schedule = CheckpointSchedule(options.checkpoint_inputs, std::chrono::seconds(options.checkpoint_seconds));
+    p.schedule.Taken(p.live->manifest().last_seq, Clock::now());
+  }
+
+  Status ColdBoot(const std::shared_ptr<Primary>& pp) REQUIRES(pp->mu) {
+    Primary& p = *pp;
+    ReplicaPlan plan;
+    plan.spec.name = p.def.name;
+    plan.spec.kernel = p.dir + "/kernel";
+    if (fs::exists(p.dir + "/initrd")) plan.spec.initrd = p.dir + "/initrd";
+    plan.spec.cmdline = p.def.cmdline;
+    plan.spec.memory_mib = p.def.memory_mib;
+    plan.spec.vcpus = p.def.vcpus;
+    plan.spec.run_dir = p.dir + "/run/vm";
+    plan.manifest = p.base;
+    plan.label = "home";
+    SLINGSHOT_ASSIGN_OR_RETURN(plan.table, ImportServiceDisk(p));
+    plan.chunks = store;
+    plan.disk.dir = p.dir + "/run/disk";
+    plan.disk.description = p.def.name;
+    plan.extra_ports = p.def.extra_ports;
+    plan.connect_timeout_ms = options.boot_timeout_ms;
+    plan.on_lost = OnLost(pp);
+    SLINGSHOT_ASSIGN_OR_RETURN(auto live, StartReplica(*hv, std::move(plan)));
+    Adopt(p, std::move(live));
     SLINGSHOT_RETURN_IF_ERROR(Publish(p));
-    p.host = std::make_shared<ReplicaHost>(p.def.name, p.def.type, "home");
-    SLINGSHOT_RETURN_IF_ERROR(p.host->Connect(p.service_ep, 0, options.boot_timeout_ms));
-    p.epoch = 0;
-    p.checkpoint_seq = 0;
     LogInfo("service " + p.def.name + ": booted; taking its first checkpoint");
     return CheckpointLocked(p);
   }
 
-  Status Restore(Primary& p, const Ref& ref) REQUIRES(p.mu) {
-    SLINGSHOT_ASSIGN_OR_RETURN(Bytes signed_manifest, store->GetObject(ref.object));
-    SLINGSHOT_ASSIGN_OR_RETURN(Manifest m, VerifyManifest(signed_manifest, key.public_key()));
-    SLINGSHOT_ASSIGN_OR_RETURN(Bytes tb, store->GetObject(m.disk_table));
-    SLINGSHOT_ASSIGN_OR_RETURN(DiskTable table, DiskTable::Decode(tb));
-    SLINGSHOT_ASSIGN_OR_RETURN(Bytes lb, store->GetObject(m.memory_list));
-    SLINGSHOT_ASSIGN_OR_RETURN(ChunkList memory, ChunkList::Decode(lb));
-    SLINGSHOT_RETURN_IF_ERROR(StartDisk(p, table));
-    auto r = hv->Restore(Spec(p), [&](const ByteSink& sink) { return ReadMemoryImage(memory, store, sink); });
-    SLINGSHOT_RETURN_IF_ERROR(r.status());
-    SLINGSHOT_RETURN_IF_ERROR(Publish(p));
-    p.host = std::make_shared<ReplicaHost>(p.def.name, p.def.type, "home");
-    SLINGSHOT_RETURN_IF_ERROR(p.host->Connect(p.service_ep, m.last_seq, 60000));
-    p.epoch = m.epoch;
-    p.checkpoint_seq = m.last_seq;
-    p.checkpoint_time = Clock::now();
-    LogInfo("service " + p.def.name + ": restored from checkpoint epoch " + std::to_string(m.epoch) + " (seq " +
-            std::to_string(m.last_seq) + ") in " + std::to_string(static_cast<int>(r->total_ms)) + " ms");
-    return Status::OK();
+  Status Restore(const std::shared_ptr<Primary>& pp) REQUIRES(pp->mu) {
+    Primary& p = *pp;
+    StoreCheckpointSource source(store);
+    InstantiateOptions o;
+    o.service = p.def.name;
+    o.manifest_key = key.public_key();
+    o.vm_name = p.def.name;
+    o.dir = p.dir + "/run";
+    o.label = "home";
+    o.extra_ports = p.def.extra_ports;
+    o.boot_connect_ms = options.boot_timeout_ms;
+    o.on_lost = OnLost(pp);
+    SLINGSHOT_ASSIGN_OR_RETURN(auto live, Instantiate(*hv, source, o));
+    p.base.epoch = live->manifest().epoch;
+    const Manifest& m = live->manifest();
+    LogInfo("service " + p.def.name + ": " + (live->booted() ? "booted" : "restored") + " from checkpoint epoch " +
+            std::to_string(m.epoch) + " (seq " + std::to_string(m.last_seq) + ") in " +
+            std::to_string(static_cast<int>(live->restore_ms())) + " ms");
+    Adopt(p, std::move(live));
+    return Publish(p);
   }
 
   Status CheckpointLocked(Primary& p) REQUIRES(p.mu) {
-    auto start = Clock::now();
-    SLINGSHOT_ASSIGN_OR_RETURN(uint64_t seq, p.host->Quiesce(30000));
-    MemoryImageWriter writer(store, ChunkerOptions{});
-    auto ck = hv->Checkpoint(p.def.name, [&](ByteView b) { return writer.Write(b); }, true);
-    Result<ChunkList> memory = ck.ok() ? writer.Finish() : Result<ChunkList>(ck.status());
-    Result<DiskTable> table = memory.ok() ? p.disk->Freeze(store) : Result<DiskTable>(memory.status());
-    // The VM runs on whatever happened; reconnect before anything else.
-    Status resumed = p.host->Resume(p.service_ep, 30000);
-    SLINGSHOT_RETURN_IF_ERROR(table.status().Annotate("checkpoint of " + p.def.name));
-    SLINGSHOT_RETURN_IF_ERROR(resumed);
-    SLINGSHOT_ASSIGN_OR_RETURN(ChunkId memory_id, store->PutObject(memory->Encode()));
-    SLINGSHOT_ASSIGN_OR_RETURN(ChunkId table_id, store->PutObject(table->Encode()));
-    std::vector<ChunkId> first = p.disk->FirstReads();
-    if (!first.empty()) SLINGSHOT_RETURN_IF_ERROR(SaveWorkingSet(store, WorkingSetRecord{table_id, std::move(first)}));
-
-    Manifest m;
-    m.service_id = p.def.name;
-    m.service_type = p.def.type;
-    m.epoch = p.epoch + 1;
-    m.last_seq = seq;
-    m.created_ns = NowNs();
-    m.vm = VmConfig{p.def.memory_mib, p.def.vcpus, p.def.cmdline, hv->StreamFormat(), ""};
-    m.state_on_disk = p.def.state_on_disk;
-    m.disk_table = table_id;
-    m.disk_size = table->image_size;
-    m.memory_list = memory_id;
-    m.memory_size = memory->total_size;
-    m.kernel = p.kernel;
-    m.kernel_size = p.kernel_size;
-    m.initrd = p.initrd;
-    m.initrd_size = p.initrd_size;
-    SLINGSHOT_ASSIGN_OR_RETURN(ChunkId mid, store->PutObject(SignManifest(m, key)));
-    SLINGSHOT_RETURN_IF_ERROR(store->SetRef(Ref{"manifest/" + p.def.name, ObjectKind::kManifest, mid}));
-    p.epoch = m.epoch;
-    p.checkpoint_seq = seq;
-    p.checkpoint_time = Clock::now();
-    SLINGSHOT_RETURN_IF_ERROR(WriteFileAtomic(
-        p.dir + "/status", AsBytes("epoch " + std::to_string(m.epoch) + " seq " + std::to_string(seq) + "\n")));
-    p.host->Broadcast(wire::Checkpointed{m.epoch, seq});
-    double ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-    LogInfo("service " + p.def.name + ": checkpoint epoch " + std::to_string(m.epoch) + " covers seq " +
-            std::to_string(seq) + " (" + HumanBytes(memory->total_size) + " memory, guest paused " +
-            std::to_string(static_cast<int>(ck->pause_ms)) + " ms, " + std::to_string(static_cast<int>(ms)) + " ms in all)");
+    CheckpointOptions o;
+    o.store = store;
+    o.key = &key;
+    o.base = p.base;
+    auto r = TakeCheckpoint(*hv, *p.live, o);
+    if (!r.ok()) {
+      p.schedule.Taken(p.schedule.covered(), Clock::now());  // not again at once
+      return r.status();
+    }
+    p.base.epoch = r->manifest.epoch;
+    p.schedule.Taken(r->manifest.last_seq, Clock::now());
+    SLINGSHOT_RETURN_IF_ERROR(WriteFileAtomic(p.dir + "/status", AsBytes("epoch " + std::to_string(r->manifest.epoch) +
+                                                                          " seq " + std::to_string(r->manifest.last_seq) + "\n")));
+    LogInfo("service " + p.def.name + ": checkpoint epoch " + std::to_string(r->manifest.epoch) + " covers seq " +
+            std::to_string(r->manifest.last_seq) + " (" + HumanBytes(r->manifest.memory_size) + " memory, guest paused " +
+            std::to_string(static_cast<int>(r->pause_ms)) + " ms, " + std::to_string(static_cast<int>(r->total_ms)) +
+            " ms in all)");
     return Status::OK();
   }
 
   void TearDown(Primary& p) REQUIRES(p.mu) {
-    if (p.host) p.host->Shutdown();
-    (void)hv->Destroy(p.def.name);
-    if (p.nbd) p.nbd->Stop();
-    p.nbd.reset();
-    p.disk = nullptr;
+    if (p.live) p.live->Destroy();
+    else (void)hv->Destroy(p.def.name);  // a VM a failed bring-up may have left
+    p.live.reset();
+    p.host.reset();
   }
 
-  Status BringUp(Primary& p) {
-    MutexLock l(&p.mu);
-    SLINGSHOT_RETURN_IF_ERROR(ImportBoot(p));
-    auto ref = store->GetRef("manifest/" + p.def.name);
-    if (ref.ok()) return Restore(p, *ref);
+  Status BringUp(const std::shared_ptr<Primary>& p) {
+    MutexLock l(&p->mu);
+    p->base = BaseManifest(*p);
+    SLINGSHOT_RETURN_IF_ERROR(ImportBoot(*p));
+    auto ref = store->GetRef("manifest/" + p->def.name);
+    if (ref.ok()) return Restore(p);
     if (!ref.status().IsNotFound()) return ref.status();
     return ColdBoot(p);
   }
@@ -400,7 +373,7 @@ struct HomeServer::Impl final : public RequestHandler {
           TearDown(*p);
         }
         p->dead = false;
-        Status s = BringUp(*p);
+        Status s = BringUp(p);
         if (!s.ok()) {
           LogError("service " + p->def.name + ": " + s.message() + "; retrying in " + std::to_string(backoff_ms / 1000) + " s");
           {
@@ -416,17 +389,10 @@ struct HomeServer::Impl final : public RequestHandler {
       }
       if (!Nap(200)) break;
       MutexLock l(&p->mu);
-      if (!p->host || p->dead) continue;
-      uint64_t applied = p->host->applied();
-      bool due = applied >= p->checkpoint_seq + options.checkpoint_inputs ||
-                 (applied > p->checkpoint_seq &&
-                  Clock::now() - p->checkpoint_time >= std::chrono::seconds(options.checkpoint_seconds));
-      if (due) {
+      if (!p->live || p->dead) continue;
+      if (p->schedule.Due(p->host->applied(), Clock::now())) {
         Status s = CheckpointLocked(*p);
-        if (!s.ok()) {
-          LogError("service " + p->def.name + ": checkpoint failed: " + s.message());
-          p->checkpoint_time = Clock::now();  // not again at once
-        }
+        if (!s.ok()) LogError("service " + p->def.name + ": checkpoint failed: " + s.message());
       }
     }
     MutexLock l(&p->mu);
@@ -462,9 +428,9 @@ struct HomeServer::Impl final : public RequestHandler {
 
   Status Handle(Connection& c, uint32_t request, wire::Message&& m) override {
     const PeerInfo& peer = c.peer();
-    if (peer.role == "client") return HandleClient(c, request, std::move(m));
-    if (peer.role == "surrogate") return HandleSurrogate(c, request, std::move(m));
-    return Status::PermissionDenied(peer.Describe() + " has role \"" + peer.role +
+    if (peer.role == Role::kClient) return HandleClient(c, request, std::move(m));
+    if (peer.role == Role::kSurrogate) return HandleSurrogate(c, request, std::move(m));
+    return Status::PermissionDenied(peer.Describe() + " has role \"" + RoleName(peer.role) +
                                     "\"; this home serves paired clients and surrogates with a capability");
   }
 
@@ -487,8 +453,7 @@ struct HomeServer::Impl final : public RequestHandler {
       int64_t ttl = std::clamp<int64_t>(g->valid_seconds == 0 ? 600 : g->valid_seconds, 30,
                                         options.capability_max_seconds);
       SLINGSHOT_ASSIGN_OR_RETURN(TlsCredentials cap,
-                                 ca.Issue(c.peer().common_name, "surrogate", ttl,
-                                          "service=" + g->service + ";client=" + c.peer().common_name));
+                                 ca.IssueCapability(Capability{g->service, c.peer().common_name, 0, ""}, ttl));
       SLINGSHOT_ASSIGN_OR_RETURN(CertificateInfo info, InspectCertificate(cap.cert_pem));
       LogInfo("issued a capability for " + g->service + " to " + c.peer().Describe() + " (certificate " +
               info.fingerprint + ", " + std::to_string(ttl) + " s)");
@@ -497,24 +462,39 @@ struct HomeServer::Impl final : public RequestHandler {
     return chunks->Handle(c, request, std::move(m));
   }
 
+  // A surrogate holds a capability (capability.h): it may read its
+  // service's current manifest and what the manifests it was given reach.
   Status HandleSurrogate(Connection& c, uint32_t request, wire::Message&& m) {
     auto info = InspectCertificate(c.peer().cert_pem);
-    std::string service = info.ok() ? ScopeValue(info->scope, "service") : "";
-    if (service.empty()) {
+    auto cap = info.ok() ? CapabilityOf(*info) : Result<Capability>(info.status());
+    if (!cap.ok()) {
       return Status::PermissionDenied(c.peer().Describe() +
                                       " holds no capability: a surrogate fetches a service only with a "
-                                      "capability the home issued to a paired client");
+                                      "capability the home issued to a paired client (" + cap.status().message() + ")");
     }
-    if (auto* r = std::get_if<wire::GetRef>(&m); r && r->name != "manifest/" + service) {
-      return Status::PermissionDenied("the capability of " + c.peer().Describe() + " is for service " + service +
-                                      ", not for " + r->name);
+    const int64_t now = std::time(nullptr);
+    if (auto* r = std::get_if<wire::GetRef>(&m)) {
+      if (r->name != "manifest/" + cap->service) {
+        return Status::PermissionDenied("the capability of " + c.peer().Describe() + " is for service " +
+                                        cap->service + ", not for " + r->name);
+      }
+      SLINGSHOT_ASSIGN_OR_RETURN(Ref ref, scope->GrantCurrent(*cap, now));
+      return c.Send(request, wire::RefData{ref.name, static_cast<uint8_t>(ref.kind), ref.object});
     }
-    if (std::holds_alternative<wire::GetChunks>(m) || std::holds_alternative<wire::GetObject>(m) ||
-        std::holds_alternative<wire::GetRef>(m) || std::holds_alternative<wire::GetWorkingSet>(m)) {
-      return chunks->Handle(c, request, std::move(m));
+    std::vector<ChunkId> ids;
+    if (auto* g = std::get_if<wire::GetChunks>(&m)) ids = g->ids;
+    else if (auto* o = std::get_if<wire::GetObject>(&m)) ids = {o->id};
+    else if (auto* w = std::get_if<wire::GetWorkingSet>(&m)) ids = {w->table};
+    else {
+      return Status::PermissionDenied(std::string("a surrogate may not send ") +
+                                      wire::MessageTypeName(wire::TypeOf(m)));
     }
-    return Status::PermissionDenied(std::string("a surrogate may not send ") +
-                                    wire::MessageTypeName(wire::TypeOf(m)));
+    Status allowed = scope->Check(*cap, ids, now);
+    if (!allowed.ok()) {
+      LogWarning("refused " + c.peer().Describe() + ": " + allowed.message());
+      return allowed;
+    }
+    return chunks->Handle(c, request, std::move(m));
   }
 };
 
@@ -532,6 +512,7 @@ Result<std::unique_ptr<HomeServer>> HomeServer::Start(ChunkStore* store, Signing
   if (ec) return Status::IOError("create " + impl->options.services_dir + ": " + ec.message());
   SLINGSHOT_ASSIGN_OR_RETURN(impl->hv, OpenHypervisor(impl->options.hypervisor));
   impl->chunks = std::make_unique<ChunkService>(store);
+  impl->scope = std::make_unique<CheckpointScope>(store);
   Impl* raw = impl.get();
   impl->hv->OnDeath([raw](const std::string& name, const std::string& why) {
     LogWarning("VM " + name + " died: " + why);

@@ -295,7 +295,7 @@ Status CaInitCmd(const cli::po::variables_map& vm) {
   const std::string name = vm["name"].as<std::string>();
   SLINGSHOT_ASSIGN_OR_RETURN(CertificateAuthority ca, CertificateAuthority::Create(name + " CA", 20 * 365 * kDay));
   SLINGSHOT_RETURN_IF_ERROR(ca.Save(dir + "/ca"));
-  SLINGSHOT_ASSIGN_OR_RETURN(TlsCredentials home, ca.Issue(name, "home", 5 * 365 * kDay));
+  SLINGSHOT_ASSIGN_OR_RETURN(TlsCredentials home, ca.Issue(name, Role::kHome, 5 * 365 * kDay));
   SLINGSHOT_RETURN_IF_ERROR(home.Save(dir + "/home"));
   SLINGSHOT_ASSIGN_OR_RETURN(CertificateInfo info, InspectCertificate(ca.cert_pem()));
   std::printf("created the home CA in %s/ca (fingerprint %s) and the home's own credentials in %s/home\n",
@@ -304,9 +304,10 @@ Status CaInitCmd(const cli::po::variables_map& vm) {
 }
 
 Status CredentialsIssueCmd(const cli::po::variables_map& vm) {
-  const std::string role = vm["role"].as<std::string>();
-  if (role != "client" && role != "surrogate" && role != "home") {
-    return Status::InvalidArgument("--role must be client, surrogate or home, not \"" + role + "\"");
+  const std::string role_name = vm["role"].as<std::string>();
+  const Role role = ParseRole(role_name);
+  if (role != Role::kClient && role != Role::kSurrogate && role != Role::kHome) {
+    return Status::InvalidArgument("--role must be client, surrogate or home, not \"" + role_name + "\"");
   }
   const int64_t days = vm["days"].as<int64_t>();
   if (days <= 0 || days > 3650) return Status::InvalidArgument("--days must be between 1 and 3650");
@@ -315,7 +316,7 @@ Status CredentialsIssueCmd(const cli::po::variables_map& vm) {
   const std::string out = vm["out"].as<std::string>();
   SLINGSHOT_RETURN_IF_ERROR(c.Save(out));
   SLINGSHOT_ASSIGN_OR_RETURN(CertificateInfo info, InspectCertificate(c.cert_pem));
-  std::printf("issued %s \"%s\" (certificate %s, valid %lld days) into %s\n", role.c_str(), info.common_name.c_str(),
+  std::printf("issued %s \"%s\" (certificate %s, valid %lld days) into %s\n", role_name.c_str(), info.common_name.c_str(),
               info.fingerprint.c_str(), static_cast<long long>(days), out.c_str());
   return Status::OK();
 }
@@ -429,7 +430,7 @@ Status ServiceListCmd(const cli::po::variables_map& vm) {
 Status PairToFolder(const cli::po::variables_map& vm, const std::string& name, const std::string& address) {
   const std::string out = vm["out"].as<std::string>();
   SLINGSHOT_ASSIGN_OR_RETURN(CertificateAuthority ca, CertificateAuthority::Load(vm["tls-dir"].as<std::string>() + "/ca"));
-  SLINGSHOT_ASSIGN_OR_RETURN(TlsCredentials c, ca.Issue(name, "client", 365 * kDay));
+  SLINGSHOT_ASSIGN_OR_RETURN(TlsCredentials c, ca.Issue(name, Role::kClient, 365 * kDay));
   SLINGSHOT_ASSIGN_OR_RETURN(SigningKey key, SigningKey::Load(vm["key"].as<std::string>()));
   SLINGSHOT_RETURN_IF_ERROR(c.Save(out));
   SLINGSHOT_RETURN_IF_ERROR(key.public_key().Save(out + "/manifest-key.pub"));

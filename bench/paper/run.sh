@@ -49,10 +49,22 @@ declare -A WAN=([2005]=2:60 [today]=50:40)
 
 log() { printf '[paper %s] %s\n' "$(date +%T)" "$*"; }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
+# The processes this run started (ip netns exec execs its command, so $! is
+# the program itself): stopped by PID, never by name, so a user's own VMs
+# and proxies on this machine are left alone.
+PIDS=()
+declare -A AGENT_PID=()
+track() { PIDS+=("$1"); }
+stop_pid() {  # $1 pid: SIGTERM, then wait for it
+  kill -TERM "$1" 2>/dev/null || return 0
+  for _ in $(seq 1 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$1" 2>/dev/null || true
+}
 cleanup() {
-  pkill -TERM -f "$BUILD/client/slingshot-client proxy" 2>/dev/null || true
-  pkill -TERM -f "$AGENT run" 2>/dev/null || true
-  pkill -TERM -f "$LINKEMU 10.77" 2>/dev/null || true
+  local p
+  for p in "${PIDS[@]}"; do stop_pid "$p"; done
+  PIDS=()
+  AGENT_PID=()
   "$SRC/tests/e2e/world.sh" down "$BUILD" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -101,11 +113,13 @@ wait_checkpoint() {
 start_agent() {  # $1 namespace, $2 address, $3 name: a fresh agent (its cache is wiped at start)
   ip netns exec "$1" "$AGENT" run --listen "$2:7391" --name "$3" --cache "$WORLD/$3-cache" --accel tcg \
     --no-advertise >"$P_OUT/agent-$3.log" 2>&1 &
+  AGENT_PID[$2]=$!
+  track $!
   for _ in $(seq 1 100); do grep -q listening "$P_OUT/agent-$3.log" && return 0; sleep 0.1; done
   cat "$P_OUT/agent-$3.log" >&2
   return 1
 }
-stop_agent() { pkill -TERM -f "$AGENT run --listen $1:7391" || true; sleep 1; }
+stop_agent() { [ -n "${AGENT_PID[$1]:-}" ] && stop_pid "${AGENT_PID[$1]}"; unset "AGENT_PID[$1]"; }
 
 # A service run by a home daemon of its own in the second surrogate's
 # namespace, without replication, reached straight over the hotspot link at
@@ -124,11 +138,13 @@ start_local() {
   ip netns exec ss-surr2 "$HOME_BIN" run $lh --listen 127.0.0.1:7490 --accel tcg --checkpoint-inputs 100000 \
     --checkpoint-seconds 100000 >"$P_OUT/local-home.log" 2>&1 &
   LOCAL_PID=$!
+  track $!
   for _ in $(seq 1 240); do grep -q "^epoch" "$P_OUT/local/services/$name/status" 2>/dev/null && break; sleep 0.5; done
   local vnc
   vnc=$(awk '$1 == 5900 {print $2}' "$P_OUT/local/services/$name/endpoints")
   ip netns exec ss-surr2 "$LINKEMU" 10.77.0.4:5999 "$vnc" 0 100000 >"$P_OUT/local-relay.log" 2>&1 &
   RELAY_PID=$!
+  track $!
   for _ in $(seq 1 50); do grep -q relaying "$P_OUT/local-relay.log" && break; sleep 0.1; done
 }
 stop_local() {
@@ -222,6 +238,7 @@ run_profile() {
   # key crosses the hotspot and the WAN.
   log "remote session (the home's replica alone)"
   ip netns exec ss-client "$CLIENT" proxy "$SERVICE" --state-dir "$STATE" --home "$home_ep" >"$P_OUT/proxy.log" 2>&1 &
+  track $!
   for _ in $(seq 1 300); do grep -q "proxy ready" "$P_OUT/proxy.log" && break; sleep 0.1; done
   session remote 127.0.0.1:5900 "$(home_doc)"
 
@@ -309,6 +326,7 @@ run_desktop() {
   stop_local
   log "desktop: remote session"
   ip netns exec ss-client "$CLIENT" proxy desktop --state-dir "$STATE" --home "$home_ep" >"$P_OUT/proxy.log" 2>&1 &
+  track $!
   for _ in $(seq 1 300); do grep -q "proxy ready" "$P_OUT/proxy.log" && break; sleep 0.1; done
   desktop_session remote 127.0.0.1:5900
   wait_checkpoint

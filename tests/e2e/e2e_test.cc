@@ -381,7 +381,7 @@ Status Instantiate(const TlsCredentials& client, const TlsCredentials& cap, cons
 Result<TlsCredentials> CapabilityFromHome(const TlsCredentials& client) {
   return InNetns("ss-client", [&]() -> Result<TlsCredentials> {
     ConnectOptions o;
-    o.expected_role = "home";
+    o.expected_role = Role::kHome;
     SLINGSHOT_ASSIGN_OR_RETURN(auto c, Connection::Connect("10.77.0.1", 7390, client, o));
     SLINGSHOT_RETURN_IF_ERROR(c->Send(1, wire::GetCapability{"notepad", 300}));
     SLINGSHOT_ASSIGN_OR_RETURN(wire::Message m, c->Expect(1, wire::MessageType::kCapability));
@@ -398,25 +398,25 @@ TEST_F(E2eTest, ForgedExpiredAndReplayedCapabilitiesAndAWrongManifestKeyAreRefus
 
   // Forged: a capability from another CA.
   auto mallory = CertificateAuthority::Create("mallory", 3600);
-  auto forged = mallory->Issue("alice", "surrogate", 300, "service=notepad;client=alice");
+  auto forged = mallory->IssueCapability(Capability{"notepad", "alice", 0, ""}, 300);
   Status s = Instantiate(p.creds, *forged, p.manifest_key);
   EXPECT_EQ(s.code(), Status::Code::kPermissionDenied) << s.ToString();
   EXPECT_NE(s.message().find("not issued by the home's CA"), std::string::npos) << s.ToString();
 
   // Forged with a matching fake CA: the agent cannot tell, the home can.
-  TlsCredentials fake_client = *mallory->Issue("alice", "client", 300);
+  TlsCredentials fake_client = *mallory->Issue("alice", Role::kClient, 300);
   s = Instantiate(fake_client, *forged, p.manifest_key);
   EXPECT_FALSE(s.ok());
   EXPECT_EQ(s.code(), Status::Code::kPermissionDenied) << s.ToString();
 
   // Expired.
-  auto expired = home_ca->Issue("alice", "surrogate", -60, "service=notepad;client=alice");
+  auto expired = home_ca->IssueCapability(Capability{"notepad", "alice", 0, ""}, -60);
   s = Instantiate(p.creds, *expired, p.manifest_key);
   EXPECT_EQ(s.code(), Status::Code::kPermissionDenied) << s.ToString();
   EXPECT_NE(s.message().find("expired"), std::string::npos) << s.ToString();
 
   // Another client's capability.
-  auto bobs = CapabilityFromHome(*home_ca->Issue("bob", "client", 300));
+  auto bobs = CapabilityFromHome(*home_ca->Issue("bob", Role::kClient, 300));
   ASSERT_TRUE(bobs.ok()) << bobs.status().ToString();
   s = Instantiate(p.creds, *bobs, p.manifest_key);
   EXPECT_EQ(s.code(), Status::Code::kPermissionDenied) << s.ToString();
@@ -445,7 +445,7 @@ TEST_F(E2eTest, TheHomeGivesASurrogateWithoutACapabilityNothing) {
   auto home_ca = CertificateAuthority::Load(kWorld + "/home/tls/ca");
   ASSERT_TRUE(home_ca.ok());
   // A surrogate certificate with no capability scope.
-  TlsCredentials bare = *home_ca->Issue("hotspot", "surrogate", 300);
+  TlsCredentials bare = *home_ca->Issue("hotspot", Role::kSurrogate, 300);
   Status s = InNetns("ss-surr", [&]() -> Status {
     SLINGSHOT_ASSIGN_OR_RETURN(auto c, Connection::Connect("10.77.0.1", 7390, bare));
     SLINGSHOT_RETURN_IF_ERROR(c->Send(1, wire::GetRef{"manifest/notepad"}));
@@ -551,9 +551,8 @@ TEST_F(E2eTest, AnAgentAdvertisesAgainAfterAvahiDaemonRestarts) {
   // Stop the surrogate's avahi-daemon (as a package upgrade would), then
   // start it again the way world.sh does.
   int rc;
-  // (avahi-daemon renames its process "avahi-daemon: running [HOST]"; the
-  // brackets keep pkill from matching its own shell.)
-  Shell("pkill -f '[a]vahi-daemon: running .ss-surr2[.]local'", &rc);
+  // (netns-dns-sd.sh records the daemon's PID: only the world's own is stopped.)
+  Shell("kill -TERM \"$(cat " + kWorld + "/avahi-surr2.pid)\"", &rc);
   ASSERT_EQ(rc, 0) << "no avahi-daemon in ss-surr2";
   ASSERT_TRUE(agent->WaitFor("lost avahi-daemon", 20s)) << agent->Output();
   Shell(std::string(SLINGSHOT_WORLD_SH) + " avahi " + kBuild + " surr2", &rc);
@@ -623,7 +622,7 @@ TEST_F(E2eTest, AReplicaEndsWhenItsCapabilityExpiresAndNoKeyReachesTheSurrogates
   auto home_ca = CertificateAuthority::Load(kWorld + "/home/tls/ca");
   ASSERT_TRUE(home_ca.ok());
   // A capability good for 30 more seconds, used and kept open.
-  auto cap = home_ca->Issue("alice", "surrogate", 30, "service=notepad;client=alice");
+  auto cap = home_ca->IssueCapability(Capability{"notepad", "alice", 0, ""}, 30);
   ASSERT_TRUE(cap.ok());
   const int64_t not_after = InspectCertificate(cap->cert_pem)->not_after;
   Status ended = InNetns("ss-client", [&]() -> Status {

@@ -58,8 +58,8 @@ class FetchTest : public ::testing::Test {
     auto ca = CertificateAuthority::Create("test home", 3600);
     ASSERT_TRUE(ca.ok()) << ca.status().ToString();
     ca_ = std::make_unique<CertificateAuthority>(std::move(*ca));
-    auto home = ca_->Issue("home", "home", 3600);
-    auto surrogate = ca_->Issue("hotspot-1", "surrogate", 3600);
+    auto home = ca_->Issue("home", Role::kHome, 3600);
+    auto surrogate = ca_->Issue("hotspot-1", Role::kSurrogate, 3600);
     ASSERT_TRUE(home.ok() && surrogate.ok());
     home_creds_ = *home;
     surrogate_creds_ = *surrogate;
@@ -160,14 +160,14 @@ TEST_F(FetchTest, UnauthenticatedPeersGetNothing) {
   // A certificate from another CA.
   auto other_ca = CertificateAuthority::Create("someone else", 3600);
   ASSERT_TRUE(other_ca.ok());
-  auto stranger = other_ca->Issue("stranger", "surrogate", 3600);
+  auto stranger = other_ca->Issue("stranger", Role::kSurrogate, 3600);
   ASSERT_TRUE(stranger.ok());
   auto h = HomeSource::Open("127.0.0.1", server_->port(), *stranger);
   ASSERT_FALSE(h.ok());
   EXPECT_EQ(h.status().code(), Status::Code::kPermissionDenied) << h.status().ToString();
 
   // Our CA, but expired.
-  auto expired = ca_->Issue("old", "surrogate", -60);
+  auto expired = ca_->Issue("old", Role::kSurrogate, -60);
   ASSERT_TRUE(expired.ok());
   h = HomeSource::Open("127.0.0.1", server_->port(), *expired);
   ASSERT_FALSE(h.ok());

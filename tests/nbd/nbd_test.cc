@@ -353,9 +353,9 @@ TEST(NbdChunkTableTest, GuestWritesToAChunkTableDiskAndTheWritesSurviveCheckpoin
   auto ca = CertificateAuthority::Create("home", 3600);
   ASSERT_TRUE(ca.ok());
   ChunkService service(store->get());
-  auto server = Server::Start(*ca->Issue("home", "home", 3600), ServerOptions{}, &service);
+  auto server = Server::Start(*ca->Issue("home", Role::kHome, 3600), ServerOptions{}, &service);
   ASSERT_TRUE(server.ok());
-  auto home = HomeSource::Open("127.0.0.1", (*server)->port(), *ca->Issue("hotspot", "surrogate", 3600));
+  auto home = HomeSource::Open("127.0.0.1", (*server)->port(), *ca->Issue("hotspot", Role::kSurrogate, 3600));
   ASSERT_TRUE(home.ok()) << home.status().ToString();
   ChunkStoreOptions co;
   co.mode = ChunkStore::Mode::kCache;

@@ -21,7 +21,7 @@ struct Home {
 
 Home MakeHome(const std::string& name) {
   Home h{*CertificateAuthority::Create(name + " CA", 3600), {}, SigningKey::Generate()->public_key()};
-  h.creds = *h.ca.Issue(name, "home", 3600);
+  h.creds = *h.ca.Issue(name, Role::kHome, 3600);
   return h;
 }
 
@@ -81,7 +81,7 @@ TEST(PairingTest, TheRightCodeGivesCredentialsThatTheHomeAccepts) {
   EXPECT_EQ(p->creds.ca_pem, home.ca.cert_pem());
   auto info = InspectCertificate(p->creds.cert_pem);
   ASSERT_TRUE(info.ok());
-  EXPECT_EQ(info->role, "client");
+  EXPECT_EQ(info->role, Role::kClient);
   EXPECT_EQ(info->common_name, "alice");
   EXPECT_EQ(info->fingerprint, who->certificate.fingerprint);
   EXPECT_TRUE(CheckKeyMatches(p->creds.cert_pem, p->creds.key_pem).ok());
@@ -91,17 +91,17 @@ TEST(PairingTest, TheRightCodeGivesCredentialsThatTheHomeAccepts) {
   NoRequests handler;
   ServerOptions so;
   so.host = "127.0.0.1";
-  so.required_role = "client";
+  so.required_role = Role::kClient;
   auto daemon = Server::Start(home.creds, so, &handler);
   ASSERT_TRUE(daemon.ok());
   ConnectOptions co;
-  co.expected_role = "home";
+  co.expected_role = Role::kHome;
   auto c = Connection::Connect("127.0.0.1", (*daemon)->port(), p->creds, co);
   ASSERT_TRUE(c.ok()) << c.status().ToString();
   EXPECT_EQ((*c)->peer().common_name, "home");
   Home other = MakeHome("other");
   TlsCredentials forged = p->creds;
-  forged.cert_pem = *other.ca.IssueForKeyOf(p->creds.cert_pem, "alice", "client", 3600);
+  forged.cert_pem = *other.ca.IssueForKeyOf(p->creds.cert_pem, "alice", Role::kClient, 3600);
   EXPECT_FALSE(Connection::Connect("127.0.0.1", (*daemon)->port(), forged, co).ok());
 }
 
@@ -153,7 +153,7 @@ struct Impostor : RequestHandler {
   Status Handle(Connection& c, uint32_t request, wire::Message&& m) override {
     if (!std::holds_alternative<wire::Pair>(m)) return Status::InvalidArgument("no");
     wire::Paired p;
-    p.cert_pem = *self.ca.IssueForKeyOf(c.peer().cert_pem, "alice", "client", 3600);
+    p.cert_pem = *self.ca.IssueForKeyOf(c.peer().cert_pem, "alice", Role::kClient, 3600);
     p.ca_pem = self.ca.cert_pem();
     p.manifest_key.assign(self.manifest_key.raw().begin(), self.manifest_key.raw().end());
     p.home_address = "6.6.6.6:7390";
@@ -187,7 +187,7 @@ struct Relay : RequestHandler {
     return relayed_reply;
   }
   Status Handle(Connection& c, uint32_t request, wire::Message&& m) override {
-    auto self = SelfSignedCredentials("mitm", "pairing", 600);
+    auto self = SelfSignedCredentials("mitm", Role::kPairing, 600);
     ConnectOptions co;
     co.verify_server_ca = false;
     auto up = Connection::Connect("127.0.0.1", home_port, *self, co);

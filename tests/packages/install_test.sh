@@ -72,7 +72,10 @@ in_root slingshot-home --version
 as_home() { in_root setpriv --reuid=slingshot --regid=slingshot --init-groups -- slingshot-home "$@"; }
 as_home init > "$debs/init.log" 2>&1 || fail "init: $(cat "$debs/init.log")"
 as_home init > /dev/null 2>&1 || fail "a second init (every start) failed"
-as_home run --listen 127.0.0.1:17390 --accel tcg > "$debs/run.log" 2>&1 &
+# exec all the way down (chroot and setpriv exec too), so $! is the daemon
+# itself and is stopped by its PID.
+(exec chroot "$root" env DEBIAN_FRONTEND=noninteractive setpriv --reuid=slingshot --regid=slingshot --init-groups \
+  -- slingshot-home run --listen 127.0.0.1:17390 --accel tcg) > "$debs/run.log" 2>&1 &
 run=$!
 up=
 for _ in $(seq 100); do
@@ -81,7 +84,7 @@ for _ in $(seq 100); do
   sleep 0.2
 done
 [[ -n $up ]] || fail "slingshot-home run did not come up: $(cat "$debs/run.log")"
-pkill -TERM -f "slingshot-home run --listen 127.0.0.1:17390" || true
+kill -TERM $run || true
 wait $run || fail "slingshot-home run did not stop cleanly on SIGTERM: $(tail -3 "$debs/run.log")"
 guest=${2:-}
 if [[ -n $guest ]]; then

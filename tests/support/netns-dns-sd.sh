@@ -6,7 +6,7 @@
 # nested appliance test.
 #   netns-dns-sd.sh up NS DIR NAME IFACE    the bus and the avahi-daemon
 #   netns-dns-sd.sh avahi NS DIR NAME       (re)start the avahi-daemon only
-# Logs: DIR/avahi-NAME.log.
+# Logs: DIR/avahi-NAME.log; the daemon's PID: DIR/avahi-NAME.pid.
 set -euo pipefail
 cmd=${1:?usage: netns-dns-sd.sh up NS DIR NAME IFACE | avahi NS DIR NAME}
 ns=$2 dir=$3 name=$4
@@ -18,6 +18,8 @@ start_avahi() {
   ip netns exec "$ns" unshare -m sh -c "mkdir -p /run/avahi-daemon && mount -t tmpfs tmpfs /run/avahi-daemon &&
     DBUS_SYSTEM_BUS_ADDRESS=unix:path=$dir/bus-$name exec avahi-daemon --no-drop-root --no-chroot --no-rlimits \
     -f $dir/avahi-$name.conf" >>"$dir/avahi-$name.log" 2>&1 </dev/null &
+  # ip netns exec, unshare and sh all exec: $! is the daemon.
+  echo $! >"$dir/avahi-$name.pid"
 }
 case $cmd in
   up)

@@ -43,7 +43,7 @@ TEST(WireTest, EveryMessageRoundTrips) {
       Repaint{},
       Checkpointed{3, 18},
       GetCapability{"notepad", 600},
-      Capability{"notepad", "-----BEGIN CERTIFICATE-----", "-----BEGIN PRIVATE KEY-----", 1800000000},
+      wire::Capability{"notepad", "-----BEGIN CERTIFICATE-----", "-----BEGIN PRIVATE KEY-----", 1800000000},
       Instantiate{"notepad", "10.0.0.1", 7390, "ca", Bytes(32, 1), "cert", "key", "/media/stick"},
       Progress{"memory", 10, 20, 1, 2, 3},
       GetStatus{},
@@ -171,18 +171,18 @@ TEST(WireTest, HelloVersionRangesMustIncludeOurs) {
 TEST(TlsTest, TheHomeCaIssuesCertificatesWithRoleAndValidity) {
   auto ca = CertificateAuthority::Create("home CA", 3600);
   ASSERT_TRUE(ca.ok()) << ca.status().ToString();
-  auto c = ca->Issue("alice-laptop", "client", 86400);
+  auto c = ca->Issue("alice-laptop", Role::kClient, 86400);
   ASSERT_TRUE(c.ok());
   auto info = InspectCertificate(c->cert_pem);
   ASSERT_TRUE(info.ok());
   EXPECT_EQ(info->common_name, "alice-laptop");
-  EXPECT_EQ(info->role, "client");
+  EXPECT_EQ(info->role, Role::kClient);
   EXPECT_NEAR(double(info->not_after - info->not_before), 86400 + 300, 5);
   EXPECT_EQ(info->fingerprint.size(), 16u);
-  auto expired = ca->Issue("old", "client", -10);
+  auto expired = ca->Issue("old", Role::kClient, -10);
   ASSERT_TRUE(expired.ok());
   EXPECT_LT(InspectCertificate(expired->cert_pem)->not_after, time(nullptr));
-  EXPECT_FALSE(ca->Issue("", "client", 10).ok());
+  EXPECT_FALSE(ca->Issue("", Role::kClient, 10).ok());
   EXPECT_TRUE(InspectCertificate("not a certificate").status().IsCorruption());
 }
 
@@ -196,7 +196,7 @@ TEST(TlsTest, CredentialsSaveWithAPrivateKeyAndLoadRefusesAnExposedOne) {
   ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
   EXPECT_EQ(loaded->cert_pem(), ca->cert_pem());
 
-  auto c = loaded->Issue("hotspot", "surrogate", 60);
+  auto c = loaded->Issue("hotspot", Role::kSurrogate, 60);
   ASSERT_TRUE(c.ok());
   ASSERT_TRUE(c->Save(dir / "creds").ok());
   struct stat sb;

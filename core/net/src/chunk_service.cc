@@ -66,7 +66,7 @@ HomeSource::~HomeSource() = default;
 
 Result<std::unique_ptr<HomeSource>> HomeSource::Open(const std::string& host, uint16_t port,
                                                      const TlsCredentials& creds, HomeSourceOptions options) {
-  if (options.connect.expected_role.empty()) options.connect.expected_role = "home";
+  if (!options.connect.expected_role) options.connect.expected_role = Role::kHome;
   options.batch = std::clamp<uint32_t>(options.batch, 1, wire::kMaxBatch);
   options.window = std::max<uint32_t>(options.window, 1);
   std::unique_ptr<HomeSource> h(new HomeSource(host, port, creds, options));

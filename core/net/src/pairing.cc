@@ -125,7 +125,7 @@ struct PairingListener::Impl : RequestHandler {
     wire::Paired reply;
     Status st = [&]() -> Status {
       SLINGSHOT_ASSIGN_OR_RETURN(reply.cert_pem,
-                                 offer.ca.IssueForKeyOf(c.peer().cert_pem, offer.client_name, "client", offer.valid_seconds));
+                                 offer.ca.IssueForKeyOf(c.peer().cert_pem, offer.client_name, Role::kClient, offer.valid_seconds));
       reply.ca_pem = offer.ca.cert_pem();
       reply.manifest_key.assign(offer.manifest_key.raw().begin(), offer.manifest_key.raw().end());
       reply.home_address = offer.home_address;
@@ -205,10 +205,10 @@ Result<Pairing> PairWithHome(const std::string& host, uint16_t port, const Pairi
                              const std::string& device, int timeout_ms) {
   // The key this client will hold, in a self-signed certificate for now.
   SLINGSHOT_ASSIGN_OR_RETURN(TlsCredentials self, SelfSignedCredentials(device.empty() ? "client" : device,
-                                                                        "pairing", 3600));
+                                                                        Role::kPairing, 3600));
   ConnectOptions co;
   co.verify_server_ca = false;  // we do not know the home's CA yet: the proofs stand for it
-  co.expected_role = "home";
+  co.expected_role = Role::kHome;
   co.timeout_ms = timeout_ms;
   co.software = "slingshot-client pairing";
   SLINGSHOT_ASSIGN_OR_RETURN(auto conn, Connection::Connect(host, port, self, co));
@@ -230,7 +230,7 @@ Result<Pairing> PairWithHome(const std::string& host, uint16_t port, const Pairi
   SLINGSHOT_RETURN_IF_ERROR(VerifyCertificate(reply.cert_pem, reply.ca_pem, "the issued certificate"));
   SLINGSHOT_RETURN_IF_ERROR(CheckKeyMatches(reply.cert_pem, self.key_pem).Annotate("the issued certificate"));
   SLINGSHOT_ASSIGN_OR_RETURN(CertificateInfo info, InspectCertificate(reply.cert_pem));
-  if (info.role != "client") return Status::PermissionDenied("the home issued a " + info.role + " certificate, not a client's");
+  if (info.role != Role::kClient) return Status::PermissionDenied("the home issued a " + info.role_name + " certificate, not a client's");
   Pairing p;
   SLINGSHOT_ASSIGN_OR_RETURN(p.manifest_key, PublicKey::FromRaw(reply.manifest_key));
   p.creds.ca_pem = reply.ca_pem;

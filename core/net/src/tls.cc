@@ -70,10 +70,12 @@ Status AddExt(X509* issuer, X509* subject, int nid, const char* value) {
 
 // Builds and signs a certificate for key, issued by (issuer, issuer_key), or
 // self-signed when issuer is null.
-Result<X509Ptr> MakeCert(EVP_PKEY* key, const std::string& cn, const std::string& role, int64_t valid_seconds,
+Result<X509Ptr> MakeCert(EVP_PKEY* key, const std::string& cn, Role role_id, int64_t valid_seconds,
                          X509* issuer, EVP_PKEY* issuer_key, bool is_ca, const std::string& scope = "") {
   if (cn.empty() || cn.size() > 64) return Status::InvalidArgument("a certificate name must be 1 to 64 characters");
   if (scope.size() > 200) return Status::InvalidArgument("a certificate scope must be at most 200 characters");
+  if (role_id == Role::kUnknown) return Status::InvalidArgument("a certificate needs a role");
+  const std::string role = RoleName(role_id);
   X509Ptr x(X509_new());
   if (!x) return Status::IOError("X509_new: " + OpenSslError());
   X509_set_version(x.get(), 2);
@@ -146,7 +148,8 @@ Result<CertificateInfo> InspectCertificate(const std::string& pem) {
   CertificateInfo info;
   X509_NAME* subject = X509_get_subject_name(x.get());
   info.common_name = NameEntry(subject, NID_commonName);
-  info.role = NameEntry(subject, NID_organizationalUnitName);
+  info.role_name = NameEntry(subject, NID_organizationalUnitName);
+  info.role = ParseRole(info.role_name);
   info.scope = NameEntry(subject, NID_description);
   info.not_before = AsnTime(X509_get0_notBefore(x.get()));
   info.not_after = AsnTime(X509_get0_notAfter(x.get()));
@@ -186,7 +189,7 @@ Status TlsCredentials::Save(const std::string& dir) const {
 
 Result<CertificateAuthority> CertificateAuthority::Create(const std::string& name, int64_t valid_seconds) {
   SLINGSHOT_ASSIGN_OR_RETURN(PkeyPtr key, NewKey());
-  SLINGSHOT_ASSIGN_OR_RETURN(X509Ptr x, MakeCert(key.get(), name, "ca", valid_seconds, nullptr, nullptr, true));
+  SLINGSHOT_ASSIGN_OR_RETURN(X509Ptr x, MakeCert(key.get(), name, Role::kCa, valid_seconds, nullptr, nullptr, true));
   CertificateAuthority ca;
   SLINGSHOT_ASSIGN_OR_RETURN(ca.cert_pem_, CertPem(x.get()));
   SLINGSHOT_ASSIGN_OR_RETURN(ca.key_pem_, KeyPem(key.get()));
@@ -239,7 +242,7 @@ Status VerifyCertificate(const std::string& cert_pem, const std::string& ca_pem,
   return st;
 }
 
-Result<TlsCredentials> SelfSignedCredentials(const std::string& common_name, const std::string& role,
+Result<TlsCredentials> SelfSignedCredentials(const std::string& common_name, Role role,
                                              int64_t valid_seconds) {
   SLINGSHOT_ASSIGN_OR_RETURN(PkeyPtr key, NewKey());
   SLINGSHOT_ASSIGN_OR_RETURN(X509Ptr x, MakeCert(key.get(), common_name, role, valid_seconds, nullptr, nullptr, false));
@@ -261,7 +264,7 @@ Status CheckKeyMatches(const std::string& cert_pem, const std::string& key_pem) 
 }
 
 Result<std::string> CertificateAuthority::IssueForKeyOf(const std::string& cert_pem, const std::string& common_name,
-                                                        const std::string& role, int64_t valid_seconds) const {
+                                                        Role role, int64_t valid_seconds) const {
   SLINGSHOT_ASSIGN_OR_RETURN(X509Ptr peer, ParseCert(cert_pem, "the peer's certificate"));
   EVP_PKEY* key = X509_get0_pubkey(peer.get());
   if (!key || EVP_PKEY_get_id(key) != EVP_PKEY_ED25519) {
@@ -273,8 +276,35 @@ Result<std::string> CertificateAuthority::IssueForKeyOf(const std::string& cert_
   return CertPem(x.get());
 }
 
-Result<TlsCredentials> CertificateAuthority::Issue(const std::string& common_name, const std::string& role,
-                                                   int64_t valid_seconds, const std::string& scope) const {
+Result<TlsCredentials> CertificateAuthority::Issue(const std::string& common_name, Role role,
+                                                   int64_t valid_seconds) const {
+  return IssueScoped(common_name, role, valid_seconds, "");
+}
+
+Result<TlsCredentials> CertificateAuthority::IssueCapability(const Capability& cap, int64_t valid_seconds) const {
+  SLINGSHOT_RETURN_IF_ERROR(cap.Check());
+  return IssueScoped(cap.client, Role::kSurrogate, valid_seconds, cap.Scope());
+}
+
+Result<Capability> CapabilityOf(const CertificateInfo& info) {
+  if (info.role != Role::kSurrogate) {
+    return Status::PermissionDenied("the certificate offered as a capability is not one (role \"" + info.role_name +
+                                    "\")");
+  }
+  SLINGSHOT_ASSIGN_OR_RETURN(Capability cap, Capability::ParseScope(info.scope));
+  cap.not_after = info.not_after;
+  cap.fingerprint = info.fingerprint;
+  return cap;
+}
+
+Result<Capability> VerifyCapability(const std::string& cert_pem, const std::string& ca_pem) {
+  SLINGSHOT_RETURN_IF_ERROR(VerifyCertificate(cert_pem, ca_pem, "the capability"));
+  SLINGSHOT_ASSIGN_OR_RETURN(CertificateInfo info, InspectCertificate(cert_pem));
+  return CapabilityOf(info);
+}
+
+Result<TlsCredentials> CertificateAuthority::IssueScoped(const std::string& common_name, Role role,
+                                                         int64_t valid_seconds, const std::string& scope) const {
   SLINGSHOT_ASSIGN_OR_RETURN(X509Ptr ca, ParseCert(cert_pem_, "CA certificate"));
   SLINGSHOT_ASSIGN_OR_RETURN(PkeyPtr ca_key, ParseKey(key_pem_, "CA key"));
   SLINGSHOT_ASSIGN_OR_RETURN(PkeyPtr key, NewKey());

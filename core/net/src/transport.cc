@@ -63,7 +63,7 @@ Result<std::shared_ptr<ssl::context>> MakeContext(const TlsCredentials& c, bool 
 }  // namespace
 
 std::string PeerInfo::Describe() const {
-  std::string s = role.empty() ? "peer" : role;
+  std::string s = role == Role::kUnknown ? "peer" : RoleName(role);
   if (!common_name.empty()) s += " " + common_name;
   return s + " (" + address + ")";
 }
@@ -146,7 +146,7 @@ struct Connection::Impl {
   void FillPeer() {
     X509* cert = SSL_get0_peer_certificate(stream.native_handle());
     peer.common_name = SubjectEntry(cert, NID_commonName);
-    peer.role = SubjectEntry(cert, NID_organizationalUnitName);
+    peer.role = ParseRole(SubjectEntry(cert, NID_organizationalUnitName));
     if (cert) {
       BIO* bio = BIO_new(BIO_s_mem());
       if (bio && PEM_write_bio_X509(bio, cert) == 1) {
@@ -300,7 +300,7 @@ Result<std::unique_ptr<Connection>> Connection::Connect(const std::string& host,
   SLINGSHOT_ASSIGN_OR_RETURN(auto ctx, MakeContext(creds, false, options.verify_server_ca));
   auto impl = std::make_unique<Impl>(std::move(ctx), options.verify_server_ca);
   impl->peer.address = host + ":" + std::to_string(port);
-  impl->peer.role = options.expected_role;
+  impl->peer.role = options.expected_role.value_or(Role::kUnknown);
   error_code ec;
   tcp::resolver resolver(impl->ioc);
   auto endpoints = resolver.resolve(host, std::to_string(port), ec);
@@ -327,9 +327,9 @@ Result<std::unique_ptr<Connection>> Connection::Connect(const std::string& host,
                                     ", not the expected " + options.server_fingerprint +
                                     ": another machine answers at that address");
   }
-  if (!options.expected_role.empty() && impl->peer.role != options.expected_role) {
-    return Status::PermissionDenied(impl->peer.Describe() + " is not a " + options.expected_role +
-                                    ": its certificate says role \"" + impl->peer.role + "\"");
+  if (options.expected_role && impl->peer.role != *options.expected_role) {
+    return Status::PermissionDenied(impl->peer.Describe() + " is not a " + RoleName(*options.expected_role) +
+                                    ": its certificate says role \"" + RoleName(impl->peer.role) + "\"");
   }
   std::unique_ptr<Connection> c(new Connection(std::move(impl)));
   // Hello both ways; in TLS 1.3 the server checks our certificate after our
@@ -479,9 +479,9 @@ struct Server::Impl {
     if (st.ok() && result) st = ci.Failed(result, "the TLS handshake");
     if (st.ok()) {
       ci.FillPeer();
-      if (!options.required_role.empty() && ci.peer.role != options.required_role) {
-        st = Status::PermissionDenied(ci.peer.Describe() + " has role \"" + ci.peer.role + "\"; this service serves " +
-                                      options.required_role + "s only");
+      if (options.required_role && ci.peer.role != *options.required_role) {
+        st = Status::PermissionDenied(ci.peer.Describe() + " has role \"" + RoleName(ci.peer.role) +
+                                      "\"; this service serves " + RoleName(*options.required_role) + "s only");
         (void)c->Send(0, wire::Error{st.code(), st.message()}, 1000);
       }
     }

@@ -19,14 +19,24 @@ std::vector<ChunkId> PrefetchOrder(const DiskTable& table, const std::vector<Chu
 
 Result<std::unique_ptr<ReplicaDisk>> ReplicaDisk::Open(const DiskTable& table, ChunkSource* source,
                                                        const Hypervisor& hv, ReplicaDiskOptions options) {
+  NbdDisk where = hv.DiskAddress(options.dir);
+  return Open(table, source, std::move(where), std::move(options));
+}
+
+Result<std::unique_ptr<ReplicaDisk>> ReplicaDisk::Open(const DiskTable& table, ChunkSource* source, NbdDisk where,
+                                                       ReplicaDiskOptions options) {
   std::error_code ec;
   std::filesystem::create_directories(options.dir, ec);
   if (ec) return Status::IOError("create " + options.dir + ": " + ec.message());
   std::unique_ptr<ReplicaDisk> d(new ReplicaDisk);
-  SLINGSHOT_ASSIGN_OR_RETURN(auto exp, ChunkTableExport::Open(table, source, options.dir + "/overlay"));
+  ChunkTableExportOptions eo;
+  eo.read_only = options.read_only;
+  SLINGSHOT_ASSIGN_OR_RETURN(auto exp, ChunkTableExport::Open(table, source, options.dir + "/overlay", eo));
   d->export_ = exp.get();
   d->nbd_ = std::make_unique<NbdServer>();
-  d->address_ = hv.DiskAddress(options.dir);
+  d->address_ = std::move(where);
+  if (d->address_.export_name.empty()) d->address_.export_name = "disk";
+  d->address_.read_only = options.read_only;
   SLINGSHOT_RETURN_IF_ERROR(
       d->nbd_->AddExport(d->address_.export_name, std::shared_ptr<BlockExport>(std::move(exp)), options.description));
   if (!d->address_.unix_socket.empty()) {

@@ -65,7 +65,7 @@ Status ReplicaHost::Connect(const Endpoint& ep, uint64_t consumed_seq, int timeo
   return last.Annotate("service " + service_ + " did not come up within " + std::to_string(timeout_ms) + " ms");
 }
 
-Status ReplicaHost::HandleInput(wire::Input&& in) {
+Status ReplicaHost::Apply(wire::Input in) {
   SLINGSHOT_RETURN_IF_ERROR(ServiceAdapter::CheckInput(type_, in.type, in.payload));
   MutexLock a(&apply_mu_);
   ServiceAdapter* adapter = nullptr;
@@ -102,7 +102,7 @@ Status ReplicaHost::Serve(Connection& c) {
   }
   std::function<Status(Frame&&)> on_frame = [&](Frame&& f) -> Status {
     if (auto* in = std::get_if<wire::Input>(&f.message)) {
-      Status s = HandleInput(std::move(*in));
+      Status s = Apply(std::move(*in));
       if (!s.ok()) c.Post(wire::Error{s.code(), s.message()});
       return s;
     }

@@ -117,6 +117,7 @@ Result<Bytes> FetchChain::Get(const ChunkId& id) {
       if (r.ok()) {
         MutexLock lock(&mu_);
         stats_.cache_hits++;
+        stats_.cache_bytes += r->size();
         return r;
       }
       if (r.status().IsCorruption()) {
@@ -173,9 +174,13 @@ Status FetchChain::Fetch(std::span<const ChunkId> ids, const Sink& sink) {
       // With a sink the cached bytes are needed: one read; without, a
       // presence check is enough (a prefetch skips what is cached).
       bool hit = false;
+      uint64_t bytes = 0;
       if (sink) {
         auto r = cache_->Get(id);
-        if ((hit = r.ok())) deliver(id, std::move(r));
+        if ((hit = r.ok())) {
+          bytes = r->size();
+          deliver(id, std::move(r));
+        }
       } else {
         auto has = cache_->Contains(id);
         hit = has.ok() && *has;
@@ -183,6 +188,7 @@ Status FetchChain::Fetch(std::span<const ChunkId> ids, const Sink& sink) {
       if (hit) {
         MutexLock lock(&mu_);
         stats_.cache_hits++;
+        stats_.cache_bytes += bytes;
         continue;
       }
     }

@@ -85,22 +85,51 @@ const IngestStats& MemoryImageWriter::stats() const { return impl_->writer.stats
 
 Status ReadMemoryImage(const ChunkList& list, ChunkSource* source,
                        const std::function<Status(ByteView)>& sink) {
+  // Windows of chunks asked for at once (GetMany pipelines them over the
+  // network), handed to the sink in order as they arrive.
+  constexpr size_t kWindow = 256;
+  const size_t n = list.entries.size();
   Bytes zeros;
-  for (size_t i = 0; i < list.entries.size(); ++i) {
-    const auto& e = list.entries[i];
-    if (e.id.IsNull()) {  // an all-zero chunk is never stored
-      zeros.assign(e.size, 0);
-      SLINGSHOT_RETURN_IF_ERROR(sink(zeros));
-      continue;
+  Status st;
+  size_t at = 0;
+  auto zero_run = [&](size_t end) {  // the all-zero chunks at `at` (never stored)
+    while (st.ok() && at < end && list.entries[at].id.IsNull()) {
+      zeros.assign(list.entries[at].size, 0);
+      st = sink(zeros);
+      ++at;
     }
-    SLINGSHOT_ASSIGN_OR_RETURN(Bytes data, source->Get(e.id));
-    if (data.size() != e.size) {
-      return Status::Corruption("memory chunk " + std::to_string(i) + " (" + e.id.Short() + ") is " +
-                                std::to_string(data.size()) + " bytes, the list says " + std::to_string(e.size));
+  };
+  while (at < n && st.ok()) {
+    std::vector<ChunkId> ids;
+    size_t end = at;
+    while (end < n && ids.size() < kWindow) {
+      if (!list.entries[end].id.IsNull()) ids.push_back(list.entries[end].id);
+      ++end;
     }
-    SLINGSHOT_RETURN_IF_ERROR(sink(data));
+    Status fetched = source->GetMany(ids, [&](const ChunkId&, Result<Bytes>&& data) {
+      zero_run(end);
+      if (!st.ok()) return;
+      const auto& e = list.entries[at];
+      if (!data.ok()) {
+        st = data.status().Annotate("memory chunk " + std::to_string(at) + " (" + e.id.Short() + ")");
+        return;
+      }
+      if (data->size() != e.size) {
+        st = Status::Corruption("memory chunk " + std::to_string(at) + " (" + e.id.Short() + ") is " +
+                                std::to_string(data->size()) + " bytes, the list says " + std::to_string(e.size));
+        return;
+      }
+      st = sink(*data);
+      ++at;
+    });
+    SLINGSHOT_RETURN_IF_ERROR(fetched);
+    zero_run(end);
+    if (st.ok() && at < end) {
+      return Status::Unavailable(source->Describe() + " returned " + std::to_string(at) + " of the memory image's " +
+                                 std::to_string(n) + " chunks and no error");
+    }
   }
-  return Status::OK();
+  return st;
 }
 
 Result<ChunkId> StoreFile(const std::string& path, ChunkStore* store) {

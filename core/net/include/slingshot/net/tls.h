@@ -19,6 +19,7 @@
 #include <string_view>
 
 #include "slingshot/base/status.h"
+#include "slingshot/net/capability.h"
 
 namespace slingshot {
 
@@ -34,8 +35,9 @@ struct TlsCredentials {
 
 struct CertificateInfo {
   std::string common_name;
-  std::string role;
-  std::string scope;       // what a capability allows ("service=notepad"), else ""
+  Role role = Role::kUnknown;
+  std::string role_name;   // the OU as written (for messages about unknown roles)
+  std::string scope;       // a capability's description (capability.h), else ""
   int64_t not_before = 0;  // unix seconds
   int64_t not_after = 0;
   std::string fingerprint;  // SHA-256 of the DER, first 16 hex digits
@@ -47,10 +49,16 @@ Result<CertificateInfo> InspectCertificate(const std::string& pem);
 // message ("the capability").
 Status VerifyCertificate(const std::string& cert_pem, const std::string& ca_pem, std::string_view what);
 
+// The capability a certificate carries: it must be of role surrogate with a
+// well-formed scope (capability.h). PermissionDenied saying what it is
+// instead. Checks nothing about who issued it (VerifyCapability does).
+Result<Capability> CapabilityOf(const CertificateInfo& info);
+// VerifyCertificate (chains to ca_pem, not expired), then CapabilityOf.
+Result<Capability> VerifyCapability(const std::string& cert_pem, const std::string& ca_pem);
+
 // A fresh key and a self-signed certificate for it (ca_pem = cert_pem): an
 // identity for a TLS session before a CA has issued one (pairing).
-Result<TlsCredentials> SelfSignedCredentials(const std::string& common_name, const std::string& role,
-                                             int64_t valid_seconds);
+Result<TlsCredentials> SelfSignedCredentials(const std::string& common_name, Role role, int64_t valid_seconds);
 
 // OK if key_pem is the private key of cert_pem's public key.
 Status CheckKeyMatches(const std::string& cert_pem, const std::string& key_pem);
@@ -64,17 +72,20 @@ class CertificateAuthority {
   // A fresh key and a certificate for it, valid from a few minutes ago (clock
   // skew) for valid_seconds. A negative valid_seconds issues a certificate
   // that has already expired (for tests of expiry handling).
-  // scope, if not empty, is written into the subject's description: a
-  // capability's "service=NAME;client=NAME".
-  Result<TlsCredentials> Issue(const std::string& common_name, const std::string& role,
-                               int64_t valid_seconds, const std::string& scope = "") const;
+  Result<TlsCredentials> Issue(const std::string& common_name, Role role, int64_t valid_seconds) const;
+  // A capability: a surrogate certificate named after cap.client and scoped
+  // to cap (its not_after and fingerprint are ignored). InvalidArgument for
+  // a malformed capability.
+  Result<TlsCredentials> IssueCapability(const Capability& cap, int64_t valid_seconds) const;
   // A certificate for the key in another certificate (a pairing client's
   // self-signed one, whose key never leaves the client).
-  Result<std::string> IssueForKeyOf(const std::string& cert_pem, const std::string& common_name,
-                                    const std::string& role, int64_t valid_seconds) const;
+  Result<std::string> IssueForKeyOf(const std::string& cert_pem, const std::string& common_name, Role role,
+                                    int64_t valid_seconds) const;
   const std::string& cert_pem() const { return cert_pem_; }
 
  private:
+  Result<TlsCredentials> IssueScoped(const std::string& common_name, Role role, int64_t valid_seconds,
+                                     const std::string& scope) const;
   std::string cert_pem_;
   std::string key_pem_;
 };

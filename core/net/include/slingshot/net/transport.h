@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "slingshot/base/status.h"
@@ -30,7 +31,7 @@ namespace slingshot {
 struct PeerInfo {
   std::string address;      // "127.0.0.1:40312"
   std::string common_name;  // from the verified certificate
-  std::string role;
+  Role role = Role::kUnknown;
   std::string software;     // from its Hello
   std::string cert_pem;     // its certificate (for checks of its own, in open mode)
   std::string fingerprint;  // InspectCertificate's fingerprint of it
@@ -43,7 +44,7 @@ struct Frame {
 };
 
 struct ConnectOptions {
-  std::string expected_role;  // refuse a server whose certificate has another role ("" = any)
+  std::optional<Role> expected_role;  // refuse a server whose certificate has another role (unset: any)
   int timeout_ms = 10000;     // connect + handshake + hello
   std::string software = "slingshot";
   // How the server is trusted. By default its certificate must chain to the
@@ -111,7 +112,7 @@ class RequestHandler {
 struct ServerOptions {
   std::string host = "127.0.0.1";
   uint16_t port = 0;                // 0: pick a free port
-  std::string required_role;        // "" = any certificate from the CA
+  std::optional<Role> required_role;  // unset: any certificate from the CA
   // Off: accept a client certificate from any issuer (a surrogate serves
   // clients of every home); the handler checks PeerInfo::cert_pem itself.
   bool verify_client_ca = true;

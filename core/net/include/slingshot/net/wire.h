@@ -196,7 +196,7 @@ struct Instantiate {
   std::string stick_dir;    // portable storage plugged into the surrogate ("" = none)
 };
 struct Progress {
-  std::string phase;        // "manifest", "memory", "restore", "ready"
+  std::string phase;        // "manifest", "files", "restore" or "boot", "ready"
   uint64_t done = 0, total = 0;  // bytes of this phase
   uint64_t from_cache = 0, from_stick = 0, from_home = 0;  // bytes so far by source
 };

@@ -38,6 +38,7 @@ struct ReplicaDiskOptions {
   // Prefetch through this chain in PrefetchOrder (surrogates); null: none.
   FetchChain* prefetch = nullptr;
   std::vector<ChunkId> working_set;
+  bool read_only = false;  // refuse writes (a diagnostic export)
 };
 
 class ReplicaDisk {
@@ -46,6 +47,10 @@ class ReplicaDisk {
   // disk), where hv wants its disks.
   static Result<std::unique_ptr<ReplicaDisk>> Open(const DiskTable& table, ChunkSource* source, const Hypervisor& hv,
                                                    ReplicaDiskOptions options);
+  // The same, listening at `where` (a unix socket, or host and port; port 0
+  // picks one): for tools that serve a disk to other NBD clients.
+  static Result<std::unique_ptr<ReplicaDisk>> Open(const DiskTable& table, ChunkSource* source, NbdDisk where,
+                                                   ReplicaDiskOptions options);
   ~ReplicaDisk();  // Stop()s
   ReplicaDisk(const ReplicaDisk&) = delete;
   ReplicaDisk& operator=(const ReplicaDisk&) = delete;
@@ -53,6 +58,7 @@ class ReplicaDisk {
   // What VmSpec::disk must say.
   const NbdDisk& address() const { return address_; }
   ChunkTableExport& table_export() { return *export_; }
+  NbdServer::Stats nbd_stats() const { return nbd_->stats(); }
   // The prefetch's progress (0 of 0 without one).
   uint64_t prefetched() const;
   uint64_t prefetch_total() const;

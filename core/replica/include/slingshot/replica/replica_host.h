@@ -54,6 +54,10 @@ class ReplicaHost {
   Result<uint64_t> Quiesce(int timeout_ms);
   Status Resume(const Endpoint& ep, int timeout_ms);
 
+  // Applies one input (what an attached client's Input frames do): in seq
+  // order, overlaps ignored; held during a checkpoint and applied after.
+  Status Apply(wire::Input in);
+
   // Sends m to the attached client, if any.
   void Broadcast(const wire::Message& m);
   // Called (once) if the service connection fails outside a checkpoint.
@@ -70,7 +74,6 @@ class ReplicaHost {
   ServiceCallbacks Callbacks();
   void Heartbeat();
 
-  Status HandleInput(wire::Input&& in);
 
   const std::string service_, type_, replica_;
   Mutex apply_mu_ ACQUIRED_BEFORE(mu_);  // orders inputs into the adapter; held by Quiesce/Resume

@@ -47,6 +47,7 @@ struct SourceCounters {
 
 struct FetchChainStats {
   uint64_t cache_hits = 0;
+  uint64_t cache_bytes = 0;  // raw bytes of the hits that were read (a presence check reads none)
   uint64_t cache_corrupt = 0;
   uint64_t not_found = 0;  // no source had it
   std::vector<SourceCounters> sources;  // in chain order

@@ -1,0 +1,74 @@
+// Checkpoint: the home's checkpoint of its primary (DESIGN.md §5
+// "Checkpoint"), and when one is due.
+//
+//   barrier (ReplicaHost::Quiesce: every input sent has been consumed, the
+//   service connections closed cleanly) -> the VM's save streamed into the
+//   chunker (no temp file) -> the disk's chunk table frozen -> resume (the
+//   VM runs on whatever happened) -> the memory list, table and working set
+//   stored -> the manifest signed and published as ref manifest/SERVICE ->
+//   Checkpointed{epoch, seq} to the attached client, whose proxy truncates
+//   its log up to seq.
+// A checkpoint that fails leaves the last published one as it was.
+#ifndef SLINGSHOT_REPLICA_CHECKPOINT_H_
+#define SLINGSHOT_REPLICA_CHECKPOINT_H_
+
+#include <chrono>
+#include <cstdint>
+
+#include "slingshot/base/keys.h"
+#include "slingshot/replica/instantiate.h"
+#include "slingshot/store/chunk_store.h"
+#include "slingshot/store/manifest.h"
+#include "slingshot/vm/hypervisor.h"
+
+namespace slingshot {
+
+struct CheckpointResult {
+  Manifest manifest;  // as published
+  ChunkId manifest_id;
+  double pause_ms = 0;  // the guest stood still
+  double total_ms = 0;
+};
+
+struct CheckpointOptions {
+  ChunkStore* store = nullptr;  // transactional: the home's
+  const SigningKey* key = nullptr;
+  // What does not change between checkpoints: the service id, type, port,
+  // VM configuration (backend excepted), boot files and state_on_disk. The
+  // new manifest takes its epoch + 1.
+  Manifest base;
+  int quiesce_ms = 30000;
+  int resume_ms = 30000;
+  int64_t now_ns = 0;  // the manifest's creation time; 0: the clock
+};
+
+// Checkpoints replica and publishes the manifest.
+Result<CheckpointResult> TakeCheckpoint(Hypervisor& hv, LiveReplica& replica, const CheckpointOptions& options);
+
+// When a checkpoint is due: every `inputs` inputs, or `seconds` after the
+// last one if any input came since.
+class CheckpointSchedule {
+ public:
+  using Clock = std::chrono::steady_clock;
+  CheckpointSchedule(uint64_t inputs, std::chrono::seconds seconds) : inputs_(inputs), seconds_(seconds) {}
+  // A checkpoint covering seq was taken (or failed: covered stays) at now.
+  void Taken(uint64_t covered, Clock::time_point now) {
+    covered_ = covered;
+    at_ = now;
+  }
+  bool Due(uint64_t applied, Clock::time_point now) const {
+    if (applied <= covered_) return false;
+    return applied >= covered_ + inputs_ || now - at_ >= seconds_;
+  }
+  uint64_t covered() const { return covered_; }
+
+ private:
+  uint64_t inputs_;
+  std::chrono::seconds seconds_;
+  uint64_t covered_ = 0;
+  Clock::time_point at_ = Clock::now();
+};
+
+}  // namespace slingshot
+
+#endif  // SLINGSHOT_REPLICA_CHECKPOINT_H_

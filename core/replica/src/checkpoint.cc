@@ -1,0 +1,59 @@
+#include "slingshot/replica/checkpoint.h"
+
+#include "slingshot/base/log.h"
+#include "slingshot/store/memory_image.h"
+#include "slingshot/store/working_set.h"
+
+namespace slingshot {
+namespace {
+using Clock = std::chrono::steady_clock;
+
+int64_t WallNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace
+
+Result<CheckpointResult> TakeCheckpoint(Hypervisor& hv, LiveReplica& replica, const CheckpointOptions& options) {
+  if (!options.store || !options.key) return Status::InvalidArgument("a checkpoint needs a store and a signing key");
+  const auto start = Clock::now();
+  ReplicaHost& host = *replica.host();
+  SLINGSHOT_ASSIGN_OR_RETURN(uint64_t seq, host.Quiesce(options.quiesce_ms));
+  MemoryImageWriter writer(options.store, ChunkerOptions{});
+  auto ck = hv.Checkpoint(replica.vm_name(), [&](ByteView b) { return writer.Write(b); }, /*keep_running=*/true);
+  Result<ChunkList> memory = ck.ok() ? writer.Finish() : Result<ChunkList>(ck.status());
+  Result<DiskTable> table =
+      memory.ok() ? replica.disk().table_export().Freeze(options.store) : Result<DiskTable>(memory.status());
+  // The VM runs on whatever happened; reconnect before anything else.
+  Status resumed = host.Resume(replica.service_endpoint(), options.resume_ms);
+  const std::string what = "checkpoint of " + options.base.service_id;
+  SLINGSHOT_RETURN_IF_ERROR(table.status().Annotate(what));
+  SLINGSHOT_RETURN_IF_ERROR(resumed.Annotate(what + ": the service did not come back"));
+  SLINGSHOT_ASSIGN_OR_RETURN(ChunkId memory_id, options.store->PutObject(memory->Encode()));
+  SLINGSHOT_ASSIGN_OR_RETURN(ChunkId table_id, options.store->PutObject(table->Encode()));
+  std::vector<ChunkId> first = replica.disk().table_export().FirstReads();
+  if (!first.empty()) {
+    SLINGSHOT_RETURN_IF_ERROR(SaveWorkingSet(options.store, WorkingSetRecord{table_id, std::move(first)}));
+  }
+
+  CheckpointResult r;
+  Manifest& m = r.manifest;
+  m = options.base;
+  m.epoch = options.base.epoch + 1;
+  m.last_seq = seq;
+  m.created_ns = options.now_ns ? options.now_ns : WallNs();
+  m.vm.backend = hv.StreamFormat();
+  m.disk_table = table_id;
+  m.disk_size = table->image_size;
+  m.memory_list = memory_id;
+  m.memory_size = memory->total_size;
+  SLINGSHOT_ASSIGN_OR_RETURN(r.manifest_id, options.store->PutObject(SignManifest(m, *options.key)));
+  SLINGSHOT_RETURN_IF_ERROR(
+      options.store->SetRef(Ref{"manifest/" + m.service_id, ObjectKind::kManifest, r.manifest_id}));
+  host.Broadcast(wire::Checkpointed{m.epoch, seq});
+  r.pause_ms = ck->pause_ms;
+  r.total_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+  return r;
+}
+
+}  // namespace slingshot

@@ -1,0 +1,192 @@
+#include "slingshot/replica/instantiate.h"
+
+#include <chrono>
+#include <filesystem>
+
+#include "slingshot/base/log.h"
+#include "slingshot/net/chunk_service.h"
+#include "slingshot/store/memory_image.h"
+#include "slingshot/store/working_set.h"
+
+namespace slingshot {
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+Result<Bytes> StoreCheckpointSource::SignedManifest(const std::string& service) {
+  SLINGSHOT_ASSIGN_OR_RETURN(Ref ref, store_->GetRef("manifest/" + service));
+  return store_->GetObject(ref.object);
+}
+Result<Bytes> StoreCheckpointSource::GetObject(const ChunkId& id) { return store_->GetObject(id); }
+Result<std::vector<ChunkId>> StoreCheckpointSource::WorkingSet(const ChunkId& table) {
+  auto ws = LoadWorkingSet(store_, table);
+  if (ws.status().IsNotFound()) return std::vector<ChunkId>{};
+  SLINGSHOT_RETURN_IF_ERROR(ws.status());
+  return ws->ids;
+}
+
+Result<Bytes> RemoteCheckpointSource::SignedManifest(const std::string& service) {
+  SLINGSHOT_ASSIGN_OR_RETURN(Ref ref, home_->GetRef("manifest/" + service));
+  return home_->GetObject(ref.object);
+}
+Result<Bytes> RemoteCheckpointSource::GetObject(const ChunkId& id) { return home_->GetObject(id); }
+Result<std::vector<ChunkId>> RemoteCheckpointSource::WorkingSet(const ChunkId& table) {
+  return home_->GetWorkingSet(table);
+}
+ChunkSource* RemoteCheckpointSource::chunks() { return chain_ ? static_cast<ChunkSource*>(chain_) : home_; }
+
+LiveReplica::~LiveReplica() { Destroy(); }
+
+void LiveReplica::Destroy() {
+  if (destroyed_) return;
+  destroyed_ = true;
+  if (host_) host_->Shutdown();
+  (void)hv_.Destroy(vm_name_);
+  if (disk_) disk_->Stop();
+}
+
+Result<std::unique_ptr<LiveReplica>> StartReplica(Hypervisor& hv, ReplicaPlan plan) {
+  auto report = [&](const std::string& phase, uint64_t done, uint64_t total) {
+    if (plan.progress) plan.progress(InstantiateProgress{phase, done, total});
+  };
+  std::unique_ptr<LiveReplica> r(new LiveReplica(hv));
+  r->vm_name_ = plan.spec.name;
+  r->manifest_ = plan.manifest;
+  r->booted_ = !plan.memory;
+  r->destroyed_ = true;  // nothing to destroy until the VM is asked for
+  SLINGSHOT_ASSIGN_OR_RETURN(r->disk_, ReplicaDisk::Open(plan.table, plan.chunks, hv, plan.disk));
+  VmSpec spec = plan.spec;
+  spec.disk = r->disk_->address();
+  spec.service_ports = {plan.manifest.service_port};
+  for (uint16_t p : plan.extra_ports) {
+    if (p != plan.manifest.service_port) spec.service_ports.push_back(p);
+  }
+  r->destroyed_ = false;
+  auto start = Clock::now();
+  if (plan.memory) {
+    report("restore", 0, plan.manifest.memory_size);
+    uint64_t done = 0;
+    auto last = Clock::now();
+    auto counted = [&](const ByteSink& sink) {
+      return plan.memory([&](ByteView b) {
+        done += b.size();
+        if (Clock::now() - last > std::chrono::milliseconds(200)) {
+          report("restore", done, plan.manifest.memory_size);
+          last = Clock::now();
+        }
+        return sink(b);
+      });
+    };
+    auto restored = hv.Restore(spec, counted);
+    SLINGSHOT_RETURN_IF_ERROR(restored.status());
+    r->restore_ms_ = restored->total_ms;
+  } else {
+    report("boot", 0, 0);
+    SLINGSHOT_RETURN_IF_ERROR(hv.Boot(spec));
+    r->restore_ms_ = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+  }
+  SLINGSHOT_ASSIGN_OR_RETURN(r->service_, hv.ServiceEndpoint(spec.name, plan.manifest.service_port));
+  auto host = std::make_shared<ReplicaHost>(plan.manifest.service_id, plan.manifest.service_type, plan.label);
+  LiveReplica* raw = r.get();
+  host->OnLost([raw, on_lost = plan.on_lost](const Status& why) {
+    raw->MarkDead();
+    if (on_lost) on_lost(why);
+  });
+  SLINGSHOT_RETURN_IF_ERROR(host->Connect(r->service_, plan.manifest.last_seq, plan.connect_timeout_ms));
+  r->host_ = std::move(host);
+  report("ready", plan.manifest.memory_size, plan.manifest.memory_size);
+  return r;
+}
+
+Result<std::unique_ptr<LiveReplica>> Instantiate(Hypervisor& hv, CheckpointSource& source,
+                                                 const InstantiateOptions& options) {
+  auto report = [&](const std::string& phase, uint64_t done, uint64_t total) {
+    if (options.progress) options.progress(InstantiateProgress{phase, done, total});
+  };
+  report("manifest", 0, 0);
+  SLINGSHOT_ASSIGN_OR_RETURN(Bytes signed_manifest, source.SignedManifest(options.service));
+  auto verified = VerifyManifest(signed_manifest, options.manifest_key);
+  if (!verified.ok()) return verified.status().Annotate("the home's manifest for " + options.service + " is refused");
+  const Manifest& m = *verified;
+  if (m.service_id != options.service) {
+    return Status::Corruption("the manifest under manifest/" + options.service + " is for " + m.service_id);
+  }
+  if (m.kernel.IsNull()) return Status::Unsupported("the manifest carries no kernel (a version 1 manifest)");
+  // A memory image restores only on a hypervisor of its own kind. A service
+  // that keeps its state on its disk boots from the checkpoint's disk
+  // instead, and the log replay from last_seq brings it current all the same.
+  const bool foreign = m.vm.backend != hv.StreamFormat();
+  const bool boot = foreign || (options.prefer_boot && m.state_on_disk);
+  if (foreign && !m.state_on_disk) {
+    return Status::Unsupported("the checkpoint of " + options.service + " holds a " + m.vm.backend +
+                               " memory image, which this hypervisor (" + hv.Name() +
+                               ") cannot restore, and the service keeps state in memory (it was not created "
+                               "with --state-on-disk), so it cannot be booted from its disk either; use a "
+                               "surrogate whose hypervisor matches the home's");
+  }
+  std::error_code ec;
+  fs::create_directories(options.dir, ec);
+  if (ec) return Status::IOError("create " + options.dir + ": " + ec.message());
+
+  auto list_of = [&](const ChunkId& id) -> Result<ChunkList> {
+    SLINGSHOT_ASSIGN_OR_RETURN(Bytes b, source.GetObject(id));
+    return ChunkList::Decode(b);
+  };
+  SLINGSHOT_ASSIGN_OR_RETURN(ChunkList kernel, list_of(m.kernel));
+  ChunkList initrd;
+  if (!m.initrd.IsNull()) {
+    SLINGSHOT_ASSIGN_OR_RETURN(initrd, list_of(m.initrd));
+  }
+  report("files", 0, kernel.total_size + initrd.total_size);
+  if (FetchChain* chain = source.chain()) {
+    // The boot files are needed whole before anything starts: fetch them
+    // with every source at once.
+    std::vector<ChunkId> ids;
+    for (const ChunkList* l : {&kernel, &initrd}) {
+      for (const auto& e : l->entries) ids.push_back(e.id);
+    }
+    SLINGSHOT_RETURN_IF_ERROR(chain->Fetch(ids));
+  }
+  SLINGSHOT_RETURN_IF_ERROR(WriteFileFromList(kernel, source.chunks(), options.dir + "/kernel"));
+  if (!m.initrd.IsNull()) SLINGSHOT_RETURN_IF_ERROR(WriteFileFromList(initrd, source.chunks(), options.dir + "/initrd"));
+  report("files", kernel.total_size + initrd.total_size, kernel.total_size + initrd.total_size);
+
+  ReplicaPlan plan;
+  plan.spec.name = options.vm_name;
+  plan.spec.kernel = options.dir + "/kernel";
+  if (!m.initrd.IsNull()) plan.spec.initrd = options.dir + "/initrd";
+  plan.spec.cmdline = m.vm.kernel_cmdline;
+  plan.spec.memory_mib = m.vm.memory_mib;
+  plan.spec.vcpus = m.vm.vcpus;
+  plan.spec.run_dir = options.dir + "/vm";
+  plan.manifest = m;
+  plan.label = options.label;
+  SLINGSHOT_ASSIGN_OR_RETURN(Bytes tb, source.GetObject(m.disk_table));
+  SLINGSHOT_ASSIGN_OR_RETURN(plan.table, DiskTable::Decode(tb));
+  plan.chunks = source.chunks();
+  plan.disk.dir = options.dir + "/disk";
+  plan.disk.description = m.service_id;
+  plan.disk.prefetch = source.chain();
+  if (plan.disk.prefetch) {
+    auto ws = source.WorkingSet(m.disk_table);
+    if (ws.ok()) plan.disk.working_set = std::move(*ws);
+  }
+  plan.extra_ports = options.extra_ports;
+  plan.on_lost = options.on_lost;
+  plan.progress = options.progress;
+  plan.connect_timeout_ms = boot ? options.boot_connect_ms : options.restore_connect_ms;
+  if (boot) {
+    LogInfo("booting " + options.service + " from its checkpoint's disk: " +
+            (foreign ? "its " + m.vm.backend + " memory image does not restore on " + hv.Name()
+                     : std::string("--prefer-boot")));
+  } else {
+    // The memory image streams into the restore as its chunks arrive.
+    SLINGSHOT_ASSIGN_OR_RETURN(ChunkList memory, list_of(m.memory_list));
+    ChunkSource* chunks = source.chunks();
+    plan.memory = [memory = std::move(memory), chunks](const ByteSink& sink) {
+      return ReadMemoryImage(memory, chunks, sink);
+    };
+  }
+  return StartReplica(hv, std::move(plan));
+}
+
+}  // namespace slingshot

@@ -1,0 +1,674 @@
+// The replica lifecycle (core/replica) on the fake hypervisor and the fake
+// service: instantiate, restore or boot, checkpoint, disks, refusals.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <optional>
+#include <thread>
+
+#include "../fakes/fakes.h"
+#include "slingshot/replica/checkpoint.h"
+#include "slingshot/replica/checkpoint_scope.h"
+#include "slingshot/replica/instantiate.h"
+#include "slingshot/replica/replica_disk.h"
+#include "slingshot/store/memory_image.h"
+#include "slingshot/store/working_set.h"
+#include "test_util.h"
+
+namespace slingshot {
+namespace {
+using fake::FakeHypervisor;
+using fake::FakeHypervisorOptions;
+
+wire::Input In(uint64_t seq) { return wire::Input{seq, 1, Bytes{uint8_t(seq), uint8_t(seq >> 8), 7}}; }
+
+// Waits until the guest behind replica r has applied input seq.
+bool WaitApplied(const LiveReplica& r, uint64_t seq) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (r.host()->applied() >= seq) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return false;
+}
+
+// A home: a store, a key, a service's boot files and disk, a hypervisor.
+class ReplicaTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    fake::RegisterFakeService();
+    auto s = ChunkStore::Open(tmp_ / "store", {});
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    store_ = std::move(*s);
+    auto k = SigningKey::Generate();
+    ASSERT_TRUE(k.ok());
+    key_.emplace(std::move(*k));
+    testing::WriteFile(tmp_ / "kernel", testing::RandomBytes(100000, 1));
+    testing::WriteFile(tmp_ / "initrd", testing::RandomBytes(50000, 2));
+    Bytes disk = testing::RandomBytes(1 << 20, 3);
+    std::fill(disk.begin() + (256 << 10), disk.begin() + (512 << 10), 0);
+    testing::WriteFile(tmp_ / "disk.img", disk);
+    auto imp = ImportDisk(tmp_ / "disk.img", store_.get());
+    ASSERT_TRUE(imp.ok()) << imp.status().ToString();
+    table_ = imp->table;
+  }
+
+  Manifest Base(uint16_t port = 5900) {
+    Manifest m;
+    m.service_id = "notes";
+    m.service_type = fake::kServiceType;
+    m.service_port = port;
+    m.vm = VmConfig{64, 1, "console=ttyS0", "fake", ""};
+    m.kernel = *StoreFile(tmp_ / "kernel", store_.get());
+    m.kernel_size = 100000;
+    m.initrd = *StoreFile(tmp_ / "initrd", store_.get());
+    m.initrd_size = 50000;
+    return m;
+  }
+
+  // The home's first boot of the service, as slingshot-home does it.
+  Result<std::unique_ptr<LiveReplica>> BootPrimary(FakeHypervisor& hv, const Manifest& base) {
+    ReplicaPlan plan;
+    plan.spec.name = "notes";
+    plan.spec.kernel = tmp_ / "kernel";
+    plan.spec.memory_mib = base.vm.memory_mib;
+    plan.spec.vcpus = 1;
+    plan.spec.run_dir = tmp_ / "home-run/vm";
+    plan.manifest = base;
+    plan.label = "home";
+    plan.table = table_;
+    plan.chunks = store_.get();
+    plan.disk.dir = tmp_ / "home-run/disk";
+    plan.connect_timeout_ms = 2000;
+    return StartReplica(hv, std::move(plan));
+  }
+
+  Result<CheckpointResult> Checkpoint(FakeHypervisor& hv, LiveReplica& r, const Manifest& base) {
+    CheckpointOptions o;
+    o.store = store_.get();
+    o.key = &*key_;
+    o.base = base;
+    o.quiesce_ms = 2000;
+    o.resume_ms = 2000;
+    return TakeCheckpoint(hv, r, o);
+  }
+
+  InstantiateOptions Options(const std::string& vm, const std::string& label = "cafe") {
+    InstantiateOptions o;
+    o.service = "notes";
+    o.manifest_key = key_->public_key();
+    o.vm_name = vm;
+    o.dir = tmp_ / vm;
+    o.label = label;
+    o.restore_connect_ms = 2000;
+    o.boot_connect_ms = 2000;
+    return o;
+  }
+
+  // Boots the primary, applies n inputs and checkpoints it.
+  std::unique_ptr<LiveReplica> PrimaryWithCheckpoint(FakeHypervisor& hv, uint64_t n, Manifest* base) {
+    auto p = BootPrimary(hv, *base);
+    EXPECT_TRUE(p.ok()) << p.status().ToString();
+    if (!p.ok()) return nullptr;
+    for (uint64_t s = 1; s <= n; ++s) EXPECT_TRUE((*p)->host()->Apply(In(s)).ok());
+    auto ck = Checkpoint(hv, **p, *base);
+    EXPECT_TRUE(ck.ok()) << ck.status().ToString();
+    if (ck.ok()) base->epoch = ck->manifest.epoch;
+    return std::move(*p);
+  }
+
+  testing::TempDir tmp_;
+  std::unique_ptr<ChunkStore> store_;
+  std::optional<SigningKey> key_;
+  DiskTable table_;
+};
+
+TEST(PrefetchOrderTest, WorkingSetFirstThenTheTableEachOnceWithoutNulls) {
+  DiskTable t;
+  ChunkId a = ChunkId::Of(AsBytes("a")), b = ChunkId::Of(AsBytes("b")), c = ChunkId::Of(AsBytes("c"));
+  t.ids = {a, ChunkId(), b, a, c};
+  EXPECT_EQ(PrefetchOrder(t, {c, ChunkId(), c}), (std::vector<ChunkId>{c, a, b}));
+  EXPECT_EQ(PrefetchOrder(t, {}), (std::vector<ChunkId>{a, b, c}));
+}
+
+TEST_F(ReplicaTest, DiskListensOnAUnixSocketForAQemuLikeHypervisor) {
+  FakeHypervisor hv;
+  ReplicaDiskOptions o;
+  o.dir = tmp_ / "d";
+  auto d = ReplicaDisk::Open(table_, store_.get(), hv, o);
+  ASSERT_TRUE(d.ok()) << d.status().ToString();
+  EXPECT_EQ((*d)->address().unix_socket, tmp_ / "d/disk.sock");
+  EXPECT_TRUE(std::filesystem::exists((*d)->address().unix_socket));
+  EXPECT_EQ((*d)->table_export().size(), 1u << 20);
+}
+
+// A Xen home could not boot its primaries: the home handed the hypervisor a
+// unix socket, and Xen's dom0 NBD client speaks TCP only. The disk now
+// listens where the backend asks.
+TEST_F(ReplicaTest, XenHomeDiskIsServedOverTcp) {
+  FakeHypervisorOptions ho;
+  ho.disks_over_tcp = true;
+  FakeHypervisor hv(ho);
+  auto p = BootPrimary(hv, Base());
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  auto spec = hv.SpecOf("notes");
+  ASSERT_TRUE(spec && spec->disk);
+  EXPECT_TRUE(spec->disk->unix_socket.empty());
+  EXPECT_EQ(spec->disk->host, "127.0.0.1");
+  EXPECT_NE(spec->disk->port, 0);
+}
+
+TEST_F(ReplicaTest, DiskPrefetchesEveryChunkThroughTheChain) {
+  FakeHypervisor hv;
+  auto cache = ChunkStore::Open(tmp_ / "cache", {ChunkStoreOptions::Mode::kCache});
+  ASSERT_TRUE(cache.ok());
+  FetchChain chain(cache->get(), {store_.get()});
+  ReplicaDiskOptions o;
+  o.dir = tmp_ / "d";
+  o.prefetch = &chain;
+  auto d = ReplicaDisk::Open(table_, &chain, hv, o);
+  ASSERT_TRUE(d.ok()) << d.status().ToString();
+  const size_t distinct = PrefetchOrder(table_, {}).size();
+  EXPECT_EQ((*d)->prefetch_total(), distinct);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while ((*d)->prefetched() < distinct && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ((*d)->prefetched(), distinct);
+  for (const auto& id : PrefetchOrder(table_, {})) EXPECT_TRUE(*(*cache)->Contains(id));
+}
+
+TEST_F(ReplicaTest, FirstBootStartsTheServiceAtSeqZero) {
+  FakeHypervisor hv;
+  auto p = BootPrimary(hv, Base());
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  EXPECT_TRUE((*p)->booted());
+  EXPECT_EQ(hv.boots(), 1);
+  EXPECT_EQ((*p)->host()->consumed(), 0u);
+  ASSERT_TRUE((*p)->host()->Apply(In(1)).ok());
+  EXPECT_EQ(hv.Guest("notes")->last_seq(), 1u);
+}
+
+TEST_F(ReplicaTest, CheckpointPublishesASignedManifestCoveringTheConsumedSeq) {
+  FakeHypervisor hv;
+  Manifest base = Base();
+  auto p = PrimaryWithCheckpoint(hv, 5, &base);
+  ASSERT_TRUE(p);
+  auto ref = store_->GetRef("manifest/notes");
+  ASSERT_TRUE(ref.ok());
+  auto m = VerifyManifest(*store_->GetObject(ref->object), key_->public_key());
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  EXPECT_EQ(m->epoch, 1u);
+  EXPECT_EQ(m->last_seq, 5u);
+  EXPECT_EQ(m->vm.backend, "fake");
+  EXPECT_EQ(m->kernel, base.kernel);
+  EXPECT_GT(m->memory_size, 256u << 10);
+  // The memory image is the guest's saved state.
+  auto list = ChunkList::Decode(*store_->GetObject(m->memory_list));
+  ASSERT_TRUE(list.ok());
+  EXPECT_EQ(list->total_size, m->memory_size);
+  // The replica keeps running after it.
+  ASSERT_TRUE(p->host()->Apply(In(6)).ok());
+  EXPECT_EQ(hv.Guest("notes")->last_seq(), 6u);
+}
+
+TEST_F(ReplicaTest, EachCheckpointTakesTheNextEpoch) {
+  FakeHypervisor hv;
+  Manifest base = Base();
+  auto p = PrimaryWithCheckpoint(hv, 1, &base);
+  ASSERT_TRUE(p);
+  ASSERT_TRUE(p->host()->Apply(In(2)).ok());
+  auto ck = Checkpoint(hv, *p, base);
+  ASSERT_TRUE(ck.ok()) << ck.status().ToString();
+  EXPECT_EQ(ck->manifest.epoch, 2u);
+  EXPECT_EQ(ck->manifest.last_seq, 2u);
+}
+
+TEST_F(ReplicaTest, AFailedCheckpointLeavesThePublishedOneAndTheVmRunning) {
+  FakeHypervisor hv;
+  Manifest base = Base();
+  auto p = PrimaryWithCheckpoint(hv, 3, &base);
+  ASSERT_TRUE(p);
+  auto before = store_->GetRef("manifest/notes");
+  ASSERT_TRUE(p->host()->Apply(In(4)).ok());
+  hv.FailNextCheckpoint(Status::IOError("disk full"));
+  auto ck = Checkpoint(hv, *p, base);
+  ASSERT_FALSE(ck.ok());
+  EXPECT_NE(ck.status().message().find("disk full"), std::string::npos);
+  EXPECT_EQ(store_->GetRef("manifest/notes")->object, before->object);
+  // Resumed: inputs still flow.
+  ASSERT_TRUE(p->host()->Apply(In(5)).ok());
+  EXPECT_EQ(hv.Guest("notes")->last_seq(), 5u);
+}
+
+TEST_F(ReplicaTest, CheckpointWaitsForTheBarrier) {
+  FakeHypervisor hv;
+  Manifest base = Base();
+  auto p = BootPrimary(hv, base);
+  ASSERT_TRUE(p.ok());
+  auto guest = hv.Guest("notes");
+  guest->Hold(true);
+  ASSERT_TRUE((*p)->host()->Apply(In(1)).ok());
+  std::thread release([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    guest->Hold(false);
+  });
+  auto ck = Checkpoint(hv, **p, base);
+  release.join();
+  ASSERT_TRUE(ck.ok()) << ck.status().ToString();
+  EXPECT_EQ(ck->manifest.last_seq, 1u);
+}
+
+TEST_F(ReplicaTest, CheckpointRecordsTheDiskWorkingSet) {
+  FakeHypervisor hv;
+  Manifest base = Base();
+  auto p = BootPrimary(hv, base);
+  ASSERT_TRUE(p.ok());
+  std::vector<uint8_t> buf(4096);
+  ASSERT_TRUE((*p)->disk().table_export().Read(640 << 10, buf).ok());
+  ASSERT_TRUE((*p)->disk().table_export().Read(0, buf).ok());
+  auto ck = Checkpoint(hv, **p, base);
+  ASSERT_TRUE(ck.ok()) << ck.status().ToString();
+  auto ws = LoadWorkingSet(store_.get(), ck->manifest.disk_table);
+  ASSERT_TRUE(ws.ok()) << ws.status().ToString();
+  ASSERT_EQ(ws->ids.size(), 2u);
+  EXPECT_EQ(ws->ids[0], table_.ids[10]);
+  EXPECT_EQ(ws->ids[1], table_.ids[0]);
+}
+
+TEST_F(ReplicaTest, InstantiateRestoresTheCheckpointedState) {
+  FakeHypervisor home, cafe;
+  Manifest base = Base();
+  auto p = PrimaryWithCheckpoint(home, 4, &base);
+  ASSERT_TRUE(p);
+  StoreCheckpointSource src(store_.get());
+  auto r = Instantiate(cafe, src, Options("replica-1"));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_FALSE((*r)->booted());
+  EXPECT_EQ(cafe.restores(), 1);
+  EXPECT_EQ((*r)->manifest().last_seq, 4u);
+  EXPECT_EQ((*r)->host()->consumed(), 4u);
+  EXPECT_EQ(cafe.Guest("replica-1")->Digest(), home.Guest("notes")->Digest());
+  // The boot files came from the checkpoint.
+  EXPECT_EQ(testing::ReadFile(tmp_ / "replica-1/kernel"), testing::ReadFile(tmp_ / "kernel"));
+  EXPECT_EQ(testing::ReadFile(tmp_ / "replica-1/initrd"), testing::ReadFile(tmp_ / "initrd"));
+}
+
+TEST_F(ReplicaTest, ReplayedInputsBringAReplicaToThePrimarysState) {
+  FakeHypervisor home, cafe;
+  Manifest base = Base();
+  auto p = PrimaryWithCheckpoint(home, 3, &base);
+  ASSERT_TRUE(p);
+  for (uint64_t s = 4; s <= 9; ++s) ASSERT_TRUE(p->host()->Apply(In(s)).ok());
+  StoreCheckpointSource src(store_.get());
+  auto r = Instantiate(cafe, src, Options("replica-1"));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  for (uint64_t s = 1; s <= 9; ++s) ASSERT_TRUE((*r)->host()->Apply(In(s)).ok());  // overlaps are ignored
+  ASSERT_TRUE(WaitApplied(**r, 9));
+  EXPECT_EQ(cafe.Guest("replica-1")->Digest(), home.Guest("notes")->Digest());
+}
+
+// The memory image is handed to Restore as a stream, as its chunks arrive,
+// not fetched whole first.
+TEST_F(ReplicaTest, MemoryStreamsIntoRestoreInManyPieces) {
+  FakeHypervisor home;
+  Manifest base = Base();
+  auto p = PrimaryWithCheckpoint(home, 2, &base);
+  ASSERT_TRUE(p);
+  auto m = VerifyManifest(*store_->GetObject(store_->GetRef("manifest/notes")->object), key_->public_key());
+  auto list = ChunkList::Decode(*store_->GetObject(m->memory_list));
+  ASSERT_TRUE(list.ok());
+  ASSERT_GT(list->entries.size(), 4u);
+  std::vector<InstantiateProgress> seen;
+  FakeHypervisor cafe;
+  StoreCheckpointSource src(store_.get());
+  InstantiateOptions o = Options("replica-1");
+  o.progress = [&](const InstantiateProgress& pr) { seen.push_back(pr); };
+  auto r = Instantiate(cafe, src, o);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(cafe.last_restore_bytes(), m->memory_size);
+  std::vector<std::string> phases;
+  for (const auto& pr : seen) {
+    if (phases.empty() || phases.back() != pr.phase) phases.push_back(pr.phase);
+  }
+  EXPECT_EQ(phases, (std::vector<std::string>{"manifest", "files", "restore", "ready"}));
+}
+
+// A service that listens on another port than 5900 worked at home and
+// never on a surrogate: the agent hard-coded 5900. The port travels in the
+// manifest and the replica's service is reached on it.
+TEST_F(ReplicaTest, ServicePortFromTheManifestIsForwardedAndUsed) {
+  FakeHypervisor home, cafe;
+  Manifest base = Base(5901);
+  auto p = PrimaryWithCheckpoint(home, 1, &base);
+  ASSERT_TRUE(p);
+  StoreCheckpointSource src(store_.get());
+  auto r = Instantiate(cafe, src, Options("replica-1"));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  auto spec = cafe.SpecOf("replica-1");
+  ASSERT_TRUE(spec);
+  EXPECT_EQ(spec->service_ports, std::vector<uint16_t>{5901});
+  EXPECT_EQ((*r)->service_endpoint(), *cafe.ServiceEndpoint("replica-1", 5901));
+  EXPECT_FALSE(cafe.ServiceEndpoint("replica-1", 5900).ok());
+}
+
+TEST_F(ReplicaTest, AForeignMemoryImageOfAStateOnDiskServiceBootsFromTheDisk) {
+  FakeHypervisor home;
+  Manifest base = Base();
+  base.state_on_disk = true;
+  auto p = PrimaryWithCheckpoint(home, 2, &base);
+  ASSERT_TRUE(p);
+  FakeHypervisorOptions xo;
+  xo.stream_format = "other";
+  FakeHypervisor cafe(xo);
+  StoreCheckpointSource src(store_.get());
+  auto r = Instantiate(cafe, src, Options("replica-1"));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_TRUE((*r)->booted());
+  EXPECT_EQ(cafe.boots(), 1);
+  EXPECT_EQ(cafe.restores(), 0);
+  // Booted from the checkpoint's disk, at the checkpoint's seq.
+  EXPECT_EQ((*r)->host()->consumed(), 2u);
+}
+
+TEST_F(ReplicaTest, AForeignMemoryImageOfAServiceWithStateInMemoryIsRefused) {
+  FakeHypervisor home;
+  Manifest base = Base();
+  auto p = PrimaryWithCheckpoint(home, 0, &base);
+  ASSERT_TRUE(p);
+  FakeHypervisorOptions xo;
+  xo.stream_format = "other";
+  FakeHypervisor cafe(xo);
+  StoreCheckpointSource src(store_.get());
+  auto r = Instantiate(cafe, src, Options("replica-1"));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Status::Code::kUnsupported);
+  EXPECT_NE(r.status().message().find("--state-on-disk"), std::string::npos) << r.status().ToString();
+  EXPECT_TRUE(cafe.List().empty());
+}
+
+TEST_F(ReplicaTest, PreferBootBootsAStateOnDiskServiceThatWouldRestore) {
+  FakeHypervisor home, cafe;
+  Manifest base = Base();
+  base.state_on_disk = true;
+  auto p = PrimaryWithCheckpoint(home, 1, &base);
+  ASSERT_TRUE(p);
+  StoreCheckpointSource src(store_.get());
+  InstantiateOptions o = Options("replica-1");
+  o.prefer_boot = true;
+  auto r = Instantiate(cafe, src, o);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_TRUE((*r)->booted());
+  EXPECT_EQ(cafe.restores(), 0);
+}
+
+TEST_F(ReplicaTest, AManifestSignedByAnotherKeyIsRefused) {
+  FakeHypervisor home, cafe;
+  Manifest base = Base();
+  auto p = PrimaryWithCheckpoint(home, 1, &base);
+  ASSERT_TRUE(p);
+  StoreCheckpointSource src(store_.get());
+  InstantiateOptions o = Options("replica-1");
+  o.manifest_key = SigningKey::Generate()->public_key();
+  auto r = Instantiate(cafe, src, o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(r.status().IsCorruption()) << r.status().ToString();
+  EXPECT_NE(r.status().message().find("refused"), std::string::npos);
+  EXPECT_TRUE(cafe.List().empty());
+}
+
+TEST_F(ReplicaTest, AManifestOfAnotherServiceUnderTheRefIsRefused) {
+  FakeHypervisor cafe;
+  Manifest m = Base();
+  m.service_id = "mail";
+  auto id = store_->PutObject(SignManifest(m, *key_));
+  ASSERT_TRUE(store_->SetRef(Ref{"manifest/notes", ObjectKind::kManifest, *id}).ok());
+  StoreCheckpointSource src(store_.get());
+  auto r = Instantiate(cafe, src, Options("replica-1"));
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("is for mail"), std::string::npos) << r.status().ToString();
+}
+
+TEST_F(ReplicaTest, AManifestWithoutBootFilesIsUnsupported) {
+  FakeHypervisor cafe;
+  Manifest m = Base();
+  m.kernel = ChunkId();
+  auto id = store_->PutObject(SignManifest(m, *key_));
+  ASSERT_TRUE(store_->SetRef(Ref{"manifest/notes", ObjectKind::kManifest, *id}).ok());
+  StoreCheckpointSource src(store_.get());
+  auto r = Instantiate(cafe, src, Options("replica-1"));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Status::Code::kUnsupported);
+}
+
+TEST_F(ReplicaTest, NoCheckpointYetIsNotFound) {
+  FakeHypervisor cafe;
+  StoreCheckpointSource src(store_.get());
+  auto r = Instantiate(cafe, src, Options("replica-1"));
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(r.status().IsNotFound()) << r.status().ToString();
+}
+
+TEST_F(ReplicaTest, AFailedRestoreLeavesNothingRunning) {
+  FakeHypervisor home, cafe;
+  Manifest base = Base();
+  auto p = PrimaryWithCheckpoint(home, 1, &base);
+  ASSERT_TRUE(p);
+  cafe.FailNextRestore(Status::Corruption("the stream's trailer does not match"));
+  StoreCheckpointSource src(store_.get());
+  auto r = Instantiate(cafe, src, Options("replica-1"));
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("trailer"), std::string::npos);
+  EXPECT_TRUE(cafe.List().empty());
+  // A second try works: nothing was left behind (name, disk socket).
+  auto again = Instantiate(cafe, src, Options("replica-1"));
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+}
+
+TEST_F(ReplicaTest, AServiceThatNeverAnswersFailsTheInstantiateAndDestroysTheVm) {
+  FakeHypervisor home;
+  Manifest base = Base();
+  auto p = PrimaryWithCheckpoint(home, 1, &base);
+  ASSERT_TRUE(p);
+  FakeHypervisor cafe;
+  cafe.RefuseNextService();  // the restored guest refuses its service connection
+  StoreCheckpointSource src(store_.get());
+  InstantiateOptions o = Options("replica-1");
+  o.restore_connect_ms = 200;
+  auto r = Instantiate(cafe, src, o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("refuses"), std::string::npos) << r.status().ToString();
+  EXPECT_TRUE(cafe.List().empty());
+}
+
+TEST_F(ReplicaTest, DestroyStopsTheVmAndIsIdempotent) {
+  FakeHypervisor hv;
+  auto p = BootPrimary(hv, Base());
+  ASSERT_TRUE(p.ok());
+  (*p)->Destroy();
+  EXPECT_TRUE(hv.List().empty());
+  (*p)->Destroy();
+  p->reset();
+  EXPECT_TRUE(hv.List().empty());
+}
+
+TEST_F(ReplicaTest, ALostServiceConnectionMarksTheReplicaLost) {
+  FakeHypervisor home, cafe;
+  Manifest base = Base();
+  auto p = PrimaryWithCheckpoint(home, 1, &base);
+  ASSERT_TRUE(p);
+  StoreCheckpointSource src(store_.get());
+  InstantiateOptions o = Options("replica-1");
+  std::atomic<int> lost{0};
+  o.on_lost = [&](const Status&) { ++lost; };
+  auto r = Instantiate(cafe, src, o);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_FALSE((*r)->lost());
+  cafe.Guest("replica-1")->DropConnections(Status::IOError("connection reset by peer"));
+  EXPECT_TRUE((*r)->lost());
+  EXPECT_EQ(lost, 1);
+}
+
+// A capability's holder reads its service's checkpoint and nothing else
+// (the home used to serve any id to any capability).
+TEST_F(ReplicaTest, ACapabilityReachesOnlyItsServicesCheckpoint) {
+  FakeHypervisor hv;
+  Manifest base = Base();
+  auto p = PrimaryWithCheckpoint(hv, 2, &base);
+  ASSERT_TRUE(p);
+  // Another service's disk in the same store.
+  testing::WriteFile(tmp_ / "mail.img", testing::RandomBytes(256 << 10, 9));
+  auto mail = ImportDisk(tmp_ / "mail.img", store_.get());
+  ASSERT_TRUE(mail.ok());
+  auto mail_table = store_->PutObject(mail->table.Encode());
+  ASSERT_TRUE(mail_table.ok());
+
+  CheckpointScope scope(store_.get());
+  const int64_t now = 1000;
+  Capability cap{"notes", "alice", now + 600, "fp-1"};
+  // Nothing before the manifest was handed out.
+  EXPECT_EQ(scope.Check(cap, {table_.ids[0]}, now).code(), Status::Code::kPermissionDenied);
+  auto ref = scope.GrantCurrent(cap, now);
+  ASSERT_TRUE(ref.ok()) << ref.status().ToString();
+  auto m = VerifyManifest(*store_->GetObject(ref->object), key_->public_key());
+  ASSERT_TRUE(m.ok());
+  auto memory = ChunkList::Decode(*store_->GetObject(m->memory_list));
+  ASSERT_TRUE(memory.ok());
+  EXPECT_TRUE(scope.Check(cap, {ref->object, m->disk_table, m->memory_list, m->kernel, m->initrd}, now).ok());
+  EXPECT_TRUE(scope.Check(cap, {table_.ids[0], table_.ids[15], memory->entries[0].id}, now).ok());
+  // Not another service's table or chunks, not a made-up id.
+  Status other = scope.Check(cap, {table_.ids[0], *mail_table}, now);
+  EXPECT_EQ(other.code(), Status::Code::kPermissionDenied);
+  EXPECT_NE(other.message().find("not part of a checkpoint of notes"), std::string::npos) << other.ToString();
+  EXPECT_FALSE(scope.Check(cap, {mail->table.ids[0]}, now).ok());
+  EXPECT_FALSE(scope.Check(cap, {ChunkId::Of(AsBytes("guess"))}, now).ok());
+  // Another capability was handed nothing yet.
+  EXPECT_FALSE(scope.Check(Capability{"notes", "alice", now + 600, "fp-2"}, {table_.ids[0]}, now).ok());
+  // An expired capability reads nothing.
+  EXPECT_FALSE(scope.Check(cap, {table_.ids[0]}, now + 600).ok());
+  EXPECT_FALSE(scope.GrantCurrent(cap, now + 601).ok());
+}
+
+TEST_F(ReplicaTest, AGrantedCheckpointStaysInScopeAfterANewerOne) {
+  FakeHypervisor hv;
+  Manifest base = Base();
+  auto p = PrimaryWithCheckpoint(hv, 1, &base);
+  ASSERT_TRUE(p);
+  CheckpointScope scope(store_.get(), 1);  // one cached set: a recomputation is needed too
+  Capability cap{"notes", "alice", 2000, "fp"};
+  auto first = scope.GrantCurrent(cap, 1000);
+  ASSERT_TRUE(first.ok());
+  auto m1 = VerifyManifest(*store_->GetObject(first->object), key_->public_key());
+  // The guest writes; a new checkpoint has a new disk table.
+  Bytes block(64 << 10, 0x5a);
+  ASSERT_TRUE(p->disk().table_export().Write(0, block).ok());
+  ASSERT_TRUE(p->host()->Apply(In(2)).ok());
+  auto ck = Checkpoint(hv, *p, base);
+  ASSERT_TRUE(ck.ok()) << ck.status().ToString();
+  ASSERT_NE(ck->manifest.disk_table, m1->disk_table);
+  ASSERT_TRUE(scope.GrantCurrent(Capability{"notes", "bob", 2000, "other"}, 1000).ok());
+  EXPECT_TRUE(scope.Check(cap, {m1->disk_table}, 1000).ok());
+  EXPECT_FALSE(scope.Check(cap, {ck->manifest.disk_table}, 1000).ok());
+  ASSERT_TRUE(scope.GrantCurrent(cap, 1000).ok());
+  EXPECT_TRUE(scope.Check(cap, {m1->disk_table, ck->manifest.disk_table}, 1000).ok());
+}
+
+TEST(CheckpointScheduleTest, DueAfterEnoughInputs) {
+  CheckpointSchedule s(10, std::chrono::seconds(60));
+  auto t = CheckpointSchedule::Clock::now();
+  s.Taken(5, t);
+  EXPECT_FALSE(s.Due(14, t));
+  EXPECT_TRUE(s.Due(15, t));
+}
+
+TEST(CheckpointScheduleTest, DueAfterTheIntervalOnlyIfAnInputCame) {
+  CheckpointSchedule s(1000, std::chrono::seconds(60));
+  auto t = CheckpointSchedule::Clock::now();
+  s.Taken(7, t);
+  EXPECT_FALSE(s.Due(7, t + std::chrono::seconds(3600)));
+  EXPECT_FALSE(s.Due(8, t + std::chrono::seconds(59)));
+  EXPECT_TRUE(s.Due(8, t + std::chrono::seconds(60)));
+}
+
+TEST(CheckpointScheduleTest, AFailedCheckpointWaitsAWholeIntervalAgain) {
+  CheckpointSchedule s(1000, std::chrono::seconds(60));
+  auto t = CheckpointSchedule::Clock::now();
+  s.Taken(0, t);
+  EXPECT_TRUE(s.Due(1, t + std::chrono::seconds(61)));
+  s.Taken(s.covered(), t + std::chrono::seconds(61));  // the checkpoint failed
+  EXPECT_FALSE(s.Due(1, t + std::chrono::seconds(62)));
+  EXPECT_TRUE(s.Due(1, t + std::chrono::seconds(121)));
+}
+
+TEST(ServiceTypeTest, RfbIsBuiltInAndUnknownTypesAreUnsupported) {
+  EXPECT_TRUE(IsServiceType("rfb"));
+  EXPECT_FALSE(IsServiceType("speech"));
+  auto a = ServiceAdapter::Open("speech", Endpoint{"127.0.0.1", 1}, 0, {}, 10);
+  ASSERT_FALSE(a.ok());
+  EXPECT_EQ(a.status().code(), Status::Code::kUnsupported);
+  EXPECT_NE(a.status().message().find("rfb"), std::string::npos);
+  EXPECT_EQ(ServiceAdapter::CheckInput("speech", 1, {}).code(), Status::Code::kUnsupported);
+}
+
+TEST(ServiceTypeTest, ATypeRegistersOnceAndMustBeWhole) {
+  fake::RegisterFakeService();
+  EXPECT_TRUE(IsServiceType(fake::kServiceType));
+  ServiceType again;
+  again.name = "rfb";
+  again.open = [](const Endpoint&, uint64_t, ServiceCallbacks, int) -> Result<std::unique_ptr<ServiceAdapter>> {
+    return Status::Unsupported("no");
+  };
+  again.check_input = [](uint16_t, ByteView) { return Status::OK(); };
+  EXPECT_EQ(RegisterServiceType(again).code(), Status::Code::kAlreadyExists);
+  ServiceType half;
+  half.name = "half";
+  EXPECT_EQ(RegisterServiceType(half).code(), Status::Code::kInvalidArgument);
+  EXPECT_TRUE(ServiceAdapter::CheckInput(fake::kServiceType, 1, Bytes(10)).ok());
+  EXPECT_FALSE(ServiceAdapter::CheckInput(fake::kServiceType, 2, Bytes(10)).ok());
+}
+
+TEST(FakeHypervisorTest, ADeathRunsTheCallbackAndForgetsTheVm) {
+  fake::RegisterFakeService();
+  FakeHypervisor hv;
+  std::string died, why;
+  hv.OnDeath([&](const std::string& n, const std::string& w) {
+    died = n;
+    why = w;
+  });
+  VmSpec s;
+  s.name = "x";
+  s.service_ports = {5900};
+  ASSERT_TRUE(hv.Boot(s).ok());
+  auto ep = hv.ServiceEndpoint("x", 5900);
+  ASSERT_TRUE(ep.ok());
+  EXPECT_TRUE(fake::GuestAt(*ep));
+  hv.Kill("x", "out of memory");
+  EXPECT_EQ(died, "x");
+  EXPECT_EQ(why, "out of memory");
+  EXPECT_TRUE(hv.List().empty());
+  EXPECT_FALSE(fake::GuestAt(*ep));
+}
+
+TEST(FakeHypervisorTest, AStreamOfAnotherFormatIsUnsupported) {
+  FakeHypervisor a, b(FakeHypervisorOptions{"other"});
+  VmSpec s;
+  s.name = "x";
+  ASSERT_TRUE(a.Boot(s).ok());
+  Bytes stream;
+  ASSERT_TRUE(a.Checkpoint("x", [&](ByteView v) {
+                 stream.insert(stream.end(), v.begin(), v.end());
+                 return Status::OK();
+               }, true).ok());
+  auto r = b.Restore(s, [&](const ByteSink& sink) { return sink(stream); });
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Status::Code::kUnsupported);
+  stream[stream.size() / 2] ^= 1;
+  VmSpec y;
+  y.name = "y";
+  auto c = a.Restore(y, [&](const ByteSink& sink) { return sink(stream); });
+  ASSERT_FALSE(c.ok());
+  EXPECT_TRUE(c.status().IsCorruption()) << c.status().ToString();
+}
+
+}  // namespace
+}  // namespace slingshot
