@@ -267,9 +267,10 @@ Status ProxyCmd(const cli::po::variables_map& vm) {
   return Status::OK();
 }
 
-// Sends one command line to the running proxy and hands each answer line to fn.
-Status Control(const cli::po::variables_map& vm, const std::string& command,
-               const std::function<void(const std::string&)>& fn) {
+// Sends one request to the running proxy (control.h) and hands each answer
+// to fn; returns the proxy's final word.
+Status Control(const cli::po::variables_map& vm, const control::Request& request,
+               const std::function<void(const control::Event&)>& fn) {
   const std::string path = StateDir(vm) + "/proxy.sock";
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_un a{};
@@ -281,20 +282,31 @@ Status Control(const cli::po::variables_map& vm, const std::string& command,
     return Status::Unavailable("no proxy answers at " + path + " (" + strerror(err) +
                                "): start it with slingshot-client proxy SERVICE");
   }
-  std::string line = command + "\n";
+  std::string line = control::Encode(request) + "\n";
   (void)!write(fd, line.data(), line.size());
   std::string cur;
   char c;
   Status result = Status::Unavailable("the proxy closed the connection without an answer");
   while (read(fd, &c, 1) == 1) {
     if (c != '\n') {
-      if (cur.size() < 65536) cur += c;
+      if (cur.size() > control::kMaxLine) {
+        result = Status::Corruption("the proxy sent a line longer than " + std::to_string(control::kMaxLine) + " bytes");
+        break;
+      }
+      cur += c;
       continue;
     }
-    if (cur == "ok") result = Status::OK();
-    else if (cur.rfind("error ", 0) == 0) result = Status::IOError(cur.substr(6));
-    else fn(cur);
+    auto e = control::DecodeEvent(cur);
     cur.clear();
+    if (!e.ok()) {
+      result = e.status();
+      break;
+    }
+    if (auto* d = std::get_if<control::Done>(&*e)) {
+      result = d->status;
+      break;
+    }
+    fn(*e);
   }
   close(fd);
   return result;
@@ -302,13 +314,17 @@ Status Control(const cli::po::variables_map& vm, const std::string& command,
 
 Status LeaveCmd(const cli::po::variables_map& vm) {
   const std::string name = vm["replica"].as<std::string>();
-  SLINGSHOT_RETURN_IF_ERROR(Control(vm, "leave " + name, [](const std::string& l) { std::printf("%s\n", l.c_str()); }));
+  SLINGSHOT_RETURN_IF_ERROR(Control(vm, control::LeaveRequest{name}, [](const control::Event&) {}));
   std::printf("left %s: its surrogate destroys the replica\n", name.c_str());
   return Status::OK();
 }
 
 Status StatusCmd(const cli::po::variables_map& vm) {
-  return Control(vm, "status", [](const std::string& l) { std::printf("%s\n", l.c_str()); });
+  return Control(vm, control::StatusRequest{}, [](const control::Event& e) {
+    if (auto* s = std::get_if<control::ProxyStatus>(&e)) {
+      for (const auto& line : control::StatusLines(*s)) std::printf("%s\n", line.c_str());
+    }
+  });
 }
 
 // --- surrogates: found by DNS-SD or named by address ---
@@ -367,35 +383,30 @@ Status DiscoverCmd(const cli::po::variables_map& vm) {
 
 Status UseCmd(const cli::po::variables_map& vm) {
   SLINGSHOT_ASSIGN_OR_RETURN(SurrogateAddress sa, FindSurrogate(vm));
-  auto addr = std::make_pair(sa.host, sa.port);
-  std::string fp = sa.fingerprint.empty() ? "-" : sa.fingerprint;
-  std::string stick = vm.count("stick") ? std::filesystem::absolute(vm["stick"].as<std::string>()).string() : "-";
+  control::UseRequest use{sa.host, sa.port, sa.fingerprint, ""};
+  if (vm.count("stick")) use.stick = std::filesystem::absolute(vm["stick"].as<std::string>()).string();
   const bool tty = isatty(STDOUT_FILENO);
-  auto st = Control(vm, "use " + addr.first + " " + std::to_string(addr.second) + " " + fp + " " + stick,
-                    [&](const std::string& l) {
-                      std::istringstream in(l);
-                      std::string word, phase;
-                      uint64_t done = 0, total = 0, stick_b = 0, home_b = 0;
-                      int64_t elapsed = 0;
-                      in >> word;
-                      if (word != "progress") {
-                        std::printf("%s%s\n", tty ? "\r\033[K" : "", l.c_str());
-                        return;
-                      }
-                      in >> phase >> done >> total >> word >> stick_b >> word >> home_b >> word >> elapsed;
-                      int width = 30, filled = total ? static_cast<int>(width * done / total) : 0;
-                      std::string bar(static_cast<size_t>(filled), '#');
-                      bar.resize(static_cast<size_t>(width), '.');
-                      std::string left = done && total > done
-                                             ? ", ~" + std::to_string(elapsed * static_cast<int64_t>(total - done) /
-                                                                       static_cast<int64_t>(done) / 1000 + 1) + " s left"
-                                             : "";
-                      std::printf("%s[%s] %-8s %s/%s  stick %s  home %s%s%s", tty ? "\r\033[K" : "", bar.c_str(),
-                                  phase.c_str(), HumanBytes(done).c_str(), HumanBytes(total).c_str(),
-                                  HumanBytes(stick_b).c_str(), HumanBytes(home_b).c_str(), left.c_str(),
-                                  tty ? "" : "\n");
-                      std::fflush(stdout);
-                    });
+  auto st = Control(vm, use, [&](const control::Event& e) {
+    if (auto* n = std::get_if<control::Note>(&e)) {
+      std::printf("%s%s\n", tty ? "\r\033[K" : "", n->text.c_str());
+    } else if (auto* r = std::get_if<control::Ready>(&e)) {
+      std::printf("%sready replica %s from seq %llu in %lld ms\n", tty ? "\r\033[K" : "", r->replica.c_str(),
+                  static_cast<unsigned long long>(r->from_seq), static_cast<long long>(r->elapsed_ms));
+    } else if (auto* p = std::get_if<control::Progress>(&e)) {
+      int width = 30, filled = p->total ? static_cast<int>(width * std::min(p->done, p->total) / p->total) : 0;
+      std::string bar(static_cast<size_t>(filled), '#');
+      bar.resize(static_cast<size_t>(width), '.');
+      std::string left = p->done && p->total > p->done
+                             ? ", ~" + std::to_string(p->elapsed_ms * static_cast<int64_t>(p->total - p->done) /
+                                                          static_cast<int64_t>(p->done) / 1000 + 1) + " s left"
+                             : "";
+      std::printf("%s[%s] %-8s %s/%s  cache %s  stick %s  home %s%s%s", tty ? "\r\033[K" : "", bar.c_str(),
+                  p->phase.c_str(), HumanBytes(p->done).c_str(), HumanBytes(p->total).c_str(),
+                  HumanBytes(p->from_cache).c_str(), HumanBytes(p->from_stick).c_str(), HumanBytes(p->from_home).c_str(),
+                  left.c_str(), tty ? "" : "\n");
+    }
+    std::fflush(stdout);
+  });
   if (tty) std::printf("\n");
   return st;
 }

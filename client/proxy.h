@@ -1,19 +1,14 @@
 // The client proxy (`slingshot-client proxy`, DESIGN.md §5 "Run"): a VNC
 // endpoint for any stock viewer, in front of every replica of one service.
-//
-// - Every input the viewer sends (key, pointer, cut text) gets the next seq
-//   and is appended to the durable event log before it is sent; then it
-//   goes to every live replica. Inputs followed by a key event already in
-//   the viewer's socket share the next one's fdatasync (a press and its
-//   release cost one).
-// - A replica that attaches reports the seq its state covers; the proxy
-//   replays the log from there, and the replica joins the live set once it
-//   has been sent everything.
-// - Output comes from the leader: among the replicas that have consumed
-//   every input, the one that consumes inputs fastest (a moving average of
-//   input-to-consumed time, with hysteresis). When the leader dies or
-//   lags, the proxy switches and repaints the whole screen from the new
-//   leader.
+// It wires three engine parts (core/replica) to the network:
+// - InputSequencer: every input the viewer sends (key, pointer, cut text)
+//   gets the next seq and is made durable in the event log before it is
+//   sent; inputs followed by a key event already in the viewer's socket
+//   share the next one's fdatasync (a press and its release cost one).
+// - ReplicaSet: each replica is replayed the log from the seq it attached
+//   at, then gets every input; output comes from the leader, and the whole
+//   screen is repainted from a new leader (Framebuffer keeps the copy the
+//   viewer sees).
 // - A replica is dropped when its connection fails or it is silent for
 //   3 s (replicas send a heartbeat every 500 ms).
 // - When the home reports a published checkpoint, the log is truncated up
@@ -29,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "control.h"
 #include "slingshot/base/keys.h"
 #include "slingshot/base/status.h"
 #include "slingshot/net/tls.h"
@@ -49,35 +45,19 @@ struct ProxyOptions {
   int silent_ms = 3000;
 };
 
-struct ReplicaView {
-  std::string name;
-  uint64_t consumed = 0;
-  bool live = false;    // replay done
-  bool leader = false;
-  double latency_ms = 0;  // moving average, input sent -> consumed
-};
-
-struct ProxyStatus {
-  std::string service;
-  uint64_t last_seq = 0, truncated_seq = 0;
-  std::vector<ReplicaView> replicas;
-  uint16_t vnc_port = 0;
-  uint64_t switches = 0;
-};
-
 class Proxy {
  public:
   static Result<std::unique_ptr<Proxy>> Start(ProxyOptions options);
   ~Proxy();
   void Stop();
-  ProxyStatus status() const;
+  control::ProxyStatus status() const;
   uint16_t vnc_port() const;
 
-  // Instantiates a replica on the agent at host:port (pinned by fingerprint
-  // if given) with a fresh capability from the home; progress lines go to
-  // report as they come. Returns when the replica is attached.
-  Status Use(const std::string& host, uint16_t port, const std::string& fingerprint, const std::string& stick_dir,
-             const std::function<void(const std::string&)>& report);
+  // Instantiates a replica on the agent at where.host:port (pinned by
+  // fingerprint if given) with a fresh capability from the home; notes and
+  // progress go to report as they come, then Ready. Returns when the
+  // replica has caught up.
+  Status Use(const control::UseRequest& where, const std::function<void(const control::Event&)>& report);
 
   // Ends the session with the surrogate replica called name: its agent
   // destroys it; typing goes on with the others. NotFound if there is no

@@ -258,8 +258,7 @@ struct HomeServer::Impl final : public RequestHandler {
     return WriteFileAtomic(p.dir + "/endpoints", AsBytes(text));
   }
 
-  std::function<void(const Status&)> OnLost(const std::shared_ptr<Primary>& p) {
-    std::weak_ptr<Primary> w = p;
+  static std::function<void(const Status&)> OnLost(std::weak_ptr<Primary> w) {
     return [w](const Status& why) {
       auto q = w.lock();
       if (!q) return;
@@ -276,8 +275,7 @@ struct HomeServer::Impl final : public RequestHandler {
     p.schedule.Taken(p.live->manifest().last_seq, Clock::now());
   }
 
-  Status ColdBoot(const std::shared_ptr<Primary>& pp) REQUIRES(pp->mu) {
-    Primary& p = *pp;
+  Status ColdBoot(Primary& p, std::weak_ptr<Primary> self) REQUIRES(p.mu) {
     ReplicaPlan plan;
     plan.spec.name = p.def.name;
     plan.spec.kernel = p.dir + "/kernel";
@@ -294,7 +292,7 @@ struct HomeServer::Impl final : public RequestHandler {
     plan.disk.description = p.def.name;
     plan.extra_ports = p.def.extra_ports;
     plan.connect_timeout_ms = options.boot_timeout_ms;
-    plan.on_lost = OnLost(pp);
+    plan.on_lost = OnLost(std::move(self));
     SLINGSHOT_ASSIGN_OR_RETURN(auto live, StartReplica(*hv, std::move(plan)));
     Adopt(p, std::move(live));
     SLINGSHOT_RETURN_IF_ERROR(Publish(p));
@@ -302,8 +300,7 @@ struct HomeServer::Impl final : public RequestHandler {
     return CheckpointLocked(p);
   }
 
-  Status Restore(const std::shared_ptr<Primary>& pp) REQUIRES(pp->mu) {
-    Primary& p = *pp;
+  Status Restore(Primary& p, std::weak_ptr<Primary> self) REQUIRES(p.mu) {
     StoreCheckpointSource source(store);
     InstantiateOptions o;
     o.service = p.def.name;
@@ -313,7 +310,7 @@ struct HomeServer::Impl final : public RequestHandler {
     o.label = "home";
     o.extra_ports = p.def.extra_ports;
     o.boot_connect_ms = options.boot_timeout_ms;
-    o.on_lost = OnLost(pp);
+    o.on_lost = OnLost(std::move(self));
     SLINGSHOT_ASSIGN_OR_RETURN(auto live, Instantiate(*hv, source, o));
     p.base.epoch = live->manifest().epoch;
     const Manifest& m = live->manifest();
@@ -357,9 +354,9 @@ struct HomeServer::Impl final : public RequestHandler {
     p->base = BaseManifest(*p);
     SLINGSHOT_RETURN_IF_ERROR(ImportBoot(*p));
     auto ref = store->GetRef("manifest/" + p->def.name);
-    if (ref.ok()) return Restore(p);
+    if (ref.ok()) return Restore(*p, p);
     if (!ref.status().IsNotFound()) return ref.status();
-    return ColdBoot(p);
+    return ColdBoot(*p, p);
   }
 
   void Run(std::shared_ptr<Primary> p) {
