@@ -1,7 +1,8 @@
-// slingshot-client: the user's side. This build inspects the durable event
-// log that the proxy keeps of every input since the last checkpoint, and
-// fills the user's portable storage (a stick) with the chunks of their
-// services' latest state.
+// slingshot-client: the user's side. `proxy` is the VNC endpoint in front
+// of every replica (proxy.h); `pair`, `discover`, `use`, `status` and
+// `leave` drive it; `log` inspects the durable event log of every input
+// since the last checkpoint; `portable` fills the user's stick with the
+// chunks of their services' latest state.
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>

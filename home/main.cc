@@ -1,7 +1,7 @@
-// slingshot-home: the home server. This build manages its chunk store
-// (import/export of disk and memory images, verification, statistics,
-// garbage collection), bundles, the home signing key, the home's
-// certificate authority, and serves chunks to surrogates (`serve`).
+// slingshot-home: the home server. `run` is the daemon (home_server.h); the
+// other commands set it up (init, services, pairing, keys, the CA) and
+// manage its chunk store (import/export of disk and memory images,
+// verification, statistics, garbage collection, bundles).
 #include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
@@ -12,7 +12,6 @@
 #include <filesystem>
 
 #include "slingshot/store/bundle.h"
-#include "slingshot/net/chunk_service.h"
 #include "slingshot/store/chunk_store.h"
 #include "slingshot/cli/cli.h"
 #include "slingshot/base/coding.h"
@@ -321,29 +320,6 @@ Status CredentialsIssueCmd(const cli::po::variables_map& vm) {
   return Status::OK();
 }
 
-Status ServeCmd(const cli::po::variables_map& vm) {
-  SLINGSHOT_ASSIGN_OR_RETURN(auto store, OpenStore(vm, false));
-  SLINGSHOT_ASSIGN_OR_RETURN(TlsCredentials creds, TlsCredentials::Load(vm["tls-dir"].as<std::string>() + "/home"));
-  SLINGSHOT_ASSIGN_OR_RETURN(auto listen, cli::ParseHostPort(vm["listen"].as<std::string>()));
-  cli::BlockStopSignals();
-  ChunkService service(store.get());
-  ServerOptions o;
-  o.host = listen.first;
-  o.port = listen.second;
-  o.software = "slingshot-home";
-  SLINGSHOT_ASSIGN_OR_RETURN(auto server, Server::Start(creds, o, &service));
-  std::printf("serving chunks from %s on %s:%u (TLS 1.3, peers of this home's CA only)\n",
-              store->dir().c_str(), listen.first.c_str(), server->port());
-  std::fflush(stdout);
-  int sig = cli::WaitForStopSignal();
-  server->Stop();
-  auto st = service.stats();
-  std::printf("stopped by %s: %llu chunks sent (%s), %llu asked for but absent\n", strsignal(sig),
-              static_cast<unsigned long long>(st.chunks_sent), HumanBytes(st.bytes_sent).c_str(),
-              static_cast<unsigned long long>(st.chunks_missing));
-  return Status::OK();
-}
-
 // --- the daemon and its services ---
 
 Status InitCmd(const cli::po::variables_map& vm) {
@@ -629,12 +605,6 @@ int main(int argc, char** argv) {
          pos.add("name", 1);
        },
        PairCmd},
-      {"serve", "serve chunks, objects, refs and working sets to peers of the home CA until stopped",
-       "[--listen HOST:PORT]",
-       [](Opts& d, Pos&) {
-         d.add_options()("listen", value<std::string>()->default_value("0.0.0.0:7390"), "address to listen on");
-       },
-       ServeCmd},
   };
   return cli::Main(p, argc, argv);
 }

@@ -91,24 +91,26 @@ step "Drop the first checkpoint and collect garbage"
 home store gc --ref-delete memory/ckpt1
 home store verify
 
-step "The home's certificate authority; credentials for a laptop and a hotspot surrogate"
+step "The home's certificate authority; credentials for a laptop"
 home ca init --tls-dir "$W/tls" --name demo-home
 home credentials issue laptop --role client --out "$W/laptop" --tls-dir "$W/tls"
-home credentials issue hotspot --role surrogate --out "$W/hotspot" --tls-dir "$W/tls"
 
-step "The home serves chunks over TLS 1.3 (peers of its CA only)"
+step "The home daemon serves chunks over TLS 1.3 (peers of its CA only)"
 PORT=$((20000 + RANDOM % 20000))
-"$HOME_BIN" serve --store "$W/home-store" --tls-dir "$W/tls" --listen 127.0.0.1:$PORT > serve.out 2>&1 &
+"$HOME_BIN" run --store "$W/home-store" --key "$W/home.key" --tls-dir "$W/tls" --services-dir "$W/no-services" \
+  --listen 127.0.0.1:$PORT > serve.out 2>&1 &
 SERVE=$!
 trap 'kill $SERVE 2>/dev/null || true' EXIT
-for _ in $(seq 50); do grep -q "serving chunks" serve.out && break; sleep 0.1; done
+for _ in $(seq 50); do grep -q "listening on" serve.out && break; sleep 0.1; done
 cat serve.out
 
 step "The laptop fills its USB stick with the disk's chunks"
 "$CLIENT_BIN" portable sync "$W/stick" --home 127.0.0.1:$PORT --credentials "$W/laptop" --ref disk/demo
 
-step "A surrogate serves the disk over NBD, on demand: cache, then the stick, then home"
-"$AGENT_BIN" disk serve disk/demo --home 127.0.0.1:$PORT --credentials "$W/hotspot" --stick "$W/stick" \
+step "The disk over NBD, on demand as a replica's: cache, then the stick, then home"
+# (slingshot-agent disk serve: a replica's disk for any NBD client; the
+# laptop's credentials, since a surrogate reads a home only with a capability)
+"$AGENT_BIN" disk serve disk/demo --home 127.0.0.1:$PORT --credentials "$W/laptop" --stick "$W/stick" \
   --socket "$W/disk.sock" --cache "$W/agent-cache" --no-prefetch > agent.out 2>&1 &
 AGENT=$!
 for _ in $(seq 50); do grep -q "serving disk/demo" agent.out && break; sleep 0.1; done
@@ -120,7 +122,7 @@ cat agent.out
 
 step "Credentials from another home get nothing"
 "$HOME_BIN" ca init --tls-dir "$W/other-tls" > /dev/null
-"$HOME_BIN" credentials issue eve --role surrogate --out "$W/eve" --tls-dir "$W/other-tls" > /dev/null
+"$HOME_BIN" credentials issue eve --role client --out "$W/eve" --tls-dir "$W/other-tls" > /dev/null
 if "$AGENT_BIN" disk serve disk/demo --home 127.0.0.1:$PORT --credentials "$W/eve" --socket "$W/eve.sock" \
   --cache "$W/eve-cache"; then
   echo "ERROR: a stranger was served" >&2
@@ -131,7 +133,7 @@ kill -TERM $SERVE
 wait $SERVE
 tail -1 serve.out
 
-# --- Replication: the whole story (issue 5) ---
+# --- Replication: the whole story ---
 TYPIST="$BUILD/tests/support/slingshot-typist"
 LINKEMU="$BUILD/tests/support/slingshot-linkemu"
 WORLD="$BUILD/e2e-world"

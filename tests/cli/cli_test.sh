@@ -83,9 +83,11 @@ chmod 644 "$W/laptop/key.pem"
 expect 2 "readable by others.*chmod 600" -- "$CLIENT_BIN" portable sync "$W/stick" --home 127.0.0.1:1 --credentials "$W/laptop" --ref disk/d
 chmod 600 "$W/laptop/key.pem"
 PORT=$((20000 + RANDOM % 20000))
-"$HOME_BIN" serve --store "$W/from-config" --tls-dir "$T" --listen 127.0.0.1:$PORT > "$W/serve.out" 2>&1 &
+"$HOME_BIN" key init --key "$W/run.key" > /dev/null
+"$HOME_BIN" run --store "$W/from-config" --key "$W/run.key" --tls-dir "$T" --services-dir "$W/services" \
+  --listen 127.0.0.1:$PORT > "$W/serve.out" 2>&1 &
 SERVE=$!
-for _ in $(seq 50); do grep -q "serving chunks" "$W/serve.out" && break; sleep 0.1; done
+for _ in $(seq 50); do grep -q "listening on" "$W/serve.out" && break; sleep 0.1; done
 expect 0 "added +5 chunks" -- "$CLIENT_BIN" portable sync "$W/stick" --home 127.0.0.1:$PORT --credentials "$W/laptop" --ref disk/d
 expect 0 "already there +5 chunks" -- "$CLIENT_BIN" portable sync "$W/stick" --home 127.0.0.1:$PORT --credentials "$W/laptop" --ref disk/d
 expect 0 "chunks +5" -- "$CLIENT_BIN" portable status "$W/stick"
@@ -94,9 +96,11 @@ expect 1 "NotFound.*no/such" -- "$CLIENT_BIN" portable sync "$W/stick" --home 12
 expect 0 "created the home CA" -- "$HOME_BIN" ca init --tls-dir "$W/other-tls"
 expect 0 "issued" -- "$HOME_BIN" credentials issue eve --role client --out "$W/eve" --tls-dir "$W/other-tls"
 expect 1 "PermissionDenied.*not issued by the CA in our credentials" -- "$CLIENT_BIN" portable sync "$W/stick2" --home 127.0.0.1:$PORT --credentials "$W/eve" --ref disk/d
-# The agent serves the disk on demand over NBD: stick first, then home.
+# The agent serves the disk on demand over NBD: stick first, then home. A
+# surrogate's certificate without a capability reads nothing.
 expect 0 "issued surrogate" -- "$HOME_BIN" credentials issue hotspot --role surrogate --out "$W/hotspot" --tls-dir "$T"
-"$AGENT_BIN" disk serve disk/d --home 127.0.0.1:$PORT --credentials "$W/hotspot" --stick "$W/stick" \
+expect 1 "PermissionDenied.*holds no capability" -- "$AGENT_BIN" disk serve disk/d --home 127.0.0.1:$PORT --credentials "$W/hotspot" --socket "$W/y.sock" --cache "$W/agent-cache"
+"$AGENT_BIN" disk serve disk/d --home 127.0.0.1:$PORT --credentials "$W/laptop" --stick "$W/stick" \
   --socket "$W/disk.sock" --cache "$W/agent-cache" --no-prefetch > "$W/agent.out" 2>&1 &
 AGENT=$!
 for _ in $(seq 50); do grep -q "serving disk/d" "$W/agent.out" && break; sleep 0.1; done
@@ -108,7 +112,7 @@ grep -qE "stick .* 5 chunks" "$W/agent.out" || { echo "FAIL: the stick did not s
 expect 1 "PermissionDenied" -- "$AGENT_BIN" disk serve disk/d --home 127.0.0.1:$PORT --credentials "$W/eve" --socket "$W/x.sock" --cache "$W/agent-cache"
 kill -TERM $SERVE
 wait $SERVE
-grep -q "stopped by Terminated: 5 chunks sent" "$W/serve.out" || { echo "FAIL: serve did not stop cleanly:"; cat "$W/serve.out"; fails=$((fails + 1)); }
+grep -q "stopping on Terminated" "$W/serve.out" || { echo "FAIL: run did not stop cleanly:"; cat "$W/serve.out"; fails=$((fails + 1)); }
 expect 1 "Unavailable.*cannot connect" -- "$CLIENT_BIN" portable sync "$W/stick" --home 127.0.0.1:$PORT --credentials "$W/laptop" --ref disk/d
 expect 1 "holds no Slingshot chunks" -- "$CLIENT_BIN" portable status "$W"
 

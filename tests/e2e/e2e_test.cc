@@ -1,4 +1,4 @@
-// End to end (DESIGN.md §5, issue 5): real processes, real QEMU TCG guests,
+// End to end (DESIGN.md §5): real processes, real QEMU TCG guests,
 // client / surrogates / home each in a network namespace (world.sh, a ctest
 // fixture, builds them and runs the home daemon with the notepad service).
 //

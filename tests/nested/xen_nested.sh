@@ -1,7 +1,16 @@
 #!/bin/bash
-# The nested Xen proof (ctest -L nested): boots Xen 4.17 under QEMU TCG with
-# a Debian dom0 and runs xen_proof there, which drives the Xen backend on
-# the notepad test guest as a PV domain.
+# The nested Xen tests (ctest -L nested): boots Xen 4.17 under QEMU TCG with
+# a Debian dom0 and runs there
+#   - xen_proof, which drives the Xen backend on the notepad test guest as
+#     a PV domain;
+#   - the home daemon on Xen (XenHomeBootsCheckpointsAndRestores): a Xen
+#     home used to hand its primaries' disks over a unix socket, which Xen's
+#     dom0 NBD client cannot use, so it never booted one. `slingshot-home
+#     run --hypervisor xen` boots the notepad service, takes its first
+#     checkpoint, is stopped, and on its next start restores the primary
+#     from that checkpoint and reconnects to its service.
+# The last line is XEN-NESTED RESULT with both tests' figures, printed only
+# if both passed.
 #
 #   tests/nested/xen_nested.sh BUILD_DIR
 #
@@ -54,10 +63,10 @@ done
 cp "$mods"/modules.order "$mods"/modules.builtin* "$stage/lib/modules/$kver/"
 depmod -b "$stage" "$kver"
 
-# Our program, every library it links, and the guest.
+# Our programs, every library they link, and the guest.
 mkdir -p "$stage/opt/slingshot/lib" "$stage/opt/slingshot/guest"
-cp "$build/tests/nested/xen_proof" "$stage/opt/slingshot/"
-for lib in $(ldd "$build/tests/nested/xen_proof" | awk '/=> \// {print $3}'); do
+cp "$build/tests/nested/xen_proof" "$build/home/slingshot-home" "$stage/opt/slingshot/"
+for lib in $(ldd "$build/tests/nested/xen_proof" "$build/home/slingshot-home" | awk '/=> \// {print $3}' | sort -u); do
   cp -L "$lib" "$stage/opt/slingshot/lib/"
 done
 cp "$build/guest/vmlinuz" "$build/guest/initrd.img" "$build/guest/notepad.psf" "$stage/opt/slingshot/guest/"
@@ -93,6 +102,46 @@ echo "SLINGSHOT-NESTED dom0 ready after $(cut -d' ' -f1 /proc/uptime) s"
 SLINGSHOT_GUEST_DIR=/opt/slingshot/guest LD_LIBRARY_PATH=/opt/slingshot/lib \
   /opt/slingshot/xen_proof 2>&1
 echo "SLINGSHOT-NESTED exit $?"
+
+# The home daemon on Xen: boot, first checkpoint, stop, restore.
+export LD_LIBRARY_PATH=/opt/slingshot/lib
+home=/opt/slingshot/slingshot-home
+H="--store /tmp/home/store --key /tmp/home/home.key --tls-dir /tmp/home/tls --services-dir /tmp/home/services"
+up() { cut -d' ' -f1 /proc/uptime | cut -d. -f1; }
+wait_for() {  # $1 seconds, then a command that succeeds when done
+  n=$1; shift
+  while [ "$n" -gt 0 ]; do "$@" && return 0; sleep 1; n=$((n - 1)); done
+  return 1
+}
+home_fail() { echo "XEN-HOME FAIL $1"; tail -30 /tmp/home-$2.log; }
+$home init $H --name nested-home >/tmp/home-init.log 2>&1 &&
+  $home service create notepad --kernel /opt/slingshot/guest/vmlinuz --initrd /opt/slingshot/guest/initrd.img \
+    --cmdline "quiet panic=1 slingshot.disk=auto" $H >>/tmp/home-init.log 2>&1 || home_fail "init" init
+t0=$(up)
+$home run $H --listen 127.0.0.1:7390 --hypervisor xen --checkpoint-inputs 1000 --checkpoint-seconds 600 \
+  >/tmp/home-first.log 2>&1 &
+pid=$!
+if wait_for 900 grep -q "^epoch 1 seq 0" /tmp/home/services/notepad/status 2>/dev/null; then
+  t1=$(up)
+  echo "XEN-HOME first checkpoint after $((t1 - t0)) s: $(cat /tmp/home/services/notepad/status)"
+  grep -a "checkpoint epoch 1" /tmp/home-first.log
+  kill -TERM $pid; wait $pid
+  $home run $H --listen 127.0.0.1:7390 --hypervisor xen --checkpoint-inputs 1000 --checkpoint-seconds 600 \
+    >/tmp/home-second.log 2>&1 &
+  pid=$!
+  if wait_for 900 grep -q "restored from checkpoint epoch 1" /tmp/home-second.log; then
+    t2=$(up)
+    grep -a "restored from checkpoint" /tmp/home-second.log
+    kill -TERM $pid; wait $pid
+    echo "XEN-HOME RESULT first_ckpt_s=$((t1 - t0)) restore_s=$((t2 - t1))"
+  else
+    home_fail "no restore from the checkpoint" second
+    kill -TERM $pid
+  fi
+else
+  home_fail "no first checkpoint" first
+  kill -TERM $pid
+fi
 echo o > /proc/sysrq-trigger
 sleep 30
 INIT
@@ -104,7 +153,7 @@ t_pack=$(date +%s)
 echo "xen_nested: dom0 initramfs $(du -m "$work/dom0-initrd.img" | cut -f1) MiB; booting Xen under QEMU TCG"
 
 log=$work/console.log
-timeout 1500 qemu-system-x86_64 -accel tcg,thread=multi -cpu qemu64,+svm,+npt -smp 2 -m 3072 \
+timeout 2100 qemu-system-x86_64 -accel tcg,thread=multi -cpu qemu64,+svm,+npt -smp 2 -m 3072 \
   -nographic -no-reboot -nodefaults -serial "file:$log" \
   -kernel "$work/xen" \
   -initrd "$work/dom0-vmlinuz console=hvc0 earlyprintk=xen quiet,$work/dom0-initrd.img" \
@@ -113,10 +162,12 @@ t_end=$(date +%s)
 
 grep -a 'XEN-PROOF\|SLINGSHOT-NESTED' "$log" || true
 echo "xen_nested: dom0 root $((t_root - t0)) s, packing $((t_pack - t_root)) s, Xen run $((t_end - t_pack)) s"
-if grep -aq 'XEN-PROOF RESULT' "$log" && grep -aq 'SLINGSHOT-NESTED exit 0' "$log"; then
-  grep -a 'XEN-PROOF RESULT' "$log" | tail -1
+proof=$(grep -a 'XEN-PROOF RESULT' "$log" | tail -1 | sed 's/.*XEN-PROOF RESULT //' | tr -d '\r')
+xen_home=$(grep -a 'XEN-HOME RESULT' "$log" | tail -1 | sed 's/.*XEN-HOME RESULT //' | tr -d '\r')
+if [[ -n $proof && -n $xen_home ]] && grep -aq 'SLINGSHOT-NESTED exit 0' "$log"; then
+  echo "XEN-NESTED RESULT $proof $xen_home"
   exit 0
 fi
-echo "xen_nested: the proof did not pass; the console log ($log) ends:" >&2
+echo "xen_nested: the proof or the Xen home did not pass; the console log ($log) ends:" >&2
 tail -40 "$log" >&2
 exit 1

@@ -224,12 +224,6 @@ std::vector<ChunkId> ChunkTableExport::FirstReads() const {
   return ids;
 }
 
-void ChunkTableExport::RestartFirstReads() {
-  MutexLock l(&impl_->mu);
-  impl_->first_reads.clear();
-  impl_->read_once.assign(impl_->table.ids.size(), false);
-}
-
 Status ChunkTableExport::Write(uint64_t offset, ByteView data) {
   Impl& m = *impl_;
   if (m.options.read_only) return Status::InvalidArgument("this disk export is read-only");

@@ -1,5 +1,4 @@
-// Ed25519 keys (OpenSSL) for signing checkpoint manifests and, later,
-// capabilities.
+// Ed25519 keys (OpenSSL) for signing checkpoint manifests.
 //
 // Files: the private key is PKCS#8 PEM, created with mode 0600 and never
 // overwritten; Load refuses a private key file that group or others can

@@ -63,11 +63,9 @@ class ChunkTableExport final : public BlockExport {
   ChunkTableExportStats stats() const;
 
   // The working set (working_set.h): ids of the table's chunks in the order
-  // they were first read from the base since open or the last restart
-  // (chunks served from the overlay and all-zero chunks are left out).
+  // they were first read from the base since open (chunks served from the
+  // overlay and all-zero chunks are left out).
   std::vector<ChunkId> FirstReads() const;
-  // Starts a new recording (after the VM booted or was restored).
-  void RestartFirstReads();
 
  private:
   struct Impl;

@@ -1,7 +1,8 @@
 // ChunkSource: the seam through which every chunk is read (DESIGN.md §3).
 //
-// Implementations: ChunkStore (local Berkeley DB), and later the portable
-// stick, the home over the network, and FetchChain which composes them.
+// Implementations: ChunkStore (local Berkeley DB), PortableSource (the
+// stick), HomeSource (the home over the network), and FetchChain, which
+// composes them.
 // Every implementation returns bytes whose SHA-256 equals the id asked for,
 // or an error: a source never hands out unverified bytes.
 #ifndef SLINGSHOT_STORE_CHUNK_SOURCE_H_

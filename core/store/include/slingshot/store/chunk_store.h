@@ -20,7 +20,7 @@
 //
 // Why packs: Berkeley DB logs every byte it stores and writes it again into
 // its pages, so a durable put of a 64 KiB chunk cost two disk writes plus
-// page-sized scatter. A value is now appended once to a pack and fsynced,
+// page-sized scatter. A value is appended once to a pack and fsynced,
 // and only its small index record goes through the Berkeley DB transaction
 // (the layout of Venti's arenas and index, and of git's packs). A crash
 // between the two leaves unindexed garbage in a pack, never an index entry

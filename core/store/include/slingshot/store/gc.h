@@ -9,7 +9,7 @@
 // objects stored while a collection runs are never swept
 // (ChunkStore::BeginGc). A ref set during a collection to objects stored
 // *before* it began is not protected: a caller that sets refs concurrently
-// (the home daemon, later) must serialize SetRef with CollectGarbage.
+// must serialize SetRef with CollectGarbage.
 #ifndef SLINGSHOT_STORE_GC_H_
 #define SLINGSHOT_STORE_GC_H_
 
