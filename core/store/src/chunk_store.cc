@@ -16,6 +16,7 @@
 
 #include "slingshot/base/coding.h"
 #include "slingshot/base/crc32c.h"
+#include "slingshot/base/env.h"
 #include "slingshot/base/file_util.h"
 #include "slingshot/base/log.h"
 #include "slingshot/base/mutex.h"
@@ -164,7 +165,8 @@ struct ChunkStore::Impl {
   // Packs (transactional mode).
   std::string pack_dir;
   Mutex pack_mu;
-  UniqueFd active_pack_fd GUARDED_BY(pack_mu);  // invalid until the first write
+  std::unique_ptr<WritableFile> active_pack_fd GUARDED_BY(pack_mu);  // null until the first write
+  Env* fs() const { return options.env ? options.env : Env::Default(); }
   uint32_t active_pack GUARDED_BY(pack_mu) = 0;
   uint64_t active_size GUARDED_BY(pack_mu) = 0;
   uint32_t max_pack GUARDED_BY(pack_mu) = 0;
@@ -197,24 +199,24 @@ struct ChunkStore::Impl {
   Status StartPack() REQUIRES(pack_mu) {
     uint32_t n = max_pack + 1;
     std::string path = pack_dir + "/" + PackName(n);
-    UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
-    if (!fd.valid()) return Status::FromErrno("create pack " + path, errno);
+    auto fd = fs()->NewFile(path, 0644);
+    if (!fd.ok()) return fd.status().Annotate("create pack");
     uint8_t h[kPackHeaderSize] = {};
     std::memcpy(h, kPackMagic, 4);
     PutU16(h + 4, kPackVersion);
     PutU32(h + 8, n);
     PutU32(h + 12, crc32c::Value(h, 12));
-    Status st = WriteAll(fd.get(), h, sizeof(h), path);
-    if (st.ok() && ::fdatasync(fd.get()) != 0) st = Status::FromErrno("fsync " + path, errno);
-    if (st.ok()) st = SyncDir(pack_dir);
+    Status st = (*fd)->WriteAt(0, ByteView(h, sizeof(h)));
+    if (st.ok()) st = (*fd)->Sync();
+    if (st.ok()) st = fs()->SyncDir(pack_dir);
     if (!st.ok()) {
-      ::unlink(path.c_str());
+      (void)fs()->RemoveFile(path);
       return st;
     }
     max_pack = n;
     active_pack = n;
     active_size = kPackHeaderSize;
-    active_pack_fd = std::move(fd);
+    active_pack_fd = std::move(*fd);
     return Status::OK();
   }
 
@@ -223,45 +225,26 @@ struct ChunkStore::Impl {
     size_t total = 0;
     for (const auto* c : chunks) total += ChunkId::kSize + c->value.size();
     MutexLock l(&pack_mu);
-    if (!active_pack_fd.valid() || active_size + total > kPackRollBytes) SLINGSHOT_RETURN_IF_ERROR(StartPack());
-    std::vector<iovec> iov;
-    iov.reserve(2 * chunks.size());
+    if (!active_pack_fd || active_size + total > kPackRollBytes) SLINGSHOT_RETURN_IF_ERROR(StartPack());
+    std::vector<ByteView> pieces;
+    pieces.reserve(2 * chunks.size());
     locs->clear();
     uint64_t off = active_size;
     for (const auto* c : chunks) {
-      iov.push_back({const_cast<uint8_t*>(c->id.bytes.data()), ChunkId::kSize});
-      iov.push_back({const_cast<uint8_t*>(c->value.data()), c->value.size()});
+      pieces.emplace_back(c->id.bytes.data(), ChunkId::kSize);
+      pieces.emplace_back(c->value.data(), c->value.size());
       locs->push_back({active_pack, off + ChunkId::kSize, static_cast<uint32_t>(c->value.size()),
                        GetU32(c->value.data() + 4)});
       off += ChunkId::kSize + c->value.size();
     }
-    const std::string path = pack_dir + "/" + PackName(active_pack);
-    int err = 0;
-    size_t done = 0, first = 0;  // bytes written; first iovec not fully written
-    while (first < iov.size()) {
-      int n = static_cast<int>(std::min<size_t>(iov.size() - first, IOV_MAX));
-      ssize_t w = ::pwritev(active_pack_fd.get(), iov.data() + first, n, static_cast<off_t>(active_size + done));
-      if (w < 0 && errno == EINTR) continue;
-      if (w <= 0) {
-        err = w < 0 ? errno : ENOSPC;
-        break;
-      }
-      done += static_cast<size_t>(w);
-      // Advance past what was written (a short write can end mid-iovec).
-      size_t left = static_cast<size_t>(w);
-      while (first < iov.size() && left >= iov[first].iov_len) left -= iov[first++].iov_len;
-      if (left > 0) {
-        iov[first].iov_base = static_cast<uint8_t*>(iov[first].iov_base) + left;
-        iov[first].iov_len -= left;
-      }
-    }
-    if (err == 0 && ::fdatasync(active_pack_fd.get()) != 0) err = errno;
-    if (err != 0) {
+    Status st = active_pack_fd->WriteAt(active_size, pieces);
+    if (st.ok()) st = active_pack_fd->Sync();
+    if (!st.ok()) {
       // Nothing was indexed; the bytes are garbage. Leave this pack behind
       // (after a failed fsync its pages cannot be trusted) and use a new one.
-      if (::ftruncate(active_pack_fd.get(), static_cast<off_t>(active_size)) != 0) { /* garbage stays */ }
-      active_pack_fd.Reset();
-      return Status::FromErrno("append to pack " + path, err);
+      (void)active_pack_fd->Truncate(active_size);
+      active_pack_fd.reset();
+      return st.Annotate("append to pack");
     }
     active_size += total;
     return Status::OK();
@@ -914,7 +897,7 @@ Result<CompactStats> ChunkStore::CompactPacks(double min_garbage_ratio) {
   uint32_t active;
   {
     MutexLock l(&impl_->pack_mu);
-    active = impl_->active_pack_fd.valid() ? impl_->active_pack : 0;
+    active = impl_->active_pack_fd ? impl_->active_pack : 0;
   }
   std::vector<std::pair<uint32_t, uint64_t>> packs;
   std::error_code ec;
@@ -1003,12 +986,12 @@ Result<CompactStats> ChunkStore::CompactPacks(double min_garbage_ratio) {
       }
     }
     impl_->ForgetPack(n);
-    if (::unlink(path.c_str()) != 0) return Status::FromErrno("remove " + path, errno);
+    SLINGSHOT_RETURN_IF_ERROR(impl_->fs()->RemoveFile(path));
     ++cs.packs_removed;
     cs.bytes_reclaimed += garbage;
     cs.chunks_moved += moved;
   }
-  if (cs.packs_removed) SLINGSHOT_RETURN_IF_ERROR(SyncDir(impl_->pack_dir));
+  if (cs.packs_removed) SLINGSHOT_RETURN_IF_ERROR(impl_->fs()->SyncDir(impl_->pack_dir));
   return cs;
 }
 

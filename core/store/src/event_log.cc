@@ -14,6 +14,7 @@
 #include "slingshot/store/chunk_source.h"
 #include "slingshot/base/coding.h"
 #include "slingshot/base/crc32c.h"
+#include "slingshot/base/env.h"
 #include "slingshot/base/file_util.h"
 #include "slingshot/base/log.h"
 #include "slingshot/base/mutex.h"
@@ -179,7 +180,8 @@ struct EventLog::Impl {
   CondVar cv;
   std::deque<Writer*> writers GUARDED_BY(mu);
   std::vector<Segment> segments GUARDED_BY(mu);  // changed only with io_mu held too
-  UniqueFd active GUARDED_BY(io_mu);
+  std::unique_ptr<WritableFile> active GUARDED_BY(io_mu);
+  Env* env = Env::Default();
   bool unsynced GUARDED_BY(io_mu) = false;
   uint64_t next_seq GUARDED_BY(mu) = 1;
   uint64_t truncated GUARDED_BY(mu) = 0;
@@ -196,22 +198,22 @@ struct EventLog::Impl {
   Status CreateSegment(uint64_t first_seq) REQUIRES(io_mu) EXCLUDES(mu) {
     // The old segment must be durable before records land in a new one:
     // recovery treats damage in any segment but the last as corruption.
-    if (active.valid() && unsynced) {
-      if (::fdatasync(active.get()) != 0) return Status::FromErrno("fsync log segment", errno);
+    if (active && unsynced) {
+      SLINGSHOT_RETURN_IF_ERROR(active->Sync().Annotate("log segment"));
       unsynced = false;
     }
     std::string path = dir + "/" + SegName(first_seq);
-    UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
-    if (!fd.valid()) return Status::FromErrno("create log segment " + path, errno);
+    auto fd = env->NewFile(path, 0600);
+    if (!fd.ok()) return fd.status().Annotate("create log segment");
     Bytes h = SegHeader(first_seq);
-    Status st = WriteAll(fd.get(), h.data(), h.size(), path);
-    if (st.ok() && ::fdatasync(fd.get()) != 0) st = Status::FromErrno("fsync " + path, errno);
-    if (st.ok()) st = SyncDir(dir);
+    Status st = (*fd)->WriteAt(0, h);
+    if (st.ok()) st = (*fd)->Sync();
+    if (st.ok()) st = env->SyncDir(dir);
     if (!st.ok()) {
-      ::unlink(path.c_str());
+      (void)env->RemoveFile(path);
       return st;
     }
-    active = std::move(fd);
+    active = std::move(*fd);
     unsynced = false;
     MutexLock l(&mu);
     segments.push_back({first_seq, first_seq - 1, path, kHdr});
@@ -257,10 +259,10 @@ struct EventLog::Impl {
       if (!hs.ok()) {
         if (last && data.size() <= kHdr) {  // torn creation of a new segment
           LogWarning("event log: removing " + path + ", a segment whose creation was cut short");
-          ::unlink(path.c_str());
+          SLINGSHOT_RETURN_IF_ERROR(env->RemoveFile(path));
           recovery.torn_bytes += data.size();
           recovery.torn_reason = "incomplete segment header";
-          SLINGSHOT_RETURN_IF_ERROR(SyncDir(dir));
+          SLINGSHOT_RETURN_IF_ERROR(env->SyncDir(dir));
           continue;
         }
         return hs.Annotate("event log damaged; move the directory aside and report it");
@@ -306,9 +308,11 @@ struct EventLog::Impl {
           }
         }
         LogWarning("event log: cutting torn tail of " + std::to_string(data.size() - off) + " bytes at " + where + ": " + why);
-        UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
-        if (!fd.valid() || ::ftruncate(fd.get(), static_cast<off_t>(off)) != 0 || ::fdatasync(fd.get()) != 0) {
-          return Status::FromErrno("cut torn tail of " + path, errno);
+        {
+          SLINGSHOT_ASSIGN_OR_RETURN(auto fd, env->OpenFile(path));
+          Status cut = fd->Truncate(off);
+          if (cut.ok()) cut = fd->Sync();
+          SLINGSHOT_RETURN_IF_ERROR(cut.Annotate("cut the torn tail"));
         }
         recovery.torn_bytes += data.size() - off;
         recovery.torn_reason = why;
@@ -318,18 +322,17 @@ struct EventLog::Impl {
     // Drop whole segments the truncation point covers (a crash may have
     // interrupted TruncateUpTo after it wrote the marker).
     while (segments.size() > 1 && segments.front().last_seq <= truncated) {
-      ::unlink(segments.front().path.c_str());
+      SLINGSHOT_RETURN_IF_ERROR(env->RemoveFile(segments.front().path));
       segments.erase(segments.begin());
     }
     recovery.segments = segments.size();
     if (segments.empty()) {
       SLINGSHOT_RETURN_IF_ERROR(CreateSegment(truncated + 1));
     } else {
-      UniqueFd fd(::open(segments.back().path.c_str(), O_WRONLY | O_CLOEXEC));
-      if (!fd.valid()) return Status::FromErrno("open " + segments.back().path, errno);
+      SLINGSHOT_ASSIGN_OR_RETURN(auto fd, env->OpenFile(segments.back().path));
       // A process killed after an unsynced append left records that only
       // the page cache holds: what recovery keeps is made durable first.
-      if (::fdatasync(fd.get()) != 0) return Status::FromErrno("fsync " + segments.back().path, errno);
+      SLINGSHOT_RETURN_IF_ERROR(fd->Sync());
       active = std::move(fd);
     }
     next_seq = std::max(segments.back().last_seq + 1, truncated + 1);
@@ -366,29 +369,22 @@ struct EventLog::Impl {
       MutexLock l(&mu);
       seg = segments.back();
     }
-    ssize_t w = 0;
-    size_t done = 0;
-    while (done < total) {
-      w = ::pwrite(active.get(), buf.data() + done, total - done, static_cast<off_t>(seg.size + done));
-      if (w < 0 && errno == EINTR) continue;
-      if (w <= 0) break;
-      done += static_cast<size_t>(w);
-    }
-    if (done < total) {
-      int err = w < 0 ? errno : ENOSPC;
+    Status written = active->WriteAt(seg.size, buf);
+    if (!written.ok()) {
       // Take back the partial write so no torn record stays in the log.
-      if (::ftruncate(active.get(), static_cast<off_t>(seg.size)) != 0) {
+      Status undo = active->Truncate(seg.size);
+      if (!undo.ok()) {
         MutexLock l(&mu);
-        broken = Status::FromErrno("event log " + seg.path + " could not undo a failed write; reopen the log to recover", errno);
+        broken = undo.Annotate("event log " + seg.path + " could not undo a failed write; reopen the log to recover");
       }
-      return Status::FromErrno("append to event log " + seg.path, err);
+      return written.Annotate("append to event log");
     }
     unsynced = true;
     if (sync) {
-      if (::fdatasync(active.get()) != 0) {
-        int err = errno;
+      Status synced = active->Sync();
+      if (!synced.ok()) {
         MutexLock l(&mu);
-        broken = Status::FromErrno("fsync event log " + seg.path + " failed; reopen the log to recover", err);
+        broken = synced.Annotate("the event log's fsync failed; reopen the log to recover");
         return broken;
       }
       unsynced = false;
@@ -402,7 +398,7 @@ struct EventLog::Impl {
 
 EventLog::EventLog(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 EventLog::~EventLog() {
-  if (impl_ && impl_->active.valid() && impl_->unsynced) ::fdatasync(impl_->active.get());
+  if (impl_ && impl_->active && impl_->unsynced) (void)impl_->active->Sync();
 }
 
 Result<std::unique_ptr<EventLog>> EventLog::Open(const std::string& dir, const EventLogOptions& options) {
@@ -414,6 +410,7 @@ Result<std::unique_ptr<EventLog>> EventLog::Open(const std::string& dir, const E
   auto impl = std::make_unique<Impl>();
   impl->dir = dir;
   impl->options = options;
+  if (options.env) impl->env = options.env;
   SLINGSHOT_RETURN_IF_ERROR(impl->Recover());
   return std::unique_ptr<EventLog>(new EventLog(std::move(impl)));
 }
@@ -474,13 +471,15 @@ Status EventLog::Sync() {
     MutexLock l(&m.mu);
     if (!m.broken.ok()) return m.broken;
   }
-  if (m.unsynced && ::fdatasync(m.active.get()) != 0) {
-    // After a failed fsync the page cache may have dropped the records:
-    // nothing more is taken until the log is reopened and recovered.
-    int err = errno;
-    MutexLock l(&m.mu);
-    m.broken = Status::FromErrno("fsync event log " + m.segments.back().path + " failed; reopen the log to recover", err);
-    return m.broken;
+  if (m.unsynced) {
+    Status synced = m.active->Sync();
+    if (!synced.ok()) {
+      // After a failed fsync the page cache may have dropped the records:
+      // nothing more is taken until the log is reopened and recovered.
+      MutexLock l(&m.mu);
+      m.broken = synced.Annotate("the event log's fsync failed; reopen the log to recover");
+      return m.broken;
+    }
   }
   m.unsynced = false;
   return Status::OK();
@@ -538,7 +537,7 @@ Status EventLog::TruncateUpTo(uint64_t seq) {
   }
   Bytes body;
   Encoder(&body).U64(seq);
-  SLINGSHOT_RETURN_IF_ERROR(WriteFileAtomic(m.dir + "/TRUNCATED", SealFrame(kTruncMagic, kTruncVersion, body), 0600));
+  SLINGSHOT_RETURN_IF_ERROR(m.env->WriteFileAtomic(m.dir + "/TRUNCATED", SealFrame(kTruncMagic, kTruncVersion, body), 0600));
   Segment active_seg;
   {
     MutexLock l(&m.mu);
@@ -557,8 +556,8 @@ Status EventLog::TruncateUpTo(uint64_t seq) {
       m.segments.erase(m.segments.begin());
     }
   }
-  for (const auto& p : doomed) ::unlink(p.c_str());
-  return doomed.empty() ? Status::OK() : SyncDir(m.dir);
+  for (const auto& p : doomed) SLINGSHOT_RETURN_IF_ERROR(m.env->RemoveFile(p));
+  return doomed.empty() ? Status::OK() : m.env->SyncDir(m.dir);
 }
 
 uint64_t EventLog::last_seq() const {

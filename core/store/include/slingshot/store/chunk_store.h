@@ -67,6 +67,7 @@
 #include <vector>
 
 #include "slingshot/base/chunk_id.h"
+#include "slingshot/base/env.h"
 #include "slingshot/store/chunk_source.h"
 #include "slingshot/base/status.h"
 
@@ -83,6 +84,9 @@ struct ChunkStoreOptions {
   uint64_t db_cache_bytes = 64ull << 20;
   // Create the store if the directory holds none.
   bool create_if_missing = true;
+  // Pack writes, syncs, creations and removals go through it (env.h);
+  // Berkeley DB does its own I/O. Null: Env::Default().
+  Env* env = nullptr;
 };
 
 // A chunk ready to store: its id and its encoded value (see above).

@@ -47,6 +47,7 @@
 #include <string>
 
 #include "slingshot/base/chunk_id.h"
+#include "slingshot/base/env.h"
 #include "slingshot/base/status.h"
 
 namespace slingshot {
@@ -55,6 +56,9 @@ struct EventLogOptions {
   uint64_t segment_bytes = 64ull << 20;  // roll to a new segment past this size
   uint32_t max_payload = 1u << 20;       // larger appends are refused
   bool create_if_missing = true;
+  // Every write, sync, creation and removal goes through it (env.h); null:
+  // Env::Default().
+  Env* env = nullptr;
 };
 
 struct LogRecord {
