@@ -126,25 +126,6 @@ std::optional<LoopbackFigures> MeasureLoopback(const LinkProfile& p, size_t bulk
 
 // --- the namespace link ---
 
-int SocketIn(const std::string& ns, int type) {
-  int fd = -1;
-  std::thread([&] {
-    int nsfd = ::open(("/run/netns/" + ns).c_str(), O_RDONLY | O_CLOEXEC);
-    if (nsfd < 0 || ::setns(nsfd, CLONE_NEWNET) != 0) return;
-    ::close(nsfd);
-    fd = ::socket(AF_INET, type | SOCK_CLOEXEC, 0);
-  }).join();
-  return fd;
-}
-
-sockaddr_in Addr(const char* ip, uint16_t port) {
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  inet_pton(AF_INET, ip, &a.sin_addr);
-  return a;
-}
-
 uint64_t RxBytes(const std::string& ns, const std::string& dev) {
   auto j = nlohmann::json::parse(Shell("ip -n " + ns + " -j -s link show dev " + dev), nullptr, false);
   if (j.is_discarded() || !j.is_array() || j.empty()) return 0;
@@ -154,8 +135,8 @@ uint64_t RxBytes(const std::string& ns, const std::string& dev) {
 // Sorted round trips of UDP pings from `from` to an echo at to_ip in `to`.
 std::vector<double> Pings(const std::string& from, const std::string& to, const char* to_ip) {
   std::vector<double> rtts;
-  int echo = SocketIn(to, SOCK_DGRAM), ping = SocketIn(from, SOCK_DGRAM);
-  sockaddr_in eb = Addr(to_ip, 7001);
+  int echo = SocketInNamespace(to, SOCK_DGRAM), ping = SocketInNamespace(from, SOCK_DGRAM);
+  sockaddr_in eb = Ipv4(to_ip, 7001);
   if (echo < 0 || ping < 0 || ::bind(echo, reinterpret_cast<sockaddr*>(&eb), sizeof(eb)) != 0) return rtts;
   std::thread echoer([echo] {
     char b[64];
@@ -236,8 +217,8 @@ std::optional<TapFigures> MeasureTap(const Profile& p, double seconds) {
   double expected = p.rtt_ms + base + 2 * (50 * 8 / (p.rate_mbit * 1e6)) * 1e3;
   f.rtt_err_pct = std::fabs(rtt - expected) / p.rtt_ms * 100;
 
-  int sink = SocketIn(w.b, SOCK_STREAM), src = SocketIn(w.a, SOCK_STREAM);
-  sockaddr_in sb = Addr("10.79.0.2", 7002);
+  int sink = SocketInNamespace(w.b, SOCK_STREAM), src = SocketInNamespace(w.a, SOCK_STREAM);
+  sockaddr_in sb = Ipv4("10.79.0.2", 7002);
   int one = 1;
   setsockopt(sink, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
   if (sink < 0 || src < 0 || ::bind(sink, reinterpret_cast<sockaddr*>(&sb), sizeof(sb)) != 0 || ::listen(sink, 1) != 0) {

@@ -39,6 +39,35 @@ while [ $# -gt 0 ]; do
     *) echo "world.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
+# One e2e world on a machine at a time: every world uses the namespaces
+# ss-*, the bridge ssbr0 and 10.77.0.0/24, so the worlds of two checkouts
+# (two make checks) take turns. A world holds a machine-wide lock from
+# before it touches anything until `world.sh down`: a holder process keeps
+# the flock while BUILD_DIR/e2e-world.held exists. Another world's `up`
+# waits up to SLINGSHOT_WORLD_WAIT seconds (1500) for it.
+lock=${SLINGSHOT_LOCK_DIR:-/run/lock}/slingshot-e2e-world.lock
+held=$build/e2e-world.held
+acquire() {
+  mkdir -p "$(dirname "$lock")"
+  echo waiting >"$held"
+  flock -x -w "${SLINGSHOT_WORLD_WAIT:-1500}" "$lock" \
+    sh -c "echo \$\$ >'$held.pid'; echo locked >'$held'; while [ -e '$held' ]; do sleep 1; done" \
+    </dev/null >/dev/null 2>&1 &
+  local holder=$! waited=0
+  until [ "$(cat "$held" 2>/dev/null)" = locked ]; do
+    if ! kill -0 $holder 2>/dev/null; then
+      rm -f "$held"
+      echo "world.sh: another e2e world (another checkout's make check?) held $lock for" \
+        "${SLINGSHOT_WORLD_WAIT:-1500} s; try again when it is done" >&2
+      exit 1
+    fi
+    if [ $((waited % 60)) -eq 0 ] && [ $waited -gt 0 ]; then
+      echo "world.sh: waiting ${waited} s for another e2e world to come down ($lock)" >&2
+    fi
+    sleep 1
+    waited=$((waited + 1))
+  done
+}
 down() {
   if [ -f "$world/home.pid" ]; then kill -TERM "$(cat "$world/home.pid")" 2>/dev/null || true; sleep 1; fi
   if [ -f "$world/links.pids" ]; then xargs -r kill -TERM <"$world/links.pids" 2>/dev/null || true; fi
@@ -49,10 +78,15 @@ down() {
   ip link del ssbr0 2>/dev/null || true
   rm -rf "$world"
 }
+release() { rm -f "$held" "$held.pid"; }
 dns_sd=$(cd "$(dirname "$0")/../support" && pwd)/netns-dns-sd.sh
-if [ "$cmd" = down ]; then down; exit 0; fi
+if [ "$cmd" = down ]; then down; release; exit 0; fi
 if [ "$cmd" = avahi ]; then "$dns_sd" avahi "ss-$avahi_name" "$world" "$avahi_name"; exit 0; fi
 [ "$cmd" = up ] || { echo "usage: world.sh up|down BUILD_DIR, or world.sh avahi BUILD_DIR NAME" >&2; exit 2; }
+# A world already up here keeps its lock (its holder is alive).
+if ! { [ "$(cat "$held" 2>/dev/null)" = locked ] && kill -0 "$(cat "$held.pid" 2>/dev/null)" 2>/dev/null; }; then
+  acquire
+fi
 down
 mkdir -p "$world"
 ip link add ssbr0 type bridge

@@ -486,5 +486,32 @@ TEST_F(FetchTest, AReadDoesNotWaitBehindAPrefetchQueue) {
   EXPECT_EQ(prefetched, ids_.size());
 }
 
+// A chunk fetched from home reached the cache decompressed and compressed
+// again; it is kept as the value the home sent, once verified.
+TEST_F(FetchTest, FetchedChunksAreCachedAsTheHomesVerifiedValue) {
+  // Compressible chunks the home stored at another level than the cache's.
+  std::vector<ChunkId> ids;
+  std::vector<EncodedChunk> values;
+  for (int i = 0; i < 6; ++i) {
+    Bytes raw = TextBytes(64 << 10, 100 + i);
+    ChunkId id = ChunkId::Of(raw);
+    ids.push_back(id);
+    values.push_back(EncodedChunk{id, ChunkStore::EncodeValue(raw, 19)});
+  }
+  ASSERT_TRUE(home_store_->PutEncoded(values).ok());
+  auto home = OpenHome();
+  ASSERT_TRUE(home);
+  auto cache = OpenCache("cache");
+  FetchChain chain(cache.get(), {home.get()});
+  ASSERT_TRUE(chain.Get(ids[0]).ok());                                        // one read
+  ASSERT_TRUE(chain.Fetch(std::span<const ChunkId>(ids).subspan(1)).ok());  // a bulk fetch
+  for (size_t i = 0; i < ids.size(); ++i) {
+    auto cached = cache->GetEncoded(ids[i]);
+    ASSERT_TRUE(cached.ok()) << cached.status().ToString();
+    EXPECT_EQ(*cached, values[i].value) << "chunk " << i << " was encoded again";
+    EXPECT_EQ(*cache->Get(ids[i]), *home_store_->Get(ids[i]));
+  }
+}
+
 }  // namespace
 }  // namespace slingshot::testing

@@ -1,6 +1,9 @@
 #include "process.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <sched.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -68,6 +71,28 @@ std::string Shell(const std::string& command, int* rc) {
   int st = pclose(p);
   if (rc) *rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
   return out;
+}
+
+int SocketInNamespace(const std::string& ns, int type) {
+  int fd = -1;
+  std::thread([&] {
+    int nsfd = ::open(("/run/netns/" + ns).c_str(), O_RDONLY | O_CLOEXEC);
+    if (nsfd < 0 || ::setns(nsfd, CLONE_NEWNET) != 0) {
+      if (nsfd >= 0) ::close(nsfd);
+      return;
+    }
+    ::close(nsfd);
+    fd = ::socket(AF_INET, type | SOCK_CLOEXEC, 0);
+  }).join();
+  return fd;
+}
+
+sockaddr_in Ipv4(const char* ip, uint16_t port) {
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  inet_pton(AF_INET, ip, &a.sin_addr);
+  return a;
 }
 
 }  // namespace slingshot::testing

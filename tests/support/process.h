@@ -7,6 +7,8 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <netinet/in.h>
+
 #include <string>
 #include <vector>
 
@@ -35,6 +37,13 @@ class Process {
 
 // Runs a shell command; its output (stdout and stderr). rc gets the exit code.
 std::string Shell(const std::string& command, int* rc = nullptr);
+
+// A socket of type (SOCK_STREAM, SOCK_DGRAM) made inside the network
+// namespace ns (/run/netns/ns); sockets stay in the namespace they were made
+// in, whichever thread uses them later. -1 if it cannot be made.
+int SocketInNamespace(const std::string& ns, int type);
+// An IPv4 socket address.
+sockaddr_in Ipv4(const char* ip, uint16_t port);
 
 }  // namespace slingshot::testing
 

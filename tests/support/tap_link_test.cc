@@ -26,27 +26,6 @@ namespace {
 
 using namespace std::chrono_literals;
 
-// A socket created inside network namespace ns (sockets stay in the
-// namespace they were made in, whichever thread uses them later).
-int SocketIn(const std::string& ns, int type) {
-  int fd = -1;
-  std::thread([&] {
-    int nsfd = ::open(("/run/netns/" + ns).c_str(), O_RDONLY | O_CLOEXEC);
-    if (nsfd < 0 || ::setns(nsfd, CLONE_NEWNET) != 0) return;
-    ::close(nsfd);
-    fd = ::socket(AF_INET, type | SOCK_CLOEXEC, 0);
-  }).join();
-  return fd;
-}
-
-sockaddr_in Addr(const char* ip, uint16_t port) {
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  inet_pton(AF_INET, ip, &a.sin_addr);
-  return a;
-}
-
 class TapLinkTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -86,9 +65,9 @@ TEST_F(TapLinkTest, LossIsPerDirectionAndAtTheRateAsked) {
   LinkDirection clean{100e6, 0.5, 0, 0};
   Join(lossy, clean);
   if (HasFatalFailure()) return;
-  int b = SocketIn(ns_b_, SOCK_DGRAM);
-  int a = SocketIn(ns_a_, SOCK_DGRAM);
-  sockaddr_in ab = Addr("10.79.0.2", 7003), aa = Addr("10.79.0.1", 7003);
+  int b = SocketInNamespace(ns_b_, SOCK_DGRAM);
+  int a = SocketInNamespace(ns_a_, SOCK_DGRAM);
+  sockaddr_in ab = Ipv4("10.79.0.2", 7003), aa = Ipv4("10.79.0.1", 7003);
   ASSERT_EQ(::bind(b, reinterpret_cast<sockaddr*>(&ab), sizeof(ab)), 0);
   ASSERT_EQ(::bind(a, reinterpret_cast<sockaddr*>(&aa), sizeof(aa)), 0);
   timeval tv{0, 300000};

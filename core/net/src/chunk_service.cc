@@ -115,6 +115,10 @@ Result<Bytes> HomeSource::Verify(const wire::ChunkData& d, const ChunkId& want) 
 }
 
 Status HomeSource::GetMany(std::span<const ChunkId> ids, const Sink& sink) {
+  return GetManyWithValues(ids, [&](const ChunkId& id, Result<Bytes>&& chunk, Bytes&&) { sink(id, std::move(chunk)); });
+}
+
+Status HomeSource::GetManyWithValues(std::span<const ChunkId> ids, const ValueSink& sink) {
   if (ids.empty()) return Status::OK();
   const size_t batch = options_.batch;
   const size_t nbatches = (ids.size() + batch - 1) / batch;
@@ -151,9 +155,10 @@ Status HomeSource::GetMany(std::span<const ChunkId> ids, const Sink& sink) {
           return Status::Corruption(Describe() + " answered request " + std::to_string(f->request) + " out of turn");
         }
         if (auto* e = std::get_if<wire::Error>(&f->message)) {
-          sink(ids[i], e->ToStatus(Describe()));
+          sink(ids[i], e->ToStatus(Describe()), Bytes());
         } else if (auto* d = std::get_if<wire::ChunkData>(&f->message); d && d->id == ids[i]) {
-          sink(ids[i], Verify(*d, ids[i]));
+          auto raw = Verify(*d, ids[i]);
+          sink(ids[i], std::move(raw), raw.ok() ? std::move(d->value) : Bytes());
         } else {
           c->Close();
           return Status::Corruption(Describe() + " sent something other than chunk " + ids[i].Short() +

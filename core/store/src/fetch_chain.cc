@@ -71,15 +71,16 @@ void FetchChain::Record(size_t source, const Result<Bytes>& r, int64_t micros) {
   }
 }
 
-void FetchChain::Keep(const ChunkId& id, ByteView raw) {
+void FetchChain::Keep(const ChunkId& id, ByteView raw, Bytes&& value) {
   if (!cache_) return;
-  // The source verified raw against id, so it is not hashed again here.
-  // A full or failing cache costs speed, not correctness: the chunk was served.
-  EncodedChunk c{id, ChunkStore::EncodeValue(raw, kCacheCompressionLevel)};
+  // The source verified raw (and value) against id, so neither is hashed
+  // again here. A full or failing cache costs speed, not correctness: the
+  // chunk was served.
+  EncodedChunk c{id, value.empty() ? ChunkStore::EncodeValue(raw, kCacheCompressionLevel) : std::move(value)};
   (void)cache_->PutEncoded(std::span<const EncodedChunk>(&c, 1));
 }
 
-Result<Bytes> FetchChain::FromSources(const ChunkId& id) {
+Result<Bytes> FetchChain::FromSources(const ChunkId& id, Bytes* value) {
   std::vector<size_t> order;
   for (size_t i = 0; i < sources_.size(); ++i) {
     if (sources_[i]->MayHave(id)) order.push_back(i);
@@ -97,7 +98,13 @@ Result<Bytes> FetchChain::FromSources(const ChunkId& id) {
   Status last = Status::NotFound("");
   for (size_t i : order) {
     int64_t start = NowMicros();
-    auto r = sources_[i]->Get(id);
+    Result<Bytes> r = Status::IOError("no reply");
+    Status called = sources_[i]->GetManyWithValues(std::span<const ChunkId>(&id, 1),
+                                                   [&](const ChunkId&, Result<Bytes>&& chunk, Bytes&& v) {
+                                                     r = std::move(chunk);
+                                                     *value = std::move(v);
+                                                   });
+    if (!called.ok()) r = called;
     Record(i, r, NowMicros() - start);
     if (r.ok()) return r;
     if (!r.status().IsNotFound() || last.IsNotFound()) last = r.status();
@@ -134,15 +141,17 @@ Result<Bytes> FetchChain::Get(const ChunkId& id) {
       // A prefetch has it queued, maybe behind hundreds of chunks: a reader
       // waiting on it would wait for all of those. Fetch it now (the
       // prefetch's copy, when it comes, is a no-op in the cache).
-      auto r = FromSources(id);
-      if (r.ok()) Keep(id, *r);
+      Bytes value;
+      auto r = FromSources(id, &value);
+      if (r.ok()) Keep(id, *r, std::move(value));
       return r;
     }
     WaitFor(id);  // another reader is fetching it: then it is (likely) cached
     if (!cache_ && Claim(id, false) == Claimed::kMine) break;
   }
-  auto r = FromSources(id);
-  if (r.ok()) Keep(id, *r);
+  Bytes value;
+  auto r = FromSources(id, &value);
+  if (r.ok()) Keep(id, *r, std::move(value));
   Release(id);
   return r;
 }
@@ -215,8 +224,8 @@ Status FetchChain::Fetch(std::span<const ChunkId> ids, const Sink& sink) {
     bulk.near_busy = nnear;
   }
 
-  auto finish = [&](const ChunkId& id, Result<Bytes>&& r) {
-    if (r.ok()) Keep(id, *r);
+  auto finish = [&](const ChunkId& id, Result<Bytes>&& r, Bytes&& value) {
+    if (r.ok()) Keep(id, *r, std::move(value));
     Release(id);
     deliver(id, std::move(r));
   };
@@ -242,7 +251,7 @@ Status FetchChain::Fetch(std::span<const ChunkId> ids, const Sink& sink) {
         auto r = sources_[i]->Get(id);
         Record(i, r, NowMicros() - start);
         if (r.ok()) {
-          finish(id, std::move(r));
+          finish(id, std::move(r), Bytes());
         } else {
           MutexLock lock(&bulk.mu);
           bulk.last.push_front(id);
@@ -303,7 +312,7 @@ Status FetchChain::Fetch(std::span<const ChunkId> ids, const Sink& sink) {
     if (batch.empty()) break;
     size_t delivered = 0;
     int64_t start = NowMicros();
-    Status st = last->GetMany(batch, [&](const ChunkId& id, Result<Bytes>&& r) {
+    Status st = last->GetManyWithValues(batch, [&](const ChunkId& id, Result<Bytes>&& r, Bytes&& value) {
       int64_t now = NowMicros();
       Record(sources_.size() - 1, r, now - start);
       start = now;
@@ -313,13 +322,13 @@ Status FetchChain::Fetch(std::span<const ChunkId> ids, const Sink& sink) {
         stats_.not_found++;
         r = Status::NotFound("chunk " + id.ToHex() + " is in none of: " + Describe());
       }
-      finish(id, std::move(r));
+      finish(id, std::move(r), std::move(value));
     });
     if (!st.ok()) {
       // The last source failed: the rest of the batch gets its error.
       for (size_t k = delivered; k < batch.size(); ++k) {
         Record(sources_.size() - 1, st, 0);
-        finish(batch[k], Status(st));
+        finish(batch[k], Status(st), Bytes());
       }
       failed = st;
     }

@@ -73,6 +73,8 @@ class HomeSource final : public ChunkSource {
 
   Result<Bytes> Get(const ChunkId& id) override;
   Status GetMany(std::span<const ChunkId> ids, const Sink& sink) override;
+  // The values are the home's stored ones, verified against their ids.
+  Status GetManyWithValues(std::span<const ChunkId> ids, const ValueSink& sink) override;
   std::string Describe() const override;
 
   // An object, verified against its id.

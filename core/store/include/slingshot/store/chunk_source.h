@@ -37,6 +37,15 @@ class ChunkSource {
     for (const auto& id : ids) sink(id, Get(id));
     return Status::OK();
   }
+
+  // Like GetMany, and with each chunk its stored value (ChunkStore's
+  // encoding: header + zstd payload) when the source received it in that
+  // form and verified it, so that a cache can keep it as it came instead of
+  // compressing the bytes again; value is empty otherwise.
+  using ValueSink = std::function<void(const ChunkId& id, Result<Bytes>&& chunk, Bytes&& value)>;
+  virtual Status GetManyWithValues(std::span<const ChunkId> ids, const ValueSink& sink) {
+    return GetMany(ids, [&](const ChunkId& id, Result<Bytes>&& chunk) { sink(id, std::move(chunk), Bytes()); });
+  }
   // False only when this source knows, without I/O, that it lacks id (the
   // stick has an index in memory); a fetch chain skips it then.
   virtual bool MayHave(const ChunkId& id) const {

@@ -80,9 +80,12 @@ class FetchChain final : public ChunkSource {
 
  private:
   struct Bulk;
-  Result<Bytes> FromSources(const ChunkId& id);
+  // value: the source's stored value, when it handed one over.
+  Result<Bytes> FromSources(const ChunkId& id, Bytes* value);
   void Record(size_t source, const Result<Bytes>& r, int64_t micros);
-  void Keep(const ChunkId& id, ByteView raw);
+  // Caches the chunk: value as it came (verified by its source), else raw
+  // encoded here.
+  void Keep(const ChunkId& id, ByteView raw, Bytes&& value);
   // Single flight: a reader waits for another reader's fetch of the same
   // chunk, but not for a bulk fetch's (see Get).
   enum class Claimed { kMine, kByBulk, kBySingle };
