@@ -22,6 +22,7 @@
 #include "slingshot/replica/checkpoint.h"
 #include "slingshot/replica/checkpoint_scope.h"
 #include "slingshot/replica/instantiate.h"
+#include "slingshot/replica/primary.h"
 #include "slingshot/store/disk_table.h"
 #include "slingshot/store/manifest.h"
 #include "slingshot/store/memory_image.h"
@@ -138,19 +139,12 @@ Status CreateService(const std::string& services_dir, const ServiceDef& def, con
   return Status::OK();
 }
 
-// One service's primary replica and its incarnation.
-struct Primary {
+// One service folder and its primary (core/replica/primary.h).
+struct Service {
   ServiceDef def;
   std::string dir;
   std::thread runner;
-  std::atomic<bool> dead{false};
-
-  Mutex mu;  // the incarnation below; held across bring-up and checkpoints
-  std::unique_ptr<LiveReplica> live GUARDED_BY(mu);
-  std::shared_ptr<ReplicaHost> host GUARDED_BY(mu);  // live's
-  // What every checkpoint's manifest repeats; epoch is the last published.
-  Manifest base GUARDED_BY(mu);
-  CheckpointSchedule schedule GUARDED_BY(mu){0, std::chrono::seconds(0)};
+  std::unique_ptr<Primary> primary;  // set before runner starts
 };
 
 struct HomeServer::Impl final : public RequestHandler {
@@ -168,7 +162,7 @@ struct HomeServer::Impl final : public RequestHandler {
   Mutex mu;
   CondVar cv;
   bool stopping GUARDED_BY(mu) = false;
-  std::map<std::string, std::shared_ptr<Primary>> primaries GUARDED_BY(mu);
+  std::map<std::string, std::shared_ptr<Service>> services GUARDED_BY(mu);
 
   Impl(SigningKey k, CertificateAuthority c) : key(std::move(k)), ca(std::move(c)) {}
 
@@ -183,10 +177,10 @@ struct HomeServer::Impl final : public RequestHandler {
     return !stopping;
   }
 
-  std::shared_ptr<Primary> Find(const std::string& name) {
+  std::shared_ptr<Service> Find(const std::string& name) {
     MutexLock l(&mu);
-    auto it = primaries.find(name);
-    return it == primaries.end() ? nullptr : it->second;
+    auto it = services.find(name);
+    return it == services.end() ? nullptr : it->second;
   }
 
   // --- the chunk store side of a service ---
@@ -201,25 +195,26 @@ struct HomeServer::Impl final : public RequestHandler {
   }
 
   // The boot files go into the store (once) and into every manifest.
-  Status ImportBoot(Primary& p) REQUIRES(p.mu) {
-    SLINGSHOT_ASSIGN_OR_RETURN(p.base.kernel, RefOrStore("boot/" + p.def.name + "/kernel", ObjectKind::kChunkList,
-                                                         [&] { return StoreFile(p.dir + "/kernel", store); }));
-    p.base.kernel_size = fs::file_size(p.dir + "/kernel");
-    if (fs::exists(p.dir + "/initrd")) {
-      SLINGSHOT_ASSIGN_OR_RETURN(p.base.initrd, RefOrStore("boot/" + p.def.name + "/initrd", ObjectKind::kChunkList,
-                                                           [&] { return StoreFile(p.dir + "/initrd", store); }));
-      p.base.initrd_size = fs::file_size(p.dir + "/initrd");
+  Status ImportBoot(const Service& svc, Manifest* m) {
+    SLINGSHOT_ASSIGN_OR_RETURN(m->kernel, RefOrStore("boot/" + svc.def.name + "/kernel", ObjectKind::kChunkList,
+                                                     [&] { return StoreFile(svc.dir + "/kernel", store); }));
+    m->kernel_size = fs::file_size(svc.dir + "/kernel");
+    if (fs::exists(svc.dir + "/initrd")) {
+      SLINGSHOT_ASSIGN_OR_RETURN(m->initrd, RefOrStore("boot/" + svc.def.name + "/initrd", ObjectKind::kChunkList,
+                                                       [&] { return StoreFile(svc.dir + "/initrd", store); }));
+      m->initrd_size = fs::file_size(svc.dir + "/initrd");
     }
     return Status::OK();
   }
 
-  Result<DiskTable> ImportServiceDisk(Primary& p) {
-    SLINGSHOT_ASSIGN_OR_RETURN(ChunkId id, RefOrStore("disk/" + p.def.name, ObjectKind::kDiskTable, [&]() -> Result<ChunkId> {
-      std::string image = p.def.disk_image;
-      std::string blank = p.dir + "/blank.img";
+  // The disk of a service's first boot: its image (or a blank one) imported.
+  Result<DiskTable> ImportServiceDisk(const Service& svc) {
+    SLINGSHOT_ASSIGN_OR_RETURN(ChunkId id, RefOrStore("disk/" + svc.def.name, ObjectKind::kDiskTable, [&]() -> Result<ChunkId> {
+      std::string image = svc.def.disk_image;
+      std::string blank = svc.dir + "/blank.img";
       if (image.empty()) {
         UniqueFd fd(::open(blank.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-        if (!fd.valid() || ::ftruncate(fd.get(), static_cast<off_t>(p.def.disk_size_mb << 20)) != 0) {
+        if (!fd.valid() || ::ftruncate(fd.get(), static_cast<off_t>(svc.def.disk_size_mb << 20)) != 0) {
           return Status::FromErrno("create " + blank, errno);
         }
         image = blank;
@@ -227,173 +222,71 @@ struct HomeServer::Impl final : public RequestHandler {
       SLINGSHOT_ASSIGN_OR_RETURN(DiskImport imp, ImportDisk(image, store));
       std::error_code ec;
       fs::remove(blank, ec);
-      LogInfo("service " + p.def.name + ": imported its disk " + image + " (" + HumanBytes(imp.stats.logical_bytes) + ")");
+      LogInfo("service " + svc.def.name + ": imported its disk " + image + " (" + HumanBytes(imp.stats.logical_bytes) + ")");
       return store->PutObject(imp.table.Encode());
     }));
     SLINGSHOT_ASSIGN_OR_RETURN(Bytes b, store->GetObject(id));
     return DiskTable::Decode(b);
   }
 
-  // --- an incarnation ---
-
-  // The manifest fields that come from the service's definition.
-  Manifest BaseManifest(const Primary& p) {
-    Manifest m;
-    m.service_id = p.def.name;
-    m.service_type = p.def.type;
-    m.service_port = p.def.service_port;
-    m.vm = VmConfig{p.def.memory_mib, p.def.vcpus, p.def.cmdline, hv->StreamFormat(), ""};
-    m.state_on_disk = p.def.state_on_disk;
-    return m;
-  }
-
-  Status Publish(Primary& p) REQUIRES(p.mu) {
+  // Where this host reaches each of the service's guest ports, for operators.
+  void PublishEndpoints(const Service& svc) {
     std::string text;
-    std::vector<uint16_t> ports{p.def.service_port};
-    ports.insert(ports.end(), p.def.extra_ports.begin(), p.def.extra_ports.end());
+    std::vector<uint16_t> ports{svc.def.service_port};
+    ports.insert(ports.end(), svc.def.extra_ports.begin(), svc.def.extra_ports.end());
     for (uint16_t port : ports) {
-      auto ep = hv->ServiceEndpoint(p.def.name, port);
+      auto ep = hv->ServiceEndpoint(svc.def.name, port);
       if (ep.ok()) text += std::to_string(port) + " " + ep->ToString() + "\n";
     }
-    return WriteFileAtomic(p.dir + "/endpoints", AsBytes(text));
+    Status st = WriteFileAtomic(svc.dir + "/endpoints", AsBytes(text));
+    if (!st.ok()) LogWarning("service " + svc.def.name + ": " + st.message());
   }
 
-  static std::function<void(const Status&)> OnLost(std::weak_ptr<Primary> w) {
-    return [w](const Status& why) {
-      auto q = w.lock();
-      if (!q) return;
-      LogWarning("service " + q->def.name + ": its service connection was lost (" + why.message() +
-                 "); restoring it from the last checkpoint");
-      q->dead = true;
-    };
-  }
-
-  void Adopt(Primary& p, std::unique_ptr<LiveReplica> live) REQUIRES(p.mu) {
-    p.host = live->host();
-    p.live = std::move(live);
-    p.schedule = CheckpointSchedule(options.checkpoint_inputs, std::chrono::seconds(options.checkpoint_seconds));
-    p.schedule.Taken(p.live->manifest().last_seq, Clock::now());
-  }
-
-  Status ColdBoot(Primary& p, std::weak_ptr<Primary> self) REQUIRES(p.mu) {
-    ReplicaPlan plan;
-    plan.spec.name = p.def.name;
-    plan.spec.kernel = p.dir + "/kernel";
-    if (fs::exists(p.dir + "/initrd")) plan.spec.initrd = p.dir + "/initrd";
-    plan.spec.cmdline = p.def.cmdline;
-    plan.spec.memory_mib = p.def.memory_mib;
-    plan.spec.vcpus = p.def.vcpus;
-    plan.spec.run_dir = p.dir + "/run/vm";
-    plan.manifest = p.base;
-    plan.label = "home";
-    SLINGSHOT_ASSIGN_OR_RETURN(plan.table, ImportServiceDisk(p));
-    plan.chunks = store;
-    plan.disk.dir = p.dir + "/run/disk";
-    plan.disk.description = p.def.name;
-    plan.extra_ports = p.def.extra_ports;
-    plan.connect_timeout_ms = options.boot_timeout_ms;
-    plan.on_lost = OnLost(std::move(self));
-    SLINGSHOT_ASSIGN_OR_RETURN(auto live, StartReplica(*hv, std::move(plan)));
-    Adopt(p, std::move(live));
-    SLINGSHOT_RETURN_IF_ERROR(Publish(p));
-    LogInfo("service " + p.def.name + ": booted; taking its first checkpoint");
-    return CheckpointLocked(p);
-  }
-
-  Status Restore(Primary& p, std::weak_ptr<Primary> self) REQUIRES(p.mu) {
-    StoreCheckpointSource source(store);
-    InstantiateOptions o;
-    o.service = p.def.name;
-    o.manifest_key = key.public_key();
-    o.vm_name = p.def.name;
-    o.dir = p.dir + "/run";
-    o.label = "home";
-    o.extra_ports = p.def.extra_ports;
-    o.boot_connect_ms = options.boot_timeout_ms;
-    o.on_lost = OnLost(std::move(self));
-    SLINGSHOT_ASSIGN_OR_RETURN(auto live, Instantiate(*hv, source, o));
-    p.base.epoch = live->manifest().epoch;
-    const Manifest& m = live->manifest();
-    LogInfo("service " + p.def.name + ": " + (live->booted() ? "booted" : "restored") + " from checkpoint epoch " +
-            std::to_string(m.epoch) + " (seq " + std::to_string(m.last_seq) + ") in " +
-            std::to_string(static_cast<int>(live->restore_ms())) + " ms");
-    Adopt(p, std::move(live));
-    return Publish(p);
-  }
-
-  Status CheckpointLocked(Primary& p) REQUIRES(p.mu) {
-    CheckpointOptions o;
+  Result<std::unique_ptr<Primary>> MakePrimary(const std::shared_ptr<Service>& svc) {
+    PrimaryOptions o;
+    Manifest& m = o.base;
+    m.service_id = svc->def.name;
+    m.service_type = svc->def.type;
+    m.service_port = svc->def.service_port;
+    m.vm = VmConfig{svc->def.memory_mib, svc->def.vcpus, svc->def.cmdline, hv->StreamFormat(), ""};
+    m.state_on_disk = svc->def.state_on_disk;
+    SLINGSHOT_RETURN_IF_ERROR(ImportBoot(*svc, &m));
+    o.kernel = svc->dir + "/kernel";
+    if (fs::exists(svc->dir + "/initrd")) o.initrd = svc->dir + "/initrd";
+    o.run_dir = svc->dir + "/run";
+    o.extra_ports = svc->def.extra_ports;
+    Service* raw = svc.get();
+    o.first_disk = [this, raw] { return ImportServiceDisk(*raw); };
     o.store = store;
     o.key = &key;
-    o.base = p.base;
-    auto r = TakeCheckpoint(*hv, *p.live, o);
-    if (!r.ok()) {
-      p.schedule.Taken(p.schedule.covered(), Clock::now());  // not again at once
-      return r.status();
-    }
-    p.base.epoch = r->manifest.epoch;
-    p.schedule.Taken(r->manifest.last_seq, Clock::now());
-    SLINGSHOT_RETURN_IF_ERROR(WriteFileAtomic(p.dir + "/status", AsBytes("epoch " + std::to_string(r->manifest.epoch) +
-                                                                          " seq " + std::to_string(r->manifest.last_seq) + "\n")));
-    LogInfo("service " + p.def.name + ": checkpoint epoch " + std::to_string(r->manifest.epoch) + " covers seq " +
-            std::to_string(r->manifest.last_seq) + " (" + HumanBytes(r->manifest.memory_size) + " memory, guest paused " +
-            std::to_string(static_cast<int>(r->pause_ms)) + " ms, " + std::to_string(static_cast<int>(r->total_ms)) +
-            " ms in all)");
-    return Status::OK();
+    o.checkpoint_inputs = options.checkpoint_inputs;
+    o.checkpoint_interval = std::chrono::seconds(options.checkpoint_seconds);
+    o.boot_timeout_ms = options.boot_timeout_ms;
+    o.on_up = [this, raw](const LiveReplica&) { PublishEndpoints(*raw); };
+    o.on_checkpoint = [raw](const CheckpointResult& r) {
+      Status st = WriteFileAtomic(raw->dir + "/status", AsBytes("epoch " + std::to_string(r.manifest.epoch) + " seq " +
+                                                                std::to_string(r.manifest.last_seq) + "\n"));
+      if (!st.ok()) LogWarning("service " + raw->def.name + ": " + st.message());
+    };
+    return std::make_unique<Primary>(*hv, std::move(o));
   }
 
-  void TearDown(Primary& p) REQUIRES(p.mu) {
-    if (p.live) p.live->Destroy();
-    else (void)hv->Destroy(p.def.name);  // a VM a failed bring-up may have left
-    p.live.reset();
-    p.host.reset();
-  }
-
-  Status BringUp(const std::shared_ptr<Primary>& p) {
-    MutexLock l(&p->mu);
-    p->base = BaseManifest(*p);
-    SLINGSHOT_RETURN_IF_ERROR(ImportBoot(*p));
-    auto ref = store->GetRef("manifest/" + p->def.name);
-    if (ref.ok()) return Restore(*p, p);
-    if (!ref.status().IsNotFound()) return ref.status();
-    return ColdBoot(*p, p);
-  }
-
-  void Run(std::shared_ptr<Primary> p) {
+  // Keeps one service's primary up and checkpointed until the home stops.
+  void Run(std::shared_ptr<Service> svc) {
     int backoff_ms = 1000;
-    bool up = false;
     while (!Stopping()) {
-      if (!up || p->dead) {
-        if (p->dead) {
-          LogWarning("service " + p->def.name + ": its VM died; restoring it from the last checkpoint");
-          MutexLock l(&p->mu);
-          TearDown(*p);
-        }
-        p->dead = false;
-        Status s = BringUp(p);
-        if (!s.ok()) {
-          LogError("service " + p->def.name + ": " + s.message() + "; retrying in " + std::to_string(backoff_ms / 1000) + " s");
-          {
-            MutexLock l(&p->mu);
-            TearDown(*p);
-          }
-          if (!Nap(backoff_ms)) break;
-          backoff_ms = std::min(backoff_ms * 2, 60000);
-          continue;
-        }
-        up = true;
-        backoff_ms = 1000;
+      Status s = svc->primary->Step(Clock::now());
+      if (!s.ok()) {
+        LogError("service " + svc->def.name + ": " + s.message() + "; trying again in " +
+                 std::to_string(backoff_ms / 1000) + " s");
+        if (!Nap(backoff_ms)) break;
+        backoff_ms = std::min(backoff_ms * 2, 60000);
+        continue;
       }
+      backoff_ms = 1000;
       if (!Nap(200)) break;
-      MutexLock l(&p->mu);
-      if (!p->live || p->dead) continue;
-      if (p->schedule.Due(p->host->applied(), Clock::now())) {
-        Status s = CheckpointLocked(*p);
-        if (!s.ok()) LogError("service " + p->def.name + ": checkpoint failed: " + s.message());
-      }
     }
-    MutexLock l(&p->mu);
-    TearDown(*p);
+    svc->primary->TearDown();
   }
 
   void Manage() {
@@ -404,19 +297,25 @@ struct HomeServer::Impl final : public RequestHandler {
         if (name.empty() || name[0] == '.' || !fs::exists(e.path() / "service.conf")) continue;
         {
           MutexLock l(&mu);
-          if (primaries.count(name) || stopping) continue;
+          if (services.count(name) || stopping) continue;
         }
         auto def = ServiceDef::Decode(ReadText((e.path() / "service.conf").string()));
         if (!def.ok()) {
           LogError("service folder " + e.path().string() + ": " + def.status().message());
           continue;
         }
-        auto p = std::make_shared<Primary>();
-        p->def = *def;
-        p->dir = e.path().string();
+        auto svc = std::make_shared<Service>();
+        svc->def = *def;
+        svc->dir = e.path().string();
+        auto primary = MakePrimary(svc);
+        if (!primary.ok()) {
+          LogError("service " + name + ": " + primary.status().message());
+          continue;
+        }
+        svc->primary = std::move(*primary);
         MutexLock l(&mu);
-        primaries[name] = p;
-        p->runner = std::thread([this, p] { Run(p); });
+        services[name] = svc;
+        svc->runner = std::thread([this, svc] { Run(svc); });
       }
     } while (Nap(1000));
   }
@@ -435,11 +334,7 @@ struct HomeServer::Impl final : public RequestHandler {
     if (auto* a = std::get_if<wire::Attach>(&m)) {
       auto p = Find(a->service);
       if (!p) return Status::NotFound("this home runs no service \"" + a->service + "\"");
-      std::shared_ptr<ReplicaHost> host;
-      {
-        MutexLock l(&p->mu);  // waits out a checkpoint or bring-up in progress
-        host = p->host;
-      }
+      std::shared_ptr<ReplicaHost> host = p->primary->host();  // waits out a checkpoint or bring-up
       if (!host) return Status::Unavailable("service " + a->service + " is starting; try again shortly");
       Status end = host->Serve(c);
       LogInfo(c.peer().Describe() + " left " + a->service + ": " + end.message());
@@ -513,7 +408,7 @@ Result<std::unique_ptr<HomeServer>> HomeServer::Start(ChunkStore* store, Signing
   Impl* raw = impl.get();
   impl->hv->OnDeath([raw](const std::string& name, const std::string& why) {
     LogWarning("VM " + name + " died: " + why);
-    if (auto p = raw->Find(name)) p->dead = true;
+    if (auto svc = raw->Find(name)) svc->primary->MarkDead();
   });
   ServerOptions so;
   so.host = impl->options.listen_host;
@@ -536,10 +431,10 @@ void HomeServer::Stop() {
   }
   if (impl_->manager.joinable()) impl_->manager.join();
   if (impl_->server) impl_->server->Stop();
-  std::map<std::string, std::shared_ptr<Primary>> all;
+  std::map<std::string, std::shared_ptr<Service>> all;
   {
     MutexLock l(&impl_->mu);
-    all = impl_->primaries;
+    all = impl_->services;
   }
   for (auto& [name, p] : all) {
     if (p->runner.joinable()) p->runner.join();

@@ -10,6 +10,7 @@
 #include "slingshot/replica/checkpoint.h"
 #include "slingshot/replica/checkpoint_scope.h"
 #include "slingshot/replica/instantiate.h"
+#include "slingshot/replica/primary.h"
 #include "slingshot/replica/replica_disk.h"
 #include "slingshot/store/memory_image.h"
 #include "slingshot/store/working_set.h"
@@ -571,6 +572,120 @@ TEST_F(ReplicaTest, AGrantedCheckpointStaysInScopeAfterANewerOne) {
   EXPECT_FALSE(scope.Check(cap, {ck->manifest.disk_table}, 1000).ok());
   ASSERT_TRUE(scope.GrantCurrent(cap, 1000).ok());
   EXPECT_TRUE(scope.Check(cap, {m1->disk_table, ck->manifest.disk_table}, 1000).ok());
+}
+
+// The home's primary: first boot, checkpoints, restore after a death or a
+// lost service connection, and the restart path.
+class PrimaryTest : public ReplicaTest {
+ protected:
+  PrimaryOptions Options(uint64_t every_inputs = 1000) {
+    PrimaryOptions o;
+    o.base = Base();
+    o.kernel = tmp_ / "kernel";
+    o.initrd = tmp_ / "initrd";
+    o.run_dir = tmp_ / "primary-run";
+    o.first_disk = [this]() -> Result<DiskTable> { return table_; };
+    o.store = store_.get();
+    o.key = &*key_;
+    o.checkpoint_inputs = every_inputs;
+    o.boot_timeout_ms = 2000;
+    o.restore_connect_ms = 2000;
+    o.on_up = [this](const LiveReplica&) { ++ups_; };
+    o.on_checkpoint = [this](const CheckpointResult& r) { published_.push_back(r.manifest); };
+    return o;
+  }
+  int ups_ = 0;
+  std::vector<Manifest> published_;
+};
+
+TEST_F(PrimaryTest, TheFirstBringUpBootsAndPublishesACheckpointAtSeqZero) {
+  FakeHypervisor hv;
+  Primary p(hv, Options());
+  ASSERT_TRUE(p.Step(CheckpointSchedule::Clock::now()).ok());
+  EXPECT_TRUE(p.up());
+  EXPECT_EQ(hv.boots(), 1);
+  EXPECT_EQ(ups_, 1);
+  ASSERT_EQ(published_.size(), 1u);
+  EXPECT_EQ(published_[0].epoch, 1u);
+  EXPECT_EQ(published_[0].last_seq, 0u);
+  EXPECT_EQ(p.epoch(), 1u);
+}
+
+TEST_F(PrimaryTest, AStepCheckpointsWhenEnoughInputsCame) {
+  FakeHypervisor hv;
+  Primary p(hv, Options(3));
+  ASSERT_TRUE(p.BringUp().ok());
+  auto now = CheckpointSchedule::Clock::now();
+  ASSERT_TRUE(p.host()->Apply(In(1)).ok());
+  ASSERT_TRUE(p.Step(now).ok());
+  EXPECT_EQ(published_.size(), 1u);  // not due yet
+  ASSERT_TRUE(p.host()->Apply(In(2)).ok());
+  ASSERT_TRUE(p.host()->Apply(In(3)).ok());
+  ASSERT_TRUE(p.Step(now).ok());
+  ASSERT_EQ(published_.size(), 2u);
+  EXPECT_EQ(published_[1].epoch, 2u);
+  EXPECT_EQ(published_[1].last_seq, 3u);
+}
+
+TEST_F(PrimaryTest, ADeadPrimaryIsRestoredFromItsLastCheckpoint) {
+  FakeHypervisor hv;
+  Primary p(hv, Options(2));
+  hv.OnDeath([&](const std::string&, const std::string&) { p.MarkDead(); });
+  ASSERT_TRUE(p.BringUp().ok());
+  ASSERT_TRUE(p.host()->Apply(In(1)).ok());
+  ASSERT_TRUE(p.host()->Apply(In(2)).ok());
+  ASSERT_TRUE(p.Step(CheckpointSchedule::Clock::now()).ok());  // epoch 2 covers 2
+  ChunkId at_checkpoint = hv.Guest("notes")->Digest();
+  ASSERT_TRUE(p.host()->Apply(In(3)).ok());  // only in the client's log from here
+  hv.Kill("notes", "qemu killed by signal 9");
+  EXPECT_FALSE(p.up());
+  ASSERT_TRUE(p.Step(CheckpointSchedule::Clock::now()).ok());
+  EXPECT_TRUE(p.up());
+  EXPECT_EQ(hv.restores(), 1);
+  EXPECT_EQ(hv.Guest("notes")->Digest(), at_checkpoint);
+  EXPECT_EQ(p.host()->consumed(), 2u);
+  EXPECT_EQ(p.epoch(), 2u);
+}
+
+TEST_F(PrimaryTest, ALostServiceConnectionRestoresThePrimaryToo) {
+  FakeHypervisor hv;
+  Primary p(hv, Options());
+  ASSERT_TRUE(p.BringUp().ok());
+  hv.Guest("notes")->DropConnections(Status::IOError("connection reset by peer"));
+  EXPECT_FALSE(p.up());
+  ASSERT_TRUE(p.Step(CheckpointSchedule::Clock::now()).ok());
+  EXPECT_TRUE(p.up());
+  EXPECT_EQ(hv.restores(), 1);
+}
+
+TEST_F(PrimaryTest, AFailedBringUpLeavesNothingAndTheNextStepTriesAgain) {
+  FakeHypervisor hv;
+  hv.FailNextBoot(Status::IOError("qemu: could not allocate memory"));
+  Primary p(hv, Options());
+  Status first = p.Step(CheckpointSchedule::Clock::now());
+  ASSERT_FALSE(first.ok());
+  EXPECT_NE(first.message().find("could not allocate"), std::string::npos);
+  EXPECT_FALSE(p.up());
+  EXPECT_TRUE(hv.List().empty());
+  ASSERT_TRUE(p.Step(CheckpointSchedule::Clock::now()).ok());
+  EXPECT_TRUE(p.up());
+}
+
+TEST_F(PrimaryTest, AHomeRestartRestoresInsteadOfBooting) {
+  {
+    FakeHypervisor hv;
+    Primary p(hv, Options(1));
+    ASSERT_TRUE(p.BringUp().ok());
+    ASSERT_TRUE(p.host()->Apply(In(1)).ok());
+    ASSERT_TRUE(p.Step(CheckpointSchedule::Clock::now()).ok());
+  }  // the home stops: its VMs go with it
+  FakeHypervisor hv;
+  Primary p(hv, Options(1));
+  ASSERT_TRUE(p.BringUp().ok());
+  EXPECT_EQ(hv.boots(), 0);
+  EXPECT_EQ(hv.restores(), 1);
+  EXPECT_EQ(p.host()->consumed(), 1u);
+  EXPECT_EQ(p.epoch(), 2u);
 }
 
 TEST(CheckpointScheduleTest, DueAfterEnoughInputs) {
