@@ -56,7 +56,8 @@ std::string Encode(const Request& r) {
 
 Result<Request> DecodeRequest(std::string_view line) {
   SLINGSHOT_ASSIGN_OR_RETURN(json j, Parse(line));
-  const auto& [key, body] = *j.items().begin();
+  const std::string key = j.begin().key();
+  const json& body = j.begin().value();
   if (!body.is_object()) return Refuse("\"" + key + "\" is not an object", line);
   if (key == "status") return Request(StatusRequest{});
   if (key == "use") {
@@ -103,7 +104,8 @@ std::string Encode(const Event& e) {
 
 Result<Event> DecodeEvent(std::string_view line) {
   SLINGSHOT_ASSIGN_OR_RETURN(json j, Parse(line));
-  const auto& [key, body] = *j.items().begin();
+  const std::string key = j.begin().key();
+  const json& body = j.begin().value();
   if (key == "note") {
     if (!body.is_string()) return Refuse("a note is text", line);
     return Event(Note{body.get<std::string>()});
