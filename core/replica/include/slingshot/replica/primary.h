@@ -78,6 +78,7 @@ class Primary {
 
  private:
   Status BringUpLocked() REQUIRES(mu_);
+  Status StartLocked() REQUIRES(mu_);  // BringUpLocked without the clean-up on failure
   Result<CheckpointResult> CheckpointLocked() REQUIRES(mu_);
   void TearDownLocked() REQUIRES(mu_);
 
