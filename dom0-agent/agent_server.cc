@@ -49,7 +49,19 @@ struct AgentServer::Impl final : public RequestHandler {
   std::set<std::string> used_capabilities GUARDED_BY(mu);  // fingerprints, until the agent stops
   std::list<std::shared_ptr<Replica>> replicas GUARDED_BY(mu);
   uint64_t next_id GUARDED_BY(mu) = 0;
-  std::atomic<uint64_t> from_cache{0}, from_stick{0}, from_home{0};
+  FetchedBytes gone GUARDED_BY(mu);  // what replicas now destroyed fetched
+
+  // Ends replica id's session (if it runs): Instantiate then destroys it.
+  void EndSession(const std::string& id) EXCLUDES(mu) {
+    std::shared_ptr<ReplicaHost> host;
+    {
+      MutexLock l(&mu);
+      for (auto& r : replicas) {
+        if (r->id == id) host = r->host;
+      }
+    }
+    if (host) host->Shutdown();
+  }
 
   Status Handle(Connection& c, uint32_t request, wire::Message&& m) override {
     if (auto* in = std::get_if<wire::Instantiate>(&m)) return Instantiate(c, request, *in);
@@ -61,23 +73,21 @@ struct AgentServer::Impl final : public RequestHandler {
   wire::AgentStatus StatusReport() {
     wire::AgentStatus s;
     s.name = options.name;
+    FetchedBytes fetched;
     {
       MutexLock l(&mu);
+      fetched = gone;  // what replicas now destroyed fetched
       for (const auto& r : replicas) {
         s.replicas.push_back(wire::ReplicaStatus{r->service, r->client, r->host ? r->host->consumed() : 0, r->expires});
         if (!r->chain) continue;  // still being built
-        FetchChainStats fs = r->chain->stats();  // live replicas' fetches so far
-        s.from_cache += fs.cache_bytes;
-        for (size_t i = 0; i < fs.sources.size(); ++i) {
-          (i + 1 == fs.sources.size() ? s.from_home : s.from_stick) += fs.sources[i].bytes;
-        }
+        fetched += r->chain->stats().bytes();  // live replicas' fetches so far
       }
     }
     auto st = cache->Stats();
     if (st.ok()) s.cache_bytes = st->stored_bytes;
-    s.from_cache += from_cache;  // plus what replicas now gone read from it
-    s.from_stick += from_stick;  // plus what replicas now gone fetched
-    s.from_home += from_home;
+    s.from_cache = fetched.cache;
+    s.from_stick = fetched.near;
+    s.from_home = fetched.last;
     return s;
   }
 
@@ -110,12 +120,10 @@ struct AgentServer::Impl final : public RequestHandler {
               const Replica& r) {
     wire::Progress p{phase, done, total, 0, 0, 0};
     if (r.chain) {
-      FetchChainStats s = r.chain->stats();
-      p.from_cache = s.cache_bytes;
-      for (size_t i = 0; i < s.sources.size(); ++i) {
-        bool is_home = i + 1 == s.sources.size();
-        (is_home ? p.from_home : p.from_stick) += s.sources[i].bytes;
-      }
+      FetchedBytes b = r.chain->stats().bytes();
+      p.from_cache = b.cache;
+      p.from_stick = b.near;
+      p.from_home = b.last;
     }
     (void)c.Send(request, p, 10000);
   }
@@ -148,15 +156,9 @@ struct AgentServer::Impl final : public RequestHandler {
     o.dir = r.dir;
     o.label = options.name;
     o.prefer_boot = options.prefer_boot;
-    Replica* raw = &r;
-    o.on_lost = [this, raw](const Status& why) {
-      LogWarning("replica " + raw->id + ": its service connection was lost (" + why.message() + "); destroying it");
-      std::shared_ptr<ReplicaHost> host;
-      {
-        MutexLock l(&mu);
-        host = raw->host;
-      }
-      if (host) host->Shutdown();  // ends the session; Instantiate then destroys the replica
+    o.on_lost = [this, id = r.id](const Status& why) {
+      LogWarning("replica " + id + ": its service connection was lost (" + why.message() + "); destroying it");
+      EndSession(id);
     };
     o.progress = [&](const InstantiateProgress& p) { Report(c, request, p.phase, p.done, p.total, r); };
     SLINGSHOT_ASSIGN_OR_RETURN(auto live, slingshot::Instantiate(*hv, source, o));
@@ -176,12 +178,8 @@ struct AgentServer::Impl final : public RequestHandler {
     if (r->live) r->live->Destroy();
     else (void)hv->Destroy(r->id);  // a VM a failed instantiate may have left
     if (r->chain) {
-      FetchChainStats s = r->chain->stats();
-      from_cache += s.cache_bytes;
-      for (size_t i = 0; i < s.sources.size(); ++i) {
-        bool is_home = i + 1 == s.sources.size();
-        (is_home ? from_home : from_stick) += s.sources[i].bytes;
-      }
+      MutexLock l(&mu);
+      gone += r->chain->stats().bytes();
     }
     r->live.reset();
     r->chain.reset();
@@ -259,14 +257,7 @@ Result<std::unique_ptr<AgentServer>> AgentServer::Start(AgentOptions options) {
   Impl* raw = impl.get();
   impl->hv->OnDeath([raw](const std::string& name, const std::string& why) {
     LogWarning("replica VM " + name + " died: " + why);
-    std::shared_ptr<ReplicaHost> host;
-    {
-      MutexLock l(&raw->mu);
-      for (auto& r : raw->replicas) {
-        if (r->id == name) host = r->host;
-      }
-    }
-    if (host) host->Shutdown();  // ends the session; Instantiate then destroys the replica
+    raw->EndSession(name);
   });
   // An ephemeral identity: a surrogate belongs to no home.
   SLINGSHOT_ASSIGN_OR_RETURN(CertificateAuthority self, CertificateAuthority::Create(impl->options.name, 365 * 86400));

@@ -45,12 +45,30 @@ struct SourceCounters {
   uint64_t errors = 0;   // failed otherwise (unreachable, I/O)
 };
 
+// Raw bytes a chain supplied, by where they came from: its cache, its near
+// sources (the stick), its last source (the home).
+struct FetchedBytes {
+  uint64_t cache = 0, near = 0, last = 0;
+  FetchedBytes& operator+=(const FetchedBytes& o) {
+    cache += o.cache;
+    near += o.near;
+    last += o.last;
+    return *this;
+  }
+};
+
 struct FetchChainStats {
   uint64_t cache_hits = 0;
   uint64_t cache_bytes = 0;  // raw bytes of the hits that were read (a presence check reads none)
   uint64_t cache_corrupt = 0;
   uint64_t not_found = 0;  // no source had it
   std::vector<SourceCounters> sources;  // in chain order
+
+  FetchedBytes bytes() const {
+    FetchedBytes b{cache_bytes, 0, 0};
+    for (size_t i = 0; i < sources.size(); ++i) (i + 1 == sources.size() ? b.last : b.near) += sources[i].bytes;
+    return b;
+  }
 };
 
 struct FetchChainOptions {
