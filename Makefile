@@ -4,7 +4,7 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSLINGSHOT_WERROR=ON
 
-.PHONY: all deps build check demo bench nested debs appliance reproducible sanitize tsan analyze fuzz clean
+.PHONY: all deps build check fault soak demo bench nested debs appliance reproducible sanitize tsan analyze fuzz clean
 
 all: build
 
@@ -18,7 +18,19 @@ build: deps
 # The default suite: every test but the heavy ones (nested appliance, long
 # benchmarks), which have their own targets.
 check: build
-	cd $(BUILD) && ctest -LE 'nested|long' --output-on-failure -j$(JOBS)
+	cd $(BUILD) && ctest -LE 'nested|long|fault|soak' --output-on-failure -j$(JOBS)
+
+# The fault campaign (tests/e2e: random kill -9 of proxy, home and surrogate
+# while typing; FAULT_TRIALS of them), in the e2e world.
+FAULT_TRIALS ?= 30
+fault: build
+	cd $(BUILD) && SLINGSHOT_FAULT_TRIALS=$(FAULT_TRIALS) ctest -L fault -V
+
+# The soak: SOAK_SECONDS of typing and pointer motion with a surrogate
+# killed every few minutes (bench/soak_bench runs it too).
+SOAK_SECONDS ?= 3600
+soak: build
+	bench/soak_bench $(BUILD) $(SOAK_SECONDS)
 
 demo: build
 	scripts/demo.sh $(BUILD)
@@ -72,7 +84,8 @@ sanitize: deps
 	cmake -S . -B $(BUILD)-asan -DCMAKE_BUILD_TYPE=Debug -DSLINGSHOT_WERROR=ON \
 	  -DCMAKE_CXX_FLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
 	cmake --build $(BUILD)-asan -j$(JOBS)
-	cd $(BUILD)-asan && ctest -LE 'nested|long|bench|e2e|net' --output-on-failure -j$(JOBS)
+	cd $(BUILD)-asan && LSAN_OPTIONS="suppressions=$(CURDIR)/tests/lsan.supp print_suppressions=0" \
+	  ctest -LE 'nested|long|bench|e2e|net|fault|soak' --output-on-failure -j$(JOBS)
 
 # The unit tests and the concurrent network tests (TLS transport, chunk
 # service, fetch chain, pairing) under ThreadSanitizer. -Wno-tsan: Boost.Asio uses

@@ -11,8 +11,12 @@
 //   stale_stick_vs_home_only  the same cold fetch with a stale stick (it
 //                      holds only chunks of an older disk) in the chain,
 //                      over the time without a stick, alternating runs.
+//   overlay_cipher_vs_plain  a guest's writes and reads through a surrogate's
+//                      encrypted disk overlay (base/cipher.h) over the same
+//                      through a plain one: time plain / time encrypted,
+//                      alternating runs (1 = free).
 // Also printed: the partly-current stick's time and bytes by source.
-// Last line: RESULT seq_read_vs_file=R cold_fetch_vs_link=L stale_stick_vs_home_only=S
+// Last line: RESULT seq_read_vs_file=R cold_fetch_vs_link=L stale_stick_vs_home_only=S overlay_cipher_vs_plain=C
 #include <boost/program_options.hpp>
 #include <algorithm>
 #include <chrono>
@@ -25,6 +29,7 @@
 #include "slingshot/net/chunk_service.h"
 #include "slingshot/store/chunk_store.h"
 #include "slingshot/disk/chunk_table_export.h"
+#include "slingshot/base/cipher.h"
 #include "slingshot/base/coding.h"
 #include "slingshot/store/disk_table.h"
 #include "slingshot/store/fetch_chain.h"
@@ -247,6 +252,40 @@ int main(int argc, char** argv) {
               partial_s / home_s);
   (*link)->Stop();
   (*server)->Stop();
-  std::printf("RESULT seq_read_vs_file=%.2f cold_fetch_vs_link=%.2f stale_stick_vs_home_only=%.2f\n", R, L, S);
+
+  // --- 4. the encrypted overlay against a plain one ---
+  const size_t overlay_mb = std::max<size_t>(16, size_mb / 4);
+  auto cipher = LocalCipher::Random();
+  if (!cipher.ok()) return Fail(cipher.status(), "cipher");
+  auto overlay_pass = [&](bool encrypted) -> Result<double> {
+    ChunkTableExportOptions eo;
+    if (encrypted) eo.cipher = *cipher;
+    SLINGSHOT_ASSIGN_OR_RETURN(auto e, ChunkTableExport::Open(imp->table, store->get(), dir + "/overlay-bench", eo));
+    Bytes block = Random(64 << 10, 7), back(64 << 10);
+    auto t0 = std::chrono::steady_clock::now();
+    for (uint64_t off = 0; off < (uint64_t(overlay_mb) << 20); off += block.size()) {
+      SLINGSHOT_RETURN_IF_ERROR(e->Write(off, block));
+    }
+    SLINGSHOT_RETURN_IF_ERROR(e->Flush());
+    for (uint64_t off = 0; off < (uint64_t(overlay_mb) << 20); off += back.size()) {
+      SLINGSHOT_RETURN_IF_ERROR(e->Read(off, back));
+      if (back != block) return Status::Corruption("the overlay read back other bytes at " + std::to_string(off));
+    }
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  std::vector<double> plain_v, enc_v;
+  for (int r = 0; r < runs; ++r) {
+    auto a = overlay_pass(false);
+    auto b = overlay_pass(true);
+    if (!a.ok() || !b.ok()) return Fail(a.ok() ? b.status() : a.status(), "overlay");
+    plain_v.push_back(*a);
+    enc_v.push_back(*b);
+  }
+  const double plain_s = Median(plain_v), enc_s = Median(enc_v);
+  const double C = plain_s / enc_s;
+  std::printf("overlay: %zu MiB written and read back, plain %.0f MiB/s, encrypted %.0f MiB/s\n", overlay_mb,
+              2 * double(overlay_mb) / plain_s, 2 * double(overlay_mb) / enc_s);
+  std::printf("RESULT seq_read_vs_file=%.2f cold_fetch_vs_link=%.2f stale_stick_vs_home_only=%.2f "
+              "overlay_cipher_vs_plain=%.2f\n", R, L, S, C);
   return 0;
 }

@@ -133,7 +133,7 @@ int main(int argc, char** argv) {
   int rc;
   Shell(home_bin + " init " + h, &rc);
   if (rc) return Fail("home init failed");
-  Shell(home_bin + " service create notepad --kernel " + GuestDir() + "/vmlinuz --initrd " + GuestDir() +
+  Shell(home_bin + " service create notepad --owner bench --kernel " + GuestDir() + "/vmlinuz --initrd " + GuestDir() +
             "/initrd.img --cmdline 'quiet panic=1 slingshot.disk=auto' --extra-port 5901 " + h,
         &rc);
   Shell(home_bin + " pair bench --out " + work + "/pairing --address 127.0.0.1:" + std::to_string(home_port) + " " + h);

@@ -94,7 +94,8 @@ std::string Encode(const Event& e) {
                       {"latency_ms", v.latency_ms}});
     }
     j["status"] = {{"service", s->service},   {"last_seq", s->last_seq}, {"truncated_seq", s->truncated_seq},
-                   {"vnc_port", s->vnc_port}, {"switches", s->switches}, {"replicas", reps}};
+                   {"vnc_port", s->vnc_port}, {"switches", s->switches}, {"replicas", reps},
+                   {"stopped", s->stopped}, {"refusing", s->refusing}};
   } else if (auto* d = std::get_if<Done>(&e)) {
     if (d->status.ok()) j["ok"] = true;
     else j["error"] = {{"code", static_cast<int>(d->status.code())}, {"message", d->status.message()}};
@@ -137,6 +138,8 @@ Result<Event> DecodeEvent(std::string_view line) {
     SLINGSHOT_RETURN_IF_ERROR(Get(body, "truncated_seq", &s.truncated_seq, line));
     SLINGSHOT_RETURN_IF_ERROR(Get(body, "vnc_port", &s.vnc_port, line));
     SLINGSHOT_RETURN_IF_ERROR(Get(body, "switches", &s.switches, line));
+    if (body.contains("stopped")) SLINGSHOT_RETURN_IF_ERROR(Get(body, "stopped", &s.stopped, line));
+    if (body.contains("refusing")) SLINGSHOT_RETURN_IF_ERROR(Get(body, "refusing", &s.refusing, line));
     auto reps = body.find("replicas");
     if (reps == body.end() || !reps->is_array()) return Refuse("a status lists its replicas", line);
     for (const auto& r : *reps) {
@@ -167,6 +170,8 @@ std::vector<std::string> StatusLines(const ProxyStatus& s) {
   out.push_back("service " + s.service + " vnc 127.0.0.1:" + std::to_string(s.vnc_port) + " log " +
                 std::to_string(s.truncated_seq + 1) + ".." + std::to_string(s.last_seq) + " switches " +
                 std::to_string(s.switches));
+  if (!s.stopped.empty()) out.push_back("STOPPED, taking no input: " + s.stopped);
+  if (!s.refusing.empty()) out.push_back("REFUSING INPUT, nothing typed now is kept: " + s.refusing);
   for (const auto& r : s.replicas) {
     char lat[32];
     std::snprintf(lat, sizeof(lat), "%.1f", r.latency_ms);

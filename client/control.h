@@ -61,6 +61,11 @@ struct ProxyStatus {
   std::vector<ReplicaView> replicas;
   uint16_t vnc_port = 0;
   uint64_t switches = 0;
+  // Why the proxy takes no more input ("" while it does): the service was
+  // taken over by another device, or the home's state does not match the log.
+  std::string stopped;
+  // Non-empty while the event log refuses inputs (a full disk, say): why.
+  std::string refusing;
 };
 struct Done {
   Status status;

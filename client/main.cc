@@ -252,6 +252,7 @@ Status ProxyCmd(const cli::po::variables_map& vm) {
   o.log_dir = state + "/logs/" + o.service;
   o.control_socket = state + "/proxy.sock";
   o.sync_every_input = !vm.count("no-sync");
+  o.take_over = vm.count("take-over") > 0;
   // The proxy is interactive: its threads (and libvncserver's, which
   // inherit this) sleep no longer than asked. With the default 50 us of
   // timer slack, libvncserver's per-update usleep(0) alone costs ~65 us.
@@ -426,7 +427,15 @@ Status AgentStatusCmd(const cli::po::variables_map& vm) {
   SLINGSHOT_ASSIGN_OR_RETURN(wire::Message m, c->Expect(1, wire::MessageType::kAgentStatus));
   const auto& s = std::get<wire::AgentStatus>(m);
   std::printf("surrogate %s (certificate %s)\n", s.name.c_str(), c->peer().fingerprint.c_str());
-  cli::PrintFigure("replicas", std::to_string(s.replicas.size()));
+  const wire::AgentCapacity& cap = s.capacity;
+  cli::PrintFigure("replicas", std::to_string(s.replicas.size()) +
+                                   (cap.max_replicas ? " of " + std::to_string(cap.max_replicas) : std::string()));
+  if (cap.budget_mib) {
+    cli::PrintFigure("memory", std::to_string(cap.committed_mib) + " MiB of " + std::to_string(cap.budget_mib) +
+                                   " MiB for replicas taken, " +
+                                   std::to_string(cap.budget_mib > cap.committed_mib ? cap.budget_mib - cap.committed_mib : 0) +
+                                   " MiB free; the host has " + std::to_string(cap.host_free_mib) + " MiB free");
+  }
   for (const auto& r : s.replicas) {
     std::printf("  %s for %s, consumed %llu, capability until %lld\n", r.service.c_str(), r.client.c_str(),
                 static_cast<unsigned long long>(r.consumed_seq), static_cast<long long>(r.expires));
@@ -474,7 +483,9 @@ int main(int argc, char** argv) {
          d.add_options()("service", value<std::string>()->required(), "the service at home")
              ("listen", value<std::string>()->default_value("127.0.0.1:5900"), "where VNC viewers connect")
              ("home", value<std::string>(), "the home's address (default: from pairing)")
-             ("no-sync", "do not fdatasync each input (a crash of the machine may lose the last ones)");
+             ("no-sync", "do not fdatasync each input (a crash of the machine may lose the last ones)")
+             ("take-over", "take the service over from another device of yours that holds it: that device's "
+                           "proxy sends what it has and stops, and this one goes on from the home's state");
          pos.add("service", 1);
        },
        ProxyCmd},

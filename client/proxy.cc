@@ -68,12 +68,18 @@ struct Proxy::Impl {
   bool stopping GUARDED_BY(mu) = false;
   std::list<std::shared_ptr<Link>> links GUARDED_BY(mu);  // sessions running
   int running_links GUARDED_BY(mu) = 0;
+  // Why this proxy takes no more input (proxy.h); "" while it does.
+  std::string stopped GUARDED_BY(mu);
+  std::string refusing GUARDED_BY(mu);  // why the event log refused the last input
+  bool take_over_pending GUARDED_BY(mu) = false;
+  std::atomic<bool> handing_over{false};  // the home asked us to hand over
 
   // The viewer-facing server (created once the screen size is known).
   Mutex screen_mu;
   std::unique_ptr<Framebuffer> fb GUARDED_BY(screen_mu);
   rfbScreenInfoPtr screen = nullptr;
   uint16_t vnc_port = 0;
+  std::string title GUARDED_BY(screen_mu) = "slingshot";  // the desktop's name viewers see
 
   std::thread home_thread, control_thread;
   int control_fd = -1;
@@ -86,9 +92,40 @@ struct Proxy::Impl {
     MutexLock l(&mu);
     return stopping;
   }
+  bool Halted() const {
+    MutexLock l(&mu);
+    return !stopped.empty();
+  }
+  // Takes no more input, for good (proxy.h): nothing the viewer sends from
+  // now on is logged or acknowledged.
+  void Halt(const Status& why) {
+    {
+      MutexLock l(&mu);
+      if (!stopped.empty()) return;
+      stopped = why.message();
+      cv.SignalAll();
+    }
+    LogError("service " + options.service + ": this proxy takes no more input: " + why.message());
+    MutexLock l(&screen_mu);
+    title = "slingshot: STOPPED, no input is taken here: " + why.message();
+    if (!screen) return;
+    screen->desktopName = title.c_str();
+    // Viewers are cut off; when they connect again they are view-only and
+    // see the reason in the desktop's name.
+    rfbClientIteratorPtr it = rfbGetClientIterator(screen);
+    while (rfbClientPtr cl = rfbClientIteratorNext(it)) {
+      cl->viewOnly = TRUE;
+      rfbCloseClient(cl);
+    }
+    rfbReleaseClientIterator(it);
+  }
+
   void Input(uint16_t type, Bytes payload, bool another_waiting) {
-    if (Stopping()) return;
-    (void)inputs->Input(type, std::move(payload), another_waiting);  // a refusal is logged there
+    if (Stopping() || Halted()) return;
+    // A refusal is logged there; status shows it until an input is taken.
+    Status st = inputs->Input(type, std::move(payload), another_waiting);
+    MutexLock l(&mu);
+    refusing = st.ok() ? "" : st.message() + ". Free space for " + options.log_dir + " and type again";
   }
   // A viewer that left while an input of its was held.
   void SendHeld() { (void)inputs->Flush(); }
@@ -121,6 +158,7 @@ struct Proxy::Impl {
   static void OnViewerGone(rfbClientPtr cl) { From(cl)->SendHeld(); }
   static rfbNewClientAction OnNewViewer(rfbClientPtr cl) {
     cl->clientGoneHook = OnViewerGone;
+    if (From(cl)->Halted()) cl->viewOnly = TRUE;
     return RFB_CLIENT_ACCEPT;
   }
 
@@ -143,7 +181,7 @@ struct Proxy::Impl {
     screen->serverFormat.greenShift = 8;
     screen->serverFormat.blueShift = 0;
     screen->frameBuffer = reinterpret_cast<char*>(fb->pixels());
-    screen->desktopName = "slingshot";
+    screen->desktopName = title.c_str();
     uint16_t port = options.vnc_port ? options.vnc_port : FreePort(options.vnc_host);
     screen->port = port;
     screen->ipv6port = 0;
@@ -170,18 +208,53 @@ struct Proxy::Impl {
   // --- links to replicas ---
 
   Status Attach(const std::shared_ptr<Link>& k, const wire::Attached& a) {
+    bool restart = false;
     {
       MutexLock l(&mu);
       k->name = a.replica;
+      if (k->is_home) restart = std::exchange(take_over_pending, false);
     }
-    return set->Attached(k->member, a);
+    if (restart) {
+      // Taken over: the home checkpointed at a.consumed_seq, and the log
+      // goes on from there.
+      auto dropped = set->RestartLog(a.consumed_seq);
+      if (!dropped.ok()) {
+        Halt(dropped.status().Annotate("could not start the log after the take-over"));
+        return dropped.status();
+      }
+      LogInfo("took " + options.service + " over at seq " + std::to_string(a.consumed_seq) +
+              "; the log goes on from there");
+      if (*dropped) {
+        LogWarning(std::to_string(*dropped) + " inputs in this device's log were never applied at home (the service "
+                   "was taken from this device before it sent them); they are dropped");
+      }
+    }
+    Status st = set->Attached(k->member, a);
+    if (!st.ok() && k->is_home) {
+      Halt(st.Annotate("the home's replica does not match this log (another device used the service, or the log "
+                       "was lost): run `slingshot-client proxy " + options.service +
+                       " --take-over` to go on from the home's state"));
+    }
+    return st;
   }
 
   Status OnFrame(const std::shared_ptr<Link>& k, Frame&& f) {
     if (auto* a = std::get_if<wire::Attached>(&f.message)) return Attach(k, *a);
     if (auto* c = std::get_if<wire::Consumed>(&f.message)) {
       set->Consumed(k->member, c->seq);
+      if (k->is_home && handing_over && c->seq >= log->last_seq()) {
+        return Status::AlreadyExists("handed the service over: the home has every input of this log");
+      }
       return Status::OK();
+    }
+    if (auto* h = std::get_if<wire::HandOver>(&f.message)) {
+      if (!k->is_home) return Status::InvalidArgument("replica " + k->name + " sent HandOver");
+      Halt(Status::AlreadyExists("device " + h->device + " took " + options.service +
+                                 " over; run `slingshot-client proxy " + options.service +
+                                 " --take-over` here to take it back"));
+      (void)inputs->Flush();  // what was held goes out before we leave
+      handing_over = true;
+      return Status::OK();  // leaves once the home has consumed all of it
     }
     if (auto* s = std::get_if<wire::Screen>(&f.message)) {
       if (set->IsLeader(k->member)) ApplyScreen(*s);
@@ -217,6 +290,11 @@ struct Proxy::Impl {
       end = k->conn->Duplex(on_frame, options.silent_ms);
     }
     set->Remove(k->member);
+    // The home refused or replaced this session: attaching again would only
+    // take turns with whoever holds it now.
+    if (k->is_home && (end.code() == Status::Code::kAlreadyExists || end.code() == Status::Code::kPermissionDenied)) {
+      Halt(end);
+    }
     MutexLock l(&mu);
     links.remove(k);
     if (k->leaving) {
@@ -229,9 +307,12 @@ struct Proxy::Impl {
   void HomeLoop() {
     int backoff = 500;
     for (;;) {
+      bool take_over;
       {
         MutexLock l(&mu);
+        while (!stopping && !stopped.empty()) cv.Wait(&mu);  // halted: never again
         if (stopping) return;
+        take_over = take_over_pending;
       }
       ConnectOptions co;
       co.expected_role = Role::kHome;
@@ -242,7 +323,7 @@ struct Proxy::Impl {
         k->name = "home";
         k->is_home = true;
         k->conn = std::move(*c);
-        if (k->conn->Send(0, wire::Attach{options.service}).ok()) {
+        if (k->conn->Send(0, wire::Attach{options.service, take_over}).ok()) {
           k->member = set->Add(k->name, true, k.get(), /*pin=*/false);
           RunLink(k, nullptr);
           backoff = 500;
@@ -320,6 +401,10 @@ Proxy::~Proxy() { Stop(); }
 Result<std::unique_ptr<Proxy>> Proxy::Start(ProxyOptions options) {
   auto impl = std::make_unique<Impl>();
   impl->options = std::move(options);
+  {
+    MutexLock l(&impl->mu);
+    impl->take_over_pending = impl->options.take_over;
+  }
   SLINGSHOT_ASSIGN_OR_RETURN(impl->log, EventLog::Open(impl->options.log_dir));
   impl->set = std::make_unique<ReplicaSet>(impl->log.get());
   InputSequencerOptions so;
@@ -340,7 +425,13 @@ Result<std::unique_ptr<Proxy>> Proxy::Start(ProxyOptions options) {
   raw->home_thread = std::thread([raw] { raw->HomeLoop(); });
   raw->control_thread = std::thread([raw, p = proxy.get()] { raw->ControlLoop(p); });
   // The viewer's screen takes the size of the first replica that attaches.
-  raw->set->WaitForScreen(std::chrono::seconds(300));
+  // A proxy stopped before any replica attached (the service is held by
+  // another device, or not the user's) ends here, saying why.
+  for (auto until = Clock::now() + std::chrono::seconds(300); Clock::now() < until;) {
+    if (raw->set->WaitForScreen(std::chrono::milliseconds(200))) break;
+    MutexLock l(&raw->mu);
+    if (!raw->stopped.empty()) return Status::PermissionDenied(raw->stopped);
+  }
   auto [w, h] = raw->set->screen();
   if (w == 0) return Status::Unavailable("no replica of " + raw->options.service + " attached within 300 s: is the home reachable?");
   SLINGSHOT_RETURN_IF_ERROR(raw->StartVnc(w, h));
@@ -409,6 +500,9 @@ control::ProxyStatus Proxy::status() const {
   s.vnc_port = i.vnc_port;
   s.switches = i.set->switches();
   s.replicas = i.set->Views();
+  MutexLock l(&i.mu);
+  s.stopped = i.stopped;
+  s.refusing = i.refusing;
   return s;
 }
 
@@ -416,6 +510,10 @@ Status Proxy::Use(const control::UseRequest& where, const std::function<void(con
   Impl& i = *impl_;
   const auto start = Clock::now();
   auto elapsed = [&] { return static_cast<int64_t>(Ms(Clock::now() - start)); };
+  {
+    MutexLock l(&i.mu);
+    if (!i.stopped.empty()) return Status::Unavailable("this proxy takes no more input: " + i.stopped);
+  }
   // A capability from home, for this service and this client.
   ConnectOptions home_opts;
   home_opts.expected_role = Role::kHome;

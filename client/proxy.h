@@ -13,6 +13,15 @@
 //   3 s (replicas send a heartbeat every 500 ms).
 // - When the home reports a published checkpoint, the log is truncated up
 //   to its seq (never past the seq of a replica still being instantiated).
+// - The home decides which device holds the service (one at a time). A
+//   proxy that is refused (another device holds it, or the user does not
+//   own it), replaced, handed over (another device took over: it first
+//   lets the home consume all it logged) or whose log no longer matches the
+//   home's replica stops taking input: keys are no longer acknowledged,
+//   viewers are disconnected and see the reason as the desktop's name when
+//   they connect again (view-only), and `status` and the log say why. With
+//   take_over, the proxy takes the service from the device that holds it
+//   and starts its log after the home's hand-over checkpoint.
 // - The home is reconnected forever, with backoff; surrogates are added by
 //   `slingshot-client use` through the proxy's control socket, and left
 //   with `slingshot-client leave`.
@@ -42,6 +51,7 @@ struct ProxyOptions {
   std::string vnc_host = "127.0.0.1";
   uint16_t vnc_port = 5900;  // 0: pick one (printed)
   bool sync_every_input = true;
+  bool take_over = false;  // take the service over from another device of the user
   int silent_ms = 3000;
 };
 

@@ -1,5 +1,7 @@
 #include "agent_server.h"
 
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
 #include <ctime>
@@ -15,6 +17,7 @@
 #include "slingshot/net/chunk_service.h"
 #include "slingshot/net/tls.h"
 #include "slingshot/net/transport.h"
+#include "slingshot/replica/admission.h"
 #include "slingshot/replica/instantiate.h"
 #include "slingshot/store/chunk_store.h"
 #include "slingshot/store/fetch_chain.h"
@@ -35,6 +38,7 @@ struct Replica {
   std::unique_ptr<FetchChain> chain;
   std::unique_ptr<LiveReplica> live;
   std::shared_ptr<ReplicaHost> host;  // live's, once it runs
+  std::unique_ptr<Admission::Ticket> admitted;  // its room here, once it fits
 };
 
 struct AgentServer::Impl final : public RequestHandler {
@@ -42,7 +46,10 @@ struct AgentServer::Impl final : public RequestHandler {
   TlsCredentials creds;
   std::string fingerprint;
   std::unique_ptr<ChunkStore> cache;
+  std::shared_ptr<const LocalCipher> cipher;  // this run's, in memory only
+  std::string boot_root;                       // under memory_dir, this run's
   std::unique_ptr<Hypervisor> hv;
+  std::unique_ptr<Admission> admission;
   std::unique_ptr<Server> server;
 
   Mutex mu;
@@ -88,6 +95,9 @@ struct AgentServer::Impl final : public RequestHandler {
     s.from_cache = fetched.cache;
     s.from_stick = fetched.near;
     s.from_home = fetched.last;
+    const AdmissionState a = admission->State();
+    s.capacity = wire::AgentCapacity{static_cast<uint32_t>(a.max_replicas), a.budget_mib, a.committed_mib,
+                                     a.host_free_mib};
     return s;
   }
 
@@ -109,9 +119,6 @@ struct AgentServer::Impl final : public RequestHandler {
     if (!used_capabilities.insert(cap->fingerprint).second) {
       return Status::PermissionDenied("capability " + cap->fingerprint +
                                       " was already used here: ask the home for a fresh one for each replica");
-    }
-    if (static_cast<int>(replicas.size()) >= options.max_replicas) {
-      return Status::ResourceExhausted("this surrogate already runs " + std::to_string(replicas.size()) + " replicas");
     }
     return Status::OK();
   }
@@ -156,12 +163,20 @@ struct AgentServer::Impl final : public RequestHandler {
     o.dir = r.dir;
     o.label = options.name;
     o.prefer_boot = options.prefer_boot;
+    o.cipher = cipher;
+    if (!boot_root.empty()) o.boot_dir = boot_root + "/" + r.id;
     o.on_lost = [this, id = r.id](const Status& why) {
       LogWarning("replica " + id + ": its service connection was lost (" + why.message() + "); destroying it");
       EndSession(id);
     };
     o.progress = [&](const InstantiateProgress& p) { Report(c, request, p.phase, p.done, p.total, r); };
+    o.admit = [&](const Manifest& m) -> Status {
+      SLINGSHOT_ASSIGN_OR_RETURN(r.admitted, admission->Admit(m.service_id + " for " + r.client,
+                                                              m.vm.memory_mib + options.replica_overhead_mib));
+      return Status::OK();
+    };
     SLINGSHOT_ASSIGN_OR_RETURN(auto live, slingshot::Instantiate(*hv, source, o));
+    r.admitted->Started();
     {
       MutexLock l(&mu);  // the death callback and StatusReport read it
       r.host = live->host();
@@ -183,8 +198,10 @@ struct AgentServer::Impl final : public RequestHandler {
     }
     r->live.reset();
     r->chain.reset();
+    r->admitted.reset();  // its room is free again
     std::error_code ec;
     fs::remove_all(r->dir, ec);
+    if (!boot_root.empty()) fs::remove_all(boot_root + "/" + r->id, ec);
   }
 
   Status Instantiate(Connection& c, uint32_t request, const wire::Instantiate& in) {
@@ -194,6 +211,11 @@ struct AgentServer::Impl final : public RequestHandler {
     if (!ok.ok()) {
       LogWarning("refused an instantiate from " + c.peer().Describe() + ": " + ok.message());
       return ok;
+    }
+    // A valid capability: the peer leaves the pending pool (transport.h).
+    if (Status a = c.Authorize(); !a.ok()) {
+      LogWarning("refused an instantiate from " + c.peer().Describe() + ": " + a.message());
+      return a;
     }
     auto r = std::make_shared<Replica>();
     {
@@ -249,12 +271,43 @@ Result<std::unique_ptr<AgentServer>> AgentServer::Start(AgentOptions options) {
   fs::remove_all(dir, ec);
   fs::create_directories(dir, ec);
   if (ec) return Status::IOError("create " + dir + ": " + ec.message());
+  SLINGSHOT_ASSIGN_OR_RETURN(impl->cipher, LocalCipher::Random());
+  if (!impl->options.memory_dir.empty()) {
+    // Boot files of agents that are gone (they were killed) go first.
+    for (const auto& e : fs::directory_iterator(impl->options.memory_dir, ec)) {
+      const std::string n = e.path().filename().string();
+      constexpr std::string_view kPrefix = "slingshot-agent-";
+      if (n.rfind(kPrefix, 0) != 0) continue;
+      const std::string pid = n.substr(kPrefix.size());
+      if (pid.find_first_not_of("0123456789") == std::string::npos && !fs::exists("/proc/" + pid)) {
+        fs::remove_all(e.path(), ec);
+      }
+    }
+    impl->boot_root = impl->options.memory_dir + "/slingshot-agent-" + std::to_string(::getpid());
+    fs::remove_all(impl->boot_root, ec);
+    fs::create_directories(impl->boot_root, ec);
+    fs::permissions(impl->boot_root, fs::perms::owner_all, ec);
+    if (ec) {
+      LogWarning("no private directory in " + impl->options.memory_dir + " for boot files (" + ec.message() +
+                 "); they go beside each replica's overlay, on the disk");
+      impl->boot_root.clear();
+    }
+  }
   ChunkStoreOptions co;
   co.mode = ChunkStoreOptions::Mode::kCache;
   co.cache_budget_bytes = impl->options.cache_budget_bytes;
+  co.cipher = impl->cipher;
   SLINGSHOT_ASSIGN_OR_RETURN(impl->cache, ChunkStore::Open(dir + "/cache", co));
   SLINGSHOT_ASSIGN_OR_RETURN(impl->hv, OpenHypervisor(impl->options.hypervisor));
   Impl* raw = impl.get();
+  SLINGSHOT_ASSIGN_OR_RETURN(impl->admission,
+                             Admission::Make(impl->options.admission, [raw] { return raw->hv->Memory(); }));
+  {
+    const AdmissionState a = impl->admission->State();
+    LogInfo("room for " + std::to_string(a.max_replicas) + " replicas and " + std::to_string(a.budget_mib) +
+            " MiB of memory for them (" + std::to_string(impl->options.admission.reserve_mib) +
+            " MiB kept for the host)");
+  }
   impl->hv->OnDeath([raw](const std::string& name, const std::string& why) {
     LogWarning("replica VM " + name + " died: " + why);
     raw->EndSession(name);
@@ -284,6 +337,7 @@ void AgentServer::Stop() {
   impl_->cache.reset();
   std::error_code ec;
   fs::remove_all(impl_->options.cache_dir, ec);
+  if (!impl_->boot_root.empty()) fs::remove_all(impl_->boot_root, ec);
 }
 
 }  // namespace slingshot

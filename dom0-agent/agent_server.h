@@ -27,8 +27,9 @@
 #include <memory>
 #include <string>
 
-#include "slingshot/vm/hypervisor.h"
 #include "slingshot/base/status.h"
+#include "slingshot/replica/admission.h"
+#include "slingshot/vm/hypervisor.h"
 
 namespace slingshot {
 
@@ -38,7 +39,18 @@ struct AgentOptions {
   uint16_t listen_port = 7391;
   std::string cache_dir;            // wiped at start
   uint64_t cache_budget_bytes = 4ull << 30;
-  int max_replicas = 8;
+  // Nothing of a replica is readable on this machine's disk: the cache's
+  // values and each replica's disk overlay are encrypted under a key made
+  // at start that lives only in the agent's memory, and the boot files go
+  // to a private directory under memory_dir (a tmpfs). "" : beside the
+  // overlay, on the disk.
+  std::string memory_dir = "/dev/shm";
+  // What this surrogate may host (admission.h): replica slots, memory for
+  // replicas (0: the host's free memory at start less the reserve), and
+  // the reserve the host keeps.
+  AdmissionOptions admission;
+  // Memory a replica takes beyond its guest's (the VM process or domain).
+  uint64_t replica_overhead_mib = 64;
   // Boot a service that keeps its state on its disk (Manifest::
   // state_on_disk) from the checkpoint's disk even when its memory image
   // would restore here: no memory image crosses the WAN, at the price of

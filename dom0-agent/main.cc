@@ -81,6 +81,8 @@ Status HypervisorProbe(const cli::po::variables_map& vm) {
   o.backend = vm["hypervisor"].as<std::string>();
   o.accel = vm["accel"].as<std::string>();
   o.qemu_binary = vm["qemu"].as<std::string>();
+  o.xen_guest_type = vm["xen-guest-type"].as<std::string>();
+  o.network_prefix = "slprb";  // not the running agent's networks
   SLINGSHOT_ASSIGN_OR_RETURN(std::unique_ptr<Hypervisor> h, OpenHypervisor(o));
   cli::PrintFigure("hypervisor", h->Name());
   cli::PrintFigure("replicas", std::to_string(h->List().size()));
@@ -165,11 +167,14 @@ Status RunCmd(const cli::po::variables_map& vm) {
   o.listen_port = listen.second;
   o.cache_dir = vm["cache"].as<std::string>();
   o.cache_budget_bytes = vm["cache-budget-mb"].as<uint64_t>() << 20;
-  o.max_replicas = vm["max-replicas"].as<int>();
+  o.admission.max_replicas = vm["max-replicas"].as<int>();
+  o.admission.budget_mib = vm["replica-memory-mb"].as<uint64_t>();
+  o.admission.reserve_mib = vm["memory-reserve-mb"].as<uint64_t>();
   o.prefer_boot = vm.count("prefer-boot") > 0;
   o.hypervisor.backend = vm["hypervisor"].as<std::string>();
   o.hypervisor.accel = vm["accel"].as<std::string>();
   o.hypervisor.qemu_binary = vm["qemu"].as<std::string>();
+  o.hypervisor.xen_guest_type = vm["xen-guest-type"].as<std::string>();
   cli::BlockStopSignals();
   SLINGSHOT_ASSIGN_OR_RETURN(auto agent, AgentServer::Start(o));
   std::printf("slingshot-agent \"%s\" listening on %s:%u, certificate %s; cache %s (wiped)\n", o.name.c_str(),
@@ -215,7 +220,9 @@ int main(int argc, char** argv) {
          "auto (Xen in a Xen dom0, else QEMU), qemu or xen")
         ("accel", value<std::string>()->default_value("auto"),
          "QEMU: auto (KVM if a probe guest runs fast enough, else TCG), kvm or tcg")
-        ("qemu", value<std::string>()->default_value("qemu-system-x86_64"), "QEMU binary");
+        ("qemu", value<std::string>()->default_value("qemu-system-x86_64"), "QEMU binary")
+        ("xen-guest-type", value<std::string>()->default_value("auto"),
+         "Xen: auto (PVH, with live checkpoints, where Xen has hardware-assisted paging; else PV), pvh or pv");
   };
   p.commands = {
       {"run", "the surrogate daemon: make replicas for clients that bring a capability from their home",
@@ -224,6 +231,10 @@ int main(int argc, char** argv) {
          d.add_options()("listen", value<std::string>()->default_value("0.0.0.0:7391"), "address to listen on")
              ("name", value<std::string>()->default_value("surrogate"), "this surrogate's name, shown to clients")
              ("max-replicas", value<int>()->default_value(8), "replicas run at once")
+             ("replica-memory-mb", value<uint64_t>()->default_value(0),
+              "memory for all replicas together (0: the host's free memory at start, less the reserve)")
+             ("memory-reserve-mb", value<uint64_t>()->default_value(256),
+              "memory kept for the host (dom0 or the OS, this agent, its cache); no replica takes it")
              ("no-advertise", "do not advertise this agent over DNS-SD (clients then need its address)")
              ("prefer-boot", "boot services that keep their state on their disk (service create --state-on-disk) "
                              "from the checkpoint's disk instead of restoring their memory image: less to fetch, "

@@ -10,6 +10,7 @@
 #include <ctime>
 #include <filesystem>
 #include <map>
+#include <shared_mutex>
 #include <sstream>
 #include <thread>
 
@@ -23,6 +24,7 @@
 #include "slingshot/replica/checkpoint_scope.h"
 #include "slingshot/replica/instantiate.h"
 #include "slingshot/replica/primary.h"
+#include "slingshot/replica/retention.h"
 #include "slingshot/store/disk_table.h"
 #include "slingshot/store/manifest.h"
 #include "slingshot/store/memory_image.h"
@@ -53,7 +55,7 @@ std::string ReadText(const std::string& path) {
 
 std::string ServiceDef::Encode() const {
   std::string s = "# written by slingshot-home service create\n";
-  s += "name=" + name + "\ntype=" + type + "\ncmdline=" + cmdline + "\n";
+  s += "name=" + name + "\nowner=" + owner + "\ntype=" + type + "\ncmdline=" + cmdline + "\n";
   s += "memory_mib=" + std::to_string(memory_mib) + "\nvcpus=" + std::to_string(vcpus) + "\n";
   s += "disk_image=" + disk_image + "\ndisk_size_mb=" + std::to_string(disk_size_mb) + "\n";
   s += "service_port=" + std::to_string(service_port) + "\n";
@@ -77,6 +79,7 @@ Result<ServiceDef> ServiceDef::Decode(const std::string& text) {
     }
     std::string k = line.substr(0, eq), v = line.substr(eq + 1);
     if (k == "name") d.name = v;
+    else if (k == "owner") d.owner = v;
     else if (k == "type") d.type = v;
     else if (k == "cmdline") d.cmdline = v;
     else if (k == "disk_image") d.disk_image = v;
@@ -110,6 +113,7 @@ Status CheckServiceName(const std::string& name) {
 Status CreateService(const std::string& services_dir, const ServiceDef& def, const std::string& kernel,
                      const std::string& initrd) {
   SLINGSHOT_RETURN_IF_ERROR(CheckServiceName(def.name));
+  SLINGSHOT_RETURN_IF_ERROR(UserScope(def.owner).status());
   if (!IsServiceType(def.type)) return Status::InvalidArgument("service type \"" + def.type + "\" is unknown (rfb)");
   if (!def.disk_image.empty() && !fs::is_regular_file(def.disk_image)) {
     return Status::InvalidArgument("disk image " + def.disk_image + " is not a file");
@@ -145,7 +149,15 @@ struct Service {
   std::string dir;
   std::thread runner;
   std::unique_ptr<Primary> primary;  // set before runner starts
+  // The device (client certificate CN) whose proxy holds the service: the
+  // one whose log the primary's inputs come from. Kept in DIR/holder.
+  Mutex hold_mu;
+  std::string holder GUARDED_BY(hold_mu);
 };
+
+// How long a holder has to send what it logged and leave when another
+// device takes its service over.
+constexpr int kHandOverMs = 10000;
 
 struct HomeServer::Impl final : public RequestHandler {
   ChunkStore* store = nullptr;
@@ -162,6 +174,11 @@ struct HomeServer::Impl final : public RequestHandler {
   Mutex mu;
   CondVar cv;
   bool stopping GUARDED_BY(mu) = false;
+  // Publishing (checkpoints, boot-file refs) holds it shared; garbage
+  // collection exclusive (gc.h: no ref may be set while it runs).
+  std::shared_mutex publish_mu;
+  std::atomic<uint64_t> checkpoints_since_gc{0};
+  Clock::time_point last_gc = Clock::now();
   std::map<std::string, std::shared_ptr<Service>> services GUARDED_BY(mu);
 
   Impl(SigningKey k, CertificateAuthority c) : key(std::move(k)), ca(std::move(c)) {}
@@ -263,7 +280,10 @@ struct HomeServer::Impl final : public RequestHandler {
     o.checkpoint_interval = std::chrono::seconds(options.checkpoint_seconds);
     o.boot_timeout_ms = options.boot_timeout_ms;
     o.on_up = [this, raw](const LiveReplica&) { PublishEndpoints(*raw); };
-    o.on_checkpoint = [raw](const CheckpointResult& r) {
+    o.on_checkpoint = [this, raw](const CheckpointResult& r) {
+      Status rec = RecordCheckpoint(store, raw->def.name, r.manifest.epoch, r.manifest_id);
+      if (!rec.ok()) LogWarning("service " + raw->def.name + ": " + rec.message());
+      ++checkpoints_since_gc;
       Status st = WriteFileAtomic(raw->dir + "/status", AsBytes("epoch " + std::to_string(r.manifest.epoch) + " seq " +
                                                                 std::to_string(r.manifest.last_seq) + "\n"));
       if (!st.ok()) LogWarning("service " + raw->def.name + ": " + st.message());
@@ -275,7 +295,11 @@ struct HomeServer::Impl final : public RequestHandler {
   void Run(std::shared_ptr<Service> svc) {
     int backoff_ms = 1000;
     while (!Stopping()) {
-      Status s = svc->primary->Step(Clock::now());
+      Status s;
+      {
+        std::shared_lock publishing(publish_mu);
+        s = svc->primary->Step(Clock::now());
+      }
       if (!s.ok()) {
         LogError("service " + svc->def.name + ": " + s.message() + "; trying again in " +
                  std::to_string(backoff_ms / 1000) + " s");
@@ -307,7 +331,21 @@ struct HomeServer::Impl final : public RequestHandler {
         auto svc = std::make_shared<Service>();
         svc->def = *def;
         svc->dir = e.path().string();
-        auto primary = MakePrimary(svc);
+        if (svc->def.owner.empty()) {
+          LogError("service " + name + " has no owner, so no client may use it: add a line owner=USER to " +
+                   svc->dir + "/service.conf (USER: the user its devices were paired as)");
+        }
+        {
+          std::string h = ReadText(svc->dir + "/holder");
+          while (!h.empty() && (h.back() == '\n' || h.back() == ' ')) h.pop_back();
+          MutexLock hl(&svc->hold_mu);
+          svc->holder = h;
+        }
+        Result<std::unique_ptr<Primary>> primary = Status::Unavailable("not made");
+        {
+          std::shared_lock publishing(publish_mu);  // it stores the boot files
+          primary = MakePrimary(svc);
+        }
         if (!primary.ok()) {
           LogError("service " + name + ": " + primary.status().message());
           continue;
@@ -317,7 +355,53 @@ struct HomeServer::Impl final : public RequestHandler {
         services[name] = svc;
         svc->runner = std::thread([this, svc] { Run(svc); });
       }
+      MaybeCollectGarbage();
     } while (Nap(1000));
+  }
+
+  // Retention and garbage collection (retention.h), between checkpoints:
+  // when checkpoints were published since the last run, at most every
+  // gc_seconds.
+  void MaybeCollectGarbage() {
+    if (checkpoints_since_gc == 0 || Clock::now() - last_gc < std::chrono::seconds(options.gc_seconds)) return;
+    std::unique_lock exclusive(publish_mu);
+    checkpoints_since_gc = 0;
+    last_gc = Clock::now();
+    auto r = ApplyRetention(store, RetentionPolicy{options.keep_checkpoints}, scope->LiveManifests(std::time(nullptr)));
+    if (!r.ok()) {
+      LogError("garbage collection failed, nothing was swept: " + r.status().message() +
+               "; run `slingshot-home store verify` with the daemon stopped");
+      return;
+    }
+    LogInfo("store gc: kept " + std::to_string(r->kept_checkpoints) + " checkpoints, dropped " +
+            std::to_string(r->dropped_checkpoints) + "; swept " + std::to_string(r->gc.swept_chunks) + " chunks and " +
+            std::to_string(r->gc.swept_objects) + " objects; store " + HumanBytes(r->stored_bytes_before) + " -> " +
+            HumanBytes(r->stored_bytes_after) + " in " + std::to_string(static_cast<int>(r->ms)) + " ms");
+    exclusive.unlock();
+    PublishUsage();
+  }
+
+  // Writes services/S/usage (what `service list` shows): the store's bytes
+  // per service. Reads what the refs reach, so it runs where a checkpoint may
+  // publish but nothing is swept.
+  void PublishUsage() {
+    std::shared_lock publishing(publish_mu);
+    auto usage = MeasureUsage(store);
+    if (!usage.ok()) {
+      LogWarning("store usage per service: " + usage.status().message());
+      return;
+    }
+    std::map<std::string, std::shared_ptr<Service>> now;
+    {
+      MutexLock l(&mu);
+      now = services;
+    }
+    for (const auto& u : *usage) {
+      auto it = now.find(u.service);
+      if (it == now.end()) continue;
+      Status st = WriteFileAtomic(it->second->dir + "/usage", AsBytes(DescribeUsage(u) + "\n"));
+      if (!st.ok()) LogWarning("service " + u.service + ": " + st.message());
+    }
   }
 
   // --- the TLS server ---
@@ -330,10 +414,91 @@ struct HomeServer::Impl final : public RequestHandler {
                                     "\"; this home serves paired clients and surrogates with a capability");
   }
 
+  // OK if the client's user owns svc.
+  static Status CheckOwner(const PeerInfo& peer, const Service& svc) {
+    if (svc.def.owner.empty()) {
+      return Status::PermissionDenied("service " + svc.def.name + " has no owner at this home, so no client may use "
+                                      "it: the home's operator must add owner=USER to its service.conf");
+    }
+    if (peer.user.empty()) {
+      return Status::PermissionDenied(peer.Describe() + " has a certificate that names no user: pair it again");
+    }
+    if (peer.user != svc.def.owner) {
+      return Status::PermissionDenied("service " + svc.def.name + " belongs to another user than " + peer.Describe() +
+                                      " (user " + peer.user + ")");
+    }
+    return Status::OK();
+  }
+
+  // Makes c's device the holder of svc (see Service::holder). Another
+  // device's hold is refused unless take_over; then the holder is handed
+  // over (it sends what it logged and leaves), the home checkpoints, and c
+  // starts from that checkpoint.
+  Status TakeHold(Connection& c, Service& svc, bool take_over) {
+    const std::string device = c.peer().common_name;
+    std::string holder;
+    {
+      MutexLock l(&svc.hold_mu);
+      holder = svc.holder;
+    }
+    if (holder == device) return Status::OK();
+    if (!holder.empty() && !take_over) {
+      return Status::AlreadyExists("service " + svc.def.name + " is held by device \"" + holder +
+                                   "\": run `slingshot-client proxy " + svc.def.name +
+                                   " --take-over` on this device to take it over (" + holder +
+                                   "'s proxy then sends what it has and stops)");
+    }
+    if (!holder.empty()) {
+      std::shared_ptr<ReplicaHost> host = svc.primary->host();
+      LogInfo("service " + svc.def.name + ": device " + device + " takes it over from " + holder);
+      if (host && !host->HandOver(device, kHandOverMs)) {
+        LogWarning("service " + svc.def.name + ": " + holder +
+                   " did not finish its hand-over; inputs it logged and had not sent are not applied here");
+      }
+      Result<CheckpointResult> r = Status::Unavailable("not taken");
+      {
+        std::shared_lock publishing(publish_mu);
+        r = svc.primary->CheckpointNow();
+      }
+      SLINGSHOT_ASSIGN_OR_RETURN(CheckpointResult ck, std::move(r));
+      LogInfo("service " + svc.def.name + ": the hand-over checkpoint covers seq " + std::to_string(ck.manifest.last_seq));
+    }
+    SLINGSHOT_RETURN_IF_ERROR(WriteFileAtomic(svc.dir + "/holder", AsBytes(device + "\n")));
+    MutexLock l(&svc.hold_mu);
+    svc.holder = device;
+    return Status::OK();
+  }
+
+  // A paired client reads (stick sync) only what refs of its own services
+  // reach, and refs that belong to no service (the operator's, e.g. store
+  // import-disk): a ref names its service by its second part ("disk/S",
+  // "manifest/S", "boot/S/kernel"). A working set's ref is readable once its
+  // table is in the client's scope. Grants are keyed by the certificate.
+  static Capability ClientScope(const PeerInfo& peer) {
+    return Capability{"(" + peer.user + "'s services)", peer.common_name, peer.not_after, "client:" + peer.fingerprint};
+  }
+  Status MayReadRef(const PeerInfo& peer, const std::string& name, int64_t now) {
+    constexpr std::string_view kWorkingSet = "working-set/";
+    if (name.rfind(kWorkingSet, 0) == 0) {
+      auto table = ChunkId::FromHex(name.substr(kWorkingSet.size()));
+      if (!table.ok()) return Status::NotFound("no ref named '" + name + "'");
+      return scope->Check(ClientScope(peer), {*table}, now);
+    }
+    size_t a = name.find('/');
+    if (a == std::string::npos) return Status::OK();
+    size_t b = name.find('/', a + 1);
+    std::string service = name.substr(a + 1, b == std::string::npos ? std::string::npos : b - a - 1);
+    auto svc = Find(service);
+    if (!svc) return Status::OK();
+    return CheckOwner(peer, *svc).Annotate("ref " + name);
+  }
+
   Status HandleClient(Connection& c, uint32_t request, wire::Message&& m) {
     if (auto* a = std::get_if<wire::Attach>(&m)) {
       auto p = Find(a->service);
       if (!p) return Status::NotFound("this home runs no service \"" + a->service + "\"");
+      SLINGSHOT_RETURN_IF_ERROR(CheckOwner(c.peer(), *p));
+      SLINGSHOT_RETURN_IF_ERROR(TakeHold(c, *p, a->take_over));
       std::shared_ptr<ReplicaHost> host = p->primary->host();  // waits out a checkpoint or bring-up
       if (!host) return Status::Unavailable("service " + a->service + " is starting; try again shortly");
       Status end = host->Serve(c);
@@ -341,7 +506,9 @@ struct HomeServer::Impl final : public RequestHandler {
       return Status::OK();
     }
     if (auto* g = std::get_if<wire::GetCapability>(&m)) {
-      if (!Find(g->service)) return Status::NotFound("this home runs no service \"" + g->service + "\"");
+      auto p = Find(g->service);
+      if (!p) return Status::NotFound("this home runs no service \"" + g->service + "\"");
+      SLINGSHOT_RETURN_IF_ERROR(CheckOwner(c.peer(), *p));
       int64_t ttl = std::clamp<int64_t>(g->valid_seconds == 0 ? 600 : g->valid_seconds, 30,
                                         options.capability_max_seconds);
       SLINGSHOT_ASSIGN_OR_RETURN(TlsCredentials cap,
@@ -350,6 +517,27 @@ struct HomeServer::Impl final : public RequestHandler {
       LogInfo("issued a capability for " + g->service + " to " + c.peer().Describe() + " (certificate " +
               info.fingerprint + ", " + std::to_string(ttl) + " s)");
       return c.Send(request, wire::Capability{g->service, cap.cert_pem, cap.key_pem, info.not_after});
+    }
+    // Reads: see MayReadRef.
+    const int64_t now = std::time(nullptr);
+    if (auto* r = std::get_if<wire::GetRef>(&m)) {
+      Status may = MayReadRef(c.peer(), r->name, now);
+      if (!may.ok()) {
+        LogWarning("refused " + c.peer().Describe() + ": " + may.message());
+        return may;
+      }
+      SLINGSHOT_ASSIGN_OR_RETURN(Ref ref, scope->GrantRef(ClientScope(c.peer()), r->name, now));
+      return c.Send(request, wire::RefData{ref.name, static_cast<uint8_t>(ref.kind), ref.object});
+    }
+    std::vector<ChunkId> ids;
+    if (auto* g = std::get_if<wire::GetChunks>(&m)) ids = g->ids;
+    else if (auto* o = std::get_if<wire::GetObject>(&m)) ids = {o->id};
+    else if (auto* w = std::get_if<wire::GetWorkingSet>(&m)) ids = {w->table};
+    else return chunks->Handle(c, request, std::move(m));  // refuses what it does not serve
+    Status allowed = scope->Check(ClientScope(c.peer()), ids, now);
+    if (!allowed.ok()) {
+      LogWarning("refused " + c.peer().Describe() + ": " + allowed.message());
+      return allowed;
     }
     return chunks->Handle(c, request, std::move(m));
   }

@@ -43,6 +43,9 @@ namespace slingshot {
 
 struct ServiceDef {
   std::string name;
+  // The user it belongs to (capability.h): only that user's client devices
+  // may attach to it, get capabilities for it or read its checkpoints.
+  std::string owner;
   std::string type = "rfb";
   std::string cmdline;
   uint32_t memory_mib = 128;
@@ -74,6 +77,10 @@ struct HomeOptions {
   uint16_t listen_port = 7390;
   uint64_t checkpoint_inputs = 500;
   int checkpoint_seconds = 60;
+  // Retention (core/replica/retention.h): checkpoints kept per service, and
+  // how often at most the daemon collects garbage after new checkpoints.
+  uint32_t keep_checkpoints = 3;
+  int gc_seconds = 60;
   int capability_max_seconds = 3600;
   int boot_timeout_ms = 180000;
   HypervisorOptions hypervisor;

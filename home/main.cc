@@ -23,6 +23,7 @@
 #include "slingshot/net/pairing.h"
 #include "slingshot/net/tls.h"
 #include "slingshot/net/transport.h"
+#include "slingshot/replica/retention.h"
 #include "home_server.h"
 
 namespace slingshot {
@@ -46,6 +47,7 @@ Result<std::unique_ptr<ChunkStore>> OpenStore(const cli::po::variables_map& vm, 
   o.create_if_missing = create;
   o.compression_level = vm["compression-level"].as<int>();
   o.db_cache_bytes = vm["db-cache-mb"].as<uint64_t>() << 20;
+  o.reserve_bytes = 16ull << 20;  // room for Berkeley DB's recovery on a full disk
   return ChunkStore::Open(vm["store"].as<std::string>(), o);
 }
 
@@ -200,6 +202,10 @@ Status StatsCmd(const cli::po::variables_map& vm) {
   PrintFigure("packs", std::to_string(s.packs) + " holding " + HumanBytes(s.pack_file_bytes) + ", " +
                            HumanBytes(s.pack_file_bytes > s.pack_live_bytes ? s.pack_file_bytes - s.pack_live_bytes : 0) +
                            " of it garbage or headers");
+  SLINGSHOT_ASSIGN_OR_RETURN(std::vector<ServiceUsage> usage, MeasureUsage(store.get()));
+  for (const auto& u : usage) {
+    PrintFigure(u.service.empty() ? "refs of no service" : "service " + u.service, DescribeUsage(u));
+  }
   return Status::OK();
 }
 
@@ -311,7 +317,12 @@ Status CredentialsIssueCmd(const cli::po::variables_map& vm) {
   const int64_t days = vm["days"].as<int64_t>();
   if (days <= 0 || days > 3650) return Status::InvalidArgument("--days must be between 1 and 3650");
   SLINGSHOT_ASSIGN_OR_RETURN(CertificateAuthority ca, CertificateAuthority::Load(vm["tls-dir"].as<std::string>() + "/ca"));
-  SLINGSHOT_ASSIGN_OR_RETURN(TlsCredentials c, ca.Issue(vm["name"].as<std::string>(), role, days * kDay));
+  const std::string name = vm["name"].as<std::string>();
+  if (vm.count("user") && role != Role::kClient) return Status::InvalidArgument("--user is for client credentials");
+  SLINGSHOT_ASSIGN_OR_RETURN(TlsCredentials c,
+                             role == Role::kClient
+                                 ? ca.IssueClient(name, vm.count("user") ? vm["user"].as<std::string>() : name, days * kDay)
+                                 : ca.Issue(name, role, days * kDay));
   const std::string out = vm["out"].as<std::string>();
   SLINGSHOT_RETURN_IF_ERROR(c.Save(out));
   SLINGSHOT_ASSIGN_OR_RETURN(CertificateInfo info, InspectCertificate(c.cert_pem));
@@ -350,9 +361,16 @@ Status RunCmd(const cli::po::variables_map& vm) {
   o.listen_port = listen.second;
   o.checkpoint_inputs = vm["checkpoint-inputs"].as<uint64_t>();
   o.checkpoint_seconds = vm["checkpoint-seconds"].as<int>();
+  o.keep_checkpoints = vm["keep-checkpoints"].as<uint32_t>();
+  o.gc_seconds = vm["gc-seconds"].as<int>();
+  if (o.keep_checkpoints == 0 || o.gc_seconds <= 0) {
+    return Status::InvalidArgument("--keep-checkpoints and --gc-seconds must be positive");
+  }
   o.capability_max_seconds = vm["capability-max-seconds"].as<int>();
   o.hypervisor.backend = vm["hypervisor"].as<std::string>();
   o.hypervisor.accel = vm["accel"].as<std::string>();
+  o.hypervisor.xen_guest_type = vm["xen-guest-type"].as<std::string>();
+  o.hypervisor.network_prefix = "slhom";  // an agent in the same dom0 has its own
   if (o.checkpoint_inputs == 0 || o.checkpoint_seconds <= 0) {
     return Status::InvalidArgument("--checkpoint-inputs and --checkpoint-seconds must be positive");
   }
@@ -371,6 +389,7 @@ Status RunCmd(const cli::po::variables_map& vm) {
 Status ServiceCreateCmd(const cli::po::variables_map& vm) {
   ServiceDef d;
   d.name = vm["name"].as<std::string>();
+  d.owner = vm["owner"].as<std::string>();
   d.type = vm["type"].as<std::string>();
   d.cmdline = vm["cmdline"].as<std::string>();
   d.memory_mib = vm["memory-mb"].as<uint32_t>();
@@ -394,19 +413,31 @@ Status ServiceListCmd(const cli::po::variables_map& vm) {
   for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
     std::string name = e.path().filename().string();
     if (name.empty() || name[0] == '.') continue;
-    auto status = ReadFileBounded((e.path() / "status").string(), 4096);
-    std::string st = status.ok() ? std::string(status->begin(), status->end()) : "no checkpoint yet\n";
-    std::printf("%-24s %s", name.c_str(), st.c_str());
+    auto line = [&](const char* file, const char* otherwise) {
+      auto bytes = ReadFileBounded((e.path() / file).string(), 4096);
+      std::string s = bytes.ok() ? std::string(bytes->begin(), bytes->end()) : otherwise;
+      while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+      return s;
+    };
+    // usage: written by the daemon after each garbage collection.
+    const std::string usage = line("usage", "");
+    std::printf("%-24s %s%s%s\n", name.c_str(), line("status", "no checkpoint yet").c_str(), usage.empty() ? "" : "; ",
+                usage.c_str());
   }
   if (ec) return Status::IOError("list " + dir + ": " + ec.message());
   return Status::OK();
+}
+
+// The user a paired device belongs to: --user, else its own name.
+std::string User(const cli::po::variables_map& vm, const std::string& device) {
+  return vm.count("user") ? vm["user"].as<std::string>() : device;
 }
 
 // The folder way: credentials written here, carried to the client by hand.
 Status PairToFolder(const cli::po::variables_map& vm, const std::string& name, const std::string& address) {
   const std::string out = vm["out"].as<std::string>();
   SLINGSHOT_ASSIGN_OR_RETURN(CertificateAuthority ca, CertificateAuthority::Load(vm["tls-dir"].as<std::string>() + "/ca"));
-  SLINGSHOT_ASSIGN_OR_RETURN(TlsCredentials c, ca.Issue(name, Role::kClient, 365 * kDay));
+  SLINGSHOT_ASSIGN_OR_RETURN(TlsCredentials c, ca.IssueClient(name, User(vm, name), 365 * kDay));
   SLINGSHOT_ASSIGN_OR_RETURN(SigningKey key, SigningKey::Load(vm["key"].as<std::string>()));
   SLINGSHOT_RETURN_IF_ERROR(c.Save(out));
   SLINGSHOT_RETURN_IF_ERROR(key.public_key().Save(out + "/manifest-key.pub"));
@@ -427,6 +458,8 @@ Status PairCmd(const cli::po::variables_map& vm) {
   const std::string tls = vm["tls-dir"].as<std::string>();
   PairingOffer offer;
   offer.client_name = name;
+  offer.user = User(vm, name);
+  SLINGSHOT_RETURN_IF_ERROR(UserScope(offer.user).status());
   offer.valid_seconds = 365 * kDay;
   SLINGSHOT_ASSIGN_OR_RETURN(offer.ca, CertificateAuthority::Load(tls + "/ca"));
   SLINGSHOT_ASSIGN_OR_RETURN(offer.home_creds, TlsCredentials::Load(tls + "/home"));
@@ -551,7 +584,8 @@ int main(int argc, char** argv) {
          d.add_options()("name", value<std::string>()->required(), "who they are for")
              ("role", value<std::string>()->required(), "client, surrogate or home")
              ("out", value<std::string>()->required(), "directory to write ca.pem, cert.pem, key.pem into")
-             ("days", value<int64_t>()->default_value(365), "validity in days");
+             ("days", value<int64_t>()->default_value(365), "validity in days")
+             ("user", value<std::string>(), "client: the user it belongs to (default: NAME)");
          pos.add("name", 1);
        },
        CredentialsIssueCmd},
@@ -566,14 +600,21 @@ int main(int argc, char** argv) {
          d.add_options()("listen", value<std::string>()->default_value("0.0.0.0:7390"), "address to listen on")
              ("checkpoint-inputs", value<uint64_t>()->default_value(500), "checkpoint after this many inputs")
              ("checkpoint-seconds", value<int>()->default_value(60), "or this long after the first new input")
+             ("keep-checkpoints", value<uint32_t>()->default_value(3),
+              "checkpoints kept per service (and any a live capability may still read); older ones are collected")
+             ("gc-seconds", value<int>()->default_value(60), "collect garbage at most this often, after new checkpoints")
              ("capability-max-seconds", value<int>()->default_value(3600), "longest capability issued")
              ("hypervisor", value<std::string>()->default_value("auto"), "auto, qemu or xen")
-             ("accel", value<std::string>()->default_value("auto"), "QEMU: auto, kvm or tcg");
+             ("accel", value<std::string>()->default_value("auto"), "QEMU: auto, kvm or tcg")
+             ("xen-guest-type", value<std::string>()->default_value("auto"),
+              "Xen: auto (PVH, with live checkpoints, where Xen has hardware-assisted paging; else PV), pvh or pv");
        },
        RunCmd},
-      {"service create", "define a service from a guest kernel, initrd and disk image", "NAME --kernel FILE ...",
+      {"service create", "define a service from a guest kernel, initrd and disk image", "NAME --owner USER --kernel FILE ...",
        [](Opts& d, Pos& pos) {
          d.add_options()("name", value<std::string>()->required(), "service name")
+             ("owner", value<std::string>()->required(), "the user it belongs to: only that user's paired devices "
+                                                         "may use it (pair DEVICE --user USER)")
              ("kernel", value<std::string>()->required(), "guest kernel")
              ("initrd", value<std::string>(), "guest initrd")
              ("cmdline", value<std::string>()->default_value(""), "kernel command line")
@@ -594,9 +635,11 @@ int main(int argc, char** argv) {
       {"pair",
        "pair a client: print a one-time code and serve one pairing over TLS (or, with --out, write its "
        "credentials to a folder)",
-       "NAME --address H:P [--listen H:P] [--timeout S] | NAME --address H:P --out DIR",
+       "NAME [--user USER] --address H:P [--listen H:P] [--timeout S] | NAME [--user USER] --address H:P --out DIR",
        [](Opts& d, Pos& pos) {
-         d.add_options()("name", value<std::string>()->required(), "the client's name (its certificate's CN)")
+         d.add_options()("name", value<std::string>()->required(), "the device's name (its certificate's CN)")
+             ("user", value<std::string>(), "the user it belongs to (default: NAME); pair each device of a user "
+                                            "under its own NAME with the same --user")
              ("address", value<std::string>()->required(), "HOST:PORT where clients reach this home's daemon")
              ("listen", value<std::string>()->default_value("0.0.0.0:7392"), "where the pairing listener listens")
              ("timeout", value<int>()->default_value(600), "seconds the code stays good")

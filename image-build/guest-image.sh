@@ -13,7 +13,10 @@
 # same inputs give the same bytes.
 #
 # Guest kernel parameters read by /init:
-#   slingshot.ip=ADDR/PREFIX   address for eth0 (default 10.0.2.15/24)
+#   slingshot.ip=ADDR/PREFIX   address for eth0 (default 10.0.2.15/24); the
+#                              default route is via 10.0.2.2, as a real guest's
+#   slingshot.alias=ADDR/PREFIX a second address on eth0
+#   slingshot.probe=A.B.C.D:PORT,...  targets the notepad's F4 key tries
 #   slingshot.disk=DEV|auto    block device the notepad keeps its document on
 #                              (auto: /dev/vda under QEMU, /dev/xvda under Xen)
 #   slingshot.autosave=1       write the document there at every edit
@@ -110,11 +113,15 @@ ip=10.0.2.15/24
 disk=
 autosave=
 newroot=
+alias=
+probe=
 for arg in $(cat /proc/cmdline); do
   case $arg in
     slingshot.ip=*) ip=${arg#slingshot.ip=} ;;
     slingshot.disk=*) disk=${arg#slingshot.disk=} ;;
     slingshot.autosave=1) autosave=--autosave ;;
+    slingshot.alias=*) alias=${arg#slingshot.alias=} ;;
+    slingshot.probe=*) probe="--probe ${arg#slingshot.probe=}" ;;
     slingshot.root=*) disk=${arg#slingshot.root=}; newroot=1 ;;
   esac
 done
@@ -123,6 +130,8 @@ ip link set lo up
 n=0
 while [ ! -e /sys/class/net/eth0 ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done
 ip link set eth0 up && ip addr add "$ip" dev eth0
+[ -n "$alias" ] && ip addr add "$alias" dev eth0
+ip route add default via 10.0.2.2 2>/dev/null
 if [ -n "$disk" ]; then
   n=0
   while [ $n -lt 50 ]; do
@@ -139,9 +148,9 @@ if [ -n "$disk" ]; then
     mount --move /dev /newroot/dev
     exec switch_root /newroot /sbin/slingshot-desktop
   fi
-  exec /bin/slingshot-notepad --disk "$disk" $autosave
+  exec /bin/slingshot-notepad --disk "$disk" $autosave $probe
 fi
-exec /bin/slingshot-notepad
+exec /bin/slingshot-notepad $probe
 INIT
 chmod 0755 "$root/init"
 

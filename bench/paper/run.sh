@@ -132,7 +132,7 @@ start_local() {
   # shellcheck disable=SC2086
   "$HOME_BIN" init $lh --name local >/dev/null
   # shellcheck disable=SC2086
-  "$HOME_BIN" service create "$name" --kernel "$BUILD/guest/vmlinuz" --initrd "$BUILD/guest/initrd.img" "$@" \
+  "$HOME_BIN" service create "$name" --owner alice --kernel "$BUILD/guest/vmlinuz" --initrd "$BUILD/guest/initrd.img" "$@" \
     $lh >/dev/null
   # shellcheck disable=SC2086
   ip netns exec ss-surr2 "$HOME_BIN" run $lh --listen 127.0.0.1:7490 --accel tcg --checkpoint-inputs 100000 \

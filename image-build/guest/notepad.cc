@@ -7,6 +7,9 @@
 //     "doc"  -> "doc <length> <fnv1a64 hex>"   (also printed on the console)
 //     "text" -> "text <length>\n" followed by the document bytes
 //     "save" -> "saved <length>" after writing the document to the disk
+//     "reach A.B.C.D PORT" -> "reach ok" or "reach failed <why>"
+// - With --probe A.B.C.D:PORT,... the F4 key tries each target and appends
+//   what it reached to the document (notepad_render.h), as typed text.
 // - Keys beyond typing (notepad_render.h): F2 saves to the disk and marks
 //   the screen saved, Escape closes the document (a blank screen; other
 //   keys are ignored), F3 opens it again from the disk. The mode is saved
@@ -53,6 +56,7 @@ struct State {
   bool autosave = false;
   bool dirty = true;
   notepad::Mode mode = notepad::Mode::kEditing;
+  std::vector<std::string> probes;  // "A.B.C.D PORT"
 };
 State g;
 
@@ -92,6 +96,7 @@ void Redraw() {
 }
 
 void LoadFromDisk();
+std::string Reach(const std::string& args);
 
 // Applies one key to the document and the mode; whether anything changed.
 bool HandleKey(uint32_t key) {
@@ -113,6 +118,17 @@ bool HandleKey(uint32_t key) {
       if (r.rfind("saved", 0) != 0) printf("notepad: save: %s\n", r.c_str());
     }
     return true;  // redrawn even if it was saved already: the user sees an answer
+  }
+  if (key == notepad::kKeyProbe) {
+    if (g.probes.empty()) return false;
+    for (const std::string& p : g.probes) {
+      std::string shown = p;
+      std::replace(shown.begin(), shown.end(), ' ', ':');
+      std::string line = "[" + shown + (Reach(p) == "reach ok" ? " ok]" : " no]");
+      if (g.doc.size() + line.size() <= notepad::kMaxDocument) g.doc += line;
+    }
+    g.mode = Mode::kEditing;
+    return true;
   }
   if (!notepad::ApplyKey(key, &g.doc)) return false;
   g.mode = Mode::kEditing;
@@ -191,6 +207,37 @@ std::string DocLine() {
   return line;
 }
 
+// "reach A.B.C.D PORT": whether a TCP connection from inside the guest to
+// that address gets through within 2 s: "reach ok", or "reach failed WHY".
+// Tests check what a replica's network lets it reach.
+std::string Reach(const std::string& args) {
+  char host[32];
+  int port = 0;
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  if (sscanf(args.c_str(), "%31s %d", host, &port) != 2 || port <= 0 || port > 65535 ||
+      inet_pton(AF_INET, host, &a.sin_addr) != 1) {
+    return "error reach wants an IPv4 address and a port";
+  }
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return std::string("reach failed ") + strerror(errno);
+  std::string r = "reach ok";
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    if (errno != EINPROGRESS) {
+      r = std::string("reach failed ") + strerror(errno);
+    } else {
+      pollfd p{fd, POLLOUT, 0};
+      int err = 0;
+      socklen_t len = sizeof err;
+      if (poll(&p, 1, 2000) != 1) r = "reach failed timeout";
+      else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err != 0) r = std::string("reach failed ") + strerror(err);
+    }
+  }
+  close(fd);
+  return r;
+}
+
 // One control connection: reads a command line, answers, closes.
 void ServeControl(int fd) {
   std::string line;
@@ -205,8 +252,10 @@ void ServeControl(int fd) {
     reply = "text " + std::to_string(g.doc.size()) + "\n" + g.doc;
   } else if (line == "save") {
     reply = SaveToDisk() + "\n";
+  } else if (line.rfind("reach ", 0) == 0) {
+    reply = Reach(line.substr(6)) + "\n";
   } else {
-    reply = "error unknown command (doc, text, save)\n";
+    reply = "error unknown command (doc, text, save, reach)\n";
   }
   size_t off = 0;
   while (off < reply.size()) {
@@ -245,8 +294,21 @@ int main(int argc, char** argv) {
       g.disk = argv[++i];
     } else if (a == "--autosave") {
       g.autosave = true;
+    } else if (a == "--probe" && i + 1 < argc) {
+      std::string list = argv[++i];
+      for (size_t at = 0; at <= list.size();) {
+        size_t comma = std::min(list.find(',', at), list.size());
+        std::string t = list.substr(at, comma - at);
+        size_t colon = t.rfind(':');
+        if (colon == std::string::npos) {
+          fprintf(stderr, "notepad: --probe wants A.B.C.D:PORT,...; got '%s'\n", t.c_str());
+          return 2;
+        }
+        g.probes.push_back(t.substr(0, colon) + " " + t.substr(colon + 1));
+        at = comma + 1;
+      }
     } else {
-      fprintf(stderr, "usage: %s [--font PSF] [--disk DEV [--autosave]]\n", argv[0]);
+      fprintf(stderr, "usage: %s [--font PSF] [--disk DEV [--autosave]] [--probe A.B.C.D:PORT,...]\n", argv[0]);
       return 2;
     }
   }

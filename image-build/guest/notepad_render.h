@@ -34,6 +34,10 @@ enum class Mode : uint32_t { kEditing = 0, kSaved = 1, kClosed = 2 };
 inline constexpr uint32_t kKeySave = 0xffbf;   // XK_F2
 inline constexpr uint32_t kKeyOpen = 0xffc0;   // XK_F3
 inline constexpr uint32_t kKeyClose = 0xff1b;  // XK_Escape
+// F4: a notepad started with --probe tries each of its targets (TCP, 2 s)
+// and appends "[A.B.C.D:PORT ok]" or "[A.B.C.D:PORT no]" to the document,
+// so a test sees on screen what a replica's network let it reach.
+inline constexpr uint32_t kKeyProbe = 0xffc1;  // XK_F4
 // The document is capped so a runaway client cannot exhaust guest memory.
 inline constexpr size_t kMaxDocument = 1 << 20;
 

@@ -10,13 +10,17 @@
 #include <gtest/gtest.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <random>
+#include <regex>
 #include <sstream>
 #include <thread>
 
@@ -78,6 +82,15 @@ Result<std::string> HomeDoc() {
   return InNetns("ss-home", [] { return DocumentText(HomeControl()); });
 }
 
+// Starts the world's home daemon again (world.sh's flags; its pid in
+// home.pid), its output appended to home.log.
+void StartWorldHome() {
+  int rc;
+  Shell("ip netns exec ss-home setsid bash " + kWorld + "/home.cmd >>" + kWorld + "/home.log 2>&1 </dev/null & echo $! >" +
+            kWorld + "/home.pid",
+        &rc);
+}
+
 Status WaitHomeDoc(const std::string& want, std::chrono::milliseconds timeout) {
   auto end = Clock::now() + timeout;
   std::string last;
@@ -90,7 +103,8 @@ Status WaitHomeDoc(const std::string& want, std::chrono::milliseconds timeout) {
   return Status::Unavailable("home document is \"" + last + "\", want \"" + want + "\"");
 }
 
-std::string StatusText() { return Shell(kClient + " status --state-dir " + kState); }
+std::string StatusOf(const std::string& state) { return Shell(kClient + " status --state-dir " + state); }
+std::string StatusText() { return StatusOf(kState); }
 
 // The replica the proxy shows, from `slingshot-client status`.
 std::string Leader() {
@@ -154,11 +168,11 @@ class E2eTest : public ::testing::Test {
     wan_.reset();
   }
 
-  void StartProxy() {
+  void StartProxy(const std::vector<std::string>& extra = {}) {
     if (HasFatalFailure()) return;
-    proxy_ = std::make_unique<Process>(
-        std::vector<std::string>{kClient, "proxy", "notepad", "--state-dir", kState, "--home", kHomeViaWan},
-        kWorld + "/proxy-" + std::to_string(++proxies_) + ".log", "ss-client");
+    std::vector<std::string> argv{kClient, "proxy", "notepad", "--state-dir", kState, "--home", kHomeViaWan};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    proxy_ = std::make_unique<Process>(argv, kWorld + "/proxy-" + std::to_string(++proxies_) + ".log", "ss-client");
     ASSERT_TRUE(proxy_->WaitFor("proxy ready", 120s)) << proxy_->Output();
     Result<std::unique_ptr<RfbSession>> s = Status::Unavailable("not tried");
     for (int i = 0; i < 20 && !s.ok(); ++i) {
@@ -288,12 +302,7 @@ TEST_F(E2eTest, HomeRestartBringsThePrimaryBackFromCheckpointAndLog) {
   int rc;
   Shell("kill -9 $(cat " + kWorld + "/home.pid)", &rc);
   Type("while home is down ");
-  std::string h = "--store " + kWorld + "/home/store --key " + kWorld + "/home/home.key --tls-dir " + kWorld +
-                  "/home/tls --services-dir " + kWorld + "/home/services";
-  Shell("ip netns exec ss-home setsid " + kBuild + "/home/slingshot-home run " + h +
-          " --listen 10.77.0.1:7390 --accel tcg --checkpoint-inputs 40 --checkpoint-seconds 5 >" + kWorld +
-          "/home.log 2>&1 </dev/null & echo $! >" + kWorld + "/home.pid",
-      &rc);
+  StartWorldHome();
   Type("and after");
   EXPECT_TRUE(WaitHomeDoc(doc_ + "kept while home is down and after", 120s).ok()) << proxy_->Output();
   // The primary came back from its checkpoint, and the proxy replayed the rest.
@@ -331,6 +340,25 @@ TEST_F(E2eTest, ASecondSurrogateJoinsWhileTheFirstRuns) {
   agents_[0]->Kill(SIGKILL);
   Type(" three");
   EXPECT_TRUE(WaitHomeDoc(doc_ + "one two three", 60s).ok());
+}
+
+// An agent without the memory for the replica refuses it before fetching
+// anything, says what is short, and the user goes on at home; its status
+// shows its capacity.
+TEST_F(E2eTest, AnAgentWithoutRoomRefusesTheReplicaAndTheUserGoesOnAtHome) {
+  StartProxy();
+  StartAgent("ss-surr", "10.77.0.3", "cafe", {"--replica-memory-mb", "150"});
+  int rc;
+  std::string out = Use("10.77.0.3:7391", &rc);
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_NE(out.find("cannot host notepad for alice: it needs"), std::string::npos) << out;
+  EXPECT_NE(out.find("and 150 MiB of the 150 MiB for replicas are free"), std::string::npos) << out;
+  Type("still at home");
+  EXPECT_TRUE(WaitHomeDoc(doc_ + "still at home", 60s).ok());
+  EXPECT_EQ(StatusText().find("replica cafe"), std::string::npos) << StatusText();
+  std::string as = InNetns("ss-client", [] { return Shell(kClient + " agent-status 10.77.0.3:7391 --state-dir " + kState); });
+  EXPECT_NE(as.find("0 of 8"), std::string::npos) << as;
+  EXPECT_NE(as.find("0 MiB of 150 MiB for replicas taken, 150 MiB free"), std::string::npos) << as;
 }
 
 // --- capabilities: talk to an agent directly, as a client would ---
@@ -415,12 +443,12 @@ TEST_F(E2eTest, ForgedExpiredAndReplayedCapabilitiesAndAWrongManifestKeyAreRefus
   EXPECT_EQ(s.code(), Status::Code::kPermissionDenied) << s.ToString();
   EXPECT_NE(s.message().find("expired"), std::string::npos) << s.ToString();
 
-  // Another client's capability.
-  auto bobs = CapabilityFromHome(*home_ca->Issue("bob", Role::kClient, 300));
-  ASSERT_TRUE(bobs.ok()) << bobs.status().ToString();
-  s = Instantiate(p.creds, *bobs, p.manifest_key);
+  // Another device's capability (even one of the same user's).
+  auto phones = CapabilityFromHome(*home_ca->IssueClient("phone", "alice", 300));
+  ASSERT_TRUE(phones.ok()) << phones.status().ToString();
+  s = Instantiate(p.creds, *phones, p.manifest_key);
   EXPECT_EQ(s.code(), Status::Code::kPermissionDenied) << s.ToString();
-  EXPECT_NE(s.message().find("issued to client \"bob\""), std::string::npos) << s.ToString();
+  EXPECT_NE(s.message().find("issued to client \"phone\""), std::string::npos) << s.ToString();
 
   // A manifest not signed by the key the client trusts (as a tampered one).
   auto cap = CapabilityFromHome(p.creds);
@@ -478,6 +506,26 @@ TEST_F(E2eTest, TheLogIsTruncatedWhenTheHomeCheckpoints) {
     std::this_thread::sleep_for(200ms);
   }
   EXPECT_TRUE(truncated) << proxy_->Output();
+}
+
+// The daemon measures each service's share of the store after each garbage
+// collection (every 10 s in the world), and `service list` shows it.
+TEST_F(E2eTest, ServiceListShowsWhatEachServiceHoldsInTheStore) {
+  StartProxy();
+  Type(std::string(45, 'u'), 5);  // past --checkpoint-inputs: a checkpoint, then a collection
+  ASSERT_TRUE(WaitHomeDoc(doc_ + std::string(45, 'u'), 60s).ok());
+  const std::string list = kBuild + "/home/slingshot-home service list --services-dir " + kWorld + "/home/services";
+  std::smatch m;
+  std::string out;
+  const std::regex line(R"(notepad +epoch [0-9]+ seq [0-9]+; store ([0-9.]+) (B|KiB|MiB|GiB), ([0-9.]+) (B|KiB|MiB|GiB) of it its own; ([0-9]+) checkpoints?, ([0-9]+) chunks)");
+  for (auto end = Clock::now() + 60s; Clock::now() < end; std::this_thread::sleep_for(500ms)) {
+    out = Shell(list);
+    if (std::regex_search(out, m, line)) break;
+  }
+  ASSERT_FALSE(m.empty()) << out;
+  EXPECT_GT(std::stod(m[1]), 0.0) << out;
+  EXPECT_GE(std::stoi(m[5]), 1) << out;
+  EXPECT_GT(std::stoi(m[6]), 0) << out;
 }
 
 
@@ -712,6 +760,447 @@ TEST_F(E2eTest, ALaggingLeaderLosesTheLeadAndCatchesUpAfter) {
   EXPECT_EQ(proxy_->Output().find("replica cafe dropped"), std::string::npos) << proxy_->Output();
   const uint64_t last = LastSeq();
   EXPECT_TRUE(WaitStatus("replica cafe consumed " + std::to_string(last) + " ", 30s)) << last << "\n" << StatusText();
+}
+
+
+// A device of another user (bob) gets nothing of alice's service: no
+// session, no capability, no checkpoint; its proxy says why and stops.
+TEST_F(E2eTest, AnotherUsersDeviceIsRefusedTheServiceAndItsCheckpoints) {
+  const std::string bob = kWorld + "/bob";
+  Process proxy({kClient, "proxy", "notepad", "--state-dir", bob, "--home", kHomeViaWan, "--listen", "127.0.0.1:5903"},
+                kWorld + "/proxy-bob.log", "ss-client");
+  EXPECT_TRUE(proxy.WaitFor("takes no more input", 60s)) << proxy.Output();
+  EXPECT_NE(proxy.Output().find("belongs to another user"), std::string::npos) << proxy.Output();
+  EXPECT_TRUE(proxy.WaitFor("slingshot-client proxy: PermissionDenied", 10s)) << proxy.Output();
+  int rc;
+  std::string out = Shell("ip netns exec ss-client " + kClient + " portable sync " + kWorld + "/bob-stick --home " +
+                              kHomeViaWan + " --credentials " + bob + "/pairing --ref manifest/notepad",
+                          &rc);
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_NE(out.find("belongs to another user"), std::string::npos) << out;
+  // Nothing bob's proxy got reached alice's document.
+  auto d = HomeDoc();
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(*d, doc_);
+}
+
+// Two devices of one user: the second is refused while the first holds the
+// service (no ping-pong), takes it over when asked (the first sends what it
+// logged and stops), and every key typed on either is in the document once.
+TEST_F(E2eTest, TwoDevicesOfOneUserHandOverAndEveryKeyIsAppliedOnce) {
+  signal(SIGPIPE, SIG_IGN);  // the laptop's proxy cuts its viewer off mid-typing
+  StartProxy();
+  Type("laptop one ");
+  ASSERT_TRUE(WaitHomeDoc(doc_ + "laptop one ", 60s).ok()) << proxy_->Output();
+  const std::string tablet = kWorld + "/tablet";
+  auto tablet_proxy = [&](bool take_over) {
+    std::vector<std::string> argv{kClient, "proxy", "notepad", "--state-dir", tablet, "--home", kHomeViaWan,
+                                  "--listen", "127.0.0.1:5902"};
+    if (take_over) argv.push_back("--take-over");
+    return std::make_unique<Process>(argv, kWorld + "/proxy-tablet-" + std::to_string(++proxies_) + ".log",
+                                     "ss-client");
+  };
+  // Refused while the laptop holds it; the laptop is not disturbed.
+  auto refused = tablet_proxy(false);
+  EXPECT_TRUE(refused->WaitFor("takes no more input", 60s)) << refused->Output();
+  EXPECT_NE(refused->Output().find("is held by device"), std::string::npos) << refused->Output();
+  // ...and it exits, saying why.
+  EXPECT_TRUE(refused->WaitFor("slingshot-client proxy: PermissionDenied", 10s)) << refused->Output();
+  refused->Kill(SIGTERM);
+  Type("still laptop ");
+  ASSERT_TRUE(WaitHomeDoc(doc_ + "laptop one still laptop ", 60s).ok()) << proxy_->Output();
+  EXPECT_EQ(StatusText().find("STOPPED"), std::string::npos) << StatusText();
+
+  // The tablet takes over while the laptop is typing: whatever the laptop
+  // logged reaches home before the hand-over checkpoint.
+  std::atomic<bool> typing{true};
+  std::string laptop_typed;
+  std::thread laptop([&] {
+    while (typing) {
+      char c = static_cast<char>('a' + laptop_typed.size() % 26);
+      if (!rfb_->Type(std::string(1, c)).ok()) break;  // the proxy cut the viewer off
+      laptop_typed += c;
+      std::this_thread::sleep_for(20ms);
+    }
+  });
+  std::this_thread::sleep_for(1500ms);
+  auto taker = tablet_proxy(true);
+  ASSERT_TRUE(taker->WaitFor("proxy ready", 120s)) << taker->Output();
+  ASSERT_TRUE(WaitStatus("STOPPED", 30s)) << StatusText();
+  typing = false;
+  laptop.join();
+  EXPECT_NE(StatusText().find("took notepad over"), std::string::npos) << StatusText();
+  // Every input in the laptop's log was applied at home before the
+  // tablet's log began: the tablet goes on at exactly that seq.
+  const uint64_t laptop_last = LastSeq();
+  EXPECT_NE(taker->Output().find("took notepad over at seq " + std::to_string(laptop_last)), std::string::npos)
+      << laptop_last << "\n" << taker->Output();
+  auto after = HomeDoc();
+  ASSERT_TRUE(after.ok());
+  const std::string before_tablet = *after;
+  ASSERT_EQ(before_tablet.rfind(doc_ + "laptop one still laptop ", 0), 0u) << before_tablet;
+  // What reached home of the laptop's stream is a prefix of what it typed,
+  // each key once (a key whose bytes the proxy never logged is not there).
+  std::string got = before_tablet.substr((doc_ + "laptop one still laptop ").size());
+  EXPECT_EQ(laptop_typed.rfind(got, 0), 0u) << "typed " << laptop_typed << " got " << got;
+
+  auto s = InNetns("ss-client", [] { return RfbSession::Connect(Endpoint{"127.0.0.1", 5902}); });
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  ASSERT_TRUE((*s)->Type("tablet ").ok());
+  EXPECT_TRUE(WaitHomeDoc(before_tablet + "tablet ", 60s).ok()) << taker->Output();
+  // The laptop, told nothing new, does not take it back by itself.
+  std::this_thread::sleep_for(2s);
+  EXPECT_EQ(taker->Output().find("takes no more input"), std::string::npos) << taker->Output();
+  s->reset();
+
+  // And the laptop takes it back (the other tests type on it).
+  rfb_.reset();
+  proxy_->Kill(SIGTERM);
+  StartProxy({"--take-over"});
+  EXPECT_TRUE(taker->WaitFor("takes no more input", 30s)) << taker->Output();
+  Type("laptop again");
+  EXPECT_TRUE(WaitHomeDoc(before_tablet + "tablet laptop again", 60s).ok()) << proxy_->Output();
+  taker->Kill(SIGTERM);
+}
+
+// A surrogate that is not the appliance keeps its cache and the replica's
+// overlay on its disk: encrypted under a key only the agent's memory held.
+// After kill -9 mid-session, a marker typed into the document (which the
+// notepad autosaves to its disk) is in no file the agent wrote.
+TEST_F(E2eTest, AfterKill9NothingTypedIsReadableOnTheSurrogatesDisk) {
+  std::string typed = UseCafeUntilItLeads();
+  ASSERT_EQ(Leader(), "cafe") << StatusText();
+  const std::string marker = "zqxmarkerzqx";
+  Type(marker);
+  ASSERT_TRUE(WaitHomeDoc(doc_ + typed + marker, 60s).ok()) << proxy_->Output();
+  std::this_thread::sleep_for(3s);  // the notepad's autosave reaches the overlay
+  agents_[0]->Kill(SIGKILL);
+  auto hits = FilesHolding(kWorld + "/cafe-cache", marker);
+  EXPECT_TRUE(hits.empty()) << "the marker is on the surrogate's disk in " << hits[0];
+  // (And the files are there to look in: the cache and the replica's overlay.)
+  EXPECT_FALSE(FilesHolding(kWorld + "/cafe-cache", "").empty());
+}
+
+// The fault campaign (label fault, `make fault`): random kill -9 of the
+// proxy, the home daemon or the surrogate's agent at a random moment while
+// keys are typed, and the home's disk filling up. After each, every key the
+// proxy acknowledged (logged) is in the home's document exactly once.
+// SLINGSHOT_FAULT_TRIALS sets the number of trials (default 30).
+class FaultCampaign : public E2eTest {
+ protected:
+  const std::string small_ = kWorld + "/home/small";
+
+  void KillHome() {
+    // The home daemon is the world's (world.sh started it; its pid file
+    // says which): killed, and gone with its store lock, before the next.
+    std::string pid = Shell("cat " + kWorld + "/home.pid");
+    while (!pid.empty() && (pid.back() == '\n' || pid.back() == ' ')) pid.pop_back();
+    ASSERT_FALSE(pid.empty());
+    ::kill(std::stoi(pid), SIGKILL);
+    for (int i = 0; i < 200 && fs::exists("/proc/" + pid); ++i) std::this_thread::sleep_for(50ms);
+  }
+  void RestartHome() {
+    KillHome();
+    StartWorldHome();
+  }
+
+  // Moves the world home's store onto a file system of its own (a 1 GiB
+  // ext4 image, loop-mounted at home/small; home/store becomes a link into
+  // it), so that a trial can fill it. It stays until `world.sh down`.
+  void StoreOnSmallFileSystem() {
+    if (fs::is_symlink(kWorld + "/home/store")) return;
+    KillHome();
+    int rc;
+    std::string out = Shell("set -e; cd " + kWorld + "/home; truncate -s 1G small.img; mkfs.ext4 -q -F -m 0 small.img; "
+                            "mkdir -p small; mount -o loop small.img small; cp -a store small/store; rm -rf store; "
+                            "ln -s small/store store",
+                            &rc);
+    ASSERT_EQ(rc, 0) << "putting the home's store on a loop-mounted ext4: " << out;
+    StartWorldHome();
+  }
+  // Takes every free block of the store's file system, and keeps taking
+  // what the home frees (a log file it removes, a pack compaction drops),
+  // as another program filling the disk would, until FreeStoreDisk.
+  void FillStoreDisk() {
+    filling_ = true;
+    full_ = false;
+    filler_ = std::thread([this] {
+      for (int n = 0; filling_; ++n) {
+        struct statvfs v;
+        if (::statvfs(small_.c_str(), &v) == 0) {
+          UniqueFd fd(::open((small_ + "/filler-" + std::to_string(n)).c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600));
+          // Greedy: all that is free, and what the file system's own
+          // metadata leaves in halves, down to a block. Full: not one more
+          // block (ext4 keeps some of what statvfs calls free for itself).
+          off_t end = 0;
+          for (off_t size = std::max<off_t>(4096, static_cast<off_t>(uint64_t(v.f_bfree) * v.f_frsize));
+               fd.valid() && size >= 4096;) {
+            if (::posix_fallocate(fd.get(), end, size) == 0) end += size;
+            else size /= 2;
+          }
+          if (end == 0) full_ = true;
+        }
+        std::this_thread::sleep_for(100ms);
+      }
+    });
+    for (int i = 0; i < 100 && !full_; ++i) std::this_thread::sleep_for(100ms);
+    if (!full_) ADD_FAILURE() << "the store's file system did not fill";
+  }
+  void FreeStoreDisk() {
+    filling_ = false;
+    if (filler_.joinable()) filler_.join();
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(small_, ec)) {
+      if (e.path().filename().string().rfind("filler-", 0) == 0) fs::remove(e.path(), ec);
+    }
+  }
+  void TearDown() override {
+    FreeStoreDisk();
+    E2eTest::TearDown();
+  }
+  std::atomic<bool> filling_{false}, full_{false};
+  std::thread filler_;
+
+  // How often the home's log says what.
+  static int HomeLogCount(const std::string& what) {
+    std::ifstream in(kWorld + "/home.log");
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    int n = 0;
+    for (size_t at = 0; (at = text.find(what, at)) != std::string::npos; at += what.size()) ++n;
+    return n;
+  }
+  static bool WaitHomeLog(const std::string& what, int more_than, std::chrono::seconds timeout) {
+    for (auto end = Clock::now() + timeout; Clock::now() < end; std::this_thread::sleep_for(200ms)) {
+      if (HomeLogCount(what) > more_than) return true;
+    }
+    return false;
+  }
+};
+
+TEST_F(FaultCampaign, RandomKillsAndAFullDiskWhileTypingLoseAndDuplicateNothing) {
+  signal(SIGPIPE, SIG_IGN);  // a viewer typing into a proxy that was just killed
+  int trials = 30;
+  if (const char* t = std::getenv("SLINGSHOT_FAULT_TRIALS")) trials = std::max(1, std::atoi(t));
+  std::mt19937 rng(static_cast<unsigned>(std::time(nullptr)));
+  StoreOnSmallFileSystem();
+  if (HasFatalFailure()) return;
+  StartProxy();
+  std::string expected = doc_;
+  uint64_t lost = 0, duplicated = 0;
+  double max_recovery_s = 0;
+  int done = 0, disk_trials = 0;
+  // Every kind in turn from a random start, each fault at a random moment.
+  const char* kinds[] = {"proxy", "home", "surrogate", "disk"};
+  const unsigned first = rng() % 4;
+  for (int trial = 0; trial < trials && !HasFatalFailure(); ++trial) {
+    const std::string kind = kinds[(first + trial) % 4];
+    Process* agent = nullptr;
+    if (kind == "surrogate") {
+      agents_.clear();
+      agent = StartAgent("ss-surr", "10.77.0.3", "cafe");
+      int rc;
+      std::string out = Use("10.77.0.3:7391", &rc);
+      ASSERT_EQ(rc, 0) << out;
+    }
+    // Distinct keys, so that a lost or doubled one shows.
+    std::string keys = "<" + std::to_string(trial) + ":" + kind.substr(0, 1);
+    for (int i = 0; i < 12; ++i) keys += static_cast<char>('a' + (rng() % 26));
+    keys += "> ";
+    const uint64_t seq_before = LastSeq();
+    const int failed_before = HomeLogCount(": checkpoint failed (");
+    const int kill_after_ms = static_cast<int>(rng() % 400);
+    Clock::time_point killed_at;
+    std::thread killer([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(kill_after_ms));
+      killed_at = Clock::now();
+      if (kind == "proxy") proxy_->Kill(SIGKILL);
+      else if (kind == "home") RestartHome();
+      else if (kind == "surrogate") agent->Kill(SIGKILL);
+      else FillStoreDisk();
+    });
+    std::string sent;
+    for (char c : keys) {
+      if (!rfb_ || !rfb_->Type(std::string(1, c)).ok()) break;
+      sent += c;
+      std::this_thread::sleep_for(15ms);
+    }
+    killer.join();
+    if (kind == "proxy") {
+      // What the killed proxy acknowledged is what its log holds: a key is
+      // a press and a release, and a key whose release was not logged has
+      // no effect yet (the notepad acts on the press: count presses).
+      rfb_.reset();
+      StartProxy();
+      ASSERT_TRUE(proxy_) << "the proxy did not come back";
+      const uint64_t logged = LastSeq() - seq_before;
+      expected += keys.substr(0, std::min<size_t>(keys.size(), (logged + 1) / 2));
+      sent.clear();
+    } else {
+      expected += sent;  // the proxy lived: everything it was sent is logged
+      if (sent.size() < keys.size()) {
+        // The viewer session broke (it should not): type the rest again.
+        ADD_FAILURE() << "the viewer lost its session with the proxy in a " << kind << " trial";
+      }
+    }
+    std::string what = kind + " killed after " + std::to_string(kill_after_ms) + " ms";
+    int checkpoints_before = 0;
+    if (kind == "disk") {
+      // The home's disk is full: a checkpoint fails, the primary keeps
+      // running; in turn, the home is also restarted on the full disk, or a
+      // surrogate is made from the last checkpoint meanwhile.
+      const int variant = disk_trials++ % 3;
+      what = "disk filled after " + std::to_string(kill_after_ms) + " ms";
+      ASSERT_TRUE(WaitHomeLog(": checkpoint failed (", failed_before, 90s))
+          << "no checkpoint failed on the full disk\n" << Shell("tail -n 30 " + kWorld + "/home.log");
+      if (variant == 1) {
+        RestartHome();
+        what += ", home restarted on it";
+      } else if (variant == 2) {
+        agents_.clear();
+        StartAgent("ss-surr", "10.77.0.3", "cafe");
+        int rc;
+        std::string out = Use("10.77.0.3:7391", &rc);
+        ASSERT_EQ(rc, 0) << "no replica from a home whose disk is full: " << out;
+        what += ", a surrogate made meanwhile";
+      }
+      const std::string full = "[full" + std::to_string(trial) + "] ";
+      Type(full);
+      expected += full;
+      Status st = WaitHomeDoc(expected, 180s);
+      ASSERT_TRUE(st.ok()) << "the home stopped serving on a full disk (" << what << "): " << st.ToString() << "\n"
+                           << Shell("tail -n 30 " + kWorld + "/home.log");
+      checkpoints_before = HomeLogCount(": checkpoint epoch ");
+      FreeStoreDisk();
+      killed_at = Clock::now();  // recovery: from the space coming back
+    }
+    // A key after the fault marks recovery.
+    const std::string mark = "#" + std::to_string(trial) + " ";
+    Type(mark);
+    expected += mark;
+    Status st = WaitHomeDoc(expected, 180s);
+    if (st.ok() && kind == "disk" && !WaitHomeLog(": checkpoint epoch ", checkpoints_before, 120s)) {
+      ADD_FAILURE() << "checkpoints did not resume when space came back\n" << Shell("tail -n 30 " + kWorld + "/home.log");
+      break;
+    }
+    const double recovery = std::chrono::duration<double>(Clock::now() - killed_at).count();
+    max_recovery_s = std::max(max_recovery_s, recovery);
+    if (!st.ok()) {
+      auto d = HomeDoc();
+      std::string got = d.ok() ? *d : "";
+      if (got.size() > expected.size()) duplicated += got.size() - expected.size();
+      else lost += expected.size() - got.size() + (got == expected.substr(0, got.size()) ? 0 : 1);
+      ADD_FAILURE() << "trial " << trial << " (" << what << "): " << st.ToString() << "\n" << proxy_->Output();
+      break;
+    }
+    ++done;
+    std::printf("trial %d: %s, recovered in %.1f s\n", trial, what.c_str(), recovery);
+    std::fflush(stdout);
+  }
+  FreeStoreDisk();
+  std::printf("RESULT trials=%d disk_full=%d lost=%llu duplicated=%llu max_recovery_s=%.1f\n", done, disk_trials,
+              static_cast<unsigned long long>(lost), static_cast<unsigned long long>(duplicated), max_recovery_s);
+  EXPECT_EQ(done, trials);
+  EXPECT_EQ(lost, 0u);
+  EXPECT_EQ(duplicated, 0u);
+}
+
+// The soak (label soak, `make soak`, bench/soak_bench): typing and pointer
+// motion for SLINGSHOT_SOAK_SECONDS (default an hour), with a surrogate
+// replica killed every SLINGSHOT_SOAK_KILL_SECONDS (default 180) and made
+// again. Prints the daemons' RSS at start and end, the store's size,
+// checkpoints, and lost inputs.
+uint64_t RssMiB(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) >> 10;
+  }
+  return 0;
+}
+uint64_t DirBytes(const std::string& dir) {
+  uint64_t n = 0;
+  std::error_code ec;
+  for (auto it = fs::recursive_directory_iterator(dir, ec); it != fs::recursive_directory_iterator(); it.increment(ec)) {
+    if (it->is_regular_file(ec)) n += it->file_size(ec);
+  }
+  return n;
+}
+pid_t HomePid() {
+  std::ifstream in(kWorld + "/home.pid");
+  pid_t p = 0;
+  in >> p;
+  return p;
+}
+
+class Soak : public FaultCampaign {};
+
+TEST_F(Soak, TypingAndPointerMotionWithSurrogatesKilledLoseNothing) {
+  signal(SIGPIPE, SIG_IGN);
+  auto env_int = [](const char* name, int def) {
+    const char* v = std::getenv(name);
+    return v ? std::max(1, std::atoi(v)) : def;
+  };
+  const int seconds = env_int("SLINGSHOT_SOAK_SECONDS", 3600);
+  const int kill_every = env_int("SLINGSHOT_SOAK_KILL_SECONDS", 180);
+  StartProxy();
+  const uint64_t home_rss0 = RssMiB(HomePid()), proxy_rss0 = RssMiB(proxy_->pid());
+  const uint64_t store0 = DirBytes(kWorld + "/home/store");
+  std::string expected = doc_;
+  uint64_t keys = 0, pointers = 0, kills = 0, agent_rss_first = 0, agent_rss_max = 0;
+  std::mt19937 rng(7);
+  const auto end = Clock::now() + std::chrono::seconds(seconds);
+  while (Clock::now() < end && !HasFatalFailure()) {
+    agents_.clear();
+    Process* agent = StartAgent("ss-surr", "10.77.0.3", "cafe");
+    int rc;
+    std::string out = Use("10.77.0.3:7391", &rc);
+    ASSERT_EQ(rc, 0) << out;
+    if (!agent_rss_first) agent_rss_first = RssMiB(agent->pid());
+    const auto until = std::min(end, Clock::now() + std::chrono::seconds(kill_every));
+    while (Clock::now() < until) {
+      // A word, with the mouse moving between keys.
+      for (int i = 0; i < 8; ++i) {
+        char c = static_cast<char>('a' + rng() % 26);
+        ASSERT_TRUE(rfb_->Type(std::string(1, c)).ok());
+        expected += c;
+        ++keys;
+        for (int m = 0; m < 10; ++m) {
+          uint8_t ev[6] = {5, 0, 0, 0, 0, 0};
+          uint16_t x = static_cast<uint16_t>(rng() % 640), y = static_cast<uint16_t>(rng() % 400);
+          ev[2] = static_cast<uint8_t>(x >> 8);
+          ev[3] = static_cast<uint8_t>(x);
+          ev[4] = static_cast<uint8_t>(y >> 8);
+          ev[5] = static_cast<uint8_t>(y);
+          ASSERT_TRUE(rfb_->SendRaw(ev, sizeof(ev)).ok());
+          ++pointers;
+        }
+        std::this_thread::sleep_for(60ms);
+      }
+      ASSERT_TRUE(rfb_->Type(" ").ok());
+      expected += ' ';
+      ++keys;
+      (void)rfb_->Pump(10);
+    }
+    agent_rss_max = std::max(agent_rss_max, RssMiB(agent->pid()));
+    agent->Kill(SIGKILL);
+    ++kills;
+  }
+  Status st = WaitHomeDoc(expected, 300s);
+  auto d = HomeDoc();
+  const std::string got = d.ok() ? *d : "";
+  const uint64_t lost = st.ok() ? 0 : (expected.size() > got.size() ? expected.size() - got.size() : 1);
+  std::string home_log = Shell("cat " + kWorld + "/home.log");
+  uint64_t checkpoints = 0;
+  for (size_t at = 0; (at = home_log.find(": checkpoint epoch ", at)) != std::string::npos; ++at) ++checkpoints;
+  std::printf("RESULT soak_s=%d keys=%llu pointer_events=%llu surrogate_kills=%llu lost=%llu checkpoints=%llu "
+              "home_rss_mib=%llu->%llu proxy_rss_mib=%llu->%llu agent_rss_mib=%llu..%llu store_mib=%.1f->%.1f\n",
+              seconds, (unsigned long long)keys, (unsigned long long)pointers, (unsigned long long)kills,
+              (unsigned long long)lost, (unsigned long long)checkpoints, (unsigned long long)home_rss0,
+              (unsigned long long)RssMiB(HomePid()), (unsigned long long)proxy_rss0,
+              (unsigned long long)RssMiB(proxy_->pid()), (unsigned long long)agent_rss_first,
+              (unsigned long long)agent_rss_max, store0 / 1048576.0, DirBytes(kWorld + "/home/store") / 1048576.0);
+  std::fflush(stdout);
+  EXPECT_TRUE(st.ok()) << st.ToString();
 }
 
 }  // namespace

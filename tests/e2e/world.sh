@@ -76,6 +76,10 @@ down() {
     ip netns del "ss-$n" 2>/dev/null || true
   done
   ip link del ssbr0 2>/dev/null || true
+  # The fault campaign's small file system for the home's store.
+  if mountpoint -q "$world/home/small" 2>/dev/null; then
+    umount "$world/home/small" 2>/dev/null || umount -l "$world/home/small"
+  fi
   rm -rf "$world"
 }
 release() { rm -f "$held" "$held.pid"; }
@@ -128,12 +132,12 @@ if [ -n "$desktop" ]; then
   # Xvfb, x11vnc and nano in an xterm, on a root file system on its disk;
   # its state is in memory.
   service=desktop
-  $home service create desktop --kernel "$g/vmlinuz" --initrd "$g/initrd.img" --disk "$desktop" --memory-mb 256 \
+  $home service create desktop --owner alice --kernel "$g/vmlinuz" --initrd "$g/initrd.img" --disk "$desktop" --memory-mb 256 \
     --cmdline "quiet panic=1 slingshot.root=auto" $h >/dev/null
 else
   # The notepad autosaves, so its state is on its disk at every checkpoint
   # and a surrogate may boot it from there (--state-on-disk; one test does).
-  $home service create notepad --kernel "$g/vmlinuz" --initrd "$g/initrd.img" \
+  $home service create notepad --owner alice --kernel "$g/vmlinuz" --initrd "$g/initrd.img" \
     --cmdline "quiet panic=1 slingshot.disk=auto slingshot.autosave=1" --state-on-disk --extra-port 5901 $h >/dev/null
 fi
 # Pairing over the network: the home prints a one-time code, the client
@@ -152,9 +156,20 @@ ip netns exec ss-client "$build/client/slingshot-client" pair 10.77.0.1:7392 --c
   --state-dir "$world/client" >"$world/pair-client.log" 2>&1 ||
   { echo "pairing failed:" >&2; cat "$world/pair-client.log" "$world/pair-home.log" >&2; exit 1; }
 wait "$pair_pid" || { echo "slingshot-home pair failed:" >&2; cat "$world/pair-home.log" >&2; exit 1; }
-# A home that checkpoints often, so that tests see log truncation.
-ip netns exec ss-home setsid "$home" run $h --listen 10.77.0.1:7390 --accel tcg \
-  --checkpoint-inputs "$ckpt_inputs" --checkpoint-seconds "$ckpt_seconds" >"$world/home.log" 2>&1 </dev/null &
+# A second device of alice's (a tablet), and a device of another user (bob),
+# paired the folder way.
+for dev in "tablet --user alice" "bob"; do
+  name=${dev%% *}
+  $home pair $dev --address 10.77.0.1:7390 --out "$world/$name-creds" $h >/dev/null &&
+    "$build/client/slingshot-client" pair "$world/$name-creds" --state-dir "$world/$name" >/dev/null ||
+    { echo "pairing $name failed" >&2; exit 1; }
+done
+# A home that checkpoints often, so that tests see log truncation, and
+# collects garbage often. home.cmd is its command, which tests that restart
+# the home run again (exec: the pid is the daemon's).
+echo "exec $home run $h --listen 10.77.0.1:7390 --accel tcg --checkpoint-inputs $ckpt_inputs" \
+  "--checkpoint-seconds $ckpt_seconds --gc-seconds 10" >"$world/home.cmd"
+ip netns exec ss-home setsid bash "$world/home.cmd" >"$world/home.log" 2>&1 </dev/null &
 echo $! >"$world/home.pid"
 for n in client surr surr2; do
   for _ in $(seq 1 100); do

@@ -415,6 +415,13 @@ Result<Endpoint> FakeHypervisor::ServiceEndpoint(const std::string& name, uint16
   return p->second;
 }
 
+Result<HostMemory> FakeHypervisor::Memory() {
+  MutexLock l(&mu_);
+  uint64_t held = 0;
+  for (const auto& [name, vm] : vms_) held += vm.spec.memory_mib;
+  return HostMemory{options_.memory_mib, options_.memory_mib > held ? options_.memory_mib - held : 0};
+}
+
 void FakeHypervisor::OnDeath(DeathCallback callback) {
   MutexLock l(&mu_);
   on_death_ = std::move(callback);

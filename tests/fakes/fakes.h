@@ -80,6 +80,7 @@ struct FakeHypervisorOptions {
   bool disks_over_tcp = false;  // DiskAddress as Xen's (TCP) rather than QEMU's (unix)
   size_t guest_memory_bytes = 256 << 10;
   size_t stream_piece = 16 << 10;  // bytes per sink call
+  uint64_t memory_mib = 4096;      // the host's: Memory() is this less what running VMs hold
 };
 
 class FakeHypervisor final : public Hypervisor {
@@ -97,6 +98,7 @@ class FakeHypervisor final : public Hypervisor {
   std::vector<VmInfo> List() override;
   Result<VmInfo> Info(const std::string& name) override;
   Result<Endpoint> ServiceEndpoint(const std::string& name, uint16_t guest_port) override;
+  Result<HostMemory> Memory() override;
   void OnDeath(DeathCallback callback) override;
 
   // --- test controls ---

@@ -16,6 +16,7 @@ class FaultFile final : public WritableFile {
     SLINGSHOT_RETURN_IF_ERROR(env_->Step("write " + path()));
     uint64_t n = 0;
     for (const auto& p : pieces) n += p.size();
+    if (!env_->TakeSpace(n)) return Status::IOError("write " + path() + ": No space left on device (injected)");
     SLINGSHOT_RETURN_IF_ERROR(base_->WriteAt(offset, pieces));
     env_->Written(path(), offset + n);
     return Status::OK();
@@ -48,6 +49,17 @@ void FaultInjectionEnv::CrashAfter(int64_t ops) {
 int64_t FaultInjectionEnv::ops() const {
   MutexLock l(&mu_);
   return ops_;
+}
+void FaultInjectionEnv::SetFreeSpace(int64_t bytes) {
+  MutexLock l(&mu_);
+  free_ = bytes;
+}
+bool FaultInjectionEnv::TakeSpace(uint64_t n) {
+  MutexLock l(&mu_);
+  if (free_ < 0) return true;
+  if (n > static_cast<uint64_t>(free_)) return false;
+  free_ -= static_cast<int64_t>(n);
+  return true;
 }
 bool FaultInjectionEnv::crashed() const {
   MutexLock l(&mu_);
@@ -106,6 +118,7 @@ Result<std::unique_ptr<WritableFile>> FaultInjectionEnv::OpenFile(const std::str
 }
 
 Status FaultInjectionEnv::WriteFileAtomic(const std::string& path, ByteView data, int mode) {
+  if (!TakeSpace(data.size())) return Status::IOError("write " + path + ": No space left on device (injected)");
   SLINGSHOT_RETURN_IF_ERROR(Step("replace " + path));
   return base_->WriteFileAtomic(path, data, mode);
 }

@@ -7,6 +7,9 @@
 // - PowerCut(): every file written through the env is cut back to what its
 //   last Sync covered, and every file created since its directory was last
 //   synced is removed. Then the env works again, its count from zero.
+// - SetFreeSpace(n): the disk has n bytes left; a write of more than what
+//   is left fails with IOError "No space left on device" (everything else
+//   works). -1: unlimited (the default).
 // Removals and WriteFileAtomic (which syncs the file and its directory
 // before it returns) are durable at once.
 //
@@ -27,6 +30,9 @@ class FaultInjectionEnv final : public Env {
   explicit FaultInjectionEnv(Env* base = Env::Default()) : base_(base) {}
 
   void CrashAfter(int64_t ops);  // -1: never
+  void SetFreeSpace(int64_t bytes);
+  // Takes n bytes of the free space; false if there are not that many.
+  bool TakeSpace(uint64_t n);
   int64_t ops() const;           // operations since the last PowerCut (or start)
   bool crashed() const;
   Status PowerCut();
@@ -54,6 +60,7 @@ class FaultInjectionEnv final : public Env {
   int64_t crash_after_ GUARDED_BY(mu_) = -1;
   int64_t ops_ GUARDED_BY(mu_) = 0;
   bool crashed_ GUARDED_BY(mu_) = false;
+  int64_t free_ GUARDED_BY(mu_) = -1;
   std::map<std::string, FileState> files_ GUARDED_BY(mu_);
 };
 

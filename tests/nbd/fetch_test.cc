@@ -266,9 +266,14 @@ TEST_F(FetchTest, ACorruptedStickChunkIsCaughtAndFetchedFromHome) {
   auto home = OpenHome();
   auto cache = OpenCache("cache");
   FetchChain chain(cache.get(), {portable->get(), home.get()});
+  ::testing::internal::CaptureStderr();
   EXPECT_TRUE(ReadDisk(&chain) == image_);
+  const std::string said = ::testing::internal::GetCapturedStderr();
   auto st = chain.stats();
   EXPECT_EQ(st.sources[0].corrupt, 1u);
+  // Said: which stick, which chunk, and that it was fetched elsewhere.
+  EXPECT_NE(said.find("from stick " + stick + " is damaged"), std::string::npos) << said;
+  EXPECT_NE(said.find("fetching it from the next source"), std::string::npos) << said;
   // Every chunk came from one source or the other, the damaged one from
   // home. (Which source serves the rest is timing: a read goes to the
   // source measured faster, and on a loaded machine that can be home.)

@@ -89,7 +89,7 @@ wait $run || fail "slingshot-home run did not stop cleanly on SIGTERM: $(tail -3
 guest=${2:-}
 if [[ -n $guest ]]; then
   cp "$guest/vmlinuz" "$guest/initrd.img" "$root/tmp/"
-  as_home service create notepad --kernel /tmp/vmlinuz --initrd /tmp/initrd.img \
+  as_home service create notepad --owner laptop --kernel /tmp/vmlinuz --initrd /tmp/initrd.img \
     --cmdline "quiet slingshot.disk=auto slingshot.autosave=1" --state-on-disk > "$debs/guide.log" 2>&1 ||
     fail "service create: $(cat "$debs/guide.log")"
   as_home service list | grep -q "^notepad" || fail "service list does not show notepad: $(as_home service list)"

@@ -1,8 +1,8 @@
 // slingshot-typist: a scripted VNC user for demos (a real RFB client,
 // libvncclient), and a reader of the notepad's document.
-//   slingshot-typist type HOST:PORT TEXT [GAP_MS]   types TEXT one key at a
-//       time, waiting for each key's screen update; prints keystroke-to-screen
-//       p50 / p99 / max
+//   slingshot-typist type HOST:PORT TEXT [GAP_MS] [KEY_TIMEOUT_MS]   types
+//       TEXT one key at a time, waiting for each key's screen update (10 s at
+//       most by default); prints keystroke-to-screen p50 / p99 / max
 //   slingshot-typist key HOST:PORT KEYSYM           presses one key (an X11 keysym,
 //       e.g. 0xffc0 for F3) and waits for the screen update it brings
 //   slingshot-typist shot HOST:PORT FILE.ppm          saves the screen as a PPM image
@@ -242,6 +242,7 @@ int main(int argc, char** argv) {
   if (cmd != "type" || argc < 4) return 2;
   std::string text = argv[3];
   int gap = argc > 4 ? std::atoi(argv[4]) : 30;
+  int key_timeout_ms = argc > 5 ? std::atoi(argv[5]) : 10000;
   auto s = RfbSession::Connect(ep);
   if (!s.ok()) {
     std::fprintf(stderr, "%s\n", s.status().ToString().c_str());
@@ -251,7 +252,7 @@ int main(int argc, char** argv) {
   for (char c : text) {
     (void)(*s)->Drain(5);
     uint32_t key = KeyFor(c);
-    auto t = (*s)->KeyToScreenMs(key, 10000);
+    auto t = (*s)->KeyToScreenMs(key, key_timeout_ms);
     if (!t.ok()) {
       std::fprintf(stderr, "%s\n", t.status().ToString().c_str());
       return 1;

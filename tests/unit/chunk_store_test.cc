@@ -5,13 +5,17 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <fstream>
 
 #include "slingshot/base/coding.h"
 #include "slingshot/base/crc32c.h"
 #include "slingshot/store/disk_table.h"
 #include "slingshot/store/gc.h"
+#include "slingshot/base/file_util.h"
 #include "test_util.h"
 
 namespace slingshot {
@@ -267,6 +271,70 @@ TEST(ChunkStoreTest, CacheReopenKeepsBudgetAndDamagedCacheStartsEmpty) {
   ASSERT_NE(cache, nullptr);
   EXPECT_EQ(cache->Stats()->chunks, 0u);
   EXPECT_TRUE(cache->Put(RandomBytes(10, 1)).ok());
+}
+
+TEST(ChunkStoreTest, GarbageInBerkeleyDbRegionFilesIsSweptAndTheStoreOpens) {
+  TempDir t;
+  Bytes kept = RandomBytes(50000, 31);
+  { ASSERT_TRUE(OpenTxn(t.path())->Put(kept).ok()); }
+  // Region files hold nothing durable: garbage in them (or ones an older
+  // version left) must neither crash nor stop the open.
+  for (const char* name : {"/__db.001", "/__db.002"}) {
+    std::ofstream(t.path() + name, std::ios::binary) << std::string(64 << 10, 'x');
+  }
+  auto store = OpenTxn(t.path());
+  ASSERT_TRUE(store);
+  EXPECT_EQ(*store->Get(ChunkId::Of(kept)), kept);
+  EXPECT_FALSE(std::filesystem::exists(t.path() + "/__db.001"));
+  uint64_t bad = 0;
+  ASSERT_TRUE(store->VerifyAll([&](const ChunkId&, const Status&) { ++bad; }).ok());
+  EXPECT_EQ(bad, 0u);
+  // And the regions stay in memory: none is mapped from a file.
+  EXPECT_FALSE(std::filesystem::exists(t.path() + "/__db.001"));
+}
+
+TEST(ChunkStoreTest, ADamagedLogIsReportedWithStepsThatWorkAndNothingCrashes) {
+  TempDir t;
+  {
+    auto s = OpenTxn(t.path());
+    for (int i = 0; i < 500; ++i) ASSERT_TRUE(s->Put(RandomBytes(20000, 500 + i)).ok());
+  }
+  const std::string log = t.path() + "/log.0000000001";
+  Bytes b = *ReadFileBounded(log, 64 << 20);
+  size_t used = b.size();
+  while (used > 0 && b[used - 1] == 0) --used;
+  ASSERT_GT(used, 100000u);
+  for (size_t tenth : {3, 6, 9}) {
+    for (size_t i = 0; i < 8; ++i) b[used * tenth / 10 + i] ^= 0xa5;
+  }
+  testing::WriteFile(log, b);
+  auto store = ChunkStore::Open(t.path(), {});
+  ASSERT_FALSE(store.ok());
+  EXPECT_TRUE(store.status().IsCorruption()) << store.status().ToString();
+  EXPECT_NE(store.status().message().find("could not recover"), std::string::npos) << store.status().ToString();
+  EXPECT_NE(store.status().message().find("bundle import"), std::string::npos) << store.status().ToString();
+  EXPECT_EQ(store.status().message().find("reopen the store"), std::string::npos) << store.status().ToString();
+}
+
+// The reserve for recovery on a full disk holds real blocks, also after a
+// copy of the store made it a hole (cp and rsync make zeros sparse).
+TEST(ChunkStoreTest, TheReserveIsAllocatedAgainWhenACopyMadeItSparse) {
+  TempDir t;
+  ChunkStoreOptions o;
+  o.reserve_bytes = 1 << 20;
+  auto allocated = [&] {
+    struct stat st;
+    return ::stat((t.path() + "/RESERVE").c_str(), &st) == 0 ? uint64_t(st.st_blocks) * 512 : 0;
+  };
+  { ASSERT_TRUE(ChunkStore::Open(t.path(), o).ok()); }
+  EXPECT_GE(allocated(), o.reserve_bytes);
+  // As a copy leaves it: the same size, no blocks.
+  ASSERT_EQ(::unlink((t.path() + "/RESERVE").c_str()), 0);
+  { std::ofstream(t.path() + "/RESERVE"); }
+  ASSERT_EQ(::truncate((t.path() + "/RESERVE").c_str(), static_cast<off_t>(o.reserve_bytes)), 0);
+  ASSERT_LT(allocated(), o.reserve_bytes);
+  { ASSERT_TRUE(ChunkStore::Open(t.path(), o).ok()); }
+  EXPECT_GE(allocated(), o.reserve_bytes);
 }
 
 TEST(ChunkStoreTest, SecondOpenWhileInUseIsRefused) {

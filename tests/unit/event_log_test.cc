@@ -74,6 +74,40 @@ TEST(EventLogTest, AppendReadAndReopen) {
   EXPECT_EQ(*log->Append(0, AsBytes("next")), 21u);
 }
 
+TEST(EventLogTest, RestartAfterContinuesAfterAnotherDevicesSeqAndSurvivesReopen) {
+  TempDir t;
+  {
+    auto log = OpenLog(t.path());
+    for (uint64_t i = 1; i <= 10; ++i) ASSERT_TRUE(log->Append(1, PayloadFor(i)).ok());
+    // Ahead of this log (the home's checkpoint of another device's inputs).
+    auto dropped = log->RestartAfter(5624);
+    ASSERT_TRUE(dropped.ok()) << dropped.status().ToString();
+    EXPECT_EQ(*dropped, 0u);
+    EXPECT_EQ(log->last_seq(), 5624u);
+    EXPECT_TRUE(ReadAll(log.get()).empty());
+    EXPECT_EQ(*log->Append(1, PayloadFor(1)), 5625u);
+    EXPECT_EQ(CountSegments(t.path()), 1u);
+  }
+  {
+    auto log = OpenLog(t.path());
+    EXPECT_EQ(log->last_seq(), 5625u);
+    auto recs = ReadAll(log.get());
+    ASSERT_EQ(recs.size(), 1u);
+    EXPECT_EQ(recs[0].seq, 5625u);
+    // Behind this log: what is above the seq is reported, then gone.
+    for (int i = 0; i < 4; ++i) ASSERT_TRUE(log->Append(1, PayloadFor(i)).ok());
+    auto dropped = log->RestartAfter(5626);
+    ASSERT_TRUE(dropped.ok());
+    EXPECT_EQ(*dropped, 3u);
+    EXPECT_EQ(*log->Append(1, PayloadFor(9)), 5627u);
+  }
+  auto log = OpenLog(t.path());
+  auto recs = ReadAll(log.get());
+  ASSERT_EQ(recs.size(), 1u);
+  EXPECT_EQ(recs[0].seq, 5627u);
+  EXPECT_EQ(recs[0].payload, PayloadFor(9));
+}
+
 TEST(EventLogTest, ConcurrentAppendersGetContiguousUniqueSeqs) {
   TempDir t;
   auto log = OpenLog(t.path());

@@ -7,6 +7,7 @@
 #include "../fakes/fakes.h"
 #include "../fakes/fault_env.h"
 #include "slingshot/replica/checkpoint.h"
+#include "slingshot/replica/input_sequencer.h"
 #include "slingshot/replica/instantiate.h"
 #include "slingshot/store/event_log.h"
 #include "slingshot/store/gc.h"
@@ -173,6 +174,82 @@ TEST(FaultTest, ACheckpointInterruptedAtAnyStepLeavesAWholeCheckpoint) {
                                 [&](const ChunkId& id) { return (*store)->Get(id).status(); });
     EXPECT_TRUE(walk.ok()) << walk.ToString();
   }
+}
+
+TEST(FaultTest, AFullDiskFailsEachPutCleanlyLeavesNoEmptyPacksAndPassesWhenSpaceReturns) {
+  testing::TempDir t;
+  FaultInjectionEnv env;
+  ChunkStoreOptions so;
+  so.env = &env;
+  auto store = ChunkStore::Open(t.path(), so);
+  ASSERT_TRUE(store.ok()) << store.status().ToString();
+  Bytes kept = testing::RandomBytes(10000, 1);
+  ASSERT_TRUE((*store)->Put(kept).ok());
+  auto packs = [&] {
+    size_t n = 0;
+    for (const auto& e : std::filesystem::directory_iterator(t.path() + "/packs")) n += e.path().extension() == ".dat";
+    return n;
+  };
+  const size_t before = packs();
+  env.SetFreeSpace(100);  // room for a pack's header, not for a chunk
+  for (int i = 0; i < 20; ++i) {  // a retry storm would leave a pack per try
+    auto r = (*store)->Put(testing::RandomBytes(5000, 100 + i));
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.status().message().find("No space left"), std::string::npos) << r.status().ToString();
+  }
+  EXPECT_EQ(packs(), before);
+  EXPECT_EQ(*(*store)->Get(ChunkId::Of(kept)), kept);
+  env.SetFreeSpace(-1);
+  Bytes later = testing::RandomBytes(5000, 7);
+  ASSERT_TRUE((*store)->Put(later).ok());
+  EXPECT_EQ(*(*store)->Get(ChunkId::Of(later)), later);
+  EXPECT_LE(packs(), before + 1);
+}
+
+// The client's disk fills: an input its event log cannot hold is refused
+// with the reason and sent to no replica (nothing unlogged goes out); when
+// space returns, inputs are taken again, their seqs following on without a
+// gap, and the log reopens with exactly the accepted ones.
+TEST(FaultTest, AFullClientDiskRefusesInputsAndSendsNoneUnlogged) {
+  testing::TempDir t;
+  FaultInjectionEnv env;
+  EventLogOptions o;
+  o.env = &env;
+  std::vector<uint64_t> sent;
+  std::vector<Bytes> accepted;
+  {
+    auto log = EventLog::Open(t / "log", o);
+    ASSERT_TRUE(log.ok()) << log.status().ToString();
+    InputSequencer seq(log->get(), InputSequencerOptions{}, [&](std::vector<wire::Input>&& in) {
+      for (const auto& i : in) sent.push_back(i.seq);
+    });
+    for (uint64_t s = 1; s <= 3; ++s) {
+      ASSERT_TRUE(seq.Input(1, PayloadOf(s), false).ok());
+      accepted.push_back(PayloadOf(s));
+    }
+    env.SetFreeSpace(0);
+    for (uint64_t s = 4; s <= 9; ++s) {
+      Status st = seq.Input(1, PayloadOf(s), s % 2 == 0);  // alone, and with another waiting
+      ASSERT_FALSE(st.ok());
+      EXPECT_NE(st.message().find("No space left on device"), std::string::npos) << st.ToString();
+      EXPECT_NE(st.message().find("input dropped"), std::string::npos) << st.ToString();
+    }
+    EXPECT_EQ(sent, (std::vector<uint64_t>{1, 2, 3}));
+    env.SetFreeSpace(-1);
+    for (uint64_t s = 10; s <= 11; ++s) {
+      ASSERT_TRUE(seq.Input(1, PayloadOf(s), false).ok());
+      accepted.push_back(PayloadOf(s));
+    }
+    EXPECT_EQ(sent, (std::vector<uint64_t>{1, 2, 3, 4, 5}));
+  }
+  auto log = EventLog::Open(t / "log");
+  ASSERT_TRUE(log.ok()) << log.status().ToString();
+  std::vector<Bytes> read;
+  ASSERT_TRUE((*log)->ReadFrom(1, [&](const LogRecord& r) {
+    read.push_back(r.payload);
+    return true;
+  }).ok());
+  EXPECT_EQ(read, accepted);
 }
 
 }  // namespace

@@ -314,7 +314,8 @@ TEST(ControlTest, MalformedRequestsAreRefusedWithAReason) {
 }
 
 TEST(ControlTest, EventsRoundTrip) {
-  control::ProxyStatus s{"notes", 9, 3, {{"home", 9, true, false, 41.5}, {"cafe", 9, true, true, 1.25}}, 5900, 2};
+  control::ProxyStatus s{"notes", 9, 3, {{"home", 9, true, false, 41.5}, {"cafe", 9, true, true, 1.25}}, 5900, 2,
+                         "device tablet took notes over", ""};
   auto e = control::DecodeEvent(control::Encode(s));
   ASSERT_TRUE(e.ok()) << e.status().ToString();
   auto& back = std::get<control::ProxyStatus>(*e);
@@ -322,7 +323,13 @@ TEST(ControlTest, EventsRoundTrip) {
   EXPECT_TRUE(back.replicas[1].leader);
   EXPECT_EQ(control::StatusLines(back), control::StatusLines(s));
   EXPECT_EQ(control::StatusLines(s)[0], "service notes vnc 127.0.0.1:5900 log 4..9 switches 2");
-  EXPECT_EQ(control::StatusLines(s)[2], "replica cafe consumed 9 live leader latency_ms 1.2");
+  EXPECT_EQ(control::StatusLines(s)[1], "STOPPED, taking no input: device tablet took notes over");
+  EXPECT_EQ(control::StatusLines(s)[3], "replica cafe consumed 9 live leader latency_ms 1.2");
+  s.refusing = "input dropped: No space left on device";
+  auto refusing = control::DecodeEvent(control::Encode(s));
+  ASSERT_TRUE(refusing.ok()) << refusing.status().ToString();
+  EXPECT_EQ(std::get<control::ProxyStatus>(*refusing).refusing, s.refusing);
+  EXPECT_EQ(control::StatusLines(s)[2], "REFUSING INPUT, nothing typed now is kept: input dropped: No space left on device");
   auto p = control::DecodeEvent(control::Encode(control::Progress{"restore", 5, 10, 1, 2, 3, 400}));
   ASSERT_TRUE(p.ok());
   EXPECT_EQ(std::get<control::Progress>(*p).from_stick, 2u);

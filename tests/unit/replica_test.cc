@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "../fakes/fakes.h"
+#include "slingshot/replica/admission.h"
 #include "slingshot/replica/checkpoint.h"
 #include "slingshot/replica/checkpoint_scope.h"
 #include "slingshot/replica/instantiate.h"
@@ -293,6 +294,40 @@ TEST_F(ReplicaTest, InstantiateRestoresTheCheckpointedState) {
   // The boot files came from the checkpoint.
   EXPECT_EQ(testing::ReadFile(tmp_ / "replica-1/kernel"), testing::ReadFile(tmp_ / "kernel"));
   EXPECT_EQ(testing::ReadFile(tmp_ / "replica-1/initrd"), testing::ReadFile(tmp_ / "initrd"));
+}
+
+// A replica that does not fit is refused before anything is fetched or
+// started, with admission's reason; one that fits holds its ticket.
+TEST_F(ReplicaTest, AdmissionRefusesAReplicaThatDoesNotFitBeforeItStarts) {
+  FakeHypervisor home, cafe;
+  Manifest base = Base();
+  auto p = PrimaryWithCheckpoint(home, 4, &base);
+  ASSERT_TRUE(p);
+  StoreCheckpointSource src(store_.get());
+  auto made = Admission::Make(AdmissionOptions{1, 0, 0}, [&] { return cafe.Memory(); });
+  ASSERT_TRUE(made.ok()) << made.status().ToString();
+  std::unique_ptr<Admission> admission = std::move(*made);
+  // The agent's hook: admit, and hold the ticket for the replica's life.
+  auto admit_into = [&admission](std::unique_ptr<Admission::Ticket>* held) {
+    return [&admission, held](const Manifest& m) -> Status {
+      SLINGSHOT_ASSIGN_OR_RETURN(*held, admission->Admit(m.service_id, m.vm.memory_mib));
+      return Status::OK();
+    };
+  };
+  std::unique_ptr<Admission::Ticket> ticket;
+  InstantiateOptions o = Options("replica-1");
+  o.admit = admit_into(&ticket);
+  auto r = Instantiate(cafe, src, o);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(admission->State().replicas, 1);
+  std::unique_ptr<Admission::Ticket> second;
+  InstantiateOptions o2 = Options("replica-2");
+  o2.admit = admit_into(&second);
+  auto refused = Instantiate(cafe, src, o2);
+  ASSERT_EQ(refused.status().code(), Status::Code::kResourceExhausted) << refused.status().ToString();
+  EXPECT_NE(refused.status().message().find("already runs 1 of its 1 replicas"), std::string::npos);
+  EXPECT_EQ(cafe.restores(), 1);  // nothing was started for it
+  EXPECT_FALSE(std::filesystem::exists(tmp_ / "replica-2"));
 }
 
 TEST_F(ReplicaTest, ReplayedInputsBringAReplicaToThePrimarysState) {
@@ -705,14 +740,25 @@ TEST(CheckpointScheduleTest, DueAfterTheIntervalOnlyIfAnInputCame) {
   EXPECT_TRUE(s.Due(8, t + std::chrono::seconds(60)));
 }
 
-TEST(CheckpointScheduleTest, AFailedCheckpointWaitsAWholeIntervalAgain) {
-  CheckpointSchedule s(1000, std::chrono::seconds(60));
+TEST(CheckpointScheduleTest, FailedCheckpointsBackOffAndASuccessResetsIt) {
+  using std::chrono::seconds;
+  CheckpointSchedule s(100, seconds(60));
   auto t = CheckpointSchedule::Clock::now();
   s.Taken(0, t);
-  EXPECT_TRUE(s.Due(1, t + std::chrono::seconds(61)));
-  s.Taken(s.covered(), t + std::chrono::seconds(61));  // the checkpoint failed
-  EXPECT_FALSE(s.Due(1, t + std::chrono::seconds(62)));
-  EXPECT_TRUE(s.Due(1, t + std::chrono::seconds(121)));
+  EXPECT_TRUE(s.Due(500, t));  // many inputs: due at once
+  s.Failed(t);
+  // The input count stays over the limit, yet no try for 5 s, then 10, 20...
+  EXPECT_FALSE(s.Due(500, t + seconds(4)));
+  EXPECT_TRUE(s.Due(500, t + seconds(5)));
+  s.Failed(t + seconds(5));
+  EXPECT_FALSE(s.Due(500, t + seconds(14)));
+  EXPECT_TRUE(s.Due(500, t + seconds(15)));
+  for (int i = 0; i < 20; ++i) s.Failed(t + seconds(15));
+  EXPECT_FALSE(s.Due(500, t + seconds(15) + seconds(299)));
+  EXPECT_TRUE(s.Due(500, t + seconds(15) + CheckpointSchedule::kMaxBackoff));
+  s.Taken(500, t + seconds(400));
+  EXPECT_EQ(s.failures(), 0u);
+  EXPECT_TRUE(s.Due(600, t + seconds(400)));
 }
 
 TEST(ServiceTypeTest, RfbIsBuiltInAndUnknownTypesAreUnsupported) {

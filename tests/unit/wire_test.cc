@@ -35,7 +35,8 @@ TEST(WireTest, EveryMessageRoundTrips) {
       RefData{"disk/notepad", 1, b},
       GetWorkingSet{a},
       WorkingSet{a, {b, a}},
-      Attach{"notepad"},
+      Attach{"notepad", false},
+      Attach{"notepad", true},
       Attached{"notepad", "home", 640, 400, 17},
       Input{18, 1, Bytes{4, 1, 0, 0, 0, 0, 0, 0x61}},
       Consumed{18},
@@ -47,9 +48,10 @@ TEST(WireTest, EveryMessageRoundTrips) {
       Instantiate{"notepad", "10.0.0.1", 7390, "ca", Bytes(32, 1), "cert", "key", "/media/stick"},
       Progress{"memory", 10, 20, 1, 2, 3},
       GetStatus{},
-      AgentStatus{"cafe", {ReplicaStatus{"notepad", "alice", 18, 1800000000}}, 1 << 20, 1, 2, 3},
+      AgentStatus{"cafe", {ReplicaStatus{"notepad", "alice", 18, 1800000000}}, 1 << 20, 1, 2, 3, {8, 1536, 320, 900}},
       Pair{"alice-laptop", Bytes(kPairProofSize, 5)},
       Paired{"cert", "ca", Bytes(32, 1), "10.0.0.1:7390", Bytes(kPairProofSize, 6)},
+      HandOver{"alice-tablet"},
   };
   for (const auto& m : all) {
     FrameHeader h;
@@ -62,6 +64,27 @@ TEST(WireTest, EveryMessageRoundTrips) {
   }
   auto e = RoundTrip(1, Error{Status::Code::kNotFound, "gone"});
   EXPECT_TRUE(std::get<Error>(*e).ToStatus("home").IsNotFound());
+}
+
+// An older agent's status ends before the capacity: it decodes, with none.
+TEST(WireTest, AStatusWithoutCapacityDecodesWithZeros) {
+  Bytes f = EncodeFrame(3, AgentStatus{"cafe", {}, 5, 1, 2, 3, {8, 1536, 320, 900}});
+  auto h = DecodeHeader(ByteView(f).first(kHeaderSize));
+  ASSERT_TRUE(h.ok());
+  ByteView older = ByteView(f).subspan(kHeaderSize, h->length - 28);  // u32 + 3 x u64
+  h->length = static_cast<uint32_t>(older.size());
+  h->payload_crc = crc32c::Value(older.data(), older.size());
+  auto m = DecodePayload(*h, older);
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  const auto& s = std::get<AgentStatus>(*m);
+  EXPECT_EQ(s.from_home, 3u);
+  EXPECT_EQ(s.capacity.max_replicas, 0u);
+  EXPECT_EQ(s.capacity.budget_mib, 0u);
+  // Cut inside the capacity: refused, not read past the end.
+  ByteView cut = ByteView(f).subspan(kHeaderSize, h->length + 4);
+  h->length = static_cast<uint32_t>(cut.size());
+  h->payload_crc = crc32c::Value(cut.data(), cut.size());
+  EXPECT_FALSE(DecodePayload(*h, cut).ok());
 }
 
 TEST(WireTest, BadHeadersAreRefusedWithTheReason) {

@@ -2,9 +2,15 @@
 // driven with real RFB input. Label: vm.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 
 #include <atomic>
+#include <cstring>
 #include <thread>
 
 #include "../unit/test_util.h"
@@ -117,6 +123,103 @@ TEST_F(VmTest, CheckpointKeepsRunningAndRestoresExactState) {
   // The two replicas are independent.
   EXPECT_TRUE(WaitForText(Ep("a", kControlPort), "Hello, Slingshot!\nline two and more", 5s).ok());
   EXPECT_EQ(hv_->List().size(), 2u);
+}
+
+// A listening TCP socket on the host, on every address, that accepts and
+// counts connections.
+class HostListener {
+ public:
+  HostListener() {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_ANY);
+    socklen_t len = sizeof a;
+    if (::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(fd_, 8) != 0 ||
+        ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+      ADD_FAILURE() << "listen: " << std::strerror(errno);
+    }
+    port_ = ntohs(a.sin_port);
+    thread_ = std::thread([this] {
+      for (;;) {
+        int c = ::accept(fd_, nullptr, nullptr);
+        if (c < 0) return;
+        ++accepted_;
+        ::close(c);
+      }
+    });
+  }
+  ~HostListener() {
+    ::shutdown(fd_, SHUT_RDWR);
+    thread_.join();
+    ::close(fd_);
+  }
+  uint16_t port() const { return port_; }
+  int accepted() const { return accepted_; }
+
+ private:
+  int fd_ = -1;
+  uint16_t port_ = 0;
+  std::atomic<int> accepted_{0};
+  std::thread thread_;
+};
+
+// An IPv4 address of this host other than loopback ("" if none): the LAN.
+std::string HostLanAddress() {
+  ifaddrs* list = nullptr;
+  if (::getifaddrs(&list) != 0) return "";
+  std::string found;
+  for (ifaddrs* i = list; i && found.empty(); i = i->ifa_next) {
+    if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET || (i->ifa_flags & IFF_LOOPBACK)) continue;
+    char buf[INET_ADDRSTRLEN];
+    ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(i->ifa_addr)->sin_addr, buf, sizeof buf);
+    found = buf;
+  }
+  ::freeifaddrs(list);
+  return found;
+}
+
+// A replica's network (QEMU's user network, restricted): the guest reaches
+// itself, and neither the host (10.0.2.2, where another replica's
+// forwarded ports and the agent's are), nor the host's LAN address, nor the
+// internet.
+TEST_F(VmTest, AReplicaReachesNeitherTheHostNorAnotherReplicaNorTheLan) {
+  BootAndWait(Spec("a"));
+  BootAndWait(Spec("b"));
+  HostListener host;
+  auto reach = [&](const std::string& addr, uint16_t port) {
+    auto r = Control(Ep("a", kControlPort), "reach " + addr + " " + std::to_string(port));
+    return r.ok() ? *r : "control: " + r.status().ToString();
+  };
+  // The probe works: the guest's own service answers.
+  EXPECT_EQ(reach("10.0.2.15", kRfbPort), "reach ok\n");
+  EXPECT_NE(reach("10.0.2.2", host.port()).find("reach failed"), std::string::npos);
+  const Endpoint other = Ep("b", kControlPort);  // b's control port, forwarded on the host
+  EXPECT_NE(reach("10.0.2.2", other.port).find("reach failed"), std::string::npos);
+  const std::string lan = HostLanAddress();
+  if (!lan.empty()) {
+    EXPECT_NE(reach(lan, host.port()).find("reach failed"), std::string::npos) << lan;
+  }
+  EXPECT_NE(reach("1.1.1.1", 443).find("reach failed"), std::string::npos);
+  EXPECT_EQ(host.accepted(), 0);
+  // b's document is untouched and b still answers.
+  EXPECT_TRUE(DocumentText(other).ok());
+}
+
+// The notepad's F4 probe (slingshot.probe=...), which the nested appliance
+// test reads off a replica's screen: what it reached goes into the document.
+TEST_F(VmTest, TheProbeKeyWritesWhatTheGuestReached) {
+  HostListener host;
+  VmSpec spec = Spec("p");
+  spec.cmdline += " slingshot.probe=10.0.2.15:5900,10.0.2.2:" + std::to_string(host.port());
+  BootAndWait(spec);
+  auto rfb = RfbSession::Connect(Ep("p", kRfbPort));
+  ASSERT_TRUE(rfb.ok()) << rfb.status().ToString();
+  ASSERT_TRUE((*rfb)->KeyToScreenMs(notepad::kKeyProbe, 30000).ok());
+  const std::string want = "[10.0.2.15:5900 ok][10.0.2.2:" + std::to_string(host.port()) + " no]";
+  Status s = WaitForText(Ep("p", kControlPort), want, 30s, rfb->get());
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(host.accepted(), 0);
 }
 
 TEST_F(VmTest, KilledQemuIsReportedDead) {

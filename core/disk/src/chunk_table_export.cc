@@ -86,8 +86,9 @@ struct ChunkTableExport::Impl {
     if (!table.ids[i].IsNull()) {
       SLINGSHOT_ASSIGN_OR_RETURN(const Bytes* base, BaseChunk(i));
       SLINGSHOT_RETURN_IF_ERROR(PwriteAll(ChunkOffset(i), ByteView(*base)));
-    } else if (fallocate(overlay.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                         static_cast<off_t>(ChunkOffset(i)), table.ChunkLength(i)) != 0) {
+    } else if (options.cipher || fallocate(overlay.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                                           static_cast<off_t>(ChunkOffset(i)), table.ChunkLength(i)) != 0) {
+      // (A hole reads as zeros, which the cipher would not give back as zeros.)
       // Old bytes from before a freeze may sit there: zero them.
       Bytes zeros(table.ChunkLength(i), 0);
       SLINGSHOT_RETURN_IF_ERROR(PwriteAll(ChunkOffset(i), ByteView(zeros)));
@@ -98,9 +99,19 @@ struct ChunkTableExport::Impl {
     return Status::OK();
   }
 
+  // The overlay's bytes go through the cipher, if any (options.cipher).
   Status PwriteAll(uint64_t off, ByteView data) {
-    return slingshot::PwriteAll(overlay.get(), data.data(), data.size(), off,
-                                "disk overlay " + overlay_path);
+    if (!options.cipher) {
+      return slingshot::PwriteAll(overlay.get(), data.data(), data.size(), off, "disk overlay " + overlay_path);
+    }
+    Bytes enc(data.begin(), data.end());
+    options.cipher->Xor(off, enc.data(), enc.size());
+    return slingshot::PwriteAll(overlay.get(), enc.data(), enc.size(), off, "disk overlay " + overlay_path);
+  }
+  Status PreadOverlay(uint8_t* out, size_t n, uint64_t off) {
+    SLINGSHOT_RETURN_IF_ERROR(PreadExact(overlay.get(), out, n, off, "disk overlay " + overlay_path));
+    if (options.cipher) options.cipher->Xor(off, out, n);
+    return Status::OK();
   }
 
   // Calls fn(chunk index, offset within chunk, position in the request, length)
@@ -197,8 +208,7 @@ Status ChunkTableExport::Read(uint64_t offset, std::span<uint8_t> out) {
   return m.ForPieces(offset, out.size(), [&](size_t i, uint32_t in, uint64_t pos, uint64_t n) {
     m.mu.AssertHeld();  // ForPieces runs the lambda under the lock taken above
     if (m.in_overlay[i]) {
-      return PreadExact(m.overlay.get(), out.data() + pos, n, m.ChunkOffset(i) + in,
-                        "disk overlay " + m.overlay_path);
+      return m.PreadOverlay(out.data() + pos, n, m.ChunkOffset(i) + in);
     }
     if (!m.read_once[i] && !m.table.ids[i].IsNull()) {
       m.read_once[i] = true;
@@ -277,8 +287,7 @@ Result<DiskTable> ChunkTableExport::Freeze(ChunkStore* store) {
   for (size_t i = 0; i < next.ids.size(); ++i) {
     if (!m.dirty[i]) continue;
     buf.resize(m.table.ChunkLength(i));
-    SLINGSHOT_RETURN_IF_ERROR(PreadExact(m.overlay.get(), buf.data(), buf.size(), m.ChunkOffset(i),
-                                         "disk overlay " + m.overlay_path));
+    SLINGSHOT_RETURN_IF_ERROR(m.PreadOverlay(buf.data(), buf.size(), m.ChunkOffset(i)));
     if (IsAllZero(buf)) {
       next.ids[i] = ChunkId();
     } else {

@@ -64,4 +64,23 @@ Result<Capability> Capability::ParseScope(std::string_view scope) {
   return c;
 }
 
+Result<std::string> UserScope(std::string_view user) {
+  if (!GoodName(user)) {
+    return Status::InvalidArgument("user name \"" + std::string(user.substr(0, 100)) +
+                                   "\" must be 1 to 64 characters without control characters, ';' or '='");
+  }
+  return "user=" + std::string(user);
+}
+
+Result<std::string> ParseUserScope(std::string_view scope, std::string_view device) {
+  if (scope.empty()) return std::string(device);
+  constexpr std::string_view kUser = "user=";
+  std::string_view user = scope.substr(0, kUser.size()) == kUser ? scope.substr(kUser.size()) : std::string_view();
+  if (!GoodName(user)) {
+    return Status::PermissionDenied("the client certificate's description \"" + std::string(scope.substr(0, 100)) +
+                                    "\" does not name a user (user=NAME)");
+  }
+  return std::string(user);
+}
+
 }  // namespace slingshot

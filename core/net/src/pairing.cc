@@ -125,7 +125,8 @@ struct PairingListener::Impl : RequestHandler {
     wire::Paired reply;
     Status st = [&]() -> Status {
       SLINGSHOT_ASSIGN_OR_RETURN(reply.cert_pem,
-                                 offer.ca.IssueForKeyOf(c.peer().cert_pem, offer.client_name, Role::kClient, offer.valid_seconds));
+                                 offer.ca.IssueForKeyOf(c.peer().cert_pem, offer.client_name, Role::kClient, offer.valid_seconds,
+                                                        offer.user.empty() ? offer.client_name : offer.user));
       reply.ca_pem = offer.ca.cert_pem();
       reply.manifest_key.assign(offer.manifest_key.raw().begin(), offer.manifest_key.raw().end());
       reply.home_address = offer.home_address;

@@ -264,7 +264,12 @@ Status CheckKeyMatches(const std::string& cert_pem, const std::string& key_pem) 
 }
 
 Result<std::string> CertificateAuthority::IssueForKeyOf(const std::string& cert_pem, const std::string& common_name,
-                                                        Role role, int64_t valid_seconds) const {
+                                                        Role role, int64_t valid_seconds,
+                                                        const std::string& user) const {
+  std::string scope;
+  if (!user.empty()) {
+    SLINGSHOT_ASSIGN_OR_RETURN(scope, UserScope(user));
+  }
   SLINGSHOT_ASSIGN_OR_RETURN(X509Ptr peer, ParseCert(cert_pem, "the peer's certificate"));
   EVP_PKEY* key = X509_get0_pubkey(peer.get());
   if (!key || EVP_PKEY_get_id(key) != EVP_PKEY_ED25519) {
@@ -272,13 +277,28 @@ Result<std::string> CertificateAuthority::IssueForKeyOf(const std::string& cert_
   }
   SLINGSHOT_ASSIGN_OR_RETURN(X509Ptr ca, ParseCert(cert_pem_, "CA certificate"));
   SLINGSHOT_ASSIGN_OR_RETURN(PkeyPtr ca_key, ParseKey(key_pem_, "CA key"));
-  SLINGSHOT_ASSIGN_OR_RETURN(X509Ptr x, MakeCert(key, common_name, role, valid_seconds, ca.get(), ca_key.get(), false));
+  SLINGSHOT_ASSIGN_OR_RETURN(X509Ptr x,
+                             MakeCert(key, common_name, role, valid_seconds, ca.get(), ca_key.get(), false, scope));
   return CertPem(x.get());
 }
 
 Result<TlsCredentials> CertificateAuthority::Issue(const std::string& common_name, Role role,
                                                    int64_t valid_seconds) const {
   return IssueScoped(common_name, role, valid_seconds, "");
+}
+
+Result<TlsCredentials> CertificateAuthority::IssueClient(const std::string& device, const std::string& user,
+                                                         int64_t valid_seconds) const {
+  SLINGSHOT_ASSIGN_OR_RETURN(std::string scope, UserScope(user));
+  return IssueScoped(device, Role::kClient, valid_seconds, scope);
+}
+
+Result<std::string> UserOf(const CertificateInfo& info) {
+  if (info.role != Role::kClient) {
+    return Status::PermissionDenied("certificate \"" + info.common_name + "\" is not a client's (role \"" +
+                                    info.role_name + "\"), so it belongs to no user");
+  }
+  return ParseUserScope(info.scope, info.common_name);
 }
 
 Result<TlsCredentials> CertificateAuthority::IssueCapability(const Capability& cap, int64_t valid_seconds) const {

@@ -60,6 +60,30 @@ Result<std::shared_ptr<ssl::context>> MakeContext(const TlsCredentials& c, bool 
   return ctx;
 }
 
+// Bytes held by a server's connections (frames arriving, frames queued).
+class MemoryBudget {
+ public:
+  explicit MemoryBudget(uint64_t limit) : limit_(limit) {}
+  bool TryAcquire(uint64_t n) {
+    uint64_t used = used_.load();
+    do {
+      if (used + n > limit_) return false;
+    } while (!used_.compare_exchange_weak(used, used + n));
+    return true;
+  }
+  void Release(uint64_t n) { used_.fetch_sub(n); }
+  uint64_t used() const { return used_.load(); }
+  uint64_t limit() const { return limit_; }
+
+ private:
+  const uint64_t limit_;
+  std::atomic<uint64_t> used_{0};
+};
+
+// A frame's payload is read in pieces of at most this many bytes, so its
+// buffer grows with what arrives.
+constexpr size_t kReadPiece = 64u << 10;
+
 }  // namespace
 
 std::string PeerInfo::Describe() const {
@@ -120,6 +144,12 @@ struct Connection::Impl {
                                       " (" + m + "): they are not from its CA or have expired; pair again");
     }
     if (ec == asio::error::eof || ec == ssl::error::stream_truncated || ec == asio::error::connection_reset) {
+      if (!is_server && what == "the TLS handshake") {
+        return Status::Unavailable(peer.Describe() + " closed the connection during the TLS handshake: it is "
+                                   "shedding connections (too many unauthenticated ones at once, from this "
+                                   "address or in all) or does not take our certificate; try again shortly, and "
+                                   "if it goes on, check the address and pairing");
+      }
       return Status::Unavailable(peer.Describe() + " closed the connection during " + std::string(what));
     }
     return Status::Unavailable(std::string(what) + " with " + peer.Describe() + " failed: " + m);
@@ -143,6 +173,54 @@ struct Connection::Impl {
     return Status::OK();
   }
 
+  // Refuses a header whose length is over this connection's cap (the
+  // stream is then out of step: the connection is broken).
+  Status CheckLength(const wire::FrameHeader& h) {
+    if (h.length <= max_frame) return Status::OK();
+    broken = true;
+    return Status::ResourceExhausted(
+        peer.Describe() + " announced a frame of " + std::to_string(h.length) + " bytes; " +
+        (authorized ? "at most " + std::to_string(max_frame) + " are taken here"
+                    : "before it is authorized a peer may send at most " + std::to_string(max_frame)));
+  }
+
+  // Charges n more bytes of this connection's buffers to the server's budget.
+  Status Charge(size_t n) {
+    if (!budget) return Status::OK();
+    if (!budget->TryAcquire(n)) {
+      broken = true;
+      return Status::ResourceExhausted("this server holds " + HumanBytes(budget->used()) + " of frames in flight, " +
+                                       "its limit: " + peer.Describe() + " is cut off; try again later");
+    }
+    charged += n;
+    return Status::OK();
+  }
+  void Uncharge(size_t n) {
+    if (!budget || n == 0) return;
+    budget->Release(n);
+    charged -= n;
+  }
+
+  // The payload of h, read piece by piece (the buffer grows as bytes arrive).
+  Result<Bytes> ReadPayload(const wire::FrameHeader& h, int timeout_ms) {
+    Bytes payload;
+    size_t held = 0;
+    Status st;
+    while (payload.size() < h.length) {
+      size_t piece = std::min<size_t>(kReadPiece, h.length - payload.size());
+      st = Charge(piece);
+      if (!st.ok()) break;
+      held += piece;
+      size_t at = payload.size();
+      payload.resize(at + piece);
+      st = ReadExact(payload.data() + at, piece, timeout_ms);
+      if (!st.ok()) break;
+    }
+    Uncharge(held);
+    if (!st.ok()) return st;
+    return payload;
+  }
+
   void FillPeer() {
     X509* cert = SSL_get0_peer_certificate(stream.native_handle());
     peer.common_name = SubjectEntry(cert, NID_commonName);
@@ -156,7 +234,14 @@ struct Connection::Impl {
       }
       BIO_free(bio);
       auto info = InspectCertificate(peer.cert_pem);
-      if (info.ok()) peer.fingerprint = info->fingerprint;
+      if (info.ok()) {
+        peer.fingerprint = info->fingerprint;
+        peer.not_after = info->not_after;
+        if (info->role == Role::kClient) {
+          auto user = UserOf(*info);
+          if (user.ok()) peer.user = *user;  // else none: it is refused where a user is needed
+        }
+      }
     }
   }
 
@@ -182,23 +267,38 @@ struct Connection::Impl {
       if (ec) return DuplexFinish(duplex_done ? Status::OK() : Failed(ec, "receiving"));
       auto h = wire::DecodeHeader(ByteView(duplex_header.data(), duplex_header.size()));
       if (!h.ok()) return DuplexFinish(h.status().Annotate("frame from " + peer.Describe()));
+      if (Status len = CheckLength(*h); !len.ok()) return DuplexFinish(std::move(len));
       duplex_frame = *h;
-      duplex_payload.resize(h->length);
-      asio::async_read(stream, asio::buffer(duplex_payload), [this](const error_code& ec2, size_t) {
-        if (ec2) return DuplexFinish(duplex_done ? Status::OK() : Failed(ec2, "receiving"));
-        auto m = wire::DecodePayload(duplex_frame, duplex_payload);
-        if (!m.ok()) return DuplexFinish(m.status().Annotate("frame from " + peer.Describe()));
-        ArmIdle();
-        Status s = (*on_frame)(Frame{duplex_frame.request, std::move(*m)});
-        if (!s.ok()) return DuplexFinish(std::move(s));
-        ReadNextHeader();
-      });
+      duplex_payload.clear();
+      ReadNextPiece();
+    });
+  }
+  // Reads the payload of duplex_frame piece by piece, then hands it on.
+  void ReadNextPiece() {
+    if (duplex_payload.size() == duplex_frame.length) {
+      auto m = wire::DecodePayload(duplex_frame, duplex_payload);
+      Uncharge(duplex_payload.size());
+      Bytes().swap(duplex_payload);
+      if (!m.ok()) return DuplexFinish(m.status().Annotate("frame from " + peer.Describe()));
+      ArmIdle();
+      Status s = (*on_frame)(Frame{duplex_frame.request, std::move(*m)});
+      if (!s.ok()) return DuplexFinish(std::move(s));
+      return ReadNextHeader();
+    }
+    size_t piece = std::min<size_t>(kReadPiece, duplex_frame.length - duplex_payload.size());
+    if (Status c = Charge(piece); !c.ok()) return DuplexFinish(std::move(c));
+    size_t at = duplex_payload.size();
+    duplex_payload.resize(at + piece);
+    asio::async_read(stream, asio::buffer(duplex_payload.data() + at, piece), [this](const error_code& ec, size_t) {
+      if (ec) return DuplexFinish(duplex_done ? Status::OK() : Failed(ec, "receiving"));
+      ReadNextPiece();
     });
   }
   void WriteNext() {
     writing = true;
     asio::async_write(stream, asio::buffer(outq.front()), [this](const error_code& ec, size_t) {
       queued_bytes -= outq.front().size();
+      if (budget) budget->Release(outq.front().size());
       outq.pop_front();
       if (ec) return DuplexFinish(duplex_done ? Status::OK() : Failed(ec, "sending"));
       if (outq.empty()) {
@@ -217,6 +317,19 @@ struct Connection::Impl {
   bool is_server = false;
   bool broken = false;
   std::atomic<int> fd{-1};
+  // Hostile peers (transport.h): this connection's frame cap, the server's
+  // budget and pool (unset for a client's own connections).
+  uint32_t max_frame = wire::kMaxWirePayload;
+  bool authorized = true;
+  std::shared_ptr<MemoryBudget> budget;
+  size_t charged = 0;  // receive buffers charged to budget
+  std::function<Status()> authorize;
+
+  ~Impl() {
+    if (!budget) return;
+    for (const auto& f : outq) budget->Release(f.size());
+    budget->Release(charged);
+  }
 
   // Duplex state (the io thread's own, except queued_bytes).
   static constexpr size_t kMaxQueued = 64u << 20;
@@ -237,6 +350,11 @@ Connection::Connection(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Connection::~Connection() {
   error_code ec;
   impl_->stream.lowest_layer().close(ec);
+}
+
+Status Connection::Authorize() {
+  if (impl_->authorized || !impl_->authorize) return Status::OK();
+  return impl_->authorize();
 }
 
 const PeerInfo& Connection::peer() const { return impl_->peer; }
@@ -278,6 +396,7 @@ void Connection::Post(const wire::Message& m) {
   Bytes frame = wire::EncodeFrame(0, m);
   size_t n = frame.size();
   if (i->queued_bytes.fetch_add(n) + n > Impl::kMaxQueued) {
+    i->queued_bytes -= n;
     asio::post(i->ioc, [i] {
       i->DuplexFinish(Status::Unavailable(i->peer.Describe() + " is not reading: over " +
                                           HumanBytes(Impl::kMaxQueued) + " queued for it"));
@@ -288,6 +407,14 @@ void Connection::Post(const wire::Message& m) {
     if (i->duplex_done) {
       i->queued_bytes -= f.size();
       return;
+    }
+    // Charged here, on the io thread: a frame still in the io queue when
+    // the connection goes was never charged.
+    if (i->budget && !i->budget->TryAcquire(f.size())) {
+      i->queued_bytes -= f.size();
+      return i->DuplexFinish(Status::ResourceExhausted(
+          "this server holds " + HumanBytes(i->budget->used()) + " of frames in flight, its limit: " +
+          i->peer.Describe() + " is cut off"));
     }
     i->outq.push_back(std::move(f));
     if (!i->writing) i->WriteNext();
@@ -360,8 +487,8 @@ Result<Frame> Connection::Receive(int timeout_ms) {
     impl_->broken = true;  // the stream is out of step: nothing after this can be trusted
     return h.status().Annotate("frame from " + impl_->peer.Describe());
   }
-  Bytes payload(h->length);
-  SLINGSHOT_RETURN_IF_ERROR(impl_->ReadExact(payload.data(), payload.size(), timeout_ms));
+  SLINGSHOT_RETURN_IF_ERROR(impl_->CheckLength(*h));
+  SLINGSHOT_ASSIGN_OR_RETURN(Bytes payload, impl_->ReadPayload(*h, timeout_ms));
   // A payload that fails to decode leaves the stream in step: the connection
   // stays usable and the caller may answer with an Error.
   SLINGSHOT_ASSIGN_OR_RETURN(wire::Message m, wire::DecodePayload(*h, payload));
@@ -388,6 +515,7 @@ struct Server::Impl {
   ServerOptions options;
   RequestHandler* handler = nullptr;
   std::shared_ptr<ssl::context> ctx;
+  std::shared_ptr<MemoryBudget> budget;
   asio::io_context ioc;
   tcp::acceptor acceptor{ioc};
   std::thread accept_thread;
@@ -397,12 +525,18 @@ struct Server::Impl {
     int fd = -1;
     std::thread thread;
     bool done = false;
+    std::string ip;           // the peer's address without its port
+    uint64_t order = 0;       // accept order: the oldest pending goes first
+    bool authorized = false;  // in the authorized pool
+    bool evicted = false;     // shut down to make room
+    std::string fingerprint;  // its certificate's, once authorized
   };
   mutable Mutex mu;
   std::list<Live> live GUARDED_BY(mu);
   bool stopping GUARDED_BY(mu) = false;
+  uint64_t next_order GUARDED_BY(mu) = 0;
 
-  std::atomic<uint64_t> accepted{0}, refused{0}, bad_frames{0}, requests{0};
+  std::atomic<uint64_t> accepted{0}, refused{0}, evicted{0}, bad_frames{0}, requests{0};
 
   void AcceptNext() {
     acceptor.async_accept([this](const error_code& ec, tcp::socket s) {
@@ -424,27 +558,53 @@ struct Server::Impl {
     }
   }
 
+  // Shuts down the oldest pending connection (of ip, if given) when its pool
+  // is at quota. Its thread then fails its next read and ends.
+  void EvictOldestPending(const std::string* ip) REQUIRES(mu) {
+    Live* oldest = nullptr;
+    for (auto& l : live) {
+      if (l.authorized || l.evicted || l.done || (ip && l.ip != *ip)) continue;
+      if (!oldest || l.order < oldest->order) oldest = &l;
+    }
+    if (!oldest) return;
+    oldest->evicted = true;
+    ++evicted;
+    if (oldest->fd >= 0) ::shutdown(oldest->fd, SHUT_RDWR);
+    LogWarning("closed a pending connection from " + oldest->ip + " to make room: " +
+               (ip ? "at most " + std::to_string(options.max_pending_per_address) + " per address"
+                   : "at most " + std::to_string(options.max_pending) + " in all") +
+               " may be unauthenticated at once");
+  }
+
+  size_t CountPending(const std::string* ip) REQUIRES(mu) {
+    size_t n = 0;
+    for (const auto& l : live) {
+      if (!l.authorized && !l.evicted && !l.done && (!ip || l.ip == *ip)) ++n;
+    }
+    return n;
+  }
+
   void OnAccept(tcp::socket s) {
     error_code ec;
     auto remote = s.remote_endpoint(ec);
-    std::string address = ec ? "unknown" : remote.address().to_string() + ":" + std::to_string(remote.port());
+    std::string ip = ec ? "unknown" : remote.address().to_string();
+    std::string address = ec ? "unknown" : ip + ":" + std::to_string(remote.port());
     bool v6 = !ec && remote.address().is_v6();
     MutexLock lock(&mu);
     ReapDone();
     if (stopping) return;
-    if (live.size() >= options.max_connections) {
-      LogWarning(std::string("refusing ") + address + ": already serving " + std::to_string(live.size()) + " connections");
-      ++refused;
-      return;
-    }
+    if (CountPending(&ip) >= options.max_pending_per_address) EvictOldestPending(&ip);
+    if (CountPending(nullptr) >= options.max_pending) EvictOldestPending(nullptr);
     ++accepted;
     int fd = s.release(ec);
     if (ec) return;
     auto it = live.emplace(live.end());
     it->fd = fd;
+    it->ip = ip;
+    it->order = ++next_order;
     it->thread = std::thread([this, it, fd, address, v6] {
-      std::unique_ptr<Connection> c = Adopt(fd, address, v6);
-      if (c) Serve(*c);
+      std::unique_ptr<Connection> c = Adopt(fd, address, v6, &*it);
+      if (c) Serve(*c, &*it);
       // Forget the fd before the socket closes: Stop() must never shut
       // down a number the kernel may already have handed to someone else.
       {
@@ -457,7 +617,34 @@ struct Server::Impl {
     });
   }
 
-  std::unique_ptr<Connection> Adopt(int fd, const std::string& address, bool v6) {
+  // Moves entry into the authorized pool, if there is room.
+  Status Promote(Connection::Impl& ci, Live* entry) {
+    MutexLock l(&mu);
+    if (entry->evicted) return Status::Unavailable("the connection was closed to make room");
+    size_t total = 0, same = 0;
+    for (const auto& x : live) {
+      if (!x.authorized || x.done) continue;
+      ++total;
+      if (x.fingerprint == ci.peer.fingerprint) ++same;
+    }
+    if (total >= options.max_connections) {
+      ++refused;
+      return Status::ResourceExhausted("this server already serves " + std::to_string(total) +
+                                       " connections, its limit: try again later");
+    }
+    if (same >= options.max_per_peer) {
+      ++refused;
+      return Status::ResourceExhausted("certificate " + ci.peer.fingerprint + " already holds " +
+                                       std::to_string(same) + " connections here, the most one peer may");
+    }
+    entry->authorized = true;
+    entry->fingerprint = ci.peer.fingerprint;
+    ci.authorized = true;
+    ci.max_frame = options.max_frame;
+    return Status::OK();
+  }
+
+  std::unique_ptr<Connection> Adopt(int fd, const std::string& address, bool v6, Live* entry) {
     auto impl = std::make_unique<Connection::Impl>(ctx, options.verify_client_ca);
     impl->peer.address = address;
     error_code ec;
@@ -465,17 +652,30 @@ struct Server::Impl {
     if (ec) return nullptr;  // the caller closes fd
     impl->fd = fd;
     impl->is_server = true;
+    impl->authorized = false;
+    impl->max_frame = options.unauthorized_max_frame;
+    impl->budget = budget;
+    Connection::Impl* ci = impl.get();
+    impl->authorize = [this, ci, entry] { return Promote(*ci, entry); };
     impl->stream.lowest_layer().set_option(tcp::no_delay(true), ec);
     return std::unique_ptr<Connection>(new Connection(std::move(impl)));
   }
 
-  void Serve(Connection& conn) {
+  // Milliseconds left until deadline (at least 1).
+  static int Left(std::chrono::steady_clock::time_point deadline) {
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    return static_cast<int>(std::max<int64_t>(1, ms.count()));
+  }
+
+  void Serve(Connection& conn, Live* entry) {
     Connection* c = &conn;
     const std::string address = conn.impl_->peer.address;
     Connection::Impl& ci = *c->impl_;
+    // TLS and Hello, together, within the pending deadline.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(options.handshake_timeout_ms);
     error_code result = asio::error::would_block;
     ci.stream.async_handshake(ssl::stream_base::server, [&](const error_code& e) { result = e; });
-    Status st = ci.Run(options.handshake_timeout_ms, "the TLS handshake");
+    Status st = ci.Run(Left(deadline), "the TLS handshake");
     if (st.ok() && result) st = ci.Failed(result, "the TLS handshake");
     if (st.ok()) {
       ci.FillPeer();
@@ -491,11 +691,12 @@ struct Server::Impl {
       return;
     }
     // Hello.
-    auto hello = c->Receive(options.handshake_timeout_ms);
+    auto hello = c->Receive(Left(deadline));
     if (!hello.ok() || !std::holds_alternative<wire::Hello>(hello->message)) {
       ++bad_frames;
       LogWarning(std::string(ci.peer.Describe()) + " did not start with Hello: " + (hello.ok() ? std::string(wire::MessageTypeName(wire::TypeOf(hello->message))) : hello.status().message()));
-      if (!ci.broken || hello.status().code() == Status::Code::kUnsupported) {
+      if (!ci.broken || hello.status().code() == Status::Code::kUnsupported ||
+          hello.status().code() == Status::Code::kResourceExhausted) {
         Status why = hello.ok() ? Status::InvalidArgument("the first message must be Hello") : hello.status();
         ci.broken = false;
         (void)c->Send(0, wire::Error{why.code(), why.message()}, 1000);
@@ -510,12 +711,21 @@ struct Server::Impl {
       (void)c->Send(0, wire::Error{v.code(), v.message()}, 1000);
       return;
     }
+    // A certificate the CA issued is all the authorization there is.
+    if (options.verify_client_ca) {
+      if (Status p = Promote(ci, entry); !p.ok()) {
+        LogWarning("refused " + ci.peer.Describe() + ": " + p.message());
+        (void)c->Send(0, wire::Error{p.code(), p.message()}, 1000);
+        return;
+      }
+    }
     wire::Hello mine;
     mine.software = options.software;
-    if (!c->Send(0, mine, options.handshake_timeout_ms).ok()) return;
+    if (!c->Send(0, mine, Left(deadline)).ok()) return;
 
     for (;;) {
-      auto f = c->Receive(options.idle_timeout_ms);
+      int idle = ci.authorized ? options.idle_timeout_ms : std::min(options.idle_timeout_ms, options.unauthorized_idle_ms);
+      auto f = c->Receive(idle);
       if (!f.ok()) {
         Status::Code code = f.status().code();
         if (code == Status::Code::kUnavailable) return;  // closed, reset or idle
@@ -547,6 +757,7 @@ Result<std::unique_ptr<Server>> Server::Start(const TlsCredentials& creds, const
   impl->creds = creds;
   impl->options = options;
   impl->handler = handler;
+  impl->budget = std::make_shared<MemoryBudget>(options.memory_budget);
   SLINGSHOT_ASSIGN_OR_RETURN(impl->ctx, MakeContext(creds, true, options.verify_client_ca));
   error_code ec;
   auto address = asio::ip::make_address(options.host, ec);
@@ -605,6 +816,13 @@ ServerStats Server::stats() const {
   s.refused = impl_->refused;
   s.bad_frames = impl_->bad_frames;
   s.requests = impl_->requests;
+  s.evicted = impl_->evicted;
+  s.memory_used = impl_->budget->used();
+  MutexLock lock(&impl_->mu);
+  for (const auto& l : impl_->live) {
+    if (l.done || l.evicted) continue;
+    ++(l.authorized ? s.authorized : s.pending);
+  }
   return s;
 }
 

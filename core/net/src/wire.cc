@@ -53,7 +53,11 @@ void Put(Encoder& e, const WorkingSet& m) {
   for (const auto& id : m.ids) e.Id(id);
 }
 
-void Put(Encoder& e, const Attach& m) { e.Str(m.service); }
+void Put(Encoder& e, const Attach& m) {
+  e.Str(m.service);
+  e.U8(m.take_over ? 1 : 0);
+}
+void Put(Encoder& e, const HandOver& m) { e.Str(m.device); }
 void Put(Encoder& e, const Attached& m) {
   e.Str(m.service);
   e.Str(m.replica);
@@ -143,6 +147,10 @@ void Put(Encoder& e, const AgentStatus& m) {
   e.U64(m.from_cache);
   e.U64(m.from_stick);
   e.U64(m.from_home);
+  e.U32(m.capacity.max_replicas);
+  e.U64(m.capacity.budget_mib);
+  e.U64(m.capacity.committed_mib);
+  e.U64(m.capacity.host_free_mib);
 }
 
 // A u32 count of 32-byte ids, bounded by max and by the bytes left.
@@ -228,7 +236,17 @@ Message Get(Decoder& d, MessageType t) {
       m.ids = Ids(d, kMaxWorkingSet, "working set");
       return m;
     }
-    case MessageType::kAttach: return Attach{d.Str(kMaxName, "service")};
+    case MessageType::kAttach: {
+      Attach m;
+      m.service = d.Str(kMaxName, "service");
+      if (d.remaining() > 0) {  // absent from older clients
+        uint8_t t = d.U8();
+        if (t > 1) d.Fail("take-over flag is " + std::to_string(t));
+        m.take_over = t == 1;
+      }
+      return m;
+    }
+    case MessageType::kHandOver: return HandOver{d.Str(kMaxName, "device")};
     case MessageType::kAttached: {
       Attached m;
       m.service = d.Str(kMaxName, "service");
@@ -342,6 +360,12 @@ Message Get(Decoder& d, MessageType t) {
       m.from_cache = d.U64();
       m.from_stick = d.U64();
       m.from_home = d.U64();
+      if (d.remaining() > 0) {  // absent from older agents
+        m.capacity.max_replicas = d.U32();
+        m.capacity.budget_mib = d.U64();
+        m.capacity.committed_mib = d.U64();
+        m.capacity.host_free_mib = d.U64();
+      }
       return m;
     }
     case MessageType::kPair: {
@@ -376,7 +400,7 @@ constexpr MessageType kTypes[] = {
     MessageType::kRepaint,    MessageType::kCheckpointed, MessageType::kGetCapability,
     MessageType::kCapability, MessageType::kInstantiate, MessageType::kProgress,
     MessageType::kGetStatus,  MessageType::kAgentStatus, MessageType::kPair,
-    MessageType::kPaired};
+    MessageType::kPaired,     MessageType::kHandOver};
 static_assert(std::size(kTypes) == std::variant_size_v<Message>);
 
 }  // namespace
@@ -394,6 +418,7 @@ const char* MessageTypeName(MessageType t) {
     case MessageType::kGetWorkingSet: return "GetWorkingSet";
     case MessageType::kWorkingSet: return "WorkingSet";
     case MessageType::kAttach: return "Attach";
+    case MessageType::kHandOver: return "HandOver";
     case MessageType::kAttached: return "Attached";
     case MessageType::kInput: return "Input";
     case MessageType::kConsumed: return "Consumed";

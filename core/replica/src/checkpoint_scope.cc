@@ -39,8 +39,12 @@ Result<std::shared_ptr<const CheckpointScope::IdSet>> CheckpointScope::Reachable
 }
 
 Result<Ref> CheckpointScope::GrantCurrent(const Capability& cap, int64_t now) {
+  return GrantRef(cap, "manifest/" + cap.service, now);
+}
+
+Result<Ref> CheckpointScope::GrantRef(const Capability& cap, const std::string& name, int64_t now) {
   if (cap.not_after <= now) return Status::PermissionDenied("capability " + cap.fingerprint + " has expired");
-  SLINGSHOT_ASSIGN_OR_RETURN(Ref ref, store_->GetRef("manifest/" + cap.service));
+  SLINGSHOT_ASSIGN_OR_RETURN(Ref ref, store_->GetRef(name));
   SLINGSHOT_RETURN_IF_ERROR(Reachable(ref.object).status());
   MutexLock l(&mu_);
   for (auto it = grants_.begin(); it != grants_.end();) {  // forget the expired
@@ -52,6 +56,17 @@ Result<Ref> CheckpointScope::GrantCurrent(const Capability& cap, int64_t now) {
     g.manifests.push_back(ref.object);
   }
   return ref;
+}
+
+std::vector<ChunkId> CheckpointScope::LiveManifests(int64_t now) {
+  std::vector<ChunkId> out;
+  MutexLock l(&mu_);
+  for (const auto& [fingerprint, g] : grants_) {
+    if (g.not_after > now) out.insert(out.end(), g.manifests.begin(), g.manifests.end());
+  }
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
 }
 
 Status CheckpointScope::Check(const Capability& cap, const std::vector<ChunkId>& ids, int64_t now) {

@@ -123,6 +123,8 @@ Result<std::unique_ptr<LiveReplica>> Instantiate(Hypervisor& hv, CheckpointSourc
                                "with --state-on-disk), so it cannot be booted from its disk either; use a "
                                "surrogate whose hypervisor matches the home's");
   }
+  // Before anything is fetched: whether the replica fits here.
+  if (options.admit) SLINGSHOT_RETURN_IF_ERROR(options.admit(m));
   std::error_code ec;
   fs::create_directories(options.dir, ec);
   if (ec) return Status::IOError("create " + options.dir + ": " + ec.message());
@@ -146,14 +148,20 @@ Result<std::unique_ptr<LiveReplica>> Instantiate(Hypervisor& hv, CheckpointSourc
     }
     SLINGSHOT_RETURN_IF_ERROR(chain->Fetch(ids));
   }
-  SLINGSHOT_RETURN_IF_ERROR(WriteFileFromList(kernel, source.chunks(), options.dir + "/kernel"));
-  if (!m.initrd.IsNull()) SLINGSHOT_RETURN_IF_ERROR(WriteFileFromList(initrd, source.chunks(), options.dir + "/initrd"));
+  const std::string boot_dir = options.boot_dir.empty() ? options.dir : options.boot_dir;
+  if (boot_dir != options.dir) {
+    fs::create_directories(boot_dir, ec);
+    if (ec) return Status::IOError("create " + boot_dir + ": " + ec.message());
+    fs::permissions(boot_dir, fs::perms::owner_all, ec);
+  }
+  SLINGSHOT_RETURN_IF_ERROR(WriteFileFromList(kernel, source.chunks(), boot_dir + "/kernel"));
+  if (!m.initrd.IsNull()) SLINGSHOT_RETURN_IF_ERROR(WriteFileFromList(initrd, source.chunks(), boot_dir + "/initrd"));
   report("files", kernel.total_size + initrd.total_size, kernel.total_size + initrd.total_size);
 
   ReplicaPlan plan;
   plan.spec.name = options.vm_name;
-  plan.spec.kernel = options.dir + "/kernel";
-  if (!m.initrd.IsNull()) plan.spec.initrd = options.dir + "/initrd";
+  plan.spec.kernel = boot_dir + "/kernel";
+  if (!m.initrd.IsNull()) plan.spec.initrd = boot_dir + "/initrd";
   plan.spec.cmdline = m.vm.kernel_cmdline;
   plan.spec.memory_mib = m.vm.memory_mib;
   plan.spec.vcpus = m.vm.vcpus;
@@ -165,6 +173,7 @@ Result<std::unique_ptr<LiveReplica>> Instantiate(Hypervisor& hv, CheckpointSourc
   plan.chunks = source.chunks();
   plan.disk.dir = options.dir + "/disk";
   plan.disk.description = m.service_id;
+  plan.disk.cipher = options.cipher;
   plan.disk.prefetch = source.chain();
   if (plan.disk.prefetch) {
     auto ws = source.WorkingSet(m.disk_table);

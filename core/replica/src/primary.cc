@@ -120,8 +120,10 @@ Result<CheckpointResult> Primary::CheckpointLocked() {
   o.base.epoch = epoch_;
   auto r = TakeCheckpoint(hv_, *live_, o);
   if (!r.ok()) {
-    schedule_.Taken(schedule_.covered(), Clock::now());  // not again at once
-    return r.status().Annotate("service " + name() + ": checkpoint failed");
+    schedule_.Failed(Clock::now());  // not again at once (CheckpointSchedule)
+    return r.status().Annotate("service " + name() + ": checkpoint failed (" +
+                               std::to_string(schedule_.failures()) +
+                               " in a row; the last published one stays, and the next try waits)");
   }
   epoch_ = r->manifest.epoch;
   schedule_.Taken(r->manifest.last_seq, Clock::now());

@@ -31,6 +31,7 @@ Result<std::unique_ptr<ReplicaDisk>> ReplicaDisk::Open(const DiskTable& table, C
   std::unique_ptr<ReplicaDisk> d(new ReplicaDisk);
   ChunkTableExportOptions eo;
   eo.read_only = options.read_only;
+  eo.cipher = options.cipher;
   SLINGSHOT_ASSIGN_OR_RETURN(auto exp, ChunkTableExport::Open(table, source, options.dir + "/overlay", eo));
   d->export_ = exp.get();
   d->nbd_ = std::make_unique<NbdServer>();

@@ -92,6 +92,9 @@ Status ReplicaHost::Serve(Connection& c) {
     if (session_) {
       LogInfo("replica " + replica_ + " of " + service_ + ": " + c.peer().Describe() + " replaces " +
               session_->peer().Describe());
+      Status why = Status::AlreadyExists("another session of " + c.peer().Describe() + " attached to " + service_ +
+                                         " on replica " + replica_ + " and replaced this one");
+      session_->Post(wire::Error{why.code(), why.message()});
       session_->Close();
     }
     session_ = &c;
@@ -119,6 +122,7 @@ Status ReplicaHost::Serve(Connection& c) {
   Status end = c.Duplex(on_frame, kSessionIdleMs);
   MutexLock l(&mu_);
   if (session_id_ == id) session_ = nullptr;
+  cv_.SignalAll();
   return end;
 }
 
@@ -172,6 +176,20 @@ Status ReplicaHost::Resume(const Endpoint& ep, int timeout_ms) {
   }
   for (auto& in : held) SLINGSHOT_RETURN_IF_ERROR(adapter->Apply(in));
   return Status::OK();
+}
+
+bool ReplicaHost::HandOver(const std::string& device, int timeout_ms) {
+  MutexLock l(&mu_);
+  if (!session_) return true;
+  const uint64_t id = session_id_;
+  session_->Post(wire::HandOver{device});
+  auto deadline = Clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (session_ && session_id_ == id && Clock::now() < deadline) cv_.WaitFor(&mu_, std::chrono::milliseconds(50));
+  if (!session_ || session_id_ != id) return true;
+  LogWarning("replica " + replica_ + " of " + service_ + ": " + session_->peer().Describe() +
+             " did not leave within " + std::to_string(timeout_ms) + " ms of the hand-over; closing its session");
+  session_->Close();
+  return false;
 }
 
 void ReplicaHost::Broadcast(const wire::Message& m) {

@@ -24,6 +24,17 @@ ReplicaSet::ReplicaSet(EventLog* log, ReplicaSetOptions options) : log_(log), op
   posted_seq_ = log_->last_seq();  // recovered records are durable (EventLog::Open)
 }
 
+Result<uint64_t> ReplicaSet::RestartLog(uint64_t seq) {
+  MutexLock l(&mu_);
+  for (const auto& m : members_) {
+    if (m->live) return Status::InvalidArgument("the log cannot start afresh while replica " + m->name + " is live");
+  }
+  SLINGSHOT_ASSIGN_OR_RETURN(uint64_t dropped, log_->RestartAfter(seq));
+  posted_seq_ = seq;
+  sent_times_.clear();
+  return dropped;
+}
+
 ReplicaSet::Handle ReplicaSet::Add(std::string name, bool is_home, ReplicaChannel* channel, bool pin) {
   auto m = std::make_shared<Member>();
   m->name = std::move(name);

@@ -2,6 +2,8 @@
 
 #include <db_cxx.h>
 #include <fcntl.h>
+#include <sys/stat.h>
+#include <cstring>
 #include <limits.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -43,6 +45,7 @@ constexpr char kPackMagic[4] = {'S', 'S', 'P', 'K'};
 constexpr uint16_t kPackVersion = 1;
 constexpr uint64_t kPackHeaderSize = 16;
 constexpr uint64_t kPackRollBytes = 1ull << 30;
+constexpr uint32_t kLogFileBytes = 8u << 20;  // Berkeley DB log file size
 constexpr size_t kEntryHeader = ChunkId::kSize + ChunkStore::kValueHeaderSize;
 
 // Index record of a chunk that lives in a pack, 28 bytes:
@@ -244,6 +247,12 @@ struct ChunkStore::Impl {
       // (after a failed fsync its pages cannot be trusted) and use a new one.
       (void)active_pack_fd->Truncate(active_size);
       active_pack_fd.reset();
+      // A pack that holds nothing yet goes (a full disk must not leave one
+      // empty pack per try behind).
+      if (active_size == kPackHeaderSize) {
+        (void)fs()->RemoveFile(pack_dir + "/" + PackName(active_pack));
+        (void)fs()->SyncDir(pack_dir);
+      }
       return st.Annotate("append to pack");
     }
     active_size += total;
@@ -275,6 +284,11 @@ struct ChunkStore::Impl {
   // be id: *in_pack says that check was made.
   Result<Bytes> ValueOf(const ChunkId& id, ByteView record, bool* in_pack = nullptr) {
     if (in_pack) *in_pack = false;
+    if (!txn() && options.cipher) {
+      auto v = options.cipher->Open(record, ByteView(id.bytes.data(), id.bytes.size()));
+      if (!v.ok()) return v.status().Annotate("chunk " + id.ToHex() + " in cache " + dir);
+      return v;
+    }
     if (!IsLocation(record)) return Bytes(record.begin(), record.end());
     SLINGSHOT_ASSIGN_OR_RETURN(Location loc, DecodeLocation(id, record));
     SLINGSHOT_ASSIGN_OR_RETURN(auto fd, PackReadFd(loc.pack));
@@ -315,6 +329,27 @@ struct ChunkStore::Impl {
     return Status::OK();
   }
 
+  // A page write cut short (a full disk) leaves a database file whose size
+  // is not a multiple of its page size, and recovery then cannot write that
+  // page. The partial page was never complete, so nothing of it counts:
+  // recovery writes it again from the log. Cut it off.
+  static void CutPartialPage(const std::string& path) {
+    UniqueFd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+    struct stat st;
+    uint8_t meta[24];
+    if (!fd.valid() || ::fstat(fd.get(), &st) != 0 || ::pread(fd.get(), meta, sizeof(meta), 0) != sizeof(meta)) return;
+    uint32_t page;
+    std::memcpy(&page, meta + 20, 4);  // DBMETA's pagesize, in the host's byte order
+    if (page < 512 || page > 65536 || (page & (page - 1)) != 0) return;
+    const off_t whole = st.st_size - st.st_size % static_cast<off_t>(page);
+    if (whole == st.st_size || whole == 0) return;
+    LogWarning("database " + path + " ends in a partial page (" + std::to_string(st.st_size - whole) +
+               " bytes, a write cut short by a full disk?); cutting it: recovery writes it again from the log");
+    if (::ftruncate(fd.get(), whole) != 0 || ::fsync(fd.get()) != 0) {
+      LogWarning("cut " + path + ": " + std::strerror(errno));
+    }
+  }
+
   Status OpenEnv() {
     env = std::make_unique<DbEnv>(DB_CXX_NO_EXCEPTIONS);
     env->set_errcall(DbErrorCallback);
@@ -323,11 +358,30 @@ struct ChunkStore::Impl {
     env->set_cachesize(static_cast<uint32_t>(cache >> 30), static_cast<uint32_t>(cache & ((1u << 30) - 1)), 1);
     uint32_t flags = DB_CREATE | DB_THREAD | DB_INIT_MPOOL;
     if (txn()) {
-      env->set_lg_bsize(16u << 20);
-      env->set_lg_max(64u << 20);
+      // Log files are allocated whole when they are made: small ones (the
+      // log holds index records and objects, the chunks are in packs) keep
+      // a full disk's needs small. kLogFileBytes * 2 fits in the reserve.
+      env->set_lg_bsize(kLogFileBytes / 4);
+      env->set_lg_max(kLogFileBytes);
       env->set_lk_detect(DB_LOCK_DEFAULT);
       env->log_set_config(DB_LOG_AUTO_REMOVE, 1);
-      flags |= DB_INIT_TXN | DB_INIT_LOCK | DB_INIT_LOG | DB_RECOVER;
+      // Regions in this process's memory (DB_PRIVATE; the directory lock
+      // makes this the only process): no region file is mapped, so a full
+      // disk cannot fault a write through a mapping (SIGBUS) and damaged
+      // region files cannot crash the open. Region files hold nothing
+      // durable: any left by an older version go, and recovery rebuilds the
+      // state from the databases and the log.
+      flags |= DB_INIT_TXN | DB_INIT_LOCK | DB_INIT_LOG | DB_RECOVER | DB_PRIVATE;
+      std::error_code ec;
+      for (const auto& e : fs::directory_iterator(dir, ec)) {
+        const std::string name = e.path().filename().string();
+        if (name.size() > 5 && name.rfind("__db.", 0) == 0 &&
+            name.find_first_not_of("0123456789", 5) == std::string::npos) {
+          fs::remove(e.path(), ec);
+        } else if (name.size() > 3 && name.substr(name.size() - 3) == ".db") {
+          CutPartialPage(e.path().string());
+        }
+      }
     } else {
       flags |= DB_INIT_CDB | DB_PRIVATE;
     }
@@ -335,6 +389,14 @@ struct ChunkStore::Impl {
     if (ret != 0) {
       env->close(0);
       env.reset();
+      if (ret == DB_RUNRECOVERY && txn()) {
+        // Recovery itself failed: reopening would fail the same way.
+        return Status::Corruption(
+            "Berkeley DB could not recover the store in " + dir + " (" + db_strerror(ret) +
+            "): its file system is full, or its log (log.*) is damaged. Nothing was changed. If the disk is full, "
+            "free space on it and start again; otherwise restore " + dir + " from a copy, or make a new store and "
+            "`slingshot-home bundle import` a bundle of it");
+      }
       return DbStatus(ret, "open Berkeley DB environment " + dir);
     }
     // 16 KiB pages: a 64 KiB chunk spills into few overflow pages with little slack.
@@ -496,7 +558,32 @@ Result<std::unique_ptr<ChunkStore>> ChunkStore::Open(const std::string& dir,
     }
     st = impl->OpenEnv();
   }
+  const std::string reserve = dir + "/RESERVE";
+  if (!st.ok() && options.mode == Mode::kTransactional && fs::exists(reserve)) {
+    impl->Close();
+    std::error_code ec;
+    fs::remove(reserve, ec);
+    LogWarning("chunk store " + dir + " did not open (" + st.message() +
+               "); released its reserve for recovery and trying again. The file system is probably full: free "
+               "space on it; the reserve is made again at the next open with room");
+    st = impl->OpenEnv();
+  }
   if (!st.ok()) return st;
+  if (options.mode == Mode::kTransactional && options.reserve_bytes > 0) {
+    // Allocated even when it exists: a copy (cp, rsync, a restore from
+    // backup) makes the reserve a hole that holds no space.
+    UniqueFd fd(::open(reserve.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600));
+    int err = fd.valid() ? ::posix_fallocate(fd.get(), 0, static_cast<off_t>(options.reserve_bytes)) : errno;
+    if (err != 0) {
+      fd.Reset();
+      std::error_code ec;
+      fs::remove(reserve, ec);
+      LogWarning("chunk store " + dir + ": no room for its " + HumanBytes(options.reserve_bytes) +
+                 " reserve (" + std::strerror(err) + "): free space, or a full disk may keep it from opening");
+    } else if (::fsync(fd.get()) != 0) {
+      LogWarning("chunk store " + dir + ": sync of its reserve failed: " + std::strerror(errno));
+    }
+  }
   if (options.mode == Mode::kTransactional) SLINGSHOT_RETURN_IF_ERROR(impl->ScanPacks());
   if (options.mode == Mode::kCache) {
     SLINGSHOT_RETURN_IF_ERROR(impl->LoadLru());
@@ -591,7 +678,13 @@ Status ChunkStore::PutEncoded(std::span<const EncodedChunk> chunks) {
   Status st = impl_->RunWrite("store " + std::to_string(chunks.size()) + " chunks in " + impl_->dir, [&](DbTxn* t) {
     for (size_t i = 0; i < chunks.size(); ++i) {
       Dbt key = KeyDbt(chunks[i].id);
-      Dbt data(const_cast<uint8_t*>(chunks[i].value.data()), static_cast<uint32_t>(chunks[i].value.size()));
+      Bytes sealed;
+      ByteView stored = chunks[i].value;
+      if (impl_->options.cipher) {
+        sealed = impl_->options.cipher->Seal(stored, ByteView(chunks[i].id.bytes.data(), chunks[i].id.bytes.size()));
+        stored = sealed;
+      }
+      Dbt data(const_cast<uint8_t*>(stored.data()), static_cast<uint32_t>(stored.size()));
       int ret = impl_->chunks->put(t, &key, &data, DB_NOOVERWRITE);
       if (ret == DB_KEYEXIST) continue;
       if (ret != 0) return ret;
@@ -827,28 +920,39 @@ Result<std::vector<Ref>> ChunkStore::ListRefs() {
   return out;
 }
 
+Result<ChunkStore::ChunkSize> ChunkStore::SizeOf(const ChunkId& id) {
+  Dbt key = KeyDbt(id);
+  PrefixDbt<kLocationSize> d;
+  const uint8_t* hdr = d.buf;
+  int ret = impl_->chunks->get(nullptr, &key, &d, 0);
+  if (ret == DB_NOTFOUND) return Status::NotFound("chunk " + id.ToHex() + " is not in " + impl_->dir);
+  if (ret != 0) return DbStatus(ret, "read chunk header");
+  ChunkSize size;
+  ByteView rec = d.view();
+  if (IsLocation(rec)) {
+    SLINGSHOT_ASSIGN_OR_RETURN(Location loc, DecodeLocation(id, rec));
+    size.raw = loc.raw_len;
+    size.stored = loc.length;
+    size.in_pack = true;
+  } else if (d.get_size() >= kValueHeaderSize) {
+    size.raw = GetU32(hdr + 4);
+    size.stored = kValueHeaderSize + GetU32(hdr + 8);
+  }
+  return size;
+}
+
 Result<ChunkStoreStats> ChunkStore::Stats() {
   ChunkStoreStats s;
   std::vector<ChunkId> ids;
   SLINGSHOT_RETURN_IF_ERROR(ForEachChunk([&](const ChunkId& id) { ids.push_back(id); return true; }));
   for (const auto& id : ids) {
-    Dbt key = KeyDbt(id);
-    PrefixDbt<kLocationSize> d;
-    const uint8_t* hdr = d.buf;
-    int ret = impl_->chunks->get(nullptr, &key, &d, 0);
-    if (ret == DB_NOTFOUND) continue;
-    if (ret != 0) return DbStatus(ret, "read chunk header");
+    auto size = SizeOf(id);
+    if (size.status().IsNotFound()) continue;  // deleted since the scan
+    SLINGSHOT_RETURN_IF_ERROR(size.status());
     ++s.chunks;
-    ByteView rec = d.view();
-    if (IsLocation(rec)) {
-      SLINGSHOT_ASSIGN_OR_RETURN(Location loc, DecodeLocation(id, rec));
-      s.raw_bytes += loc.raw_len;
-      s.stored_bytes += loc.length;
-      s.pack_live_bytes += ChunkId::kSize + loc.length;
-    } else if (d.get_size() >= kValueHeaderSize) {
-      s.raw_bytes += GetU32(hdr + 4);
-      s.stored_bytes += kValueHeaderSize + GetU32(hdr + 8);
-    }
+    s.raw_bytes += size->raw;
+    s.stored_bytes += size->stored;
+    if (size->in_pack) s.pack_live_bytes += ChunkId::kSize + size->stored;
   }
   SLINGSHOT_RETURN_IF_ERROR(ForEachObject([&](const ChunkId&) { ++s.objects; return true; }));
   SLINGSHOT_ASSIGN_OR_RETURN(auto refs, ListRefs());
@@ -897,6 +1001,18 @@ Result<CompactStats> ChunkStore::CompactPacks(double min_garbage_ratio) {
   uint32_t active;
   {
     MutexLock l(&impl_->pack_mu);
+    // The pack being appended to is sealed (the next append starts a new
+    // one) once at least half of it is garbage, so it is compacted too: a
+    // store that deletes as fast as it adds never fills one pack with the
+    // dead for a whole roll size.
+    if (impl_->active_pack_fd) {
+      const uint64_t size = impl_->active_size;
+      const uint64_t live = use[impl_->active_pack].live_bytes;
+      const uint64_t garbage = size > kPackHeaderSize + live ? size - kPackHeaderSize - live : 0;
+      if (static_cast<double>(garbage) >= std::max(0.5, min_garbage_ratio) * static_cast<double>(size)) {
+        impl_->active_pack_fd.reset();
+      }
+    }
     active = impl_->active_pack_fd ? impl_->active_pack : 0;
   }
   std::vector<std::pair<uint32_t, uint64_t>> packs;

@@ -560,6 +560,34 @@ Status EventLog::TruncateUpTo(uint64_t seq) {
   return doomed.empty() ? Status::OK() : m.env->SyncDir(m.dir);
 }
 
+Result<uint64_t> EventLog::RestartAfter(uint64_t seq) {
+  Impl& m = *impl_;
+  MutexLock io(&m.io_mu);
+  uint64_t last;
+  {
+    MutexLock l(&m.mu);
+    last = m.next_seq - 1;
+  }
+  // The marker first: a crash after it leaves a log that recovery reads as
+  // starting after seq (segments it covers are dropped on open).
+  Bytes body;
+  Encoder(&body).U64(seq);
+  SLINGSHOT_RETURN_IF_ERROR(m.env->WriteFileAtomic(m.dir + "/TRUNCATED", SealFrame(kTruncMagic, kTruncVersion, body), 0600));
+  std::vector<std::string> doomed;
+  {
+    MutexLock l(&m.mu);
+    for (const auto& g : m.segments) doomed.push_back(g.path);
+    m.segments.clear();
+    m.truncated = seq;
+    m.next_seq = seq + 1;
+  }
+  // A crash from here on leaves the marker and fewer segments: recovery
+  // makes the segment after seq if none is left.
+  for (const auto& p : doomed) SLINGSHOT_RETURN_IF_ERROR(m.env->RemoveFile(p));
+  SLINGSHOT_RETURN_IF_ERROR(m.CreateSegment(seq + 1));
+  return last > seq ? last - seq : 0;
+}
+
 uint64_t EventLog::last_seq() const {
   MutexLock l(&impl_->mu);
   return impl_->next_seq - 1;

@@ -6,6 +6,8 @@
 #include <numeric>
 #include <unordered_map>
 
+#include "slingshot/base/log.h"
+
 namespace slingshot {
 namespace {
 constexpr int kCacheCompressionLevel = 1;  // the cache is local: speed over size
@@ -54,7 +56,7 @@ void FetchChain::WaitFor(const ChunkId& id) {
   while (in_flight_.count(id)) cv_.Wait(&mu_);
 }
 
-void FetchChain::Record(size_t source, const Result<Bytes>& r, int64_t micros) {
+void FetchChain::Record(size_t source, const ChunkId& id, const Result<Bytes>& r, int64_t micros) {
   MutexLock lock(&mu_);
   SourceCounters& c = stats_.sources[source];
   if (r.ok()) {
@@ -66,6 +68,11 @@ void FetchChain::Record(size_t source, const Result<Bytes>& r, int64_t micros) {
     c.misses++;
   } else if (r.status().IsCorruption()) {
     c.corrupt++;
+    // Said as it happens, with the source and chunk: a damaged stick or
+    // cache is the user's to know about. The next source is asked.
+    LogWarning("chunk " + id.Short() + " from " + sources_[source]->Describe() + " is damaged (" +
+               r.status().message() + "); fetching it from the next source" +
+               (source + 1 < sources_.size() ? " (" + sources_.back()->Describe() + " at the latest)" : ""));
   } else {
     c.errors++;
   }
@@ -105,7 +112,7 @@ Result<Bytes> FetchChain::FromSources(const ChunkId& id, Bytes* value) {
                                                      *value = std::move(v);
                                                    });
     if (!called.ok()) r = called;
-    Record(i, r, NowMicros() - start);
+    Record(i, id, r, NowMicros() - start);
     if (r.ok()) return r;
     if (!r.status().IsNotFound() || last.IsNotFound()) last = r.status();
   }
@@ -249,7 +256,7 @@ Status FetchChain::Fetch(std::span<const ChunkId> ids, const Sink& sink) {
         }
         int64_t start = NowMicros();
         auto r = sources_[i]->Get(id);
-        Record(i, r, NowMicros() - start);
+        Record(i, id, r, NowMicros() - start);
         if (r.ok()) {
           finish(id, std::move(r), Bytes());
         } else {
@@ -314,7 +321,7 @@ Status FetchChain::Fetch(std::span<const ChunkId> ids, const Sink& sink) {
     int64_t start = NowMicros();
     Status st = last->GetManyWithValues(batch, [&](const ChunkId& id, Result<Bytes>&& r, Bytes&& value) {
       int64_t now = NowMicros();
-      Record(sources_.size() - 1, r, now - start);
+      Record(sources_.size() - 1, id, r, now - start);
       start = now;
       ++delivered;
       if (!r.ok() && r.status().IsNotFound()) {
@@ -327,7 +334,7 @@ Status FetchChain::Fetch(std::span<const ChunkId> ids, const Sink& sink) {
     if (!st.ok()) {
       // The last source failed: the rest of the batch gets its error.
       for (size_t k = delivered; k < batch.size(); ++k) {
-        Record(sources_.size() - 1, st, 0);
+        Record(sources_.size() - 1, batch[k], st, 0);
         finish(batch[k], Status(st), Bytes());
       }
       failed = st;

@@ -90,13 +90,14 @@ Status WalkObjects(ChunkStore* store, const std::vector<ChunkId>& roots,
   return Status::OK();
 }
 
-Result<GcStats> CollectGarbage(ChunkStore* store) {
+Result<GcStats> CollectGarbage(ChunkStore* store, const std::vector<ChunkId>& extra_roots) {
   auto guard = store->BeginGc();
   GcStats stats;
   std::function<Status(const ChunkId&, ByteView)> on_object = [](const ChunkId&, ByteView) { return Status::OK(); };
   std::function<Status(const ChunkId&)> on_chunk = [](const ChunkId&) { return Status::OK(); };
   Walker w(store, on_object, on_chunk);
   Status st = WalkInto(&w, store, {}, &stats.refs);
+  for (size_t i = 0; st.ok() && i < extra_roots.size(); ++i) st = w.Object(extra_roots[i], "a live capability's grant");
   if (!st.ok()) return st.Annotate("garbage collection stopped before sweeping anything");
   stats.live_objects = w.objects_.size();
   stats.live_chunks = w.chunks_.size();

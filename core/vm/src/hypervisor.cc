@@ -2,7 +2,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <fstream>
+#include <sstream>
 #include <string>
 
 #include "child.h"
@@ -11,6 +13,24 @@
 #include "slingshot/base/log.h"
 
 namespace slingshot {
+
+Result<HostMemory> ReadMemInfo(const std::string& path) {
+  std::ifstream in(path);  // a /proc file: its size says 0, so read it as a stream
+  if (!in) return Status::IOError("open " + path + ": " + std::strerror(errno));
+  std::string line;
+  bool total = false, available = false;
+  HostMemory m;
+  for (int n = 0; n < 1024 && std::getline(in, line); ++n) {  // MemTotal and MemAvailable come first
+    std::istringstream fields(line);
+    std::string key;
+    uint64_t kib = 0;
+    if (!(fields >> key >> kib)) continue;
+    if (key == "MemTotal:") m.total_mib = kib / 1024, total = true;
+    if (key == "MemAvailable:") m.free_mib = kib / 1024, available = true;
+  }
+  if (!total || !available) return Status::Corruption(path + " has no MemTotal or no MemAvailable line");
+  return m;
+}
 
 const char* VmStateName(VmState s) {
   switch (s) {

@@ -284,6 +284,8 @@ class QemuHypervisor final : public Hypervisor {
     return Endpoint{"127.0.0.1", it->second};
   }
 
+  Result<HostMemory> Memory() override { return ReadMemInfo("/proc/meminfo"); }
+
   void OnDeath(DeathCallback callback) override { vms_.SetDeathCallback(std::move(callback)); }
 
  private:

@@ -1,12 +1,24 @@
-// XenHypervisor: PV domains through libxl, death through xenstore.
+// XenHypervisor: PVH or PV domains through libxl, death through xenstore.
 //
-// - Boot builds a libxl_domain_config from the spec: PV, kernel/ramdisk/
+// - The guest type: PVH when Xen offers HVM with hardware-assisted paging
+//   (physinfo cap_hvm and cap_hap), since only then has it log-dirty
+//   tracking and checkpoints can be live; PV otherwise. Chosen at Open and
+//   logged; HypervisorOptions::xen_guest_type forces one.
+// - Boot builds a libxl_domain_config from the spec: the type, kernel/ramdisk/
 //   cmdline, memory, vcpus, a phy: disk on /dev/nbdN (attached with the dom0
-//   kernel's NBD client from the replica's NBD export), a vif on a bridge.
+//   kernel's NBD client from the replica's NBD export), a vif on the VM's
+//   own bridge (ReplicaNetwork: a bridge, a namespace holding the gateway
+//   10.0.2.2, and loopback forwarders to the guest's service ports), so
+//   every guest keeps 10.0.2.15 and none reaches another, dom0 or the LAN.
 // - Checkpoint: libxl_domain_suspend writes libxl's stream into one end of a
 //   socketpair while a thread reads the other end into the VM stream; with
-//   keep_running, libxl_domain_resume(suspend_cancel) lets the guest go on
-//   (PV has no log-dirty here, so this is pause-save-resume, as `xl save -c`).
+//   keep_running, libxl_domain_resume(suspend_cancel) lets the guest go on.
+//   A PVH guest is saved live (LIBXL_SUSPEND_LIVE: memory copied in
+//   log-dirty rounds while it runs, then a short final pause); a PV one is
+//   paused for the whole save (PV has no log-dirty here), as `xl save -c`.
+//   The pause is measured, not assumed: a watcher on a libxl context of its
+//   own polls the domain's state and times from its first suspended or
+//   paused sight to the resume.
 //   libxl's stream does not carry the domain config, so its JSON goes into
 //   the VM stream's header, as xl does in its save files.
 // - Restore: the header's config (renamed, new UUID, this replica's disk)
@@ -22,6 +34,7 @@ extern "C" {
 #include <libxl_utils.h>
 #include <xenstore.h>
 }
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -30,15 +43,18 @@ extern "C" {
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <future>
 #include <map>
+#include <optional>
 #include <thread>
 
 #include "child.h"
 #include "vm_registry.h"
 #include "slingshot/base/coding.h"
 #include "slingshot/vm/hypervisor.h"
+#include "slingshot/vm/replica_network.h"
 #include "slingshot/base/log.h"
 #include "slingshot/base/mutex.h"
 #include "slingshot/vm/vm_stream.h"
@@ -48,7 +64,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 constexpr const char* kGuestAddress = "10.0.2.15";
-constexpr const char* kBridge = "xenbr0";
 constexpr uint32_t kNoDomain = static_cast<uint32_t>(INVALID_DOMID);
 
 double MsSince(Clock::time_point t) {
@@ -62,10 +77,46 @@ Status XlError(const std::string& what, int rc) {
 
 char* Dup(const std::string& s) { return strdup(s.c_str()); }
 
+// Times a domain's standstill during a save: polls its state every
+// millisecond on a libxl context of its own and keeps the first moment it
+// was seen suspended or paused.
+class PauseWatch {
+ public:
+  PauseWatch(libxl_ctx* ctx, uint32_t domid) : thread_([this, ctx, domid] { Run(ctx, domid); }) {}
+  ~PauseWatch() { Stop(); }
+  // Ends the watch; when the domain was first seen stopped, if it was.
+  std::optional<Clock::time_point> Stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+    return first_;
+  }
+
+ private:
+  void Run(libxl_ctx* ctx, uint32_t domid) {
+    while (!stop_ && !first_) {
+      libxl_dominfo info;
+      libxl_dominfo_init(&info);
+      if (libxl_domain_info(ctx, &info, domid) == 0 &&
+          (info.paused || (info.shutdown && info.shutdown_reason == LIBXL_SHUTDOWN_REASON_SUSPEND))) {
+        first_ = Clock::now();
+      }
+      libxl_dominfo_dispose(&info);
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }
+  std::atomic<bool> stop_{false};
+  std::optional<Clock::time_point> first_;  // written by the thread, read after join
+  std::thread thread_;
+};
+
 struct XenVm {
   VmSpec spec;
   std::atomic<uint32_t> domid{kNoDomain};  // read by the monitor thread
   std::string nbd_device;  // /dev/nbdN we attached, or empty
+  // Its own network, when it has service ports; set and dropped under
+  // op_mu, read under state_mu (ServiceEndpoint must not wait for a
+  // checkpoint).
+  std::shared_ptr<ReplicaNetwork> net GUARDED_BY(state_mu);
   Mutex op_mu;
   Mutex state_mu;
   VmState state GUARDED_BY(state_mu) = VmState::kRunning;
@@ -75,12 +126,16 @@ struct XenVm {
 
 class XenHypervisor final : public Hypervisor {
  public:
-  static Result<std::unique_ptr<Hypervisor>> Open() {
+  static Result<std::unique_ptr<Hypervisor>> Open(const HypervisorOptions& options) {
     std::unique_ptr<XenHypervisor> h(new XenHypervisor);
+    h->network_prefix_ = options.network_prefix;
     h->logger_ = xtl_createlogger_stdiostream(stderr, XTL_ERROR, 0);
-    if (libxl_ctx_alloc(&h->ctx_, LIBXL_VERSION, 0,
-                        reinterpret_cast<xentoollog_logger*>(h->logger_)) != 0) {
-      h->ctx_ = nullptr;
+    libxl_ctx* ctx = nullptr;
+    libxl_ctx* watch_ctx = nullptr;
+    auto* logger = reinterpret_cast<xentoollog_logger*>(h->logger_);
+    if (libxl_ctx_alloc(&ctx, LIBXL_VERSION, 0, logger) == 0) h->ctx_ = ctx;
+    if (h->ctx_ && libxl_ctx_alloc(&watch_ctx, LIBXL_VERSION, 0, logger) == 0) h->watch_ctx_ = watch_ctx;
+    if (!h->ctx_ || !h->watch_ctx_) {
       return Status::Unsupported(
           "cannot open libxl (libxl_ctx_alloc failed: no Xen hypervisor or no privileged "
           "access). The Xen backend runs only in a Xen dom0 as root; elsewhere use the QEMU backend (hypervisor = qemu)");
@@ -88,9 +143,14 @@ class XenHypervisor final : public Hypervisor {
     static const libxl_childproc_hooks hooks = {
         libxl_sigchld_owner_libxl_always_selective_reap, nullptr, nullptr};
     libxl_childproc_setmode(h->ctx_, &hooks, nullptr);
+    libxl_childproc_setmode(h->watch_ctx_, &hooks, nullptr);
+    SLINGSHOT_RETURN_IF_ERROR(h->ChooseGuestType(options.xen_guest_type));
     h->xs_ = xs_open(0);
     if (!h->xs_ || !xs_watch(h->xs_, "@releaseDomain", "slingshot")) {
       return Status::IOError("cannot watch xenstore @releaseDomain (is xenstored running?)");
+    }
+    if (int n = ReplicaNetwork::RemoveStale(h->network_prefix_, ""); n > 0) {
+      LogInfo("removed " + std::to_string(n) + " replica network objects a previous run left in dom0");
     }
     h->monitor_ = std::thread([p = h.get()] { p->Monitor(); });
     return std::unique_ptr<Hypervisor>(std::move(h));
@@ -106,6 +166,7 @@ class XenHypervisor final : public Hypervisor {
     if (xs_) xs_unwatch(xs_, "@releaseDomain", "slingshot");
     if (xs_) xs_close(xs_);
     if (ctx_) libxl_ctx_free(ctx_);
+    if (watch_ctx_) libxl_ctx_free(watch_ctx_);
     if (logger_) xtl_logger_destroy(reinterpret_cast<xentoollog_logger*>(logger_));
   }
 
@@ -126,6 +187,7 @@ class XenHypervisor final : public Hypervisor {
     }
     if (s.ok()) {
       vm->domid = domid;
+      SealVifs(vm.get());
       int rc = libxl_domain_unpause(ctx_, domid, nullptr);
       if (rc) s = XlError("domain_unpause", rc);
     }
@@ -152,6 +214,7 @@ class XenHypervisor final : public Hypervisor {
       libxl_domain_config_dispose(&cfg);
       return XlError("retrieve_domain_configuration", rc);
     }
+    const bool live = cfg.c_info.type == LIBXL_DOMAIN_TYPE_PVH;
     char* json = libxl_domain_config_to_json(ctx_, &cfg);
     libxl_domain_config_dispose(&cfg);
     if (!json) return Status::IOError("libxl could not describe the domain config as JSON");
@@ -182,9 +245,11 @@ class XenHypervisor final : public Hypervisor {
       shutdown(ours.get(), SHUT_RDWR);
       read_done.set_value(st);
     });
-    auto pause_start = Clock::now();
+    PauseWatch watch(watch_ctx_, vm->domid);
+    const auto call_start = Clock::now();
+    if (!live) SetState(vm.get(), VmState::kPaused);
+    rc = libxl_domain_suspend(ctx_, vm->domid, theirs.get(), live ? LIBXL_SUSPEND_LIVE : 0, nullptr);
     SetState(vm.get(), VmState::kPaused);
-    rc = libxl_domain_suspend(ctx_, vm->domid, theirs.get(), 0, nullptr);
     shutdown(theirs.get(), SHUT_WR);  // EOF for the reader
     Status read_status = read_done.get_future().get();
     reader.join();
@@ -196,8 +261,11 @@ class XenHypervisor final : public Hypervisor {
       if (s.ok() && r2) s = XlError("domain_resume", r2);
     }
     CheckpointStats stats;
-    stats.pause_ms = MsSince(pause_start);
+    // From the first moment the guest was seen stopped (or, if the watcher
+    // never saw it, from the call) to its resume.
+    stats.pause_ms = MsSince(watch.Stop().value_or(call_start));
     stats.total_ms = MsSince(t0);
+    stats.live = live;
     stats.stream_bytes = writer.bytes_written();
     if (!read_status.ok()) return read_status.Annotate("checkpoint of " + name + " abandoned");
     if (!s.ok()) return s.Annotate("checkpoint of " + name);
@@ -266,6 +334,10 @@ class XenHypervisor final : public Hypervisor {
         s = Status::Corruption("the checkpoint's Xen domain config is not valid libxl JSON");
       }
     }
+    if (s.ok() && cfg.c_info.type == LIBXL_DOMAIN_TYPE_PVH && !pvh_capable_) {
+      s = Status::Unsupported("this checkpoint is of a PVH domain, and this host's Xen cannot run PVH "
+                              "guests (it offers no HVM with hardware-assisted paging)");
+    }
     if (s.ok()) s = Retarget(vm.get(), &cfg);
     if (s.ok()) {
       libxl_domain_restore_params params;
@@ -277,6 +349,7 @@ class XenHypervisor final : public Hypervisor {
       libxl_domain_restore_params_dispose(&params);
       if (domid != kNoDomain) vm->domid = domid;
       if (rc) s = XlError("domain_create_restore", rc);
+      if (rc == 0) SealVifs(vm.get());
     }
     theirs.Reset();  // unblocks a producer still writing
     producer.join();
@@ -320,15 +393,62 @@ class XenHypervisor final : public Hypervisor {
   Result<Endpoint> ServiceEndpoint(const std::string& name, uint16_t guest_port) override {
     SLINGSHOT_ASSIGN_OR_RETURN(std::shared_ptr<XenVm> vm, vms_.Find(name));
     for (uint16_t p : vm->spec.service_ports) {
-      if (p == guest_port) return Endpoint{kGuestAddress, guest_port};
+      if (p != guest_port) continue;
+      std::shared_ptr<ReplicaNetwork> net = NetOf(vm.get());
+      if (!net) return Status::Unavailable("VM " + name + " has no network (it is stopped)");
+      return net->Forward(kGuestAddress, guest_port);
     }
     return Status::NotFound("VM " + name + " exposes no guest port " + std::to_string(guest_port));
+  }
+
+  Result<HostMemory> Memory() override {
+    libxl_physinfo info;
+    libxl_physinfo_init(&info);
+    int rc = libxl_get_physinfo(ctx_, &info);
+    HostMemory m;
+    if (rc == 0) {
+      const uint64_t page_kib = 4;  // Xen's pages on x86
+      m.total_mib = info.total_pages * page_kib / 1024;
+      m.free_mib = info.free_pages * page_kib / 1024;
+    }
+    libxl_physinfo_dispose(&info);
+    if (rc != 0) return Status::IOError("libxl_get_physinfo failed (" + std::to_string(rc) + ")");
+    return m;
   }
 
   void OnDeath(DeathCallback callback) override { vms_.SetDeathCallback(std::move(callback)); }
 
  private:
   XenHypervisor() = default;
+
+  Status ChooseGuestType(const std::string& wanted) {
+    libxl_physinfo info;
+    libxl_physinfo_init(&info);
+    int rc = libxl_get_physinfo(ctx_, &info);
+    pvh_capable_ = rc == 0 && info.cap_hvm && info.cap_hap;
+    libxl_physinfo_dispose(&info);
+    if (rc) return XlError("get_physinfo", rc);
+    if (wanted == "pv") {
+      guest_type_ = LIBXL_DOMAIN_TYPE_PV;
+      LogInfo("Xen guests: PV (as configured); checkpoints pause a guest for the whole save");
+    } else if (wanted == "pvh" || wanted == "auto") {
+      if (!pvh_capable_) {
+        if (wanted == "pvh") {
+          return Status::Unsupported("xen guest type pvh asked for, but this Xen offers no HVM with "
+                                     "hardware-assisted paging (xl info: virt_caps); use pv");
+        }
+        guest_type_ = LIBXL_DOMAIN_TYPE_PV;
+        LogInfo("Xen guests: PV, since this Xen offers no HVM with hardware-assisted paging; "
+                "checkpoints pause a guest for the whole save");
+      } else {
+        guest_type_ = LIBXL_DOMAIN_TYPE_PVH;
+        LogInfo("Xen guests: PVH (hardware-assisted paging); checkpoints are live");
+      }
+    } else {
+      return Status::InvalidArgument("xen guest type '" + wanted + "': use auto, pvh or pv");
+    }
+    return Status::OK();
+  }
 
   Status ValidateSpec(const VmSpec& s) {
     SLINGSHOT_RETURN_IF_ERROR(ValidateVmName(s.name));
@@ -340,10 +460,8 @@ class XenHypervisor final : public Hypervisor {
       return Status::InvalidArgument("the Xen backend attaches disks with the dom0 kernel's NBD "
                                      "client, which needs the export over TCP (disk.host, disk.port)");
     }
-    if (!s.service_ports.empty() && access(("/sys/class/net/" + std::string(kBridge)).c_str(), F_OK) != 0) {
-      return Status::InvalidArgument(std::string("guest ports need the dom0 bridge ") + kBridge +
-                                     " (ip link add " + kBridge + " type bridge; ip addr add "
-                                     "10.0.2.2/24 dev " + kBridge + "; ip link set " + kBridge + " up)");
+    if (!s.service_ports.empty()) {
+      SLINGSHOT_RETURN_IF_ERROR(FindExecutable("ip", "iproute2").status());
     }
     return Status::OK();
   }
@@ -391,21 +509,59 @@ class XenHypervisor final : public Hypervisor {
       cfg->disks[0].readwrite = s.disk->read_only ? 0 : 1;
     }
     if (!s.service_ports.empty()) {
+      SLINGSHOT_RETURN_IF_ERROR(EnsureNetwork(vm));
       cfg->num_nics = 1;
       cfg->nics = static_cast<libxl_device_nic*>(calloc(1, sizeof(libxl_device_nic)));
       libxl_device_nic_init(&cfg->nics[0]);
-      cfg->nics[0].bridge = Dup(kBridge);
+      cfg->nics[0].bridge = Dup(NetOf(vm)->bridge());
       cfg->nics[0].devid = 0;
     }
     return Status::OK();
   }
 
+  static std::shared_ptr<ReplicaNetwork> NetOf(XenVm* vm) {
+    MutexLock l(&vm->state_mu);
+    return vm->net;
+  }
+
+  Status EnsureNetwork(XenVm* vm) {
+    if (NetOf(vm)) return Status::OK();
+    ReplicaNetworkOptions o;
+    o.prefix = network_prefix_;
+    o.id = next_network_id_++;
+    if (!vm->spec.run_dir.empty()) {
+      std::error_code ec;
+      std::filesystem::create_directories(vm->spec.run_dir, ec);
+      if (ec) return Status::IOError("cannot make " + vm->spec.run_dir + ": " + ec.message());
+      o.log_path = vm->spec.run_dir + "/network.log";
+    }
+    SLINGSHOT_ASSIGN_OR_RETURN(std::unique_ptr<ReplicaNetwork> net, ReplicaNetwork::Create(o));
+    LogInfo("VM " + vm->spec.name + ": its own network on bridge " + net->bridge() +
+            " (namespace " + net->netns() + ")");
+    MutexLock l(&vm->state_mu);
+    vm->net = std::move(net);
+    return Status::OK();
+  }
+
+  // The domain's vifs (vifDOMID.N in dom0) get no IPv6 link-local address:
+  // the bridge passes frames between them and the veth, and dom0 keeps no
+  // address of its own on the guest's link. Best effort; a kernel without
+  // IPv6 has nothing to seal.
+  void SealVifs(XenVm* vm) {
+    if (!NetOf(vm)) return;
+    const std::string dev = "vif" + std::to_string(vm->domid.load()) + ".0";
+    int fd = ::open(("/proc/sys/net/ipv6/conf/" + dev + "/disable_ipv6").c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return;
+    (void)!::write(fd, "1", 1);
+    ::close(fd);
+  }
+
   Status BuildConfig(XenVm* vm, libxl_domain_config* cfg) {
     const VmSpec& s = vm->spec;
-    cfg->c_info.type = LIBXL_DOMAIN_TYPE_PV;
+    cfg->c_info.type = guest_type_;
     cfg->c_info.name = Dup(s.name);
     libxl_uuid_generate(&cfg->c_info.uuid);
-    libxl_domain_build_info_init_type(&cfg->b_info, LIBXL_DOMAIN_TYPE_PV);
+    libxl_domain_build_info_init_type(&cfg->b_info, guest_type_);
     cfg->b_info.max_vcpus = static_cast<int>(s.vcpus);
     libxl_bitmap_alloc(ctx_, &cfg->b_info.avail_vcpus, static_cast<int>(s.vcpus));
     libxl_bitmap_set_none(&cfg->b_info.avail_vcpus);
@@ -422,20 +578,31 @@ class XenHypervisor final : public Hypervisor {
   }
 
   // Points a checkpoint's config at this replica: its name, a new UUID, its
-  // own disk. The NIC keeps its MAC, which the guest's memory remembers.
+  // own disk and network, and this host's copies of the boot files (the
+  // config names the paths on the host that took the checkpoint). The NIC
+  // keeps its MAC, which the guest's memory remembers.
   Status Retarget(XenVm* vm, libxl_domain_config* cfg) {
     free(cfg->c_info.name);
     cfg->c_info.name = Dup(vm->spec.name);
     libxl_uuid_generate(&cfg->c_info.uuid);
+    if (!vm->spec.kernel.empty()) {
+      free(cfg->b_info.kernel);
+      cfg->b_info.kernel = Dup(vm->spec.kernel);
+    }
+    if (!vm->spec.initrd.empty()) {
+      free(cfg->b_info.ramdisk);
+      cfg->b_info.ramdisk = Dup(vm->spec.initrd);
+    }
     for (int i = 0; i < cfg->num_disks; ++i) libxl_device_disk_dispose(&cfg->disks[i]);
     free(cfg->disks);
     cfg->disks = nullptr;
     cfg->num_disks = 0;
     bool had_nic = cfg->num_nics > 0;
     if (had_nic) {
+      SLINGSHOT_RETURN_IF_ERROR(EnsureNetwork(vm));
       for (int i = 0; i < cfg->num_nics; ++i) {
         free(cfg->nics[i].bridge);
-        cfg->nics[i].bridge = Dup(kBridge);
+        cfg->nics[i].bridge = Dup(NetOf(vm)->bridge());
       }
     }
     VmSpec devices = vm->spec;
@@ -466,6 +633,12 @@ class XenHypervisor final : public Hypervisor {
     vm->domid = kNoDomain;
     DetachNbd(vm->nbd_device);
     vm->nbd_device.clear();
+    std::shared_ptr<ReplicaNetwork> net;
+    {
+      MutexLock l(&vm->state_mu);
+      net.swap(vm->net);
+    }
+    net.reset();  // removes the bridge and namespace (unless a caller still forwards)
   }
 
   static VmState StateOf(XenVm* vm) {
@@ -535,16 +708,21 @@ class XenHypervisor final : public Hypervisor {
   }
 
   libxl_ctx* ctx_ = nullptr;
+  libxl_ctx* watch_ctx_ = nullptr;  // the pause watcher's own
+  libxl_domain_type guest_type_ = LIBXL_DOMAIN_TYPE_PV;
+  bool pvh_capable_ = false;
+  std::string network_prefix_;
   xentoollog_logger_stdiostream* logger_ = nullptr;
   struct xs_handle* xs_ = nullptr;
   VmRegistry<XenVm> vms_;
   std::thread monitor_;
+  std::atomic<uint32_t> next_network_id_{1};
 };
 
 }  // namespace
 
-Result<std::unique_ptr<Hypervisor>> OpenXenHypervisor(const HypervisorOptions&) {
-  return XenHypervisor::Open();
+Result<std::unique_ptr<Hypervisor>> OpenXenHypervisor(const HypervisorOptions& options) {
+  return XenHypervisor::Open(options);
 }
 
 }  // namespace slingshot

@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "slingshot/base/cipher.h"
 #include "slingshot/store/chunk_source.h"
 #include "slingshot/store/disk_table.h"
 #include "slingshot/disk/nbd_server.h"
@@ -32,6 +33,9 @@ class ChunkStore;
 struct ChunkTableExportOptions {
   bool read_only = false;
   size_t cached_chunks = 64;  // decoded chunks kept for reads
+  // The overlay file's bytes are encrypted under it (a surrogate's key,
+  // base/cipher.h): the guest's writes are unreadable on disk. Null: plain.
+  std::shared_ptr<const LocalCipher> cipher = nullptr;
 };
 
 struct ChunkTableExportStats {

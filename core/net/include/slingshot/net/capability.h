@@ -9,6 +9,13 @@
 // issues it (CertificateAuthority::IssueCapability), the agent checks it
 // against the instantiate it came with, and the home serves its holder only
 // what that service's manifest reaches.
+//
+// A client certificate belongs to a user: its subject description says
+//   user=USER
+// (same rules as the names above). Every device a user pairs is issued a
+// certificate of its own (its CN names the device) with the same user, and
+// a service belongs to one user. A client certificate without a
+// description is its own user, named by its CN.
 #ifndef SLINGSHOT_NET_CAPABILITY_H_
 #define SLINGSHOT_NET_CAPABILITY_H_
 
@@ -48,6 +55,12 @@ struct Capability {
   // InvalidArgument unless both names are well formed.
   Status Check() const;
 };
+
+// "user=USER"; InvalidArgument unless user is a well-formed name.
+Result<std::string> UserScope(std::string_view user);
+// The user a client certificate's description names (device: its CN, the
+// user when the description is empty). PermissionDenied for anything else.
+Result<std::string> ParseUserScope(std::string_view scope, std::string_view device);
 
 }  // namespace slingshot
 

@@ -55,7 +55,8 @@ class PairingCode {
 
 // What the home gives a client that pairs.
 struct PairingOffer {
-  std::string client_name;   // the certificate's CN
+  std::string client_name;   // the certificate's CN: the device
+  std::string user;          // the user it belongs to (capability.h); "" = client_name
   int64_t valid_seconds = 365 * 86400;
   CertificateAuthority ca;
   TlsCredentials home_creds;  // the listener's own TLS identity (role "home")

@@ -37,7 +37,7 @@ struct CertificateInfo {
   std::string common_name;
   Role role = Role::kUnknown;
   std::string role_name;   // the OU as written (for messages about unknown roles)
-  std::string scope;       // a capability's description (capability.h), else ""
+  std::string scope;       // a capability's or client's description (capability.h), else ""
   int64_t not_before = 0;  // unix seconds
   int64_t not_after = 0;
   std::string fingerprint;  // SHA-256 of the DER, first 16 hex digits
@@ -53,6 +53,9 @@ Status VerifyCertificate(const std::string& cert_pem, const std::string& ca_pem,
 // well-formed scope (capability.h). PermissionDenied saying what it is
 // instead. Checks nothing about who issued it (VerifyCapability does).
 Result<Capability> CapabilityOf(const CertificateInfo& info);
+// The user a client certificate belongs to (capability.h). PermissionDenied
+// if it is not a client certificate or its description names no user.
+Result<std::string> UserOf(const CertificateInfo& info);
 // VerifyCertificate (chains to ca_pem, not expired), then CapabilityOf.
 Result<Capability> VerifyCapability(const std::string& cert_pem, const std::string& ca_pem);
 
@@ -79,8 +82,11 @@ class CertificateAuthority {
   Result<TlsCredentials> IssueCapability(const Capability& cap, int64_t valid_seconds) const;
   // A certificate for the key in another certificate (a pairing client's
   // self-signed one, whose key never leaves the client).
+  // user: a client's user (capability.h; "" = none, the CN is the user).
   Result<std::string> IssueForKeyOf(const std::string& cert_pem, const std::string& common_name, Role role,
-                                    int64_t valid_seconds) const;
+                                    int64_t valid_seconds, const std::string& user = "") const;
+  // A client device's certificate, of user (capability.h).
+  Result<TlsCredentials> IssueClient(const std::string& device, const std::string& user, int64_t valid_seconds) const;
   const std::string& cert_pem() const { return cert_pem_; }
 
  private:

@@ -13,6 +13,22 @@
 //
 // A Connection is used by one thread at a time. A Server runs one thread per
 // connection (bounded) and hands every request to its Handler.
+//
+// Hostile peers (DESIGN.md §6): a frame's buffer grows with the bytes that
+// arrive, never from its length field alone, and a server bounds the bytes
+// all its connections hold (frames being received and frames queued for
+// sending) with one budget. A server's connections are in one of two pools:
+//   pending     TLS, Hello, and (where the handler decides who is trusted)
+//               everything up to Connection::Authorize: a short deadline,
+//               frames of at most unauthorized_max_frame bytes, at most
+//               max_pending of them and max_pending_per_address from one
+//               address; a newcomer over either quota evicts the oldest
+//               pending connection (of its address first), so strangers
+//               that hold connections open cannot lock anyone out for long.
+//   authorized  a certificate the CA issued (verify_client_ca) or a handler
+//               that called Authorize(): at most max_connections, at most
+//               max_per_peer per certificate; frames up to max_frame. A peer
+//               refused for lack of room is told why in place of Hello.
 #ifndef SLINGSHOT_NET_TRANSPORT_H_
 #define SLINGSHOT_NET_TRANSPORT_H_
 
@@ -32,9 +48,11 @@ struct PeerInfo {
   std::string address;      // "127.0.0.1:40312"
   std::string common_name;  // from the verified certificate
   Role role = Role::kUnknown;
+  std::string user;         // a client certificate's user (capability.h), else ""
   std::string software;     // from its Hello
   std::string cert_pem;     // its certificate (for checks of its own, in open mode)
   std::string fingerprint;  // InspectCertificate's fingerprint of it
+  int64_t not_after = 0;    // its expiry (unix seconds)
   std::string Describe() const;  // "client alice (127.0.0.1:40312)"
 };
 
@@ -86,6 +104,12 @@ class Connection {
   // starts. A peer that lets more than 64 MiB pile up unread is cut off.
   void Post(const wire::Message& m);
 
+  // Moves a server connection from the pending pool to the authorized one
+  // (a handler that checked the peer itself: the agent, after a valid
+  // capability) and lifts its frame cap. ResourceExhausted, saying why, when
+  // the authorized pool has no room. OK for a client connection.
+  Status Authorize();
+
   const PeerInfo& peer() const;
   bool broken() const;
   // 32 bytes that both ends of this TLS session, and no one else, can
@@ -116,17 +140,28 @@ struct ServerOptions {
   // Off: accept a client certificate from any issuer (a surrogate serves
   // clients of every home); the handler checks PeerInfo::cert_pem itself.
   bool verify_client_ca = true;
-  int handshake_timeout_ms = 10000;
-  int idle_timeout_ms = 600000;     // a connection silent this long is closed
-  size_t max_connections = 64;
+  int handshake_timeout_ms = 5000;  // TLS and Hello, from the accept
+  int idle_timeout_ms = 600000;     // an authorized connection silent this long is closed
+  int unauthorized_idle_ms = 10000; // a pending one, between frames
+  size_t max_connections = 64;      // authorized
+  size_t max_per_peer = 16;         // authorized, per certificate
+  size_t max_pending = 32;
+  size_t max_pending_per_address = 8;
+  uint32_t max_frame = 1u << 20;              // authorized peers' requests (payload bytes)
+  uint32_t unauthorized_max_frame = 16u << 10;
+  uint64_t memory_budget = 256ull << 20;      // all connections' frames in flight
   std::string software = "slingshot";
 };
 
 struct ServerStats {
   uint64_t accepted = 0;
-  uint64_t refused = 0;     // TLS or role failures
-  uint64_t bad_frames = 0;  // malformed or wrong-version frames
+  uint64_t refused = 0;     // TLS, role or room failures
+  uint64_t evicted = 0;     // pending connections closed to make room
+  uint64_t bad_frames = 0;  // malformed, oversized or wrong-version frames
   uint64_t requests = 0;
+  uint64_t pending = 0;     // now
+  uint64_t authorized = 0;  // now
+  uint64_t memory_used = 0; // now, of memory_budget
 };
 
 class Server {

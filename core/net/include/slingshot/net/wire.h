@@ -78,6 +78,7 @@ enum class MessageType : uint16_t {
   // code but no credentials yet, and the home's pairing listener.
   kPair = 24,           // client -> home: proof that it knows the code
   kPaired = 25,         // home -> client: its certificate and the home's proof
+  kHandOver = 26,       // home -> client: another device takes the service over
 };
 const char* MessageTypeName(MessageType t);
 
@@ -143,6 +144,10 @@ constexpr uint32_t kMaxScreenSide = 8192;
 
 struct Attach {
   std::string service;
+  // Another device of the same user holds the service: take it over (the
+  // holder is sent HandOver, the home checkpoints, and this client's log
+  // starts afresh after the checkpoint's seq, which Attached reports).
+  bool take_over = false;
 };
 struct Attached {
   std::string service;
@@ -207,11 +212,20 @@ struct ReplicaStatus {
   uint64_t consumed_seq = 0;
   int64_t expires = 0;  // the capability's not_after
 };
+// What a surrogate can still host (admission.h). Trailing on the wire:
+// absent (all zero) from older agents.
+struct AgentCapacity {
+  uint32_t max_replicas = 0;
+  uint64_t budget_mib = 0;     // memory for replicas in all
+  uint64_t committed_mib = 0;  // of it, what admitted replicas hold
+  uint64_t host_free_mib = 0;  // the host's free memory now, less its reserve
+};
 struct AgentStatus {
   std::string name;
   std::vector<ReplicaStatus> replicas;
   uint64_t cache_bytes = 0;
   uint64_t from_cache = 0, from_stick = 0, from_home = 0;
+  AgentCapacity capacity;
 };
 
 // Proofs are HMAC-SHA256 under the pairing code over the TLS session's
@@ -230,10 +244,16 @@ struct Paired {
   Bytes proof;               // kPairProofSize bytes, over everything above too
 };
 
+// The session's holder is asked to stop: take no more input, let the home
+// consume what it has logged (Consumed reaches its last seq), then close.
+struct HandOver {
+  std::string device;  // who takes over
+};
+
 using Message = std::variant<Hello, Error, GetChunks, ChunkData, GetObject, ObjectData, GetRef,
                              RefData, GetWorkingSet, WorkingSet, Attach, Attached, Input, Consumed,
                              Screen, Repaint, Checkpointed, GetCapability, Capability, Instantiate,
-                             Progress, GetStatus, AgentStatus, Pair, Paired>;
+                             Progress, GetStatus, AgentStatus, Pair, Paired, HandOver>;
 
 MessageType TypeOf(const Message& m);
 

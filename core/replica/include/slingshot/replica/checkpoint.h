@@ -50,23 +50,40 @@ Result<CheckpointResult> TakeCheckpoint(Hypervisor& hv, LiveReplica& replica, co
 class CheckpointSchedule {
  public:
   using Clock = std::chrono::steady_clock;
+  // A checkpoint that failed is not tried again for 5 s, then 10, 20, ...
+  // up to this long: a full disk is not answered with a retry storm (each
+  // try pauses the guest and streams its memory).
+  static constexpr std::chrono::seconds kMaxBackoff{300};
+
   CheckpointSchedule(uint64_t inputs, std::chrono::seconds seconds) : inputs_(inputs), seconds_(seconds) {}
-  // A checkpoint covering seq was taken (or failed: covered stays) at now.
+  // A checkpoint covering seq was taken at now.
   void Taken(uint64_t covered, Clock::time_point now) {
     covered_ = covered;
     at_ = now;
+    failures_ = 0;
+  }
+  // A checkpoint failed at now: the next waits out the backoff, then goes
+  // by the usual rule.
+  void Failed(Clock::time_point now) {
+    ++failures_;
+    auto wait = std::chrono::seconds(5) * (1u << std::min<uint32_t>(failures_ - 1, 6));
+    retry_at_ = now + std::min<std::chrono::seconds>(wait, kMaxBackoff);
   }
   bool Due(uint64_t applied, Clock::time_point now) const {
     if (applied <= covered_) return false;
+    if (failures_ > 0 && now < retry_at_) return false;
     return applied >= covered_ + inputs_ || now - at_ >= seconds_;
   }
   uint64_t covered() const { return covered_; }
+  uint32_t failures() const { return failures_; }
 
  private:
   uint64_t inputs_;
   std::chrono::seconds seconds_;
   uint64_t covered_ = 0;
   Clock::time_point at_ = Clock::now();
+  uint32_t failures_ = 0;
+  Clock::time_point retry_at_;
 };
 
 }  // namespace slingshot

@@ -37,6 +37,13 @@ class CheckpointScope {
   // Resolves ref manifest/SERVICE of cap's service, grants it to cap and
   // returns the ref. NotFound if the service has no checkpoint.
   Result<Ref> GrantCurrent(const Capability& cap, int64_t now);
+  // Resolves any ref and grants what it reaches to cap (a paired client's
+  // own reads, keyed by cap.fingerprint). The caller decides that cap may
+  // read the ref.
+  Result<Ref> GrantRef(const Capability& cap, const std::string& name, int64_t now);
+  // Every manifest granted to a capability that has not expired at now
+  // (they stay in the store: retention.h).
+  std::vector<ChunkId> LiveManifests(int64_t now);
   // OK if every id is reachable from a manifest granted to cap (and cap has
   // not expired at now); PermissionDenied naming the first that is not.
   Status Check(const Capability& cap, const std::vector<ChunkId>& ids, int64_t now);

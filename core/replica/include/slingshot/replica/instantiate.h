@@ -153,6 +153,11 @@ struct InstantiateOptions {
   std::string vm_name;        // unique on this hypervisor
   std::string dir;            // private: boot files, overlay, VM run directory
   std::string label;          // "home", or the surrogate's name
+  // A surrogate's: the disk overlay is encrypted under cipher, and the boot
+  // files go to boot_dir (memory-backed, e.g. under /dev/shm) instead of
+  // dir, so that nothing of the replica is readable on the disk.
+  std::shared_ptr<const LocalCipher> cipher = nullptr;
+  std::string boot_dir;
   // Boot a state_on_disk service from its checkpoint's disk even when its
   // memory image would restore here.
   bool prefer_boot = false;
@@ -161,6 +166,9 @@ struct InstantiateOptions {
   int boot_connect_ms = 600000;  // a boot runs the guest's whole start-up
   std::function<void(const Status&)> on_lost;
   ProgressFn progress;
+  // Called with the verified manifest before anything else is fetched; an
+  // error (the replica does not fit here: admission.h) ends the instantiate.
+  std::function<Status(const Manifest&)> admit;
 };
 
 // Makes a replica from the latest checkpoint of options.service.

@@ -39,6 +39,8 @@ struct ReplicaDiskOptions {
   FetchChain* prefetch = nullptr;
   std::vector<ChunkId> working_set;
   bool read_only = false;  // refuse writes (a diagnostic export)
+  // The overlay is encrypted under it (ChunkTableExportOptions::cipher).
+  std::shared_ptr<const LocalCipher> cipher = nullptr;
 };
 
 class ReplicaDisk {

@@ -11,7 +11,11 @@
 //   host -> Screen               each update of the service's screen
 //   client -> Repaint            host -> a full Screen from its copy
 //   host -> Checkpointed         (home) a published checkpoint covers <= seq
-// A second Attach replaces the first client's session (a restarted proxy).
+// A second Attach replaces the first client's session (a restarted proxy of
+// the same device; the home decides who may attach): the first is sent an
+// Error saying so before it is closed, so a proxy that still runs stops
+// instead of attaching again. HandOver() asks the attached client to finish
+// and leave (another device takes over).
 //
 // Checkpoints (home): Quiesce() holds new inputs, waits for the barrier and
 // closes the service connections cleanly; Resume() reconnects and applies
@@ -57,6 +61,11 @@ class ReplicaHost {
   // Applies one input (what an attached client's Input frames do): in seq
   // order, overlaps ignored; held during a checkpoint and applied after.
   Status Apply(wire::Input in);
+
+  // Sends the attached client HandOver{device} and waits up to timeout_ms
+  // for it to send what it holds and leave; then closes its session. True
+  // if it left on its own (every input it sent was applied).
+  bool HandOver(const std::string& device, int timeout_ms);
 
   // Sends m to the attached client, if any.
   void Broadcast(const wire::Message& m);

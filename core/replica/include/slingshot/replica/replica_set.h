@@ -86,6 +86,11 @@ class ReplicaSet {
   // lowest pin. Returns the seq truncated up to (unchanged if nothing was).
   Result<uint64_t> Checkpointed(uint64_t seq);
 
+  // The device takes the service over from the home's state at seq: the
+  // log starts afresh after seq (EventLog::RestartAfter). Only before any
+  // replica is live. Returns how many records above seq were dropped.
+  Result<uint64_t> RestartLog(uint64_t seq);
+
   bool IsLeader(const Handle& m) const;
   bool IsLive(const Handle& m) const;
   bool IsGone(const Handle& m) const;

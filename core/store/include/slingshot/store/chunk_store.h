@@ -67,6 +67,7 @@
 #include <vector>
 
 #include "slingshot/base/chunk_id.h"
+#include "slingshot/base/cipher.h"
 #include "slingshot/base/env.h"
 #include "slingshot/store/chunk_source.h"
 #include "slingshot/base/status.h"
@@ -84,6 +85,17 @@ struct ChunkStoreOptions {
   uint64_t db_cache_bytes = 64ull << 20;
   // Create the store if the directory holds none.
   bool create_if_missing = true;
+  // Transactional mode: bytes kept in DIR/RESERVE (preallocated) so that a
+  // store on a full file system still opens: Berkeley DB's recovery must
+  // write, so an open that fails while a reserve exists releases it and
+  // tries again (and says so). Made again at an open with room. 0: none;
+  // at least 16 MiB (two of Berkeley DB's 8 MiB log files) to be of use.
+  uint64_t reserve_bytes = 0;
+  // Cache mode: values are sealed under this key (base/cipher.h; the chunk
+  // id is the associated data) before they reach the disk, and opened on
+  // read. A surrogate's key lives only in its memory, so its cache is
+  // unreadable once it stops. Null: stored as they are.
+  std::shared_ptr<const LocalCipher> cipher = nullptr;
   // Pack writes, syncs, creations and removals go through it (env.h);
   // Berkeley DB does its own I/O. Null: Env::Default().
   Env* env = nullptr;
@@ -154,8 +166,14 @@ class ChunkStore : public ChunkSource {
   // sends, so compressed chunks cross the network compressed. The receiver
   // verifies it with DecodeValue.
   Result<Bytes> GetEncoded(const ChunkId& id);
-  // Stored value length without reading the value (NotFound if absent).
   Result<bool> Contains(const ChunkId& id);
+  // The chunk's raw (decoded) and stored (encoded) lengths, from the index,
+  // without reading the value. NotFound if absent.
+  struct ChunkSize {
+    uint64_t raw = 0, stored = 0;
+    bool in_pack = false;
+  };
+  Result<ChunkSize> SizeOf(const ChunkId& id);
   // Deletes chunks (absent ids are ignored), in one transaction.
   Status Delete(std::span<const ChunkId> ids);
   // Calls fn for every chunk id in key order; stops early if fn returns false.

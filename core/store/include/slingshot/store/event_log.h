@@ -104,6 +104,12 @@ class EventLog {
   // Whole segments are deleted; the boundary is kept in TRUNCATED.
   Status TruncateUpTo(uint64_t seq);
 
+  // Discards every record and continues the log after seq: the next append
+  // gets seq + 1 (a device that takes a service over starts from the
+  // home's checkpoint, whose inputs <= seq it never had). Returns how many
+  // records above seq were discarded.
+  Result<uint64_t> RestartAfter(uint64_t seq);
+
   uint64_t last_seq() const;       // 0 when no record was ever appended
   uint64_t truncated_seq() const;  // records <= this are gone
   const LogRecovery& recovery() const;

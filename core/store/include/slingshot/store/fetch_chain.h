@@ -100,7 +100,7 @@ class FetchChain final : public ChunkSource {
   struct Bulk;
   // value: the source's stored value, when it handed one over.
   Result<Bytes> FromSources(const ChunkId& id, Bytes* value);
-  void Record(size_t source, const Result<Bytes>& r, int64_t micros);
+  void Record(size_t source, const ChunkId& id, const Result<Bytes>& r, int64_t micros);
   // Caches the chunk: value as it came (verified by its source), else raw
   // encoded here.
   void Keep(const ChunkId& id, ByteView raw, Bytes&& value);

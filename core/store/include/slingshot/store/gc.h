@@ -42,7 +42,9 @@ struct GcStats {
   CompactStats compaction;  // packs rewritten after the sweep
 };
 
-Result<GcStats> CollectGarbage(ChunkStore* store);
+// extra_roots: objects that stay, with what they reach, though no ref
+// names them (manifests a live capability was granted).
+Result<GcStats> CollectGarbage(ChunkStore* store, const std::vector<ChunkId>& extra_roots = {});
 
 }  // namespace slingshot
 

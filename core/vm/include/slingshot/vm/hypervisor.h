@@ -6,7 +6,9 @@
 //     per VM driven over QMP; KVM when a probe shows it really works, TCG
 //     otherwise (with a warning).
 //   - XenHypervisor (core/vm/src/xen.cc): libxl + libxenstore in a
-//     Xen dom0; PV guests.
+//     Xen dom0; PVH guests with live checkpoints where Xen has HVM with
+//     hardware-assisted paging, PV (pause-save-resume) otherwise; each
+//     guest on a network of its own (replica_network.h).
 // Nothing outside core/vm names either one.
 //
 // Checkpoints are streams. Checkpoint() pushes the VM's saved state (memory
@@ -85,12 +87,24 @@ struct CheckpointStats {
   uint64_t stream_bytes = 0;  // the VM stream, as handed to the sink
   double pause_ms = 0;        // guest stopped (stop .. cont)
   double total_ms = 0;
+  bool live = false;          // memory saved while the guest ran
 };
 
 struct RestoreStats {
   uint64_t stream_bytes = 0;
   double total_ms = 0;  // from the call to a running guest
 };
+
+// The memory the host has for guests: Xen's free memory (what no domain
+// holds), or, for QEMU, the kernel's MemAvailable.
+struct HostMemory {
+  uint64_t total_mib = 0;
+  uint64_t free_mib = 0;
+};
+
+// MemTotal and MemAvailable of a /proc/meminfo file (Corruption if either
+// is missing).
+Result<HostMemory> ReadMemInfo(const std::string& path);
 
 using ByteSink = std::function<Status(ByteView)>;
 // Produces a whole stream by calling sink with each piece, in order; returns
@@ -145,6 +159,8 @@ class Hypervisor {
   // Where the host reaches guest_port (one of spec.service_ports).
   virtual Result<Endpoint> ServiceEndpoint(const std::string& name, uint16_t guest_port) = 0;
 
+  virtual Result<HostMemory> Memory() = 0;
+
   // Replaces the death callback (see DeathCallback).
   virtual void OnDeath(DeathCallback callback) = 0;
 };
@@ -157,6 +173,14 @@ struct HypervisorOptions {
   std::string qemu_binary = "qemu-system-x86_64";
   // How long the KVM probe may take before KVM is declared unusable.
   int kvm_probe_timeout_ms = 3000;
+  // Xen only: "auto" (PVH when Xen offers HVM with hardware-assisted
+  // paging, else PV), "pvh" or "pv". A checkpoint restores as the type it
+  // was taken of.
+  std::string xen_guest_type = "auto";
+  // Xen only: names the guests' networks in dom0 (ReplicaNetworkOptions::
+  // prefix). One per program that runs Xen guests in a dom0: what carries
+  // it when the backend opens was left by a killed run and is removed.
+  std::string network_prefix = "slrep";
 };
 
 // Picks and starts a backend; logs which one and why.
