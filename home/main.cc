@@ -370,6 +370,7 @@ Status RunCmd(const cli::po::variables_map& vm) {
   o.hypervisor.backend = vm["hypervisor"].as<std::string>();
   o.hypervisor.accel = vm["accel"].as<std::string>();
   o.hypervisor.xen_guest_type = vm["xen-guest-type"].as<std::string>();
+  o.hypervisor.live_checkpoints = vm["live-checkpoints"].as<bool>();
   o.hypervisor.network_prefix = "slhom";  // an agent in the same dom0 has its own
   if (o.checkpoint_inputs == 0 || o.checkpoint_seconds <= 0) {
     return Status::InvalidArgument("--checkpoint-inputs and --checkpoint-seconds must be positive");
@@ -607,7 +608,10 @@ int main(int argc, char** argv) {
              ("hypervisor", value<std::string>()->default_value("auto"), "auto, qemu or xen")
              ("accel", value<std::string>()->default_value("auto"), "QEMU: auto, kvm or tcg")
              ("xen-guest-type", value<std::string>()->default_value("auto"),
-              "Xen: auto (PVH, with live checkpoints, where Xen has hardware-assisted paging; else PV), pvh or pv");
+              "Xen: auto (PVH, with live checkpoints, where Xen has hardware-assisted paging; else PV), pvh or pv")
+             ("live-checkpoints", value<bool>()->default_value(true),
+              "save a guest's memory while it runs (QEMU: a background snapshot, if userfaultfd allows; Xen: PVH); "
+              "false pauses it for the whole save");
        },
        RunCmd},
       {"service create", "define a service from a guest kernel, initrd and disk image", "NAME --owner USER --kernel FILE ...",

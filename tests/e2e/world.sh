@@ -82,7 +82,18 @@ down() {
   fi
   rm -rf "$world"
 }
-release() { rm -f "$held" "$held.pid"; }
+# Ends this checkout's holder and waits for it to let go: an `up` right
+# after writes the same file, which a holder still polling for it would
+# take as its own, holding the lock for good.
+release() {
+  local pid
+  pid=$(cat "$held.pid" 2>/dev/null || true)
+  rm -f "$held" "$held.pid"
+  for _ in $(seq 50); do
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+}
 dns_sd=$(cd "$(dirname "$0")/../support" && pwd)/netns-dns-sd.sh
 if [ "$cmd" = down ]; then down; release; exit 0; fi
 if [ "$cmd" = avahi ]; then "$dns_sd" avahi "ss-$avahi_name" "$world" "$avahi_name"; exit 0; fi

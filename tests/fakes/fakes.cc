@@ -320,7 +320,8 @@ Status FakeHypervisor::Boot(const VmSpec& spec) {
   return Start(spec, std::make_shared<FakeGuest>(options_.guest_memory_bytes, seed_++));
 }
 
-Result<CheckpointStats> FakeHypervisor::Checkpoint(const std::string& name, const ByteSink& sink, bool) {
+Result<CheckpointStats> FakeHypervisor::Checkpoint(const std::string& name, const ByteSink& sink, bool keep_running,
+                                                   const CheckpointHooks& hooks) {
   std::shared_ptr<FakeGuest> g;
   {
     MutexLock l(&mu_);
@@ -340,10 +341,22 @@ Result<CheckpointStats> FakeHypervisor::Checkpoint(const std::string& name, cons
   e.Raw(state.data(), state.size());
   Bytes stream = SealFrame(kStreamMagic, 1, body);
   CheckpointStats st;
-  for (size_t at = 0; at < stream.size(); at += options_.stream_piece) {
+  st.live = keep_running && options_.live_checkpoints;
+  bool ran = false;
+  auto run = [&] {
+    if (!keep_running || ran) return;
+    ran = true;
+    if (hooks.running) hooks.running();
+  };
+  Status s = hooks.at_pause ? hooks.at_pause() : Status::OK();
+  if (s.ok() && st.live) run();
+  for (size_t at = 0, piece = 0; s.ok() && at < stream.size(); at += options_.stream_piece, ++piece) {
     size_t n = std::min(options_.stream_piece, stream.size() - at);
-    SLINGSHOT_RETURN_IF_ERROR(sink(ByteView(stream.data() + at, n)));
+    if (options_.on_piece) s = options_.on_piece(piece);
+    if (s.ok()) s = sink(ByteView(stream.data() + at, n));
   }
+  run();
+  SLINGSHOT_RETURN_IF_ERROR(s);
   st.stream_bytes = stream.size();
   return st;
 }

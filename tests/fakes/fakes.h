@@ -81,6 +81,12 @@ struct FakeHypervisorOptions {
   size_t guest_memory_bytes = 256 << 10;
   size_t stream_piece = 16 << 10;  // bytes per sink call
   uint64_t memory_mib = 4096;      // the host's: Memory() is this less what running VMs hold
+  // Checkpoints as QEMU's background snapshot: the state is taken at the
+  // pause and the guest runs again before the stream is written.
+  bool live_checkpoints = false;
+  // Called before each piece of a checkpoint's stream goes to the sink
+  // (0, 1, ...): a test acts while memory streams. An error abandons it.
+  std::function<Status(size_t piece)> on_piece = nullptr;
 };
 
 class FakeHypervisor final : public Hypervisor {
@@ -92,7 +98,9 @@ class FakeHypervisor final : public Hypervisor {
   std::string StreamFormat() const override { return options_.stream_format; }
   NbdDisk DiskAddress(const std::string& run_dir) const override;
   Status Boot(const VmSpec& spec) override;
-  Result<CheckpointStats> Checkpoint(const std::string& name, const ByteSink& sink, bool keep_running) override;
+  using Hypervisor::Checkpoint;
+  Result<CheckpointStats> Checkpoint(const std::string& name, const ByteSink& sink, bool keep_running,
+                                     const CheckpointHooks& hooks) override;
   Result<RestoreStats> Restore(const VmSpec& spec, const StreamProducer& stream) override;
   Status Destroy(const std::string& name) override;
   std::vector<VmInfo> List() override;

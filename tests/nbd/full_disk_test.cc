@@ -4,13 +4,16 @@
 // DB's recovery), then makes its reserve again once there is room. Needs
 // root (mount); label nbd.
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <sys/mount.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
 
 #include "../unit/test_util.h"
+#include "slingshot/base/file_util.h"
 #include "slingshot/store/chunk_store.h"
 
 namespace slingshot::testing {
@@ -86,6 +89,71 @@ TEST(FullDiskTest, AStoreOnAFullFileSystemFailsPutsCleanlyAndStillOpens) {
   uint64_t bad = 0;
   ASSERT_TRUE((*store)->VerifyAll([&](const ChunkId&, const Status&) { ++bad; }).ok());
   EXPECT_EQ(bad, 0u);
+}
+
+// Takes every free block of the file system at dir, as a program filling
+// the disk does; returns how many bytes it took.
+uint64_t FillAll(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600));
+  off_t end = 0;
+  for (off_t size = 64 << 20; fd.valid() && size >= 4096;) {
+    if (::posix_fallocate(fd.get(), end, size) == 0) end += size;
+    else size /= 2;
+  }
+  return static_cast<uint64_t>(end);
+}
+
+// A home killed in the middle of its writes, whose file system another
+// program then fills, taking even the space its reserve would give back:
+// the store still opens, because the room its recovery writes into is
+// already allocated inside its own files (the headroom), and everything
+// acknowledged is there.
+TEST(FullDiskTest, AStoreKilledMidWriteOpensOnAFileSystemFilledEvenOfItsReserve) {
+  if (::geteuid() != 0) GTEST_SKIP() << "mounting a small tmpfs needs root";
+  TempDir t;
+  SmallFileSystem fsys(t / "fs", "96m");
+  ASSERT_TRUE(fsys.mounted()) << "mount tmpfs: " << std::strerror(errno);
+  const std::string dir = t / "fs/store";
+  ChunkStoreOptions o;
+  o.reserve_bytes = 16 << 20;
+  o.compression_level = 0;
+  {
+    auto store = ChunkStore::Open(dir, o);  // made, with a checkpoint of the store behind it
+    ASSERT_TRUE(store.ok()) << store.status().ToString();
+  }
+  // The child acknowledges chunks, objects and refs, then dies without
+  // closing anything (kill -9): recovery must redo them all.
+  const int kObjects = 300;
+  pid_t child = ::fork();
+  if (child == 0) {
+    auto store = ChunkStore::Open(dir, o);
+    if (!store.ok()) ::_exit(2);
+    for (int i = 0; i < kObjects; ++i) {
+      auto id = (*store)->Put(RandomBytes(16 << 10, 7000 + i));
+      auto obj = (*store)->PutObject(RandomBytes(2000, 9000 + i));
+      if (!id.ok() || !obj.ok()) ::_exit(3);
+      if (!(*store)->SetRef(Ref{"test/" + std::to_string(i), ObjectKind::kManifest, *obj}).ok()) ::_exit(4);
+    }
+    ::_exit(0);
+  }
+  int wst = 0;
+  ASSERT_EQ(::waitpid(child, &wst, 0), child);
+  ASSERT_TRUE(WIFEXITED(wst) && WEXITSTATUS(wst) == 0) << "the child's writes failed: " << wst;
+  // Another program takes all the space there is, and the reserve's too.
+  std::filesystem::remove(dir + "/RESERVE");
+  ASSERT_GT(FillAll(t / "fs/filler"), 0u);
+  ::testing::internal::CaptureStderr();
+  auto store = ChunkStore::Open(dir, o);
+  std::string said = ::testing::internal::GetCapturedStderr();
+  ASSERT_TRUE(store.ok()) << store.status().ToString() << "\n" << said;
+  for (int i = 0; i < kObjects; ++i) {
+    Bytes chunk = RandomBytes(16 << 10, 7000 + i);
+    auto got = (*store)->Get(ChunkId::Of(chunk));
+    ASSERT_TRUE(got.ok()) << i << ": " << got.status().ToString();
+    EXPECT_EQ(*got, chunk);
+    auto ref = (*store)->GetRef("test/" + std::to_string(i));
+    ASSERT_TRUE(ref.ok()) << i << ": " << ref.status().ToString();
+  }
 }
 
 }  // namespace

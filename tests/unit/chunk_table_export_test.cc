@@ -8,6 +8,7 @@
 #include "slingshot/store/chunk_store.h"
 #include "slingshot/base/file_util.h"
 #include "test_util.h"
+#include "../fakes/fault_env.h"
 
 namespace slingshot::testing {
 namespace {
@@ -101,6 +102,73 @@ TEST_F(ChunkTableExportTest, RandomWritesMatchAModelAndFreezeStoresThem) {
   // The original table is untouched: the source never saw a write.
   ASSERT_TRUE(ExportDisk(table_, store_.get(), dir_ / "orig.img").ok());
   EXPECT_TRUE(*ReadFileBounded(dir_ / "orig.img", 8 << 20) == image_);
+}
+
+// A checkpoint whose guest runs while its memory is saved: the table is
+// the disk as it was at BeginFreeze, whatever the guest writes meanwhile;
+// a write to a chunk the freeze has yet to take stores its old bytes first.
+TEST_F(ChunkTableExportTest, ATwoStepFreezeIsTheDiskAsOfItsBeginWhateverIsWrittenMeanwhile) {
+  auto e = Open();
+  const uint64_t kChunk = table_.chunk_size;
+  Bytes model = image_;
+  auto write = [&](uint64_t off, uint64_t len, uint64_t seed) {
+    Bytes data = RandomBytes(len, seed);
+    ASSERT_TRUE(e->Write(off, data).ok());
+    std::copy(data.begin(), data.end(), model.begin() + off);
+  };
+  write(100, 5000, 1);                   // chunk 0
+  write(5 * kChunk + 7, 3 * kChunk, 2);  // chunks 5..8
+  const Bytes at_begin = model;
+  ASSERT_TRUE(e->BeginFreeze(store_.get()).ok());
+  EXPECT_EQ(e->BeginFreeze(store_.get()).code(), Status::Code::kInvalidArgument);
+  write(0, 64, 3);                        // chunk 0: its old bytes kept first
+  write(6 * kChunk, kChunk, 4);           // chunk 6, whole: kept first too
+  write(20 * kChunk + 5, 10, 5);          // chunk 20: not in this freeze
+  EXPECT_EQ(e->stats().kept_before_write, 2u);
+  EXPECT_EQ(e->stats().dirty_chunks, 3u);
+  EXPECT_TRUE(ReadAll(e.get()) == model);
+  auto frozen = e->FinishFreeze();
+  ASSERT_TRUE(frozen.ok()) << frozen.status().ToString();
+  ASSERT_TRUE(ExportDisk(*frozen, store_.get(), dir_ / "frozen.img").ok());
+  EXPECT_TRUE(*ReadFileBounded(dir_ / "frozen.img", 8 << 20) == at_begin);
+  EXPECT_TRUE(ReadAll(e.get()) == model);
+  // The next freeze takes what came after.
+  auto next = e->Freeze(store_.get());
+  ASSERT_TRUE(next.ok()) << next.status().ToString();
+  ASSERT_TRUE(ExportDisk(*next, store_.get(), dir_ / "next.img").ok());
+  EXPECT_TRUE(*ReadFileBounded(dir_ / "next.img", 8 << 20) == model);
+  EXPECT_EQ(e->FinishFreeze().status().code(), Status::Code::kInvalidArgument);
+}
+
+// A freeze whose store fills fails, the guest's writes meanwhile do not,
+// and its chunks stay dirty: the next freeze (with room) has them all.
+TEST_F(ChunkTableExportTest, AFreezeThatCannotStoreFailsAloneAndItsChunksStayDirty) {
+  fake::FaultInjectionEnv env;
+  ChunkStoreOptions so;
+  so.env = &env;
+  auto full = ChunkStore::Open(dir_ / "full-store", so);
+  ASSERT_TRUE(full.ok()) << full.status().ToString();
+  auto e = Open();
+  Bytes model = image_;
+  for (uint64_t c : {1, 9, 17}) {
+    Bytes data = RandomBytes(3000, c);
+    ASSERT_TRUE(e->Write(c * table_.chunk_size, data).ok());
+    std::copy(data.begin(), data.end(), model.begin() + c * table_.chunk_size);
+  }
+  env.SetFreeSpace(100);
+  ASSERT_TRUE(e->BeginFreeze(full->get()).ok());
+  Bytes late = RandomBytes(10, 9);
+  ASSERT_TRUE(e->Write(9 * table_.chunk_size, late).ok());  // its old bytes cannot be stored: no matter
+  std::copy(late.begin(), late.end(), model.begin() + 9 * table_.chunk_size);
+  auto failed = e->FinishFreeze();
+  ASSERT_FALSE(failed.ok());
+  EXPECT_NE(failed.status().message().find("No space left"), std::string::npos) << failed.status().ToString();
+  EXPECT_EQ(e->stats().dirty_chunks, 3u);
+  EXPECT_TRUE(ReadAll(e.get()) == model);
+  auto frozen = e->Freeze(store_.get());
+  ASSERT_TRUE(frozen.ok()) << frozen.status().ToString();
+  ASSERT_TRUE(ExportDisk(*frozen, store_.get(), dir_ / "frozen.img").ok());
+  EXPECT_TRUE(*ReadFileBounded(dir_ / "frozen.img", 8 << 20) == model);
 }
 
 TEST_F(ChunkTableExportTest, ZeroedChunksFreezeAsNullIds) {

@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <cstring>
+#include <optional>
 #include <thread>
 
 #include "../unit/test_util.h"
@@ -123,6 +124,66 @@ TEST_F(VmTest, CheckpointKeepsRunningAndRestoresExactState) {
   // The two replicas are independent.
   EXPECT_TRUE(WaitForText(Ep("a", kControlPort), "Hello, Slingshot!\nline two and more", 5s).ok());
   EXPECT_EQ(hv_->List().size(), 2u);
+}
+
+// A live checkpoint (QEMU's background snapshot): the caller's at_pause
+// runs while the guest stands still, the guest runs again while most of its
+// memory is still to stream, and what is saved is the guest as it was at
+// the pause: what it is typed after is not in the checkpoint.
+TEST_F(VmTest, ALiveCheckpointRunsTheGuestWhileItsMemoryStreamsAndSavesItAsAtThePause) {
+  BootAndWait(Spec("a"));
+  TypeAndWait("a", "before", "before");
+  Bytes ckpt;
+  bool paused = false;
+  std::optional<size_t> streamed_when_running;
+  CheckpointHooks hooks;
+  hooks.at_pause = [&] {
+    paused = true;
+    return Status::OK();
+  };
+  hooks.running = [&] { streamed_when_running = ckpt.size(); };
+  auto c = hv_->Checkpoint("a", [&](ByteView b) {
+    ckpt.insert(ckpt.end(), b.begin(), b.end());
+    return Status::OK();
+  }, true, hooks);
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_TRUE(c->live);
+  EXPECT_TRUE(paused);
+  ASSERT_TRUE(streamed_when_running.has_value());
+  EXPECT_LT(*streamed_when_running, ckpt.size() / 4) << "the guest ran again only once its memory had streamed";
+  ASSERT_EQ(hv_->Info("a")->state, VmState::kRunning);
+  TypeAndWait("a", " after", "before after");
+  auto r = hv_->Restore(Spec("b"), From(ckpt));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  auto text = DocumentText(Ep("b", kControlPort));
+  ASSERT_TRUE(text.ok()) << text.status().ToString();
+  EXPECT_EQ(*text, "before");
+  TypeAndWait("b", "!", "before!");
+}
+
+// With live checkpoints off, the guest stands still for the whole save.
+TEST_F(VmTest, WithLiveCheckpointsOffTheGuestRunsAgainOnlyAfterTheSave) {
+  HypervisorOptions o;
+  o.backend = "qemu";
+  o.accel = "tcg";
+  o.live_checkpoints = false;
+  auto h = OpenHypervisor(o);
+  ASSERT_TRUE(h.ok()) << h.status().ToString();
+  hv_ = std::move(*h);
+  BootAndWait(Spec("a"));
+  size_t streamed = 0;
+  std::optional<size_t> streamed_when_running;
+  CheckpointHooks hooks;
+  hooks.running = [&] { streamed_when_running = streamed; };
+  auto c = hv_->Checkpoint("a", [&](ByteView b) {
+    streamed += b.size();
+    return Status::OK();
+  }, true, hooks);
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_FALSE(c->live);
+  ASSERT_TRUE(streamed_when_running.has_value());
+  EXPECT_EQ(*streamed_when_running, streamed);
+  TypeAndWait("a", "on", "on");
 }
 
 // A listening TCP socket on the host, on every address, that accepts and

@@ -5,6 +5,7 @@
 
 #include <cstring>
 #include <list>
+#include <optional>
 #include <unordered_map>
 
 #include "slingshot/store/chunk_store.h"
@@ -29,6 +30,16 @@ struct ChunkTableExport::Impl {
   std::list<size_t> lru GUARDED_BY(mu);
   std::unordered_map<size_t, std::pair<Bytes, std::list<size_t>::iterator>> cache GUARDED_BY(mu);
   ChunkTableExportStats stats GUARDED_BY(mu);
+
+  // A freeze under way (BeginFreeze .. FinishFreeze).
+  struct Freezing {
+    ChunkStore* store = nullptr;
+    DiskTable next;             // the table as of BeginFreeze, filled in
+    std::vector<bool> members;  // dirty at BeginFreeze
+    std::vector<bool> pending;  // members whose bytes are not yet taken
+    Status failed;              // the first store error
+  };
+  std::optional<Freezing> freezing GUARDED_BY(mu);
 
   uint64_t ChunkOffset(size_t i) const { return uint64_t(i) * table.chunk_size; }
 
@@ -97,6 +108,31 @@ struct ChunkTableExport::Impl {
     in_overlay[i] = true;
     stats.chunks_copied_up++;
     return Status::OK();
+  }
+
+  // Stores chunk i's bytes as the overlay holds them (the null id if all
+  // zero) into the freeze's table.
+  Status StoreForFreeze(size_t i, ByteView bytes) REQUIRES(mu) {
+    Freezing& f = *freezing;
+    if (IsAllZero(bytes)) {
+      f.next.ids[i] = ChunkId();
+      return Status::OK();
+    }
+    SLINGSHOT_ASSIGN_OR_RETURN(f.next.ids[i], f.store->Put(bytes));
+    return Status::OK();
+  }
+
+  // Before a write changes chunk i during a freeze that has yet to take
+  // its bytes: take them now. A store error fails the freeze, not the write.
+  void KeepBeforeWrite(size_t i) REQUIRES(mu) {
+    if (!freezing || !freezing->pending[i]) return;
+    freezing->pending[i] = false;
+    if (!freezing->failed.ok()) return;
+    Bytes buf(table.ChunkLength(i));
+    Status s = PreadOverlay(buf.data(), buf.size(), ChunkOffset(i));
+    if (s.ok()) s = StoreForFreeze(i, buf);
+    if (!s.ok()) freezing->failed = s.Annotate("disk chunk " + std::to_string(i) + " for the checkpoint");
+    stats.kept_before_write++;
   }
 
   // The overlay's bytes go through the cipher, if any (options.cipher).
@@ -241,6 +277,7 @@ Status ChunkTableExport::Write(uint64_t offset, ByteView data) {
   MutexLock l(&m.mu);
   return m.ForPieces(offset, data.size(), [&](size_t i, uint32_t in, uint64_t pos, uint64_t n) {
     m.mu.AssertHeld();  // ForPieces runs the lambda under the lock taken above
+    m.KeepBeforeWrite(i);
     // A write covering the whole chunk needs no copy-up of the old bytes.
     if (!m.in_overlay[i] && !(in == 0 && n == m.table.ChunkLength(i))) {
       SLINGSHOT_RETURN_IF_ERROR(m.CopyUp(i));
@@ -280,25 +317,77 @@ Status ChunkTableExport::Trim(uint64_t offset, uint64_t length) {
 }
 
 Result<DiskTable> ChunkTableExport::Freeze(ChunkStore* store) {
+  SLINGSHOT_RETURN_IF_ERROR(BeginFreeze(store));
+  return FinishFreeze();
+}
+
+Status ChunkTableExport::BeginFreeze(ChunkStore* store) {
   Impl& m = *impl_;
   MutexLock l(&m.mu);
-  DiskTable next = m.table;
-  Bytes buf;
-  for (size_t i = 0; i < next.ids.size(); ++i) {
-    if (!m.dirty[i]) continue;
-    buf.resize(m.table.ChunkLength(i));
-    SLINGSHOT_RETURN_IF_ERROR(m.PreadOverlay(buf.data(), buf.size(), m.ChunkOffset(i)));
-    if (IsAllZero(buf)) {
-      next.ids[i] = ChunkId();
-    } else {
-      SLINGSHOT_ASSIGN_OR_RETURN(next.ids[i], store->Put(buf));
-    }
-  }
+  if (m.freezing) return Status::InvalidArgument("a freeze of this disk is under way");
+  Impl::Freezing f;
+  f.store = store;
+  f.next = m.table;
+  f.members = m.dirty;
+  f.pending = m.dirty;
+  m.freezing = std::move(f);
   // The overlay keeps serving what it holds; only "dirty" starts over.
-  m.table = next;
   m.dirty.assign(m.dirty.size(), false);
   m.stats.dirty_chunks = 0;
-  return next;
+  return Status::OK();
+}
+
+Result<DiskTable> ChunkTableExport::FinishFreeze() {
+  Impl& m = *impl_;
+  {
+    MutexLock l(&m.mu);
+    if (!m.freezing) return Status::InvalidArgument("no freeze of this disk is under way");
+  }
+  // A chunk at a time: its bytes taken under the lock, stored outside it,
+  // so the guest's requests go on meanwhile (and a write to a chunk whose
+  // bytes are taken no longer waits).
+  Bytes buf;
+  for (size_t i = 0;; ++i) {
+    ChunkStore* store = nullptr;
+    Status s;
+    {
+      MutexLock l(&m.mu);
+      Impl::Freezing& f = *m.freezing;
+      while (i < f.pending.size() && !f.pending[i]) ++i;
+      if (i >= f.pending.size() || !f.failed.ok()) break;
+      f.pending[i] = false;
+      buf.resize(m.table.ChunkLength(i));
+      s = m.PreadOverlay(buf.data(), buf.size(), m.ChunkOffset(i));
+      if (s.ok() && IsAllZero(buf)) {
+        f.next.ids[i] = ChunkId();
+        continue;
+      }
+      store = f.store;
+    }
+    Result<ChunkId> put = s.ok() ? store->Put(buf) : Result<ChunkId>(s);
+    MutexLock l(&m.mu);
+    Impl::Freezing& f = *m.freezing;
+    if (put.ok()) {
+      f.next.ids[i] = *put;
+    } else if (f.failed.ok()) {
+      f.failed = put.status().Annotate("disk chunk " + std::to_string(i) + " for the checkpoint");
+    }
+  }
+  MutexLock l(&m.mu);
+  Impl::Freezing f = std::move(*m.freezing);
+  m.freezing.reset();
+  if (!f.failed.ok()) {
+    // Its chunks stay dirty for the next freeze.
+    for (size_t i = 0; i < f.members.size(); ++i) {
+      if (f.members[i] && !m.dirty[i]) {
+        m.dirty[i] = true;
+        m.stats.dirty_chunks++;
+      }
+    }
+    return f.failed;
+  }
+  m.table = f.next;
+  return std::move(f.next);
 }
 
 ChunkTableExportStats ChunkTableExport::stats() const {

@@ -1,5 +1,7 @@
 #include "slingshot/replica/checkpoint.h"
 
+#include <future>
+
 #include "slingshot/base/log.h"
 #include "slingshot/store/memory_image.h"
 #include "slingshot/store/working_set.h"
@@ -20,15 +22,33 @@ Result<CheckpointResult> TakeCheckpoint(Hypervisor& hv, LiveReplica& replica, co
   ReplicaHost& host = *replica.host();
   SLINGSHOT_ASSIGN_OR_RETURN(uint64_t seq, host.Quiesce(options.quiesce_ms));
   MemoryImageWriter writer(options.store, ChunkerOptions{});
-  auto ck = hv.Checkpoint(replica.vm_name(), [&](ByteView b) { return writer.Write(b); }, /*keep_running=*/true);
+  ChunkTableExport& disk = replica.disk().table_export();
+  // The disk's table is taken at the instant the memory is (the guest
+  // stands still); its chunks are stored while the checkpoint goes on.
+  bool freezing = false;
+  // Inputs flow again as soon as the guest runs, though its memory may
+  // still be streaming (a live checkpoint): on another thread, since the
+  // service's reconnection must not hold up the stream.
+  std::future<Status> resumed;
+  CheckpointHooks hooks;
+  hooks.at_pause = [&]() -> Status {
+    SLINGSHOT_RETURN_IF_ERROR(disk.BeginFreeze(options.store));
+    freezing = true;
+    return Status::OK();
+  };
+  hooks.running = [&] {
+    resumed = std::async(std::launch::async, [&] { return host.Resume(replica.service_endpoint(), options.resume_ms); });
+  };
+  auto ck = hv.Checkpoint(replica.vm_name(), [&](ByteView b) { return writer.Write(b); }, /*keep_running=*/true, hooks);
   Result<ChunkList> memory = ck.ok() ? writer.Finish() : Result<ChunkList>(ck.status());
-  Result<DiskTable> table =
-      memory.ok() ? replica.disk().table_export().Freeze(options.store) : Result<DiskTable>(memory.status());
-  // The VM runs on whatever happened; reconnect before anything else.
-  Status resumed = host.Resume(replica.service_endpoint(), options.resume_ms);
+  Result<DiskTable> table = freezing ? disk.FinishFreeze() : Result<DiskTable>(Status::IOError("no disk table"));
+  if (!memory.ok()) table = memory.status();
+  // The VM runs on whatever happened; if it never ran again (it died),
+  // Resume says so.
+  Status resumed_status = resumed.valid() ? resumed.get() : host.Resume(replica.service_endpoint(), options.resume_ms);
   const std::string what = "checkpoint of " + options.base.service_id;
   SLINGSHOT_RETURN_IF_ERROR(table.status().Annotate(what));
-  SLINGSHOT_RETURN_IF_ERROR(resumed.Annotate(what + ": the service did not come back"));
+  SLINGSHOT_RETURN_IF_ERROR(resumed_status.Annotate(what + ": the service did not come back"));
   SLINGSHOT_ASSIGN_OR_RETURN(ChunkId memory_id, options.store->PutObject(memory->Encode()));
   SLINGSHOT_ASSIGN_OR_RETURN(ChunkId table_id, options.store->PutObject(table->Encode()));
   std::vector<ChunkId> first = replica.disk().table_export().FirstReads();
@@ -51,7 +71,13 @@ Result<CheckpointResult> TakeCheckpoint(Hypervisor& hv, LiveReplica& replica, co
   SLINGSHOT_RETURN_IF_ERROR(
       options.store->SetRef(Ref{"manifest/" + m.service_id, ObjectKind::kManifest, r.manifest_id}));
   host.Broadcast(wire::Checkpointed{m.epoch, seq});
+  // The store's own checkpoint: a crash from now on has only what comes
+  // after to recover, and recovery's room on disk is allocated again.
+  if (Status s = options.store->Checkpoint(); !s.ok()) {
+    LogWarning(what + ": the store's own checkpoint failed (" + s.ToString() + "); the published checkpoint stands");
+  }
   r.pause_ms = ck->pause_ms;
+  r.live = ck->live;
   r.total_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
   return r;
 }

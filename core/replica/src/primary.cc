@@ -128,7 +128,7 @@ Result<CheckpointResult> Primary::CheckpointLocked() {
   epoch_ = r->manifest.epoch;
   schedule_.Taken(r->manifest.last_seq, Clock::now());
   LogInfo("service " + name() + ": checkpoint epoch " + std::to_string(r->manifest.epoch) + " covers seq " +
-          std::to_string(r->manifest.last_seq) + " (" + HumanBytes(r->manifest.memory_size) + " memory, guest paused " +
+          std::to_string(r->manifest.last_seq) + " (" + HumanBytes(r->manifest.memory_size) + " memory" + (r->live ? " saved live" : "") + ", guest paused " +
           std::to_string(static_cast<int>(r->pause_ms)) + " ms, " + std::to_string(static_cast<int>(r->total_ms)) +
           " ms in all)");
   if (options_.on_checkpoint) options_.on_checkpoint(*r);

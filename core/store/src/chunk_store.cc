@@ -46,6 +46,10 @@ constexpr uint16_t kPackVersion = 1;
 constexpr uint64_t kPackHeaderSize = 16;
 constexpr uint64_t kPackRollBytes = 1ull << 30;
 constexpr uint32_t kLogFileBytes = 8u << 20;  // Berkeley DB log file size
+// Blocks allocated past the end of each database file (headroom), so that
+// recovery on a full file system writes the pages it must without asking
+// the file system for space another program may have taken.
+constexpr off_t kDbHeadroomBytes = 4 << 20;
 constexpr size_t kEntryHeader = ChunkId::kSize + ChunkStore::kValueHeaderSize;
 
 // Index record of a chunk that lives in a pack, 28 bytes:
@@ -329,6 +333,48 @@ struct ChunkStore::Impl {
     return Status::OK();
   }
 
+  // Headroom for recovery, inside the store's own files (transactional
+  // mode): every block of each database file up to its end plus
+  // kDbHeadroomBytes, and of the newest log file up to its full size, is
+  // allocated now (FALLOC_FL_KEEP_SIZE: sizes do not change, holes are
+  // filled), so a recovery that must flush pages and append to the log on
+  // a file system another program has filled finds its blocks already
+  // there. New log files are zeroed whole when made (DB_LOG_ZERO). Done
+  // at open and at each Checkpoint(); false (and said once per open) if
+  // the file system has no room for it now.
+  bool Headroom() {
+    if (!txn()) return true;
+    std::vector<std::pair<std::string, off_t>> files;  // path, the end to allocate to
+    std::string newest_log;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(dir, ec)) {
+      const std::string name = e.path().filename().string();
+      if (name.size() > 3 && name.substr(name.size() - 3) == ".db") files.emplace_back(e.path().string(), -1);
+      if (name.rfind("log.", 0) == 0 && name > fs::path(newest_log).filename().string()) newest_log = e.path().string();
+    }
+    if (!newest_log.empty()) files.emplace_back(newest_log, off_t{kLogFileBytes});
+    bool ok = true;
+    for (const auto& [path, end] : files) {
+      UniqueFd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+      struct stat st;
+      if (!fd.valid() || ::fstat(fd.get(), &st) != 0) continue;
+      const off_t want = end >= 0 ? std::max(end, st.st_size) : st.st_size + kDbHeadroomBytes;
+      if (::fallocate(fd.get(), FALLOC_FL_KEEP_SIZE, 0, want) != 0) {
+        if (errno == EOPNOTSUPP) return true;  // a file system without it: the reserve alone
+        if (!headroom_warned) {
+          LogWarning("chunk store " + dir + ": no room for recovery headroom in " + path + " (" +
+                     std::strerror(errno) + "); free space on its file system");
+          headroom_warned = true;
+        }
+        ok = false;
+      }
+    }
+    if (ok) headroom_warned = false;
+    return ok;
+  }
+  Mutex headroom_mu;  // one Headroom() at a time after open
+  bool headroom_warned = false;
+
   // A page write cut short (a full disk) leaves a database file whose size
   // is not a multiple of its page size, and recovery then cannot write that
   // page. The partial page was never complete, so nothing of it counts:
@@ -365,6 +411,7 @@ struct ChunkStore::Impl {
       env->set_lg_max(kLogFileBytes);
       env->set_lk_detect(DB_LOCK_DEFAULT);
       env->log_set_config(DB_LOG_AUTO_REMOVE, 1);
+      env->log_set_config(DB_LOG_ZERO, 1);
       // Regions in this process's memory (DB_PRIVATE; the directory lock
       // makes this the only process): no region file is mapped, so a full
       // disk cannot fault a write through a mapping (SIGBUS) and damaged
@@ -569,6 +616,7 @@ Result<std::unique_ptr<ChunkStore>> ChunkStore::Open(const std::string& dir,
     st = impl->OpenEnv();
   }
   if (!st.ok()) return st;
+  impl->Headroom();
   if (options.mode == Mode::kTransactional && options.reserve_bytes > 0) {
     // Allocated even when it exists: a copy (cp, rsync, a restore from
     // backup) makes the reserve a hole that holds no space.
@@ -1135,7 +1183,10 @@ std::string ChunkStore::Describe() const {
 
 Status ChunkStore::Checkpoint() {
   int ret = impl_->txn() ? impl_->env->txn_checkpoint(0, 0, DB_FORCE) : impl_->env->memp_sync(nullptr);
-  return ret == 0 ? Status::OK() : DbStatus(ret, "checkpoint " + impl_->dir);
+  if (ret != 0) return DbStatus(ret, "checkpoint " + impl_->dir);
+  MutexLock l(&impl_->headroom_mu);
+  impl_->Headroom();
+  return Status::OK();
 }
 
 }  // namespace slingshot

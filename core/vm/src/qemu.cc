@@ -1,7 +1,20 @@
 // QemuHypervisor: one qemu-system-x86_64 per VM, driven over QMP.
 //
-// Checkpoint: stop, migrate to an fd handed over with getfd (one end of a
-// socketpair whose other end we read), then cont. Restore: start QEMU with
+// Checkpoint: stop, the caller's at_pause hook, then migrate to an fd
+// handed over with getfd (one end of a socketpair whose other end we read).
+// Live (keep_running, HypervisorOptions::live_checkpoints, and a QEMU and
+// kernel that can write-protect guest RAM with userfaultfd): the migration
+// is a background snapshot, which saves the device state, write-protects
+// RAM and starts the guest again, then streams RAM as it was at the stop
+// (a page the guest writes is saved first); the running hook fires as soon
+// as the guest runs. We stop the guest ourselves first, so that at_pause
+// (the home takes the disk's table there) sees the same instant as the
+// memory: QEMU's own stop comes only after it has prepared the
+// write-protection (a read of every page of RAM: tens to a couple of
+// hundred milliseconds for 128 MiB under TCG), and the guest might write
+// its disk meanwhile. That preparation is then part of the pause.
+// Otherwise the guest stays stopped for the whole save and is continued
+// after it. Restore: start QEMU with
 // -incoming defer -S, hand it the read end of a socketpair, migrate-incoming
 // from it, write the checked payload in, and cont only once QEMU reports the
 // load finished and the VM stream's trailer matched.
@@ -13,9 +26,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -90,6 +105,10 @@ struct Vm {
   Mutex op_mu;  // serializes operations on this VM
   std::unique_ptr<QmpClient> qmp GUARDED_BY(op_mu);
   std::map<uint16_t, uint16_t> ports;  // guest port -> host port; fixed after start
+  // The background-snapshot capability as last set (unset: never), and
+  // whether QEMU refused it (then every checkpoint pauses the guest).
+  std::optional<bool> background GUARDED_BY(op_mu);
+  bool background_refused GUARDED_BY(op_mu) = false;
 
   Mutex state_mu;  // child and state; held briefly, also by the monitor
   std::unique_ptr<Child> child GUARDED_BY(state_mu);
@@ -117,7 +136,7 @@ struct Vm {
 
 class QemuHypervisor final : public Hypervisor {
  public:
-  QemuHypervisor(std::string qemu, bool kvm) : qemu_(std::move(qemu)), kvm_(kvm) {
+  QemuHypervisor(std::string qemu, bool kvm, bool live) : qemu_(std::move(qemu)), kvm_(kvm), live_(live) {
     wake_.Reset(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     monitor_ = std::thread([this] { Monitor(); });
   }
@@ -128,6 +147,7 @@ class QemuHypervisor final : public Hypervisor {
     monitor_.join();
   }
 
+  using Hypervisor::Checkpoint;
   std::string Name() const override { return kvm_ ? "qemu-kvm" : "qemu-tcg"; }
   std::string StreamFormat() const override { return "qemu"; }
   NbdDisk DiskAddress(const std::string& run_dir) const override {
@@ -146,8 +166,8 @@ class QemuHypervisor final : public Hypervisor {
     return Status::OK();
   }
 
-  Result<CheckpointStats> Checkpoint(const std::string& name, const ByteSink& sink,
-                                     bool keep_running) override {
+  Result<CheckpointStats> Checkpoint(const std::string& name, const ByteSink& sink, bool keep_running,
+                                     const CheckpointHooks& hooks) override {
     SLINGSHOT_ASSIGN_OR_RETURN(std::shared_ptr<Vm> vm, vms_.Find(name));
     MutexLock op(&vm->op_mu);
     if (!vm->Alive()) return Status::IOError("VM " + name + " is dead: " + vm->Obituary());
@@ -164,45 +184,91 @@ class QemuHypervisor final : public Hypervisor {
     auto pause_start = Clock::now();
     SLINGSHOT_RETURN_IF_ERROR(Qmp(vm.get(), "stop").status());
     SetState(vm.get(), VmState::kPaused);
-    Status s = Qmp(vm.get(), "getfd", {{"fdname", "slingshot-ckpt"}}, theirs.get()).status();
+    Status s = hooks.at_pause ? hooks.at_pause() : Status::OK();
+    const bool live = s.ok() && keep_running && live_ && UseBackgroundSnapshot(vm.get(), true);
+    if (s.ok() && !live && vm->background.value_or(false)) UseBackgroundSnapshot(vm.get(), false);
+    if (s.ok()) s = Qmp(vm.get(), "getfd", {{"fdname", "slingshot-ckpt"}}, theirs.get()).status();
     theirs.Reset();
     if (s.ok()) s = Qmp(vm.get(), "migrate", {{"uri", "fd:slingshot-ckpt"}}).status();
+    // The guest runs again: at once for a background snapshot (QEMU starts
+    // it once RAM is write-protected), after the save otherwise.
+    std::optional<Clock::time_point> running_at;
+    auto ran = [&] {
+      running_at = Clock::now();
+      SetState(vm.get(), VmState::kRunning);
+      if (hooks.running) hooks.running();
+    };
     Status sink_status;
     if (s.ok()) {
-      std::vector<uint8_t> buf(256 << 10);
-      for (;;) {
-        pollfd p{ours.get(), POLLIN, 0};
-        int r = poll(&p, 1, 1000);
-        if (r < 0 && errno == EINTR) continue;
-        if (r == 0) {
-          if (!vm->Alive()) {
-            s = Status::IOError("VM " + name + " died during checkpoint: " + vm->Obituary());
+      // The stream is read on a thread of its own that never waits for
+      // QMP: during a background snapshot QEMU's main loop may itself wait
+      // for a write-protected page, which the migration thread saves only
+      // as fast as we read (so a QMP call made by the reader could wait on
+      // its own reading).
+      std::atomic<bool> stream_done{false}, abandon{false};
+      Status read_status;
+      std::thread reader([&] {
+        std::vector<uint8_t> buf(256 << 10);
+        for (;;) {
+          pollfd p{ours.get(), POLLIN, 0};
+          int r = poll(&p, 1, 1000);
+          if (r < 0 && errno == EINTR) continue;
+          if (r == 0) {
+            if (!vm->Alive()) {
+              read_status = Status::IOError("VM " + name + " died during checkpoint: " + vm->Obituary());
+              break;
+            }
+            if (abandon) {
+              read_status = Status::IOError("QEMU's save stream did not end");
+              break;
+            }
+            continue;
+          }
+          ssize_t n = recv(ours.get(), buf.data(), buf.size(), 0);
+          if (n < 0 && errno == EINTR) continue;
+          if (n < 0) {
+            read_status = Status::FromErrno("reading QEMU's save stream", errno);
             break;
           }
-          continue;
+          if (n == 0) break;
+          // A failed sink abandons the checkpoint. A background snapshot is
+          // still read to its end (and dropped): QEMU's own failure path
+          // would leave guest pages write-protected, the guest hung on them.
+          if (!sink_status.ok()) continue;
+          sink_status = writer.Write(ByteView(buf.data(), static_cast<size_t>(n)));
+          if (!sink_status.ok() && !live) break;
         }
-        ssize_t n = recv(ours.get(), buf.data(), buf.size(), 0);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) {
-          s = Status::FromErrno("reading QEMU's save stream", errno);
+        ours.Reset();  // if we stopped early, QEMU's writes now fail
+        stream_done = true;
+      });
+      // Meanwhile: when the guest runs again (live), and when QEMU is done.
+      while (live && !running_at && !stream_done) {
+        auto st = Qmp(vm.get(), "query-status");
+        if (!st.ok()) break;
+        if (st->value("status", "") == "running") {
+          ran();
           break;
         }
-        if (n == 0) break;
-        sink_status = writer.Write(ByteView(buf.data(), static_cast<size_t>(n)));
-        if (!sink_status.ok()) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
       }
-      ours.Reset();  // if we stopped early, QEMU's writes now fail
       Status m = WaitOutgoing(vm.get());
+      if (!m.ok()) abandon = true;
+      reader.join();
+      s = read_status;
       if (s.ok() && sink_status.ok()) s = m;
     }
     if (s.ok() && sink_status.ok()) sink_status = writer.Finish();
-    if (keep_running && vm->Alive()) {
-      Status c = Qmp(vm.get(), "cont").status();
-      if (c.ok()) SetState(vm.get(), VmState::kRunning);
+    if (keep_running && vm->Alive() && !running_at) {
+      // A save that ended (or failed) before we saw the guest run: start it
+      // if it stands still.
+      auto st = Qmp(vm.get(), "query-status");
+      Status c = st.ok() && st->value("status", "") == "running" ? Status::OK() : Qmp(vm.get(), "cont").status();
+      if (c.ok()) ran();
       if (s.ok()) s = c;
     }
-    stats.pause_ms = MsSince(pause_start);
+    stats.pause_ms = std::chrono::duration<double, std::milli>(running_at.value_or(Clock::now()) - pause_start).count();
     stats.total_ms = MsSince(t0);
+    stats.live = live;
     stats.stream_bytes = writer.bytes_written();
     if (!sink_status.ok()) return sink_status.Annotate("checkpoint of " + name + " abandoned");
     if (!s.ok()) return s.Annotate("checkpoint of " + name);
@@ -410,6 +476,28 @@ class QemuHypervisor final : public Hypervisor {
     return r;
   }
 
+  // Sets the background-snapshot migration capability on or off; true if
+  // it now is as asked. QEMU refuses it where the kernel cannot
+  // write-protect guest RAM (userfaultfd): that is said once per VM, and
+  // its checkpoints then pause the guest for the whole save.
+  bool UseBackgroundSnapshot(Vm* vm, bool on) REQUIRES(vm->op_mu) {
+    if (on && vm->background_refused) return false;
+    if (vm->background == on) return true;
+    auto r = Qmp(vm, "migrate-set-capabilities",
+                 {{"capabilities", json::array({{{"capability", "background-snapshot"}, {"state", on}}})}});
+    if (!r.ok()) {
+      if (on) {
+        vm->background_refused = true;
+        LogWarning("VM " + vm->spec.name + ": QEMU cannot take background snapshots here (" + r.status().message() +
+                   "); its checkpoints pause it for the whole save. Userfaultfd write-protection needs Linux "
+                   "5.7 or later and, for a user other than root, vm.unprivileged_userfaultfd=1");
+      }
+      return false;
+    }
+    vm->background = on;
+    return true;
+  }
+
   Status WaitOutgoing(Vm* vm) REQUIRES(vm->op_mu) {
     auto deadline = Clock::now() + std::chrono::seconds(60);
     for (;;) {
@@ -533,6 +621,7 @@ class QemuHypervisor final : public Hypervisor {
 
   const std::string qemu_;
   const bool kvm_;
+  const bool live_;  // HypervisorOptions::live_checkpoints
   UniqueFd wake_;
   VmRegistry<Vm> vms_;
   std::thread monitor_;
@@ -558,7 +647,7 @@ Result<std::unique_ptr<Hypervisor>> OpenQemuHypervisor(const HypervisorOptions& 
   } else if (options.accel != "tcg") {
     return Status::InvalidArgument("accel must be auto, kvm or tcg, not '" + options.accel + "'");
   }
-  return std::unique_ptr<Hypervisor>(new QemuHypervisor(qemu, kvm));
+  return std::unique_ptr<Hypervisor>(new QemuHypervisor(qemu, kvm, options.live_checkpoints));
 }
 
 }  // namespace slingshot

@@ -16,6 +16,8 @@
 //   A PVH guest is saved live (LIBXL_SUSPEND_LIVE: memory copied in
 //   log-dirty rounds while it runs, then a short final pause); a PV one is
 //   paused for the whole save (PV has no log-dirty here), as `xl save -c`.
+//   The caller's at_pause hook runs while the domain stands suspended after
+//   the save (the instant the stream ends with), before the resume.
 //   The pause is measured, not assumed: a watcher on a libxl context of its
 //   own polls the domain's state and times from its first suspended or
 //   paused sight to the resume.
@@ -129,6 +131,7 @@ class XenHypervisor final : public Hypervisor {
   static Result<std::unique_ptr<Hypervisor>> Open(const HypervisorOptions& options) {
     std::unique_ptr<XenHypervisor> h(new XenHypervisor);
     h->network_prefix_ = options.network_prefix;
+    h->live_ = options.live_checkpoints;
     h->logger_ = xtl_createlogger_stdiostream(stderr, XTL_ERROR, 0);
     libxl_ctx* ctx = nullptr;
     libxl_ctx* watch_ctx = nullptr;
@@ -170,6 +173,7 @@ class XenHypervisor final : public Hypervisor {
     if (logger_) xtl_logger_destroy(reinterpret_cast<xentoollog_logger*>(logger_));
   }
 
+  using Hypervisor::Checkpoint;
   std::string Name() const override { return "xen"; }
   std::string StreamFormat() const override { return "xen"; }
   NbdDisk DiskAddress(const std::string&) const override { return NbdDisk{"", "127.0.0.1", 0, "disk", false}; }
@@ -201,8 +205,8 @@ class XenHypervisor final : public Hypervisor {
     return Status::OK();
   }
 
-  Result<CheckpointStats> Checkpoint(const std::string& name, const ByteSink& sink,
-                                     bool keep_running) override {
+  Result<CheckpointStats> Checkpoint(const std::string& name, const ByteSink& sink, bool keep_running,
+                                     const CheckpointHooks& hooks) override {
     SLINGSHOT_ASSIGN_OR_RETURN(std::shared_ptr<XenVm> vm, vms_.Find(name));
     MutexLock op(&vm->op_mu);
     if (StateOf(vm.get()) == VmState::kDead) return Status::IOError("VM " + name + " is dead");
@@ -214,7 +218,7 @@ class XenHypervisor final : public Hypervisor {
       libxl_domain_config_dispose(&cfg);
       return XlError("retrieve_domain_configuration", rc);
     }
-    const bool live = cfg.c_info.type == LIBXL_DOMAIN_TYPE_PVH;
+    const bool live = live_ && cfg.c_info.type == LIBXL_DOMAIN_TYPE_PVH;
     char* json = libxl_domain_config_to_json(ctx_, &cfg);
     libxl_domain_config_dispose(&cfg);
     if (!json) return Status::IOError("libxl could not describe the domain config as JSON");
@@ -254,10 +258,15 @@ class XenHypervisor final : public Hypervisor {
     Status read_status = read_done.get_future().get();
     reader.join();
     Status s = rc ? XlError("domain_suspend", rc) : Status::OK();
+    // The domain is suspended at the instant the stream ends with.
+    if (s.ok() && read_status.ok() && hooks.at_pause) s = hooks.at_pause();
     if (s.ok() && read_status.ok()) read_status = writer.Finish();
     if (keep_running) {
       int r2 = libxl_domain_resume(ctx_, vm->domid, /*suspend_cancel=*/1, nullptr);
-      if (r2 == 0) SetState(vm.get(), VmState::kRunning);
+      if (r2 == 0) {
+        SetState(vm.get(), VmState::kRunning);
+        if (hooks.running) hooks.running();
+      }
       if (s.ok() && r2) s = XlError("domain_resume", r2);
     }
     CheckpointStats stats;
@@ -712,6 +721,7 @@ class XenHypervisor final : public Hypervisor {
   libxl_domain_type guest_type_ = LIBXL_DOMAIN_TYPE_PV;
   bool pvh_capable_ = false;
   std::string network_prefix_;
+  bool live_ = true;  // HypervisorOptions::live_checkpoints
   xentoollog_logger_stdiostream* logger_ = nullptr;
   struct xs_handle* xs_ = nullptr;
   VmRegistry<XenVm> vms_;

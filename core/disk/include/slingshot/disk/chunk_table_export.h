@@ -9,11 +9,19 @@
 //   chunk is read from the overlay from then on.
 // - Freeze() (at home, at checkpoint time) hashes the chunks written since
 //   the last freeze into a ChunkStore and returns the new immutable table;
-//   the export then serves that table, and the VM goes on writing.
+//   the export then serves that table, and the VM goes on writing. For a
+//   checkpoint whose guest runs on while its memory is saved, the freeze
+//   comes in two steps: BeginFreeze() at the checkpoint's instant reads
+//   nothing (it only fixes which chunks the table takes as they are then);
+//   a write to one of those before FinishFreeze() first stores that
+//   chunk's bytes as they were; FinishFreeze() stores the rest, a chunk at
+//   a time outside the lock, and returns the table as of BeginFreeze().
 // The overlay holds no hard state: after a crash the disk comes back as the
 // last frozen table (the event log brings the service current).
 //
-// Thread-safe: one mutex serializes requests.
+// Thread-safe: one mutex serializes requests (a freeze's hashing and
+// storing runs outside it, but for a write that must keep a chunk's old
+// bytes first).
 #ifndef SLINGSHOT_DISK_CHUNK_TABLE_EXPORT_H_
 #define SLINGSHOT_DISK_CHUNK_TABLE_EXPORT_H_
 
@@ -43,6 +51,7 @@ struct ChunkTableExportStats {
   uint64_t zero_chunk_reads = 0;
   uint64_t chunks_copied_up = 0;
   uint64_t dirty_chunks = 0;     // written since the last freeze
+  uint64_t kept_before_write = 0;  // chunks a write stored first, during a freeze
 };
 
 class ChunkTableExport final : public BlockExport {
@@ -64,6 +73,12 @@ class ChunkTableExport final : public BlockExport {
   // Stores every chunk written since the last freeze (all-zero ones as the
   // null id) and returns the table now served.
   Result<DiskTable> Freeze(ChunkStore* store);
+  // Freeze() in two steps (see above). BeginFreeze: InvalidArgument if
+  // a freeze is under way. FinishFreeze: the table as of BeginFreeze, or
+  // the store's first error (InvalidArgument with no freeze under way); a freeze that failed leaves its chunks dirty
+  // for the next one (the guest's writes never fail for it).
+  Status BeginFreeze(ChunkStore* store);
+  Result<DiskTable> FinishFreeze();
   ChunkTableExportStats stats() const;
 
   // The working set (working_set.h): ids of the table's chunks in the order

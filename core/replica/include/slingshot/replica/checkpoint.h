@@ -2,12 +2,15 @@
 // "Checkpoint"), and when one is due.
 //
 //   barrier (ReplicaHost::Quiesce: every input sent has been consumed, the
-//   service connections closed cleanly) -> the VM's save streamed into the
-//   chunker (no temp file) -> the disk's chunk table frozen -> resume (the
-//   VM runs on whatever happened) -> the memory list, table and working set
-//   stored -> the manifest signed and published as ref manifest/SERVICE ->
-//   Checkpointed{epoch, seq} to the attached client, whose proxy truncates
-//   its log up to seq.
+//   service connections closed cleanly) -> the guest stands still and the
+//   disk's chunk table is taken (ChunkTableExport::BeginFreeze) -> the
+//   VM's save streams into the chunker (no temp file) -> resume (inputs
+//   flow again) as soon as the guest runs: at once for a live checkpoint,
+//   whose memory streams on as it was at the pause, else after the save ->
+//   the disk's new chunks stored (FinishFreeze) -> the memory list, table
+//   and working set stored -> the manifest signed and published as ref
+//   manifest/SERVICE -> Checkpointed{epoch, seq} to the attached client,
+//   whose proxy truncates its log up to seq.
 // A checkpoint that fails leaves the last published one as it was.
 #ifndef SLINGSHOT_REPLICA_CHECKPOINT_H_
 #define SLINGSHOT_REPLICA_CHECKPOINT_H_
@@ -28,6 +31,7 @@ struct CheckpointResult {
   ChunkId manifest_id;
   double pause_ms = 0;  // the guest stood still
   double total_ms = 0;
+  bool live = false;    // its memory was saved while the guest ran
 };
 
 struct CheckpointOptions {

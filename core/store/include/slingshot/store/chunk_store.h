@@ -90,6 +90,10 @@ struct ChunkStoreOptions {
   // write, so an open that fails while a reserve exists releases it and
   // tries again (and says so). Made again at an open with room. 0: none;
   // at least 16 MiB (two of Berkeley DB's 8 MiB log files) to be of use.
+  // Another program may take the released space before recovery does, so
+  // the store also keeps recovery's room inside its own files (see
+  // Checkpoint()); the reserve is for what that does not cover (a new log
+  // file).
   uint64_t reserve_bytes = 0;
   // Cache mode: values are sealed under this key (base/cipher.h; the chunk
   // id is the associated data) before they reach the disk, and opened on
@@ -213,8 +217,12 @@ class ChunkStore : public ChunkSource {
   const std::string& dir() const;
   std::string Describe() const override;
 
-  // Forces the Berkeley DB log and buffer pool to disk (transactional mode);
-  // in cache mode flushes the buffer pool.
+  // Forces the Berkeley DB log and buffer pool to disk (transactional mode),
+  // so a recovery after a crash has only what came since to redo, and
+  // allocates the recovery headroom in the database and log files again
+  // (blocks past their ends that recovery on a full file system may need;
+  // a full file system now only logs that it has no room). In cache mode
+  // flushes the buffer pool.
   Status Checkpoint();
 
  private:

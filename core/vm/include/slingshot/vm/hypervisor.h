@@ -90,6 +90,24 @@ struct CheckpointStats {
   bool live = false;          // memory saved while the guest ran
 };
 
+// What a checkpoint's caller does at its two moments; both are optional.
+struct CheckpointHooks {
+  // The guest stands still at the instant the checkpoint captures (the
+  // start of a QEMU background snapshot, the final pause of a Xen live
+  // save, the whole save otherwise). What must be captured at that same
+  // instant, e.g. the disk's chunk table, is captured here, quickly: the
+  // guest waits. An error abandons the checkpoint (the guest resumes if
+  // keep_running) and is returned.
+  std::function<Status()> at_pause;
+  // With keep_running: the guest runs again, though its memory may still
+  // be streaming into the sink (a live checkpoint). Whatever the guest
+  // does from now on is after the checkpoint's instant, so inputs may flow
+  // to it again. Called once whenever the guest runs again, a failed
+  // checkpoint's included (not if it died), on the checkpointing thread,
+  // after at_pause; it must not block (hand slow work to another thread).
+  std::function<void()> running;
+};
+
 struct RestoreStats {
   uint64_t stream_bytes = 0;
   double total_ms = 0;  // from the call to a running guest
@@ -140,8 +158,15 @@ class Hypervisor {
   // guest resumes afterwards (pause_ms says for how long it stood still);
   // without, it stays paused. If the sink fails, the checkpoint is abandoned,
   // the guest resumes (keep_running) and the sink's error is returned.
+  // With keep_running and HypervisorOptions::live_checkpoints, a backend
+  // that can saves memory while the guest runs (CheckpointStats::live):
+  // QEMU by a background snapshot (the state as of its start, pages
+  // write-protected until saved), Xen's PVH guests by log-dirty rounds.
   virtual Result<CheckpointStats> Checkpoint(const std::string& name, const ByteSink& sink,
-                                             bool keep_running) = 0;
+                                             bool keep_running, const CheckpointHooks& hooks) = 0;
+  Result<CheckpointStats> Checkpoint(const std::string& name, const ByteSink& sink, bool keep_running) {
+    return Checkpoint(name, sink, keep_running, CheckpointHooks{});
+  }
 
   // Starts a VM from a VM stream. The spec gives the name, run_dir, disk and
   // service ports; its memory_mib and vcpus must match the stream's (else
@@ -177,6 +202,10 @@ struct HypervisorOptions {
   // paging, else PV), "pvh" or "pv". A checkpoint restores as the type it
   // was taken of.
   std::string xen_guest_type = "auto";
+  // Checkpoints that keep the guest running save its memory while it runs
+  // where the backend can (see Checkpoint()); false pauses the guest for
+  // the whole save, as a baseline to measure against.
+  bool live_checkpoints = true;
   // Xen only: names the guests' networks in dom0 (ReplicaNetworkOptions::
   // prefix). One per program that runs Xen guests in a dom0: what carries
   // it when the backend opens was left by a killed run and is removed.
