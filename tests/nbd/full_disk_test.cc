@@ -11,6 +11,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <optional>
 
 #include "../unit/test_util.h"
 #include "slingshot/base/file_util.h"
@@ -35,15 +36,25 @@ class SmallFileSystem {
   bool mounted_ = false;
 };
 
-TEST(FullDiskTest, AStoreOnAFullFileSystemFailsPutsCleanlyAndStillOpens) {
-  if (::geteuid() != 0) GTEST_SKIP() << "mounting a small tmpfs needs root";
+// A store's directory on a small tmpfs of its own, and its options.
+class FullDiskTest : public ::testing::Test {
+ protected:
+  void Mount(const char* size) {
+    if (::geteuid() != 0) GTEST_SKIP() << "mounting a small tmpfs needs root";
+    fsys_.emplace(t / "fs", size);
+    ASSERT_TRUE(fsys_->mounted()) << "mount tmpfs: " << std::strerror(errno);
+    o.reserve_bytes = 16 << 20;
+    o.compression_level = 0;
+  }
   TempDir t;
-  SmallFileSystem fsys(t / "fs", "64m");
-  ASSERT_TRUE(fsys.mounted()) << "mount tmpfs: " << std::strerror(errno);
+  std::optional<SmallFileSystem> fsys_;
   const std::string dir = t / "fs/store";
   ChunkStoreOptions o;
-  o.reserve_bytes = 16 << 20;
-  o.compression_level = 0;
+};
+
+TEST_F(FullDiskTest, AStoreOnAFullFileSystemFailsPutsCleanlyAndStillOpens) {
+  Mount("64m");
+  if (IsSkipped() || HasFatalFailure()) return;
   std::vector<ChunkId> kept;
   {
     auto store = ChunkStore::Open(dir, o);
@@ -108,15 +119,9 @@ uint64_t FillAll(const std::string& path) {
 // the store still opens, because the room its recovery writes into is
 // already allocated inside its own files (the headroom), and everything
 // acknowledged is there.
-TEST(FullDiskTest, AStoreKilledMidWriteOpensOnAFileSystemFilledEvenOfItsReserve) {
-  if (::geteuid() != 0) GTEST_SKIP() << "mounting a small tmpfs needs root";
-  TempDir t;
-  SmallFileSystem fsys(t / "fs", "96m");
-  ASSERT_TRUE(fsys.mounted()) << "mount tmpfs: " << std::strerror(errno);
-  const std::string dir = t / "fs/store";
-  ChunkStoreOptions o;
-  o.reserve_bytes = 16 << 20;
-  o.compression_level = 0;
+TEST_F(FullDiskTest, AStoreKilledMidWriteOpensOnAFileSystemFilledEvenOfItsReserve) {
+  Mount("96m");
+  if (IsSkipped() || HasFatalFailure()) return;
   {
     auto store = ChunkStore::Open(dir, o);  // made, with a checkpoint of the store behind it
     ASSERT_TRUE(store.ok()) << store.status().ToString();
