@@ -1,21 +1,27 @@
 // vm_bench: what checkpoints of a real VM cost, on the backend this machine
 // picks (QEMU TCG here). Boots the notepad guest twice, side by side: one on
-// a backend with live checkpoints (QEMU: a background snapshot), one with
-// them off (the guest paused for the whole save), types into both, then:
-//   - checkpoints each (keep running) straight into a chunk store through
-//     FastCDC, alternately, `--runs` times: how long each guest stood still,
-//     and how long the whole checkpoint took;
-//   - a key typed into the live guest while its checkpoint streams: how long
-//     until its screen shows it (a guest write to memory not yet saved
-//     waits for its page to be saved), beside the same key at rest;
-//   - stored bytes after dedup and zstd over guest RAM;
-//   - the second checkpoint (after an idle pause): its new bytes over its
-//     stream's bytes;
-//   - a restore of the first live checkpoint fed chunk by chunk from the
-//     store, until the guest answers.
-// Last line: RESULT ckpt_pause_ms=P paused_ckpt_pause_ms=Q key_during_ckpt_ms=K
-//            key_at_rest_ms=R stored_vs_ram=S second_ckpt_new_bytes_ratio=N
-//            restore_ms=T backend=B live=yes|no
+// a backend with live checkpoints, one with them off (the guest paused for
+// the whole save, the baseline), types into both, then `--runs` times, in
+// turn:
+//   - the baseline's checkpoint, straight into a chunk store through FastCDC;
+//   - the live guest's checkpoint with its RAM kept apart (QEMU: device
+//     state in the stream, RAM copied aside in the pause and stored after
+//     as a table of 64 KiB chunks by offset), as the home takes them;
+//   - the live guest's checkpoint as one stream saved while it runs (QEMU:
+//     a background snapshot), for comparison;
+// and reports how long each guest stood still, how long the copy of RAM
+// took within the pause, and
+//   - a key typed into the live guest while its RAM-apart checkpoint is
+//     stored: how long until its screen shows it, beside the same key at rest;
+//   - stored bytes after dedup and zstd over guest RAM (first checkpoint);
+//   - the second RAM-apart checkpoint (after an idle pause): its new bytes
+//     over its bytes (stream and RAM);
+//   - a restore of the first RAM-apart checkpoint from the store, until the
+//     guest answers with its document.
+// Last line: RESULT ckpt_pause_ms=P paused_ckpt_pause_ms=Q stream_ckpt_pause_ms=S
+//            ram_copy_ms=C key_during_ckpt_ms=K key_at_rest_ms=R stored_vs_ram=V
+//            second_ckpt_new_bytes_ratio=N restore_ms=T backend=B live=yes|no
+//            ram_apart=yes|no
 #include <boost/program_options.hpp>
 #include <algorithm>
 #include <chrono>
@@ -23,10 +29,12 @@
 #include <filesystem>
 #include <future>
 #include <iostream>
+#include <optional>
 #include <thread>
 
 #include "notepad_client.h"
 #include "slingshot/store/chunk_store.h"
+#include "slingshot/store/disk_table.h"
 #include "slingshot/base/coding.h"
 #include "slingshot/vm/hypervisor.h"
 #include "slingshot/base/log.h"
@@ -131,12 +139,11 @@ int main(int argc, char** argv) {
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   };
 
-  std::vector<double> pause_live, pause_paused, key_during, key_rest;
-  uint64_t stream_bytes = 0;
-  IngestStats first{}, second{};
-  uint64_t second_stream = 0;
+  std::vector<double> pause_apart, pause_stream, pause_paused, copy_ms, key_during, key_rest;
+  uint64_t first_stored = 0, second_new = 0, second_bytes = 0, first_stream = 0;
   ChunkList first_list;
-  bool live = false;
+  DiskTable first_ram;
+  bool live = false, apart = false;
   for (int i = 0; i < runs; ++i) {
     // The baseline first: the same guest, paused for its whole save.
     MemoryImageWriter wp(store->get(), ChunkerOptions{});
@@ -149,11 +156,23 @@ int main(int argc, char** argv) {
     auto rest = key();
     if (!rest.ok()) return Fail(rest.status(), "a key at rest");
     key_rest.push_back(*rest);
-    // The live checkpoint, with a key typed once the guest runs again.
+    // RAM apart, as the home checkpoints, with a key typed once the guest
+    // runs again (while its RAM is hashed and stored).
     MemoryImageWriter w(store->get(), ChunkerOptions{});
     std::promise<void> running;
+    std::optional<DiskImport> ram;
     CheckpointHooks hooks;
     hooks.running = [&] { running.set_value(); };
+    hooks.ram = [&](const GuestRam& g) -> Status {
+      std::vector<bool> known_zero((g.bytes.size() + kDefaultDiskChunkSize - 1) / kDefaultDiskChunkSize, true);
+      for (const auto& e : g.data) {
+        for (uint64_t c = e.offset / kDefaultDiskChunkSize; c <= (e.offset + e.length - 1) / kDefaultDiskChunkSize; ++c) {
+          known_zero[c] = false;
+        }
+      }
+      SLINGSHOT_ASSIGN_OR_RETURN(ram, ImportImage(g.bytes, known_zero, store->get()));
+      return Status::OK();
+    };
     std::future<Result<double>> during = std::async(std::launch::async, [&]() -> Result<double> {
       if (running.get_future().wait_for(60s) != std::future_status::ready) {
         return Status::IOError("the guest did not run again during its checkpoint");
@@ -167,33 +186,50 @@ int main(int argc, char** argv) {
     auto d = during.get();
     if (!d.ok()) return Fail(d.status(), "a key during the checkpoint");
     key_during.push_back(*d);
-    pause_live.push_back(c->pause_ms);
+    pause_apart.push_back(c->pause_ms);
+    copy_ms.push_back(c->ram_copy_ms);
     live = c->live;
+    apart = c->ram_apart;
+    const IngestStats none{};
+    const IngestStats& rs = ram ? ram->stats : none;
+    const uint64_t ram_bytes = ram ? ram->table.image_size : 0;
     if (i == 0) {
-      first = w.stats();
+      first_stored = w.stats().stored_bytes + rs.stored_bytes;
       first_list = *list;
-      stream_bytes = c->stream_bytes;
+      first_stream = c->stream_bytes;
+      if (ram) first_ram = ram->table;
     } else if (i == 1) {
-      second = w.stats();
-      second_stream = c->stream_bytes;
+      second_new = w.stats().new_bytes + rs.new_bytes;
+      second_bytes = c->stream_bytes + ram_bytes;
     }
-    std::printf("checkpoint %d: %s pause %.0f ms of %.0f ms (paused for the save: %.0f ms of %.0f ms); "
-                "a key %.0f ms during it, %.0f ms at rest; stream %s, new %s, stored %s\n",
-                i + 1, c->live ? "live" : "NOT LIVE", c->pause_ms, c->total_ms, p->pause_ms, p->total_ms, *d, *rest,
-                HumanBytes(c->stream_bytes).c_str(), HumanBytes(w.stats().new_bytes).c_str(),
-                HumanBytes(w.stats().stored_bytes).c_str());
-    std::this_thread::sleep_for(std::chrono::duration<double>(idle_seconds));
+    std::this_thread::sleep_for(std::chrono::duration<double>(idle_seconds / 2));
+    // The same guest, one stream saved while it runs.
+    MemoryImageWriter ws(store->get(), ChunkerOptions{});
+    auto bg = h.Checkpoint("bench", [&](ByteView b) { return ws.Write(b); }, true);
+    if (!bg.ok()) return Fail(bg.status(), "a one-stream checkpoint");
+    if (auto l = ws.Finish(); !l.ok()) return Fail(l.status(), "storing the one-stream checkpoint");
+    pause_stream.push_back(bg->pause_ms);
+    std::printf("checkpoint %d: %s pause %.0f ms (RAM copy %.0f ms) of %.0f ms; one stream %s: pause %.0f ms of "
+                "%.0f ms; paused for the save: %.0f ms of %.0f ms; a key %.0f ms during it, %.0f ms at rest; "
+                "stream %s, RAM new %s\n",
+                i + 1, c->ram_apart ? "RAM apart" : "NOT APART", c->pause_ms, c->ram_copy_ms, c->total_ms,
+                bg->live ? "live" : "NOT LIVE", bg->pause_ms, bg->total_ms, p->pause_ms, p->total_ms, *d, *rest,
+                HumanBytes(c->stream_bytes).c_str(), HumanBytes(rs.new_bytes).c_str());
+    std::this_thread::sleep_for(std::chrono::duration<double>(idle_seconds / 2));
   }
   rfb->reset();
-  double new_ratio = double(second.new_bytes) / double(second_stream);
+  double new_ratio = second_bytes ? double(second_new) / double(second_bytes) : 0;
 
   // Restore the first checkpoint from the store: the document as it was
   // when that checkpoint paused the guest.
   if (Status s = h.Destroy("bench"); !s.ok()) return Fail(s, "destroy");
   auto t0 = std::chrono::steady_clock::now();
+  RestoreRam given;
+  given.size = first_ram.image_size;
+  given.fill = [&](const RestoreRam::Put& put) { return ReadImage(first_ram, store->get(), put); };
   auto r = h.Restore(spec, [&](const ByteSink& sink) {
     return ReadMemoryImage(first_list, store->get(), sink);
-  });
+  }, apart ? &given : nullptr);
   if (!r.ok()) return Fail(r.status(), "restore");
   auto ctl = h.ServiceEndpoint("bench", kControlPort);
   if (Status s = WaitForText(*ctl, "benchmark document\nk", 30s); !s.ok()) return Fail(s, "restored guest");
@@ -201,21 +237,23 @@ int main(int argc, char** argv) {
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 
   double ram = double(spec.memory_mib) * (1 << 20);
-  double pause = Median(pause_live), pause0 = Median(pause_paused);
-  std::printf("guest RAM %s, stream %s, first checkpoint stored as %s\n",
-              HumanBytes(uint64_t(ram)).c_str(), HumanBytes(stream_bytes).c_str(),
-              HumanBytes(first.stored_bytes).c_str());
-  std::printf("pause: %.0f ms %s vs %.0f ms paused for the save (x%.3f)\n", pause, live ? "live" : "NOT LIVE",
-              pause0, pause / pause0);
-  std::printf("a key: %.0f ms during a live checkpoint vs %.0f ms at rest (medians)\n", Median(key_during),
+  double pause = Median(pause_apart), pause0 = Median(pause_paused), pause_bg = Median(pause_stream);
+  std::printf("guest RAM %s, first checkpoint: stream %s, stored as %s in all\n", HumanBytes(uint64_t(ram)).c_str(),
+              HumanBytes(first_stream).c_str(), HumanBytes(first_stored).c_str());
+  std::printf("pause: %.0f ms %s (RAM copy %.0f ms) vs %.0f ms as one live stream vs %.0f ms paused for the save "
+              "(x%.3f of the paused)\n",
+              pause, apart ? "RAM apart" : "NOT APART", Median(copy_ms), pause_bg, pause0, pause / pause0);
+  std::printf("a key: %.0f ms during a checkpoint vs %.0f ms at rest (medians)\n", Median(key_during),
               Median(key_rest));
-  std::printf("idle second checkpoint: %s new of %s\n", HumanBytes(second.new_bytes).c_str(),
-              HumanBytes(second_stream).c_str());
+  std::printf("idle second checkpoint: %s new of %s\n", HumanBytes(second_new).c_str(),
+              HumanBytes(second_bytes).c_str());
   std::printf("restore: %.0f ms to a guest answering with its document (QEMU load %.0f ms)\n",
               restore_ms, r->total_ms);
-  std::printf("RESULT ckpt_pause_ms=%.0f paused_ckpt_pause_ms=%.0f key_during_ckpt_ms=%.0f key_at_rest_ms=%.0f "
-              "stored_vs_ram=%.3f second_ckpt_new_bytes_ratio=%.3f restore_ms=%.0f backend=%s live=%s\n",
-              pause, pause0, Median(key_during), Median(key_rest), double(first.stored_bytes) / ram, new_ratio,
-              restore_ms, h.Name().c_str(), live ? "yes" : "no");
+  std::printf("RESULT ckpt_pause_ms=%.0f paused_ckpt_pause_ms=%.0f stream_ckpt_pause_ms=%.0f ram_copy_ms=%.1f "
+              "key_during_ckpt_ms=%.0f key_at_rest_ms=%.0f stored_vs_ram=%.3f second_ckpt_new_bytes_ratio=%.3f "
+              "restore_ms=%.0f backend=%s live=%s ram_apart=%s\n",
+              pause, pause0, pause_bg, Median(copy_ms), Median(key_during), Median(key_rest),
+              double(first_stored) / ram, new_ratio, restore_ms, h.Name().c_str(), live ? "yes" : "no",
+              apart ? "yes" : "no");
   return 0;
 }

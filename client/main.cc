@@ -92,7 +92,9 @@ Status CollectChunks(HomeSource* home, const ChunkId& object, ObjectKind kind, I
     }
     case ObjectKind::kManifest: {
       SLINGSHOT_ASSIGN_OR_RETURN(Manifest m, DecodeSignedManifestUnverified(b));
-      if (!m.disk_table.IsNull()) SLINGSHOT_RETURN_IF_ERROR(CollectChunks(home, m.disk_table, ObjectKind::kDiskTable, out));
+      for (const ChunkId* table : {&m.disk_table, &m.ram_table}) {
+        if (!table->IsNull()) SLINGSHOT_RETURN_IF_ERROR(CollectChunks(home, *table, ObjectKind::kDiskTable, out));
+      }
       for (const ChunkId* list : {&m.memory_list, &m.kernel, &m.initrd}) {
         if (!list->IsNull()) SLINGSHOT_RETURN_IF_ERROR(CollectChunks(home, *list, ObjectKind::kChunkList, out));
       }

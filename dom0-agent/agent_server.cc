@@ -163,6 +163,7 @@ struct AgentServer::Impl final : public RequestHandler {
     o.dir = r.dir;
     o.label = options.name;
     o.prefer_boot = options.prefer_boot;
+    o.lazy_memory = options.lazy_memory;
     o.cipher = cipher;
     if (!boot_root.empty()) o.boot_dir = boot_root + "/" + r.id;
     o.on_lost = [this, id = r.id](const Status& why) {
@@ -183,6 +184,21 @@ struct AgentServer::Impl final : public RequestHandler {
       r.live = std::move(live);
     }
     return Status::OK();
+  }
+
+  // The replica's RAM working set, to its home (best effort: a prefetch
+  // order, nothing a replica needs).
+  void SendWorkingSet(const Replica& r) {
+    LazyImage* lazy = r.live ? r.live->lazy_ram() : nullptr;
+    if (!lazy || !r.home) return;
+    std::vector<ChunkId> first = lazy->FirstReads();
+    Status s = r.home->PutWorkingSet(r.live->manifest().ram_table, first);
+    if (s.ok()) {
+      LogInfo("replica " + r.id + ": sent home the order of its first " + std::to_string(first.size()) +
+              " RAM chunks read");
+    } else {
+      LogWarning("replica " + r.id + ": its RAM working set did not reach home: " + s.ToString());
+    }
   }
 
   void Destroy(const std::shared_ptr<Replica>& r) {
@@ -237,8 +253,13 @@ struct AgentServer::Impl final : public RequestHandler {
     }
     LogInfo("replica " + r->id + " of " + in.service + " for " + c.peer().Describe() + " ready in " +
             std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count()) + " ms");
-    // The capability's expiry ends the session.
+    // The capability's expiry ends the session. Meanwhile, the order the
+    // replica first read its RAM in goes home once it has run a while (and
+    // at the end if it did not run that long), for the next replica to
+    // prefetch first.
     std::atomic<bool> done{false};
+    bool sent_working_set = false;
+    const auto ready = Clock::now();
     std::thread expiry([&] {
       while (!done) {
         if (std::time(nullptr) >= r->expires) {
@@ -246,12 +267,17 @@ struct AgentServer::Impl final : public RequestHandler {
           r->host->Shutdown();
           return;
         }
+        if (!sent_working_set && Clock::now() - ready >= options.working_set_after) {
+          SendWorkingSet(*r);
+          sent_working_set = true;
+        }
         std::this_thread::sleep_for(std::chrono::milliseconds(200));
       }
     });
     Status end = r->host->Serve(c);
     done = true;
     expiry.join();
+    if (!sent_working_set && std::time(nullptr) < r->expires) SendWorkingSet(*r);
     LogInfo("replica " + r->id + " of " + in.service + ": the session ended (" + end.message() + "); destroying it");
     Destroy(r);
     return Status::OK();

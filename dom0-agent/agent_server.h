@@ -24,6 +24,7 @@
 #ifndef SLINGSHOT_DOM0_AGENT_AGENT_SERVER_H_
 #define SLINGSHOT_DOM0_AGENT_AGENT_SERVER_H_
 
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -57,6 +58,12 @@ struct AgentOptions {
   // the guest's start-up. Such services are booted anyway on a hypervisor
   // that cannot restore their image.
   bool prefer_boot = false;
+  // A replica whose RAM is served on demand (QEMU) restores before its RAM
+  // has arrived (false: fetched whole first), and sends its home the order
+  // it first read RAM in this long after it is ready (or when its session
+  // ends, if sooner), for the next replica to prefetch first.
+  bool lazy_memory = true;
+  std::chrono::seconds working_set_after{30};
   HypervisorOptions hypervisor;
 };
 

@@ -171,6 +171,8 @@ Status RunCmd(const cli::po::variables_map& vm) {
   o.admission.budget_mib = vm["replica-memory-mb"].as<uint64_t>();
   o.admission.reserve_mib = vm["memory-reserve-mb"].as<uint64_t>();
   o.prefer_boot = vm.count("prefer-boot") > 0;
+  o.lazy_memory = vm["lazy-memory"].as<bool>();
+  o.working_set_after = std::chrono::seconds(std::max(vm["working-set-seconds"].as<int>(), 0));
   o.hypervisor.backend = vm["hypervisor"].as<std::string>();
   o.hypervisor.accel = vm["accel"].as<std::string>();
   o.hypervisor.qemu_binary = vm["qemu"].as<std::string>();
@@ -238,7 +240,12 @@ int main(int argc, char** argv) {
              ("no-advertise", "do not advertise this agent over DNS-SD (clients then need its address)")
              ("prefer-boot", "boot services that keep their state on their disk (service create --state-on-disk) "
                              "from the checkpoint's disk instead of restoring their memory image: less to fetch, "
-                             "a guest start-up to wait for");
+                             "a guest start-up to wait for")
+             ("lazy-memory", value<bool>()->default_value(true),
+              "restore a replica before its RAM has arrived, each page fetched as the guest first touches it "
+              "(QEMU; false: fetch the RAM whole first)")
+             ("working-set-seconds", value<int>()->default_value(30),
+              "send the home the order a replica first read its RAM in once it has run this long");
        },
        RunCmd},
       {"cache stats", "print what the chunk cache holds", "", cli::NoOptions, CacheStats},

@@ -533,7 +533,9 @@ struct HomeServer::Impl final : public RequestHandler {
     if (auto* g = std::get_if<wire::GetChunks>(&m)) ids = g->ids;
     else if (auto* o = std::get_if<wire::GetObject>(&m)) ids = {o->id};
     else if (auto* w = std::get_if<wire::GetWorkingSet>(&m)) ids = {w->table};
-    else return chunks->Handle(c, request, std::move(m));  // refuses what it does not serve
+    else if (std::holds_alternative<wire::PutWorkingSet>(m)) {
+      return Status::PermissionDenied("a client does not record working sets; its surrogates do");
+    } else return chunks->Handle(c, request, std::move(m));  // refuses what it does not serve
     Status allowed = scope->Check(ClientScope(c.peer()), ids, now);
     if (!allowed.ok()) {
       LogWarning("refused " + c.peer().Describe() + ": " + allowed.message());
@@ -565,6 +567,7 @@ struct HomeServer::Impl final : public RequestHandler {
     if (auto* g = std::get_if<wire::GetChunks>(&m)) ids = g->ids;
     else if (auto* o = std::get_if<wire::GetObject>(&m)) ids = {o->id};
     else if (auto* w = std::get_if<wire::GetWorkingSet>(&m)) ids = {w->table};
+    else if (auto* p = std::get_if<wire::PutWorkingSet>(&m)) ids = {p->table};  // its ids: ChunkService checks
     else {
       return Status::PermissionDenied(std::string("a surrogate may not send ") +
                                       wire::MessageTypeName(wire::TypeOf(m)));

@@ -8,7 +8,7 @@ PACKAGES=(
   # build
   build-essential cmake pkg-config
   libssl-dev libdb5.3++-dev libzstd-dev libarchive-dev libboost-program-options-dev
-  nlohmann-json3-dev libvncserver-dev libxen-dev libavahi-client-dev
+  nlohmann-json3-dev libvncserver-dev libxen-dev libavahi-client-dev libfuse3-dev fuse3
   # virtual machines: QEMU (TCG here), qemu-nbd for disks in tests; the test
   # guest image is packed with cpio from packages fetched by apt-get download
   qemu-system-x86 qemu-utils cpio gzip kmod

@@ -4,6 +4,7 @@
 #include <thread>
 
 #include "slingshot/base/coding.h"
+#include "slingshot/base/file_util.h"
 
 namespace slingshot::fake {
 namespace {
@@ -219,7 +220,17 @@ void FakeGuest::SetInputs(std::vector<std::pair<uint64_t, Bytes>> inputs) {
   inputs_ = std::move(inputs);
 }
 
-Bytes FakeGuest::Save() const {
+Bytes FakeGuest::Memory() const {
+  MutexLock l(&mu_);
+  return memory_;
+}
+
+void FakeGuest::SetMemory(Bytes memory) {
+  MutexLock l(&mu_);
+  memory_ = std::move(memory);
+}
+
+Bytes FakeGuest::Save(bool with_memory) const {
   MutexLock l(&mu_);
   Bytes body;
   Encoder e(&body);
@@ -229,8 +240,9 @@ Bytes FakeGuest::Save() const {
     e.U32(static_cast<uint32_t>(p.size()));
     e.Raw(p.data(), p.size());
   }
-  e.U32(static_cast<uint32_t>(memory_.size()));
-  e.Raw(memory_.data(), memory_.size());
+  const size_t m = with_memory ? memory_.size() : 0;
+  e.U32(static_cast<uint32_t>(m));
+  e.Raw(memory_.data(), m);
   return SealFrame(kGuestMagic, 1, body);
 }
 
@@ -334,14 +346,18 @@ Result<CheckpointStats> FakeHypervisor::Checkpoint(const std::string& name, cons
     if (it == vms_.end()) return Status::NotFound("no VM " + name);
     g = it->second.guest;
   }
+  const bool apart = options_.ram_apart && hooks.ram;
   Bytes body;
   Encoder e(&body);
   e.Str(options_.stream_format);
-  Bytes state = g->Save();
+  e.U8(apart ? 1 : 0);
+  Bytes state = g->Save(/*with_memory=*/!apart);
   e.Raw(state.data(), state.size());
   Bytes stream = SealFrame(kStreamMagic, 1, body);
+  Bytes ram = apart ? g->Memory() : Bytes();
   CheckpointStats st;
   st.live = keep_running && options_.live_checkpoints;
+  st.ram_apart = apart;
   bool ran = false;
   auto run = [&] {
     if (!keep_running || ran) return;
@@ -356,12 +372,18 @@ Result<CheckpointStats> FakeHypervisor::Checkpoint(const std::string& name, cons
     if (s.ok()) s = sink(ByteView(stream.data() + at, n));
   }
   run();
+  if (s.ok() && apart) {
+    std::vector<GuestRam::Extent> data;
+    if (!ram.empty()) data.push_back({0, ram.size()});
+    s = hooks.ram(GuestRam{ram, data});
+  }
   SLINGSHOT_RETURN_IF_ERROR(s);
   st.stream_bytes = stream.size();
   return st;
 }
 
-Result<RestoreStats> FakeHypervisor::Restore(const VmSpec& spec, const StreamProducer& stream) {
+Result<RestoreStats> FakeHypervisor::Restore(const VmSpec& spec, const StreamProducer& stream,
+                                             const RestoreRam* ram) {
   {
     MutexLock l(&mu_);
     if (fail_restore_) {
@@ -378,12 +400,36 @@ Result<RestoreStats> FakeHypervisor::Restore(const VmSpec& spec, const StreamPro
   SLINGSHOT_ASSIGN_OR_RETURN(OpenedFrame f, OpenFrame(all, kStreamMagic, 1, 64u << 20, "fake VM stream"));
   Decoder d(f.body, "fake VM stream");
   std::string format = d.Str(64, "format");
+  const bool apart = d.U8() != 0;
   ByteView state = d.Raw(d.remaining());
   SLINGSHOT_RETURN_IF_ERROR(d.Finish());
   if (format != options_.stream_format) {
     return Status::Unsupported("a " + format + " stream does not restore on " + Name());
   }
   SLINGSHOT_ASSIGN_OR_RETURN(auto guest, FakeGuest::Load(state));
+  if (apart) {
+    if (!ram || (!ram->fill && ram->lazy_file.empty())) {
+      return Status::InvalidArgument("this checkpoint keeps its RAM apart and the restore was given none");
+    }
+    if (ram->size != options_.guest_memory_bytes) {
+      return Status::InvalidArgument("the RAM given is " + std::to_string(ram->size) + " bytes, the guest has " +
+                                     std::to_string(options_.guest_memory_bytes));
+    }
+    Bytes memory(ram->size, 0);
+    if (!ram->lazy_file.empty()) {
+      SLINGSHOT_ASSIGN_OR_RETURN(memory, ReadFileBounded(ram->lazy_file, ram->size));
+      if (memory.size() != ram->size) return Status::Corruption("the lazy RAM file has the wrong size");
+    } else {
+      SLINGSHOT_RETURN_IF_ERROR(ram->fill([&](uint64_t offset, ByteView b) -> Status {
+        if (offset > memory.size() || b.size() > memory.size() - offset) {
+          return Status::Corruption("RAM piece beyond the guest's memory");
+        }
+        std::copy(b.begin(), b.end(), memory.begin() + static_cast<ptrdiff_t>(offset));
+        return Status::OK();
+      }));
+    }
+    guest->SetMemory(std::move(memory));
+  }
   MutexLock l(&mu_);
   SLINGSHOT_RETURN_IF_ERROR(Start(spec, std::move(guest)));
   ++restores_;

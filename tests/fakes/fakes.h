@@ -57,9 +57,12 @@ class FakeGuest {
   bool held() const;
   using LossFn = std::function<void(const Status&)>;
   void Watch(std::weak_ptr<LossFn> on_lost);
-  // For the hypervisor.
-  Bytes Save() const;
+  // For the hypervisor. Without with_memory, the memory is left out of the
+  // saved state (it travels apart: Memory(), SetMemory()).
+  Bytes Save(bool with_memory = true) const;
   static Result<std::shared_ptr<FakeGuest>> Load(ByteView saved);
+  Bytes Memory() const;
+  void SetMemory(Bytes memory);
   void SetInputs(std::vector<std::pair<uint64_t, Bytes>> inputs);
 
  private:
@@ -87,6 +90,9 @@ struct FakeHypervisorOptions {
   // Called before each piece of a checkpoint's stream goes to the sink
   // (0, 1, ...): a test acts while memory streams. An error abandons it.
   std::function<Status(size_t piece)> on_piece = nullptr;
+  // Checkpoints given a CheckpointHooks::ram keep the guest's memory apart
+  // (as QEMU does): its RAM is the memory, guest_memory_bytes long.
+  bool ram_apart = false;
 };
 
 class FakeHypervisor final : public Hypervisor {
@@ -99,9 +105,10 @@ class FakeHypervisor final : public Hypervisor {
   NbdDisk DiskAddress(const std::string& run_dir) const override;
   Status Boot(const VmSpec& spec) override;
   using Hypervisor::Checkpoint;
+  using Hypervisor::Restore;
   Result<CheckpointStats> Checkpoint(const std::string& name, const ByteSink& sink, bool keep_running,
                                      const CheckpointHooks& hooks) override;
-  Result<RestoreStats> Restore(const VmSpec& spec, const StreamProducer& stream) override;
+  Result<RestoreStats> Restore(const VmSpec& spec, const StreamProducer& stream, const RestoreRam* ram) override;
   Status Destroy(const std::string& name) override;
   std::vector<VmInfo> List() override;
   Result<VmInfo> Info(const std::string& name) override;

@@ -120,6 +120,52 @@ TEST(DiskTableTest, LyingCountOrSizeIsRefused) {
   EXPECT_TRUE(DiskTable::Decode(SealFrame({'S', 'S', 'D', 'T'}, 1, b2)).status().IsCorruption());
 }
 
+// An image in memory (a guest's RAM): chunks known to be zero are not even
+// read, the rest are stored like a disk's; ReadImage hands back every
+// non-zero chunk at its offset, and a chunk of the wrong length is refused.
+TEST(DiskTableTest, AnImageInMemoryImportsWithKnownZerosAndReadsBackByOffset) {
+  TempDir t;
+  auto store = std::move(ChunkStore::Open(t / "store", {})).value();
+  Bytes img = MixedImage(40, 0);
+  std::vector<bool> known_zero(40, false);
+  for (size_t i = 0; i < 40; i += 4) known_zero[i] = true;  // MixedImage's zero chunks
+  // Chunk 5 is random but claimed zero: the claim is trusted (not read).
+  known_zero[5] = true;
+  auto imp = ImportImage(img, known_zero, store.get());
+  ASSERT_TRUE(imp.ok()) << imp.status().ToString();
+  EXPECT_EQ(imp->table.image_size, img.size());
+  EXPECT_EQ(imp->stats.zero_chunks, 11u);
+  EXPECT_TRUE(imp->table.ids[5].IsNull());
+  EXPECT_EQ(imp->table.ids[1], ChunkId::Of(ByteView(img.data() + 65536, 65536)));
+  // Without the claims it is the disk import's table, but for chunk 5.
+  testing::WriteFile(t / "in.img", img);
+  auto disk = ImportDisk(t / "in.img", store.get());
+  ASSERT_TRUE(disk.ok());
+  for (size_t i = 0; i < 40; ++i) {
+    if (i != 5) {
+      EXPECT_EQ(imp->table.ids[i], disk->table.ids[i]) << i;
+    }
+  }
+  Bytes back(img.size(), 0);
+  size_t puts = 0;
+  Status st = ReadImage(disk->table, store.get(), [&](uint64_t off, ByteView b) {
+    std::copy(b.begin(), b.end(), back.begin() + static_cast<ptrdiff_t>(off));
+    ++puts;
+    return Status::OK();
+  });
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  EXPECT_EQ(back, img);
+  EXPECT_EQ(puts, 30u);
+  // A chunk whose length is wrong for its slot.
+  DiskTable wrong = disk->table;
+  wrong.ids[1] = *store->Put(RandomBytes(100, 3));
+  st = ReadImage(wrong, store.get(), [](uint64_t, ByteView) { return Status::OK(); });
+  EXPECT_TRUE(st.IsCorruption()) << st.ToString();
+  // put's own error ends it.
+  st = ReadImage(disk->table, store.get(), [](uint64_t, ByteView) { return Status::IOError("full"); });
+  EXPECT_FALSE(st.ok());
+}
+
 TEST(DiskTableTest, MissingOrWrongChunkFailsExport) {
   TempDir t;
   auto store = std::move(ChunkStore::Open(t / "store", {})).value();

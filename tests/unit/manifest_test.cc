@@ -132,6 +132,33 @@ TEST(ManifestTest, ServicePortTravelsInTheManifest) {
   EXPECT_NE(z.status().message().find("service port"), std::string::npos) << z.status().ToString();
 }
 
+// RAM kept apart travels as a RAM table (version 5); a manifest without one
+// is still written as version 4, which older agents read; a table whose
+// size is not the VM's memory is refused.
+TEST(ManifestTest, RamTableTravelsAndAManifestWithoutOneStaysVersion4) {
+  Manifest m = Sample();
+  auto plain = OpenFrame(m.Encode(), {'S', 'S', 'M', 'F'}, 5, 1 << 24, "t");
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ(plain->version, 4);
+  m.ram_table = ChunkId::Of(AsBytes("ram"));
+  m.ram_size = uint64_t{m.vm.memory_mib} << 20;
+  Bytes v5 = m.Encode();
+  auto f = OpenFrame(v5, {'S', 'S', 'M', 'F'}, 5, 1 << 24, "t");
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ(f->version, 5);
+  auto back = Manifest::Decode(v5);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(*back, m);
+  auto key = SigningKey::Generate();
+  auto verified = VerifyManifest(SignManifest(m, *key), key->public_key());
+  ASSERT_TRUE(verified.ok());
+  EXPECT_EQ(verified->ram_table, m.ram_table);
+  m.ram_size += 4096;
+  auto wrong = Manifest::Decode(m.Encode());
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_NE(wrong.status().message().find("RAM table"), std::string::npos) << wrong.status().ToString();
+}
+
 TEST(ManifestTest, LyingStringLengthIsRefused) {
   Bytes body;
   Encoder e(&body);

@@ -8,6 +8,7 @@
 
 #include "../fakes/fakes.h"
 #include "slingshot/replica/admission.h"
+#include "slingshot/net/chunk_service.h"
 #include "slingshot/replica/checkpoint.h"
 #include "slingshot/replica/checkpoint_scope.h"
 #include "slingshot/replica/instantiate.h"
@@ -356,6 +357,95 @@ TEST_F(ReplicaTest, ALiveCheckpointTakesInputsWhileItStreamsAndIsTheStateAtItsPa
     EXPECT_EQ(cafe.Guest(live ? "replica-live" : "replica-paused")->last_seq(), 3u);
     p->reset();
   }
+}
+
+// RAM kept apart (as QEMU does): the checkpoint stores it as a RAM table by
+// offset (zero chunks not stored, unchanged ones not stored again), the
+// capability reaches its chunks, and a replica made from it has exactly the
+// primary's state; a RAM chunk gone from the store fails the instantiate
+// cleanly (nothing left running).
+TEST_F(ReplicaTest, RamKeptApartTravelsAsATableByOffsetAndRestoresExactly) {
+  FakeHypervisorOptions ho;
+  ho.ram_apart = true;
+  ho.guest_memory_bytes = 1 << 20;
+  FakeHypervisor home(ho), cafe(ho);
+  Manifest base = Base();
+  base.vm.memory_mib = 1;  // the fake's RAM: guest_memory_bytes
+  auto p = PrimaryWithCheckpoint(home, 4, &base);
+  ASSERT_TRUE(p);
+  auto ref = store_->GetRef("manifest/notes");
+  ASSERT_TRUE(ref.ok());
+  auto m = VerifyManifest(*store_->GetObject(ref->object), key_->public_key());
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  ASSERT_FALSE(m->ram_table.IsNull());
+  EXPECT_EQ(m->ram_size, 1u << 20);
+  auto ram = DiskTable::Decode(*store_->GetObject(m->ram_table));
+  ASSERT_TRUE(ram.ok()) << ram.status().ToString();
+  EXPECT_EQ(ram->chunk_size, kDefaultDiskChunkSize);
+  EXPECT_EQ(ram->image_size, 1u << 20);
+  EXPECT_LT(m->memory_size, 64u << 10) << "the memory image should hold no RAM";
+  // The table is the guest's memory, chunk by chunk.
+  Bytes memory = home.Guest("notes")->Memory();
+  EXPECT_EQ(ram->ids[3], ChunkId::Of(ByteView(memory.data() + 3 * 65536, 65536)));
+
+  // Reachable by a capability for the service.
+  CheckpointScope scope(store_.get());
+  Capability cap{"notes", "alice", 1600, "fp-1"};
+  ASSERT_TRUE(scope.GrantCurrent(cap, 1000).ok());
+  EXPECT_TRUE(scope.Check(cap, {m->ram_table, ram->ids[0], ram->ids[15]}, 1000).ok());
+
+  // A second checkpoint with nothing changed in RAM stores no RAM chunk.
+  ASSERT_TRUE(p->host()->Apply(In(5)).ok());
+  ASSERT_TRUE(WaitApplied(*p, 5));
+  auto again = Checkpoint(home, *p, base);
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_TRUE(again->ram_apart);
+  EXPECT_EQ(again->ram.new_chunks, 0u);
+  EXPECT_EQ(again->manifest.ram_table, m->ram_table);
+
+  StoreCheckpointSource src(store_.get());
+  auto r = Instantiate(cafe, src, Options("replica-1"));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(cafe.Guest("replica-1")->Digest(), home.Guest("notes")->Digest());
+  EXPECT_EQ(cafe.Guest("replica-1")->last_seq(), 5u);
+  r->reset();
+
+  // A RAM chunk missing: refused, and nothing runs.
+  std::vector<ChunkId> gone{ram->ids[7]};
+  ASSERT_TRUE(store_->Delete(gone).ok());
+  auto broken = Instantiate(cafe, src, Options("replica-2"));
+  ASSERT_FALSE(broken.ok());
+  EXPECT_TRUE(broken.status().IsNotFound()) << broken.status().ToString();
+  EXPECT_TRUE(cafe.List().empty());
+}
+
+// A surrogate's record of the order its replica first read a table in: kept
+// only if every id is a chunk of that table, once; the longest record per
+// table stands; a surrogate's next replica prefetches in that order.
+TEST_F(ReplicaTest, TheHomeKeepsTheLongestWorkingSetOfChunksOfItsTable) {
+  // (Chunks 4 to 7 of the fixture's disk are zero: null ids.)
+  auto table_id = store_->PutObject(table_.Encode());
+  ASSERT_TRUE(table_id.ok());
+  ChunkService service(store_.get());
+  std::vector<ChunkId> three{table_.ids[2], table_.ids[0], table_.ids[1]};
+  ASSERT_TRUE(service.StoreWorkingSet(*table_id, three).ok());
+  EXPECT_EQ(LoadWorkingSet(store_.get(), *table_id)->ids, three);
+  // Shorter: the longer stays.
+  ASSERT_TRUE(service.StoreWorkingSet(*table_id, {table_.ids[8]}).ok());
+  EXPECT_EQ(LoadWorkingSet(store_.get(), *table_id)->ids, three);
+  // Longer: replaces it.
+  std::vector<ChunkId> four{table_.ids[9], table_.ids[2], table_.ids[0], table_.ids[1]};
+  ASSERT_TRUE(service.StoreWorkingSet(*table_id, four).ok());
+  EXPECT_EQ(LoadWorkingSet(store_.get(), *table_id)->ids, four);
+  // A chunk of no table of its, a repeat, the null id, or no table at all.
+  EXPECT_EQ(service.StoreWorkingSet(*table_id, {table_.ids[1], ChunkId::Of(AsBytes("x")), table_.ids[2], table_.ids[3],
+                                                table_.ids[10]}).code(), Status::Code::kInvalidArgument);
+  EXPECT_EQ(service.StoreWorkingSet(*table_id, {table_.ids[1], table_.ids[1], table_.ids[2], table_.ids[3],
+                                                table_.ids[10]}).code(), Status::Code::kInvalidArgument);
+  EXPECT_EQ(service.StoreWorkingSet(*table_id, {ChunkId(), table_.ids[1], table_.ids[2], table_.ids[3],
+                                                table_.ids[10]}).code(), Status::Code::kInvalidArgument);
+  EXPECT_FALSE(service.StoreWorkingSet(ChunkId::Of(AsBytes("no table")), three).ok());
+  EXPECT_EQ(LoadWorkingSet(store_.get(), *table_id)->ids, four);
 }
 
 // A replica that does not fit is refused before anything is fetched or

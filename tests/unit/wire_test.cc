@@ -52,6 +52,7 @@ TEST(WireTest, EveryMessageRoundTrips) {
       Pair{"alice-laptop", Bytes(kPairProofSize, 5)},
       Paired{"cert", "ca", Bytes(32, 1), "10.0.0.1:7390", Bytes(kPairProofSize, 6)},
       HandOver{"alice-tablet"},
+      PutWorkingSet{a, {b, a}},
   };
   for (const auto& m : all) {
     FrameHeader h;

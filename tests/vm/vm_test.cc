@@ -12,11 +12,15 @@
 #include <atomic>
 #include <cstring>
 #include <optional>
+#include <set>
 #include <thread>
 
 #include "../unit/test_util.h"
 #include "notepad_client.h"
+#include "slingshot/disk/lazy_image.h"
 #include "slingshot/store/chunk_store.h"
+#include "slingshot/store/disk_table.h"
+#include "slingshot/store/fetch_chain.h"
 #include "slingshot/base/coding.h"
 #include "slingshot/base/file_util.h"
 #include "slingshot/base/mutex.h"
@@ -124,6 +128,229 @@ TEST_F(VmTest, CheckpointKeepsRunningAndRestoresExactState) {
   // The two replicas are independent.
   EXPECT_TRUE(WaitForText(Ep("a", kControlPort), "Hello, Slingshot!\nline two and more", 5s).ok());
   EXPECT_EQ(hv_->List().size(), 2u);
+}
+
+// RAM kept apart: the stream carries device state only, the RAM is handed
+// to the caller as it was at the pause (copied aside while the guest stood
+// still), and a restore given that RAM back brings the guest back exactly;
+// without it, the restore is refused.
+TEST_F(VmTest, RamKeptApartIsCopiedAtThePauseAndRestoresTheGuestExactly) {
+  BootAndWait(Spec("a"));
+  TypeAndWait("a", "kept apart", "kept apart");
+  Bytes ckpt, ram;
+  std::vector<GuestRam::Extent> extents;
+  bool ran = false, ram_after_run = false;
+  CheckpointHooks hooks;
+  hooks.running = [&] { ran = true; };
+  hooks.ram = [&](const GuestRam& g) {
+    ram_after_run = ran;
+    ram.assign(g.bytes.begin(), g.bytes.end());
+    extents = g.data;
+    return Status::OK();
+  };
+  auto c = hv_->Checkpoint("a", [&](ByteView b) {
+    ckpt.insert(ckpt.end(), b.begin(), b.end());
+    return Status::OK();
+  }, true, hooks);
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_TRUE(c->ram_apart);
+  EXPECT_TRUE(ram_after_run) << "RAM went to the caller before the guest ran again";
+  EXPECT_LT(ckpt.size(), 4u << 20) << "the stream should hold device state only";
+  ASSERT_EQ(ram.size(), uint64_t{Spec("a").memory_mib} << 20);
+  ASSERT_FALSE(extents.empty());
+  uint64_t data_bytes = 0;
+  for (const auto& e : extents) data_bytes += e.length;
+  EXPECT_GT(data_bytes, 8u << 20) << "a booted guest has written some of its RAM";
+  // After the checkpoint: not in it.
+  TypeAndWait("a", " later", "kept apart later");
+
+  auto refused = hv_->Restore(Spec("none"), From(ckpt));
+  EXPECT_EQ(refused.status().code(), Status::Code::kInvalidArgument) << refused.status().ToString();
+
+  RestoreRam given;
+  given.size = ram.size();
+  given.fill = [&](const RestoreRam::Put& put) -> Status {
+    for (const auto& e : extents) SLINGSHOT_RETURN_IF_ERROR(put(e.offset, ByteView(ram.data() + e.offset, e.length)));
+    return Status::OK();
+  };
+  auto r = hv_->Restore(Spec("b"), From(ckpt), &given);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  auto text = DocumentText(Ep("b", kControlPort));
+  ASSERT_TRUE(text.ok()) << text.status().ToString();
+  EXPECT_EQ(*text, "kept apart");
+  TypeAndWait("b", "!", "kept apart!");
+
+  // The restored VM keeps its RAM apart too: its own checkpoint restores.
+  Bytes ckpt2, ram2;
+  std::vector<GuestRam::Extent> extents2;
+  hooks.ram = [&](const GuestRam& g) {
+    ram2.assign(g.bytes.begin(), g.bytes.end());
+    extents2 = g.data;
+    return Status::OK();
+  };
+  auto c2 = hv_->Checkpoint("b", [&](ByteView b) {
+    ckpt2.insert(ckpt2.end(), b.begin(), b.end());
+    return Status::OK();
+  }, true, hooks);
+  ASSERT_TRUE(c2.ok()) << c2.status().ToString();
+  EXPECT_TRUE(c2->ram_apart);
+  RestoreRam given2;
+  given2.size = ram2.size();
+  given2.fill = [&](const RestoreRam::Put& put) -> Status {
+    for (const auto& e : extents2) SLINGSHOT_RETURN_IF_ERROR(put(e.offset, ByteView(ram2.data() + e.offset, e.length)));
+    return Status::OK();
+  };
+  auto r2 = hv_->Restore(Spec("c"), From(ckpt2), &given2);
+  ASSERT_TRUE(r2.ok()) << r2.status().ToString();
+  EXPECT_TRUE(WaitForText(Ep("c", kControlPort), "kept apart!", 30s).ok());
+}
+
+// A checkpoint of vm with its RAM kept apart and stored in store as a RAM
+// table; the stream (device state) into *stream.
+Result<DiskTable> CheckpointRamApart(Hypervisor& hv, const std::string& vm, ChunkStore* store, Bytes* stream) {
+  std::optional<DiskTable> table;
+  CheckpointHooks hooks;
+  hooks.ram = [&](const GuestRam& g) -> Status {
+    std::vector<bool> known_zero((g.bytes.size() + kDefaultDiskChunkSize - 1) / kDefaultDiskChunkSize, true);
+    for (const auto& e : g.data) {
+      for (uint64_t c = e.offset / kDefaultDiskChunkSize; c <= (e.offset + e.length - 1) / kDefaultDiskChunkSize; ++c) {
+        known_zero[c] = false;
+      }
+    }
+    SLINGSHOT_ASSIGN_OR_RETURN(DiskImport imp, ImportImage(g.bytes, known_zero, store));
+    table = imp.table;
+    return Status::OK();
+  };
+  stream->clear();
+  SLINGSHOT_ASSIGN_OR_RETURN(CheckpointStats st, hv.Checkpoint(vm, [stream](ByteView b) {
+    stream->insert(stream->end(), b.begin(), b.end());
+    return Status::OK();
+  }, true, hooks));
+  if (!st.ram_apart || !table) return Status::IOError("the checkpoint did not keep RAM apart");
+  return *table;
+}
+
+// A source that fails every read once told to (the home gone).
+class FailingSource final : public ChunkSource {
+ public:
+  explicit FailingSource(ChunkSource* inner) : inner_(inner) {}
+  Result<Bytes> Get(const ChunkId& id) override {
+    if (fail_) return Status::IOError("the home went away");
+    return inner_->Get(id);
+  }
+  std::string Describe() const override { return "failing " + inner_->Describe(); }
+  std::atomic<bool> fail_{false};
+
+ private:
+  ChunkSource* inner_;
+};
+
+// A lazy restore: the VM maps its RAM from a LazyImage (FUSE) over the RAM
+// table and runs having read only the pages it touched: the document is
+// exact and the guest takes keys. Then the background prefetch (through a
+// fetch chain into a cache) brings the rest, and the first reads were
+// recorded in order.
+TEST_F(VmTest, ALazyRestoreRunsTheGuestBeforeItsRamHasArrived) {
+  BootAndWait(Spec("a"));
+  TypeAndWait("a", "lazy", "lazy");
+  auto home = ChunkStore::Open(dir_ / "home", {});
+  ASSERT_TRUE(home.ok()) << home.status().ToString();
+  Bytes stream;
+  auto table = CheckpointRamApart(*hv_, "a", home->get(), &stream);
+  ASSERT_TRUE(table.ok()) << table.status().ToString();
+  size_t stored = 0;
+  for (const auto& id : table->ids) stored += !id.IsNull();
+  ASSERT_TRUE(hv_->Destroy("a").ok());
+
+  auto cache = ChunkStore::Open(dir_ / "cache", {});
+  ASSERT_TRUE(cache.ok());
+  FetchChain chain(cache->get(), {home->get()});
+  LazyImageOptions lo;
+  lo.dir = dir_ / "lazy";
+  lo.table = *table;
+  lo.chunks = &chain;
+  lo.prefetch = &chain;
+  for (const auto& id : table->ids) {
+    if (!id.IsNull()) lo.order.push_back(id);
+  }
+  // The prefetch runs meanwhile; the first reads are the guest's own,
+  // through the file, whether the prefetch had fetched them yet or not.
+  auto lazy = LazyImage::Mount(lo);
+  ASSERT_TRUE(lazy.ok()) << lazy.status().ToString();
+  RestoreRam given;
+  given.size = table->image_size;
+  given.lazy_file = (*lazy)->path();
+  auto r = hv_->Restore(Spec("b"), From(stream), &given);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  auto text = DocumentText(Ep("b", kControlPort));
+  ASSERT_TRUE(text.ok()) << text.status().ToString();
+  EXPECT_EQ(*text, "lazy");
+  TypeAndWait("b", "!", "lazy!");
+  const LazyImageStats st = (*lazy)->stats();
+  const std::vector<ChunkId> first = (*lazy)->FirstReads();
+  std::printf("lazy restore: %zu of %zu stored RAM chunks read on demand (%llu reads, %s)\n", first.size(), stored,
+              static_cast<unsigned long long>(st.reads), HumanBytes(st.bytes).c_str());
+  EXPECT_TRUE((*lazy)->error().ok()) << (*lazy)->error().ToString();
+  EXPECT_GT(first.size(), 0u);
+  // Faults bring in their own pages, not megabytes around them (a guest
+  // that had read 60% of its RAM by now would mean read-around is back).
+  EXPECT_LT(first.size() * 10, stored * 6) << "the guest read most of its RAM before it answered";
+  // Each first read is a chunk of the table, once.
+  std::set<ChunkId> in_table(table->ids.begin(), table->ids.end());
+  for (const auto& id : first) EXPECT_TRUE(in_table.count(id));
+  // The prefetch brings the rest into the cache.
+  ASSERT_TRUE((*lazy)->WaitPrefetched().ok());
+  for (const auto& id : table->ids) {
+    if (id.IsNull()) continue;
+    auto has = (*cache)->Contains(id);
+    ASSERT_TRUE(has.ok() && *has) << id.Short();
+  }
+  TypeAndWait("b", "?", "lazy!?");
+  ASSERT_TRUE(hv_->Destroy("b").ok());
+  lazy->reset();
+}
+
+// A lazy replica whose source fails (its home gone) ends, cleanly: the
+// guest's read of a page that cannot be had fails, QEMU dies of it and is
+// reported dead (or the restore itself fails), the lazy image says why,
+// and no QEMU is left running.
+TEST_F(VmTest, ALazyReplicaWhoseSourceFailsDiesCleanly) {
+  BootAndWait(Spec("a"));
+  TypeAndWait("a", "doomed", "doomed");
+  auto home = ChunkStore::Open(dir_ / "home", {});
+  ASSERT_TRUE(home.ok());
+  Bytes stream;
+  auto table = CheckpointRamApart(*hv_, "a", home->get(), &stream);
+  ASSERT_TRUE(table.ok()) << table.status().ToString();
+  ASSERT_TRUE(hv_->Destroy("a").ok());
+  std::atomic<bool> died{false};
+  hv_->OnDeath([&](const std::string& name, const std::string&) {
+    if (name == "b") died = true;
+  });
+  FailingSource source(home->get());
+  source.fail_ = true;
+  LazyImageOptions lo;
+  lo.dir = dir_ / "lazy";
+  lo.table = *table;
+  lo.chunks = &source;
+  auto lazy = LazyImage::Mount(lo);
+  ASSERT_TRUE(lazy.ok()) << lazy.status().ToString();
+  RestoreRam given;
+  given.size = table->image_size;
+  given.lazy_file = (*lazy)->path();
+  auto r = hv_->Restore(Spec("b"), From(stream), &given);
+  if (r.ok()) {
+    auto deadline = std::chrono::steady_clock::now() + 60s;
+    while (!died && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(50ms);
+    EXPECT_TRUE(died) << "the guest ran on without its RAM";
+    auto info = hv_->Info("b");
+    ASSERT_TRUE(info.ok());
+    EXPECT_EQ(info->state, VmState::kDead);
+  }
+  EXPECT_FALSE((*lazy)->error().ok());
+  EXPECT_NE((*lazy)->error().message().find("the home went away"), std::string::npos) << (*lazy)->error().ToString();
+  (void)hv_->Destroy("b");
+  lazy->reset();
 }
 
 // A live checkpoint (QEMU's background snapshot): the caller's at_pause

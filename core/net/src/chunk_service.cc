@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <deque>
+#include <unordered_set>
 
+#include "slingshot/store/disk_table.h"
 #include "slingshot/store/working_set.h"
 
 namespace slingshot {
@@ -49,8 +51,35 @@ Status ChunkService::Handle(Connection& c, uint32_t request, wire::Message&& m) 
     }
     return c.Send(request, reply);
   }
+  if (auto* p = std::get_if<wire::PutWorkingSet>(&m)) {
+    SLINGSHOT_RETURN_IF_ERROR(StoreWorkingSet(p->table, std::move(p->ids)));
+    return c.Send(request, wire::WorkingSet{p->table, {}});
+  }
   return Status::InvalidArgument(std::string(wire::MessageTypeName(wire::TypeOf(m))) +
                                  " is not a request the chunk service answers");
+}
+
+Status ChunkService::StoreWorkingSet(const ChunkId& table, std::vector<ChunkId> ids) {
+  SLINGSHOT_ASSIGN_OR_RETURN(Bytes tb, store_->GetObject(table));
+  auto t = DiskTable::Decode(tb);
+  if (!t.ok()) return Status::InvalidArgument("a working set is kept only for a chunk table: " + t.status().message());
+  std::unordered_set<ChunkId, ChunkIdHash> in_table(t->ids.begin(), t->ids.end()), seen;
+  for (const auto& id : ids) {
+    if (id.IsNull() || !in_table.count(id)) {
+      return Status::InvalidArgument("working set names chunk " + id.Short() + ", which is not in table " +
+                                     table.Short());
+    }
+    if (!seen.insert(id).second) {
+      return Status::InvalidArgument("working set names chunk " + id.Short() + " twice");
+    }
+  }
+  // The longer record stands: a replica that ran longer saw more of what a
+  // fresh one will read.
+  MutexLock l(&put_mu_);
+  auto old = LoadWorkingSet(store_, table);
+  if (old.ok() && old->ids.size() >= ids.size()) return Status::OK();
+  if (!old.ok() && !old.status().IsNotFound()) return old.status();
+  return SaveWorkingSet(store_, WorkingSetRecord{table, std::move(ids)});
 }
 
 ChunkService::Stats ChunkService::stats() const {
@@ -223,6 +252,12 @@ Result<Ref> HomeSource::GetRef(const std::string& name) {
     return Status::Corruption(Describe() + " named an unknown kind for ref " + name);
   }
   return Ref{r.name, static_cast<ObjectKind>(r.kind), r.object};
+}
+
+Status HomeSource::PutWorkingSet(const ChunkId& table, std::vector<ChunkId> ids) {
+  if (ids.size() > wire::kMaxWorkingSet) ids.resize(wire::kMaxWorkingSet);
+  if (ids.empty()) return Status::OK();
+  return Call(wire::PutWorkingSet{table, std::move(ids)}, wire::MessageType::kWorkingSet).status();
 }
 
 Result<std::vector<ChunkId>> HomeSource::GetWorkingSet(const ChunkId& table) {

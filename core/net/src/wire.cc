@@ -58,6 +58,7 @@ void Put(Encoder& e, const Attach& m) {
   e.U8(m.take_over ? 1 : 0);
 }
 void Put(Encoder& e, const HandOver& m) { e.Str(m.device); }
+void Put(Encoder& e, const PutWorkingSet& m) { Put(e, WorkingSet{m.table, m.ids}); }
 void Put(Encoder& e, const Attached& m) {
   e.Str(m.service);
   e.Str(m.replica);
@@ -247,6 +248,13 @@ Message Get(Decoder& d, MessageType t) {
       return m;
     }
     case MessageType::kHandOver: return HandOver{d.Str(kMaxName, "device")};
+    case MessageType::kPutWorkingSet: {
+      PutWorkingSet m;
+      m.table = d.Id();
+      m.ids = Ids(d, kMaxWorkingSet, "working set");
+      if (d.ok() && m.ids.empty()) d.Fail("a working set to store names no chunks");
+      return m;
+    }
     case MessageType::kAttached: {
       Attached m;
       m.service = d.Str(kMaxName, "service");
@@ -400,7 +408,7 @@ constexpr MessageType kTypes[] = {
     MessageType::kRepaint,    MessageType::kCheckpointed, MessageType::kGetCapability,
     MessageType::kCapability, MessageType::kInstantiate, MessageType::kProgress,
     MessageType::kGetStatus,  MessageType::kAgentStatus, MessageType::kPair,
-    MessageType::kPaired,     MessageType::kHandOver};
+    MessageType::kPaired,     MessageType::kHandOver,   MessageType::kPutWorkingSet};
 static_assert(std::size(kTypes) == std::variant_size_v<Message>);
 
 }  // namespace
@@ -433,6 +441,7 @@ const char* MessageTypeName(MessageType t) {
     case MessageType::kAgentStatus: return "AgentStatus";
     case MessageType::kPair: return "Pair";
     case MessageType::kPaired: return "Paired";
+    case MessageType::kPutWorkingSet: return "PutWorkingSet";
   }
   return "unknown";
 }

@@ -1,8 +1,10 @@
 #include "slingshot/replica/checkpoint.h"
 
 #include <future>
+#include <optional>
 
 #include "slingshot/base/log.h"
+#include "slingshot/store/disk_table.h"
 #include "slingshot/store/memory_image.h"
 #include "slingshot/store/working_set.h"
 
@@ -39,6 +41,24 @@ Result<CheckpointResult> TakeCheckpoint(Hypervisor& hv, LiveReplica& replica, co
   hooks.running = [&] {
     resumed = std::async(std::launch::async, [&] { return host.Resume(replica.service_endpoint(), options.resume_ms); });
   };
+  // RAM kept apart (the backend copied it aside at the pause): a table of
+  // fixed-size chunks by offset, so that any page can be fetched alone;
+  // chunks outside the extents ever written are zero without a look.
+  std::optional<DiskImport> ram;
+  hooks.ram = [&](const GuestRam& g) -> Status {
+    const uint32_t chunk = kDefaultDiskChunkSize;
+    std::vector<bool> known_zero((g.bytes.size() + chunk - 1) / chunk, true);
+    for (const auto& e : g.data) {
+      if (e.length == 0) continue;
+      for (uint64_t i = e.offset / chunk; i <= (e.offset + e.length - 1) / chunk && i < known_zero.size(); ++i) {
+        known_zero[i] = false;
+      }
+    }
+    DiskImportOptions o;
+    o.chunk_size = chunk;
+    SLINGSHOT_ASSIGN_OR_RETURN(ram, ImportImage(g.bytes, known_zero, options.store, o));
+    return Status::OK();
+  };
   auto ck = hv.Checkpoint(replica.vm_name(), [&](ByteView b) { return writer.Write(b); }, /*keep_running=*/true, hooks);
   Result<ChunkList> memory = ck.ok() ? writer.Finish() : Result<ChunkList>(ck.status());
   Result<DiskTable> table = freezing ? disk.FinishFreeze() : Result<DiskTable>(Status::IOError("no disk table"));
@@ -67,6 +87,14 @@ Result<CheckpointResult> TakeCheckpoint(Hypervisor& hv, LiveReplica& replica, co
   m.disk_size = table->image_size;
   m.memory_list = memory_id;
   m.memory_size = memory->total_size;
+  m.ram_table = ChunkId();
+  m.ram_size = 0;
+  if (ck->ram_apart) {
+    if (!ram) return Status::IOError(what + ": the hypervisor kept RAM apart but handed none");
+    SLINGSHOT_ASSIGN_OR_RETURN(m.ram_table, options.store->PutObject(ram->table.Encode()));
+    m.ram_size = ram->table.image_size;
+    r.ram = ram->stats;
+  }
   SLINGSHOT_ASSIGN_OR_RETURN(r.manifest_id, options.store->PutObject(SignManifest(m, *options.key)));
   SLINGSHOT_RETURN_IF_ERROR(
       options.store->SetRef(Ref{"manifest/" + m.service_id, ObjectKind::kManifest, r.manifest_id}));
@@ -77,7 +105,9 @@ Result<CheckpointResult> TakeCheckpoint(Hypervisor& hv, LiveReplica& replica, co
     LogWarning(what + ": the store's own checkpoint failed (" + s.ToString() + "); the published checkpoint stands");
   }
   r.pause_ms = ck->pause_ms;
+  r.ram_copy_ms = ck->ram_copy_ms;
   r.live = ck->live;
+  r.ram_apart = ck->ram_apart;
   r.total_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
   return r;
 }

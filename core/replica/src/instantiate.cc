@@ -42,6 +42,7 @@ void LiveReplica::Destroy() {
   if (host_) host_->Shutdown();
   (void)hv_.Destroy(vm_name_);
   if (disk_) disk_->Stop();
+  lazy_ram_.reset();
 }
 
 Result<std::unique_ptr<LiveReplica>> StartReplica(Hypervisor& hv, ReplicaPlan plan) {
@@ -52,6 +53,7 @@ Result<std::unique_ptr<LiveReplica>> StartReplica(Hypervisor& hv, ReplicaPlan pl
   r->vm_name_ = plan.spec.name;
   r->manifest_ = plan.manifest;
   r->booted_ = !plan.memory;
+  r->lazy_ram_ = std::move(plan.lazy_ram);
   r->destroyed_ = true;  // nothing to destroy until the VM is asked for
   SLINGSHOT_ASSIGN_OR_RETURN(r->disk_, ReplicaDisk::Open(plan.table, plan.chunks, hv, plan.disk));
   VmSpec spec = plan.spec;
@@ -76,7 +78,7 @@ Result<std::unique_ptr<LiveReplica>> StartReplica(Hypervisor& hv, ReplicaPlan pl
         return sink(b);
       });
     };
-    auto restored = hv.Restore(spec, counted);
+    auto restored = hv.Restore(spec, counted, plan.ram ? &*plan.ram : nullptr);
     SLINGSHOT_RETURN_IF_ERROR(restored.status());
     r->restore_ms_ = restored->total_ms;
   } else {
@@ -194,6 +196,38 @@ Result<std::unique_ptr<LiveReplica>> Instantiate(Hypervisor& hv, CheckpointSourc
     plan.memory = [memory = std::move(memory), chunks](const ByteSink& sink) {
       return ReadMemoryImage(memory, chunks, sink);
     };
+    if (!m.ram_table.IsNull()) {
+      // The RAM by offset, fetched (every source at once) while the VM
+      // starts.
+      SLINGSHOT_ASSIGN_OR_RETURN(Bytes rb, source.GetObject(m.ram_table));
+      SLINGSHOT_ASSIGN_OR_RETURN(DiskTable ram, DiskTable::Decode(rb));
+      if (ram.image_size != m.ram_size) {
+        return Status::Corruption("the RAM table of " + options.service + " holds " + std::to_string(ram.image_size) +
+                                  " bytes, its manifest says " + std::to_string(m.ram_size));
+      }
+      RestoreRam given;
+      given.size = ram.image_size;
+      if (options.lazy_memory && source.chain()) {
+        LazyImageOptions lo;
+        lo.dir = boot_dir + "/ram";
+        lo.chunks = chunks;
+        lo.prefetch = source.chain();
+        auto ws = source.WorkingSet(m.ram_table);
+        lo.order = PrefetchOrder(ram, ws.ok() ? *ws : std::vector<ChunkId>{});
+        lo.table = ram;
+        auto lazy = LazyImage::Mount(std::move(lo));
+        if (lazy.ok()) {
+          given.lazy_file = (*lazy)->path();
+          plan.lazy_ram = std::move(*lazy);
+        } else {
+          LogWarning("the RAM of " + options.service + " is fetched whole before it runs: " + lazy.status().ToString());
+        }
+      }
+      if (given.lazy_file.empty()) {
+        given.fill = [ram = std::move(ram), chunks](const RestoreRam::Put& put) { return ReadImage(ram, chunks, put); };
+      }
+      plan.ram = std::move(given);
+    }
   }
   return StartReplica(hv, std::move(plan));
 }

@@ -97,8 +97,9 @@ Result<RetentionStats> ApplyRetention(ChunkStore* store, const RetentionPolicy& 
       ++stats.dropped_checkpoints;
     }
   }
-  // The disk tables the kept checkpoints use, and every table a ref names
-  // directly (a service's first disk, imported disks): their working sets stay.
+  // The disk and RAM tables the kept checkpoints use, and every table a ref
+  // names directly (a service's first disk, imported disks): their working
+  // sets stay.
   std::set<ChunkId> tables;
   for (const auto& r : refs) {
     if (r.kind == ObjectKind::kDiskTable) tables.insert(r.object);
@@ -107,7 +108,10 @@ Result<RetentionStats> ApplyRetention(ChunkStore* store, const RetentionPolicy& 
     auto bytes = store->GetObject(id);
     if (!bytes.ok()) continue;  // marking reports it, before anything is swept
     auto m = DecodeSignedManifestUnverified(*bytes);
-    if (m.ok() && !m->disk_table.IsNull()) tables.insert(m->disk_table);
+    if (!m.ok()) continue;
+    for (const ChunkId& t : {m->disk_table, m->ram_table}) {
+      if (!t.IsNull()) tables.insert(t);
+    }
   }
   for (const auto& r : working_sets) {
     auto table = ChunkId::FromHex(r.name.substr(kWorkingSet.size()));

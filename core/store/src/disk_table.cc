@@ -92,6 +92,67 @@ Result<DiskImport> ImportDisk(const std::string& path, ChunkStore* store,
   return out;
 }
 
+Result<DiskImport> ImportImage(ByteView image, const std::vector<bool>& known_zero, ChunkStore* store,
+                               const DiskImportOptions& options) {
+  SLINGSHOT_RETURN_IF_ERROR(CheckChunkSize(options.chunk_size));
+  DiskImport out;
+  out.table.chunk_size = options.chunk_size;
+  out.table.image_size = image.size();
+  const size_t count = (image.size() + options.chunk_size - 1) / options.chunk_size;
+  out.table.ids.assign(count, ChunkId());
+  std::vector<size_t> added;  // chunk indexes, in Add order
+  ChunkWriter writer(store, options.writer);
+  for (size_t i = 0; i < count; ++i) {
+    if (i < known_zero.size() && known_zero[i]) continue;
+    const size_t at = i * options.chunk_size;
+    SLINGSHOT_RETURN_IF_ERROR(writer.Add(image.subspan(at, std::min<size_t>(options.chunk_size, image.size() - at))));
+    added.push_back(i);
+  }
+  SLINGSHOT_ASSIGN_OR_RETURN(std::vector<ChunkId> ids, writer.Finish());
+  for (size_t k = 0; k < added.size(); ++k) out.table.ids[added[k]] = ids[k];
+  out.stats = writer.stats();
+  out.stats.zero_chunks += count - added.size();
+  for (size_t i = 0; i < count; ++i) {
+    if (i < known_zero.size() && known_zero[i]) out.stats.zero_bytes += out.table.ChunkLength(i);
+  }
+  return out;
+}
+
+Status ReadImage(const DiskTable& table, ChunkSource* source,
+                 const std::function<Status(uint64_t offset, ByteView bytes)>& put) {
+  std::vector<ChunkId> ids;
+  std::vector<size_t> index;
+  for (size_t i = 0; i < table.ids.size(); ++i) {
+    if (table.ids[i].IsNull()) continue;
+    ids.push_back(table.ids[i]);
+    index.push_back(i);
+  }
+  size_t next = 0;
+  Status failed;
+  Status st = source->GetMany(ids, [&](const ChunkId& id, Result<Bytes>&& chunk) {
+    const size_t i = index[next++];
+    if (!failed.ok()) return;
+    if (!chunk.ok()) {
+      failed = chunk.status().Annotate("chunk " + std::to_string(i) + " (" + id.Short() + ")");
+      return;
+    }
+    if (chunk->size() != table.ChunkLength(i)) {
+      failed = Status::Corruption("chunk " + std::to_string(i) + " (" + id.Short() + ") is " +
+                                  std::to_string(chunk->size()) + " bytes, the table expects " +
+                                  std::to_string(table.ChunkLength(i)));
+      return;
+    }
+    failed = put(static_cast<uint64_t>(i) * table.chunk_size, *chunk);
+  });
+  SLINGSHOT_RETURN_IF_ERROR(st);
+  SLINGSHOT_RETURN_IF_ERROR(failed);
+  if (next != ids.size()) {
+    return Status::IOError(source->Describe() + " delivered " + std::to_string(next) + " of " +
+                           std::to_string(ids.size()) + " chunks");
+  }
+  return Status::OK();
+}
+
 Status ExportDisk(const DiskTable& table, ChunkSource* source, const std::string& path) {
   UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
   if (!fd.valid()) return Status::FromErrno("create " + path, errno);

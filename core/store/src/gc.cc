@@ -34,6 +34,7 @@ class Walker {
       std::string from = "manifest " + m.service_id + " epoch " + std::to_string(m.epoch);
       if (!m.disk_table.IsNull()) SLINGSHOT_RETURN_IF_ERROR(Object(m.disk_table, from));
       if (!m.memory_list.IsNull()) SLINGSHOT_RETURN_IF_ERROR(Object(m.memory_list, from));
+      if (!m.ram_table.IsNull()) SLINGSHOT_RETURN_IF_ERROR(Object(m.ram_table, from));
       if (!m.kernel.IsNull()) SLINGSHOT_RETURN_IF_ERROR(Object(m.kernel, from));
       if (!m.initrd.IsNull()) SLINGSHOT_RETURN_IF_ERROR(Object(m.initrd, from));
     } else if (b.size() >= 4 && std::memcmp(b.data(), "SSWS", 4) == 0) {

@@ -8,7 +8,7 @@ namespace slingshot {
 namespace {
 constexpr Magic kBodyMagic = {'S', 'S', 'M', 'F'};
 constexpr Magic kSignedMagic = {'S', 'S', 'M', 'S'};
-constexpr uint16_t kVersion = 4;  // the body: 2 added the boot files, 3 state_on_disk, 4 service_port
+constexpr uint16_t kVersion = 5;  // the body: 2 added the boot files, 3 state_on_disk, 4 service_port, 5 the RAM table
 constexpr uint16_t kEnvelopeVersion = 1;  // the signed envelope
 constexpr size_t kMaxBody = 4u << 20;
 constexpr char kDomain[] = "slingshot manifest v1";  // the terminating NUL is signed too
@@ -63,6 +63,11 @@ Bytes Manifest::Encode() const {
   e.U64(initrd_size);
   e.U8(state_on_disk ? 1 : 0);
   e.U16(service_port);
+  // A manifest whose RAM is in its stream stays version 4, which agents
+  // that know no RAM tables still read.
+  if (ram_table.IsNull()) return SealFrame(kBodyMagic, 4, body);
+  e.Id(ram_table);
+  e.U64(ram_size);
   return SealFrame(kBodyMagic, kVersion, body);
 }
 
@@ -98,6 +103,15 @@ Result<Manifest> Manifest::Decode(ByteView bytes) {
   if (f.version >= 4) {
     m.service_port = d.U16();
     if (d.ok() && m.service_port == 0) d.Fail("service port 0");
+  }
+  if (f.version >= 5) {
+    m.ram_table = d.Id();
+    m.ram_size = d.U64();
+    if (d.ok() && m.ram_table.IsNull()) d.Fail("a version 5 manifest without a RAM table");
+    if (d.ok() && m.ram_size != uint64_t{m.vm.memory_mib} << 20) {
+      d.Fail("RAM table of " + std::to_string(m.ram_size) + " bytes for a VM of " + std::to_string(m.vm.memory_mib) +
+             " MiB");
+    }
   }
   SLINGSHOT_RETURN_IF_ERROR(d.Finish());
   if (m.service_id.empty()) return Status::Corruption("manifest: empty service id");

@@ -1,6 +1,10 @@
 #include "child.h"
 
 #include <fcntl.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/mman.h>
 #include <pthread.h>
 #include <poll.h>
 #include <signal.h>
@@ -11,6 +15,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <cstddef>
 #include <cstring>
 #include <deque>
 #include <functional>
@@ -109,6 +114,23 @@ Result<std::string> FindExecutable(const std::string& name, const std::string& h
                           (hint.empty() ? "" : " (install " + hint + ")"));
 }
 
+namespace {
+// madvise(_, _, MADV_HUGEPAGE) -> EINVAL; everything else allowed. On
+// another architecture than x86-64 the filter allows everything.
+sock_filter kNoHugePageAdviceCode[] = {
+    BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)),
+    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 0, 5),
+    BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_madvise, 0, 3),
+    BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, args[2])),
+    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, MADV_HUGEPAGE, 0, 1),
+    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EINVAL & SECCOMP_RET_DATA)),
+    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+};
+const sock_fprog kNoHugePageAdvice = {sizeof kNoHugePageAdviceCode / sizeof kNoHugePageAdviceCode[0],
+                                      kNoHugePageAdviceCode};
+}  // namespace
+
 Result<std::unique_ptr<Child>> Child::Spawn(const SpawnOptions& options) {
   if (options.argv.empty()) return Status::InvalidArgument("Spawn: empty argv");
   SLINGSHOT_ASSIGN_OR_RETURN(std::string exe, FindExecutable(options.argv[0], ""));
@@ -118,6 +140,8 @@ Result<std::unique_ptr<Child>> Child::Spawn(const SpawnOptions& options) {
   for (const std::string& a : options.argv) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
   const std::string out = options.output_path.empty() ? "/dev/null" : options.output_path;
+  const int pass_fd = options.pass_fd;
+  const bool no_huge_page_advice = options.no_huge_page_advice;
 
   pid_t pid = -1;
   int err = 0;
@@ -127,6 +151,12 @@ Result<std::unique_ptr<Child>> Child::Spawn(const SpawnOptions& options) {
     pid = fork();
     if (pid == 0) {
       prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (no_huge_page_advice) {
+        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
+            prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &kNoHugePageAdvice) != 0) {
+          _exit(125);
+        }
+      }
       if (getppid() != parent) _exit(127);  // parent already gone
       int in = open("/dev/null", O_RDONLY);
       int o = open(out.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
@@ -134,8 +164,13 @@ Result<std::unique_ptr<Child>> Child::Spawn(const SpawnOptions& options) {
       dup2(in, 0);
       dup2(o, 1);
       dup2(o, 2);
+      int first_closed = 3;
+      if (pass_fd >= 0) {
+        if (pass_fd == 3 ? fcntl(3, F_SETFD, 0) != 0 : dup2(pass_fd, 3) != 3) _exit(126);
+        first_closed = 4;
+      }
       // Leave nothing else open in the child (sockets, locks, stores).
-      syscall(SYS_close_range, 3, ~0U, 0);
+      syscall(SYS_close_range, first_closed, ~0U, 0);
       sigset_t none;
       sigemptyset(&none);
       sigprocmask(SIG_SETMASK, &none, nullptr);

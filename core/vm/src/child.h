@@ -24,6 +24,14 @@ namespace slingshot {
 struct SpawnOptions {
   std::vector<std::string> argv;  // argv[0] is looked up in PATH
   std::string output_path;        // stdout+stderr appended here ("" = /dev/null)
+  // Handed to the child as its fd 3 (-1: none); every other fd but 0-2 is
+  // closed in the child.
+  int pass_fd = -1;
+  // The child's madvise(MADV_HUGEPAGE) fails (EINVAL, by a seccomp filter
+  // set before exec): a RAM file it maps then faults in page by page
+  // rather than 2-4 MiB at a time (the kernel's read-around for huge-page
+  // mappings), which matters when each page is fetched on demand.
+  bool no_huge_page_advice = false;
 };
 
 class Child {

@@ -21,18 +21,24 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <fcntl.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <fstream>
+#include <future>
 #include <map>
 #include <optional>
 #include <nlohmann/json.hpp>
 #include <thread>
+#include <utility>
 
 #include "child.h"
 #include "qmp.h"
@@ -79,6 +85,65 @@ Result<uint16_t> FreeTcpPort() {
   return ntohs(a.sin_port);
 }
 
+// A private, page-aligned mapping, unmapped on destruction.
+class Mapping {
+ public:
+  Mapping() = default;
+  Mapping(void* p, size_t n) : p_(static_cast<uint8_t*>(p)), n_(n) {}
+  Mapping(Mapping&& o) noexcept : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
+  Mapping& operator=(Mapping&& o) noexcept {
+    if (this != &o) {
+      Reset();
+      p_ = std::exchange(o.p_, nullptr);
+      n_ = std::exchange(o.n_, 0);
+    }
+    return *this;
+  }
+  ~Mapping() { Reset(); }
+  void Reset() {
+    if (p_) munmap(p_, n_);
+    p_ = nullptr;
+    n_ = 0;
+  }
+  uint8_t* data() const { return p_; }
+  size_t size() const { return n_; }
+  bool valid() const { return p_ != nullptr; }
+
+ private:
+  uint8_t* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+// The extents of fd (of size bytes) that hold data, by SEEK_DATA/SEEK_HOLE:
+// a tmpfs file's holes are pages never written.
+Result<std::vector<GuestRam::Extent>> DataExtents(int fd, uint64_t size) {
+  std::vector<GuestRam::Extent> out;
+  off_t pos = 0;
+  while (static_cast<uint64_t>(pos) < size) {
+    off_t data = lseek(fd, pos, SEEK_DATA);
+    if (data < 0 && errno == ENXIO) break;
+    if (data < 0) return Status::FromErrno("finding guest RAM's data (SEEK_DATA)", errno);
+    off_t hole = lseek(fd, data, SEEK_HOLE);
+    if (hole < 0) return Status::FromErrno("finding guest RAM's holes (SEEK_HOLE)", errno);
+    uint64_t end = std::min<uint64_t>(static_cast<uint64_t>(hole), size);
+    if (end > static_cast<uint64_t>(data)) out.push_back({static_cast<uint64_t>(data), end - data});
+    pos = hole;
+  }
+  return out;
+}
+
+// Faults in the pages of extents in m ahead of a copy that must be quick
+// (MADV_POPULATE_*, Linux 5.14; without it the copy faults them itself).
+void Populate(const Mapping& m, const std::vector<GuestRam::Extent>& extents, bool write) {
+#ifdef MADV_POPULATE_WRITE
+  for (const auto& e : extents) {
+    if (madvise(m.data() + e.offset, e.length, write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ) != 0) return;
+  }
+#else
+  (void)m, (void)extents, (void)write;
+#endif
+}
+
 Status ValidateSpec(const VmSpec& s) {
   SLINGSHOT_RETURN_IF_ERROR(ValidateVmName(s.name));
   if (s.kernel.empty() || access(s.kernel.c_str(), R_OK) != 0) {
@@ -109,6 +174,14 @@ struct Vm {
   // whether QEMU refused it (then every checkpoint pauses the guest).
   std::optional<bool> background GUARDED_BY(op_mu);
   bool background_refused GUARDED_BY(op_mu) = false;
+  std::optional<bool> ignore_shared GUARDED_BY(op_mu);  // x-ignore-shared, as last set
+  // Guest RAM: a memfd QEMU maps shared (ram_fd, with our read-only view
+  // ram_view), or a file QEMU maps privately and reads on demand
+  // (lazy_ram). shadow receives RAM's copy at a checkpoint's pause.
+  UniqueFd ram_fd GUARDED_BY(op_mu);
+  Mapping ram_view GUARDED_BY(op_mu);
+  std::string lazy_ram GUARDED_BY(op_mu);
+  Mapping shadow GUARDED_BY(op_mu);
 
   Mutex state_mu;  // child and state; held briefly, also by the monitor
   std::unique_ptr<Child> child GUARDED_BY(state_mu);
@@ -148,6 +221,7 @@ class QemuHypervisor final : public Hypervisor {
   }
 
   using Hypervisor::Checkpoint;
+  using Hypervisor::Restore;
   std::string Name() const override { return kvm_ ? "qemu-kvm" : "qemu-tcg"; }
   std::string StreamFormat() const override { return "qemu"; }
   NbdDisk DiskAddress(const std::string& run_dir) const override {
@@ -173,8 +247,12 @@ class QemuHypervisor final : public Hypervisor {
     if (!vm->Alive()) return Status::IOError("VM " + name + " is dead: " + vm->Obituary());
     CheckpointStats stats;
     auto t0 = Clock::now();
+    // RAM apart: the stream takes device state only (x-ignore-shared skips
+    // the memfd), and RAM is copied aside while the guest stands still.
+    const bool apart = hooks.ram && live_ && vm->ram_view.valid();
+    SLINGSHOT_RETURN_IF_ERROR(PrepareRamApart(vm.get(), apart));
     VmStreamWriter writer(sink);
-    SLINGSHOT_RETURN_IF_ERROR(writer.Begin(Header(vm->spec)));
+    SLINGSHOT_RETURN_IF_ERROR(writer.Begin(Header(vm->spec, apart)));
 
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
@@ -185,7 +263,7 @@ class QemuHypervisor final : public Hypervisor {
     SLINGSHOT_RETURN_IF_ERROR(Qmp(vm.get(), "stop").status());
     SetState(vm.get(), VmState::kPaused);
     Status s = hooks.at_pause ? hooks.at_pause() : Status::OK();
-    const bool live = s.ok() && keep_running && live_ && UseBackgroundSnapshot(vm.get(), true);
+    const bool live = s.ok() && !apart && keep_running && live_ && UseBackgroundSnapshot(vm.get(), true);
     if (s.ok() && !live && vm->background.value_or(false)) UseBackgroundSnapshot(vm.get(), false);
     if (s.ok()) s = Qmp(vm.get(), "getfd", {{"fdname", "slingshot-ckpt"}}, theirs.get()).status();
     theirs.Reset();
@@ -198,7 +276,8 @@ class QemuHypervisor final : public Hypervisor {
       SetState(vm.get(), VmState::kRunning);
       if (hooks.running) hooks.running();
     };
-    Status sink_status;
+    Status sink_status, ram_status;
+    std::vector<GuestRam::Extent> extents;
     if (s.ok()) {
       // The stream is read on a thread of its own that never waits for
       // QMP: during a background snapshot QEMU's main loop may itself wait
@@ -241,7 +320,9 @@ class QemuHypervisor final : public Hypervisor {
         ours.Reset();  // if we stopped early, QEMU's writes now fail
         stream_done = true;
       });
-      // Meanwhile: when the guest runs again (live), and when QEMU is done.
+      // Meanwhile: RAM's copy (apart), when the guest runs again (live),
+      // and when QEMU is done.
+      if (apart) ram_status = CopyRamAside(vm.get(), &extents, &stats.ram_copy_ms);
       while (live && !running_at && !stream_done) {
         auto st = Qmp(vm.get(), "query-status");
         if (!st.ok()) break;
@@ -267,15 +348,22 @@ class QemuHypervisor final : public Hypervisor {
       if (s.ok()) s = c;
     }
     stats.pause_ms = std::chrono::duration<double, std::milli>(running_at.value_or(Clock::now()) - pause_start).count();
+    if (s.ok() && sink_status.ok()) sink_status = ram_status;
+    if (apart && s.ok() && sink_status.ok()) {
+      sink_status = hooks.ram(GuestRam{ByteView(vm->shadow.data(), vm->shadow.size()), extents});
+    }
+    // The copy's memory is the host's again until the next checkpoint.
+    if (vm->shadow.valid()) madvise(vm->shadow.data(), vm->shadow.size(), MADV_DONTNEED);
     stats.total_ms = MsSince(t0);
-    stats.live = live;
+    stats.live = live || apart;
+    stats.ram_apart = apart;
     stats.stream_bytes = writer.bytes_written();
     if (!sink_status.ok()) return sink_status.Annotate("checkpoint of " + name + " abandoned");
     if (!s.ok()) return s.Annotate("checkpoint of " + name);
     return stats;
   }
 
-  Result<RestoreStats> Restore(const VmSpec& spec, const StreamProducer& stream) override {
+  Result<RestoreStats> Restore(const VmSpec& spec, const StreamProducer& stream, const RestoreRam* ram) override {
     SLINGSHOT_ASSIGN_OR_RETURN(std::shared_ptr<Vm> vm, Reserve(spec));
     MutexLock op(&vm->op_mu);
     auto t0 = Clock::now();
@@ -285,8 +373,16 @@ class QemuHypervisor final : public Hypervisor {
         [&](const VmStreamHeader& h) -> Status {
           vm->op_mu.AssertHeld();  // called from stream() below, under op
           SLINGSHOT_RETURN_IF_ERROR(CheckHeader(h, spec));
-          SLINGSHOT_RETURN_IF_ERROR(Start(vm.get(), /*incoming=*/true));
-          started = true;
+          const bool apart = json::parse(h.config, nullptr, false).value("ram", "") == "apart";
+          // RAM is filled while QEMU starts.
+          std::future<Status> filled;
+          if (apart) SLINGSHOT_RETURN_IF_ERROR(TakeRam(vm.get(), ram, &filled));
+          Status up = Start(vm.get(), /*incoming=*/true);
+          started = up.ok();
+          Status fill = filled.valid() ? filled.get() : Status::OK();
+          SLINGSHOT_RETURN_IF_ERROR(up);
+          SLINGSHOT_RETURN_IF_ERROR(fill.Annotate("filling the guest's RAM"));
+          SLINGSHOT_RETURN_IF_ERROR(SetIgnoreShared(vm.get(), apart));
           int sv[2];
           if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
             return Status::FromErrno("socketpair", errno);
@@ -355,13 +451,92 @@ class QemuHypervisor final : public Hypervisor {
   void OnDeath(DeathCallback callback) override { vms_.SetDeathCallback(std::move(callback)); }
 
  private:
-  VmStreamHeader Header(const VmSpec& spec) const {
+  // ram_apart: the stream holds no main memory (it travels apart).
+  VmStreamHeader Header(const VmSpec& spec, bool ram_apart) const {
     VmStreamHeader h;
     h.backend = "qemu";
     h.memory_mib = spec.memory_mib;
     h.vcpus = spec.vcpus;
-    h.config = MachineConfig(spec).dump();
+    json config = MachineConfig(spec);
+    if (ram_apart) config["ram"] = "apart";
+    h.config = config.dump();
     return h;
+  }
+
+  // Before the pause of a checkpoint: the capabilities its kind needs, and
+  // for RAM apart the copy's memory, faulted in with RAM's present data
+  // pages so that the copy in the pause is one memcpy per extent.
+  Status PrepareRamApart(Vm* vm, bool apart) REQUIRES(vm->op_mu) {
+    SLINGSHOT_RETURN_IF_ERROR(SetIgnoreShared(vm, apart));
+    if (!apart) return Status::OK();
+    if (vm->background.value_or(false)) UseBackgroundSnapshot(vm, false);
+    const size_t bytes = vm->ram_view.size();
+    if (!vm->shadow.valid()) {
+      void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      if (p == MAP_FAILED) return Status::FromErrno("mapping room for a copy of the guest's RAM", errno);
+      vm->shadow = Mapping(p, bytes);
+    }
+    auto extents = DataExtents(vm->ram_fd.get(), bytes);
+    if (extents.ok()) {
+      Populate(vm->shadow, *extents, /*write=*/true);
+      Populate(vm->ram_view, *extents, /*write=*/false);
+    }
+    return Status::OK();
+  }
+
+  // In the pause: RAM's data extents copied into the shadow.
+  Status CopyRamAside(Vm* vm, std::vector<GuestRam::Extent>* extents, double* ms) REQUIRES(vm->op_mu) {
+    auto t = Clock::now();
+    SLINGSHOT_ASSIGN_OR_RETURN(*extents, DataExtents(vm->ram_fd.get(), vm->ram_view.size()));
+    for (const auto& e : *extents) std::memcpy(vm->shadow.data() + e.offset, vm->ram_view.data() + e.offset, e.length);
+    *ms = MsSince(t);
+    return Status::OK();
+  }
+
+  // A restore's main memory, kept apart from its stream: a lazy file the
+  // VM will map, or the memfd, filled by *filled (on a thread of its own).
+  Status TakeRam(Vm* vm, const RestoreRam* ram, std::future<Status>* filled) REQUIRES(vm->op_mu) {
+    const uint64_t bytes = uint64_t{vm->spec.memory_mib} << 20;
+    if (!ram || (!ram->fill && ram->lazy_file.empty())) {
+      return Status::InvalidArgument("this checkpoint keeps the guest's RAM apart from its stream, and the "
+                                     "restore was given none");
+    }
+    if (ram->size != bytes) {
+      return Status::InvalidArgument("the RAM given is " + std::to_string(ram->size) + " bytes but the VM has " +
+                                     std::to_string(bytes));
+    }
+    if (!ram->lazy_file.empty()) {
+      vm->lazy_ram = ram->lazy_file;
+      return Status::OK();
+    }
+    SLINGSHOT_RETURN_IF_ERROR(MakeRam(vm));
+    const int fd = vm->ram_fd.get();
+    *filled = std::async(std::launch::async, [ram, fd, bytes] {
+     return ram->fill([fd, bytes](uint64_t offset, ByteView b) -> Status {
+      if (offset > bytes || b.size() > bytes - offset) {
+        return Status::Corruption("RAM piece at " + std::to_string(offset) + " (+" + std::to_string(b.size()) +
+                                  ") lies beyond the guest's " + std::to_string(bytes) + " bytes");
+      }
+      while (!b.empty()) {
+        ssize_t n = pwrite(fd, b.data(), b.size(), static_cast<off_t>(offset));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return Status::FromErrno("writing the guest's RAM", n < 0 ? errno : ENOSPC);
+        b = b.subspan(static_cast<size_t>(n));
+        offset += static_cast<uint64_t>(n);
+      }
+      return Status::OK();
+     });
+    });
+    return Status::OK();
+  }
+
+  Status SetIgnoreShared(Vm* vm, bool on) REQUIRES(vm->op_mu) {
+    if (vm->ignore_shared.value_or(false) == on) return Status::OK();
+    auto r = Qmp(vm, "migrate-set-capabilities",
+                 {{"capabilities", json::array({{{"capability", "x-ignore-shared"}, {"state", on}}})}});
+    if (!r.ok()) return r.status().Annotate("setting x-ignore-shared " + std::string(on ? "on" : "off"));
+    vm->ignore_shared = on;
+    return Status::OK();
   }
 
   // What must be equal on both sides of a restore besides memory and vcpus.
@@ -397,9 +572,20 @@ class QemuHypervisor final : public Hypervisor {
     return Status::OK();
   }
 
-  std::vector<std::string> Argv(Vm* vm, bool incoming) const {
+  std::vector<std::string> Argv(Vm* vm, bool incoming) const REQUIRES(vm->op_mu) {
     const VmSpec& s = vm->spec;
-    std::vector<std::string> a = {qemu_, "-name", s.name, "-machine", "pc",
+    // Main memory is a file QEMU maps: our memfd, shared (so that a
+    // checkpoint can copy it aside), or a file read on demand, private.
+    std::string ram = "memory-backend-file,id=ram0,size=" + std::to_string(s.memory_mib) + "M,mem-path=";
+    if (!vm->lazy_ram.empty()) {
+      std::string path;
+      for (char c : vm->lazy_ram) path += c == ',' ? std::string(",,") : std::string(1, c);
+      ram += path + ",share=off";
+    } else {
+      ram += "/proc/self/fd/3,share=on";
+    }
+    std::vector<std::string> a = {qemu_, "-name", s.name, "-machine", "pc,memory-backend=ram0",
+                                  "-object", ram,
                                   "-accel", kvm_ ? "kvm" : "tcg", "-cpu", "qemu64",
                                   "-m", std::to_string(s.memory_mib),
                                   "-smp", std::to_string(s.vcpus),
@@ -427,9 +613,25 @@ class QemuHypervisor final : public Hypervisor {
     return a;
   }
 
+  // The VM's main memory as a memfd of its size, with our read-only view
+  // of it (nothing is allocated until written).
+  Status MakeRam(Vm* vm) REQUIRES(vm->op_mu) {
+    const uint64_t bytes = uint64_t{vm->spec.memory_mib} << 20;
+    vm->ram_fd.Reset(static_cast<int>(syscall(SYS_memfd_create, ("slingshot-" + vm->spec.name).c_str(), MFD_CLOEXEC)));
+    if (!vm->ram_fd.valid()) return Status::FromErrno("memfd_create for the guest's RAM", errno);
+    if (ftruncate(vm->ram_fd.get(), static_cast<off_t>(bytes)) != 0) {
+      return Status::FromErrno("sizing the guest's RAM", errno);
+    }
+    void* p = mmap(nullptr, bytes, PROT_READ, MAP_SHARED | MAP_NORESERVE, vm->ram_fd.get(), 0);
+    if (p == MAP_FAILED) return Status::FromErrno("mapping the guest's RAM", errno);
+    vm->ram_view = Mapping(p, bytes);
+    return Status::OK();
+  }
+
   // Spawns QEMU and connects QMP; retries with new host ports if QEMU could
   // not bind the ones picked (another process took them meanwhile).
   Status Start(Vm* vm, bool incoming) REQUIRES(vm->op_mu) {
+    if (vm->lazy_ram.empty() && !vm->ram_fd.valid()) SLINGSHOT_RETURN_IF_ERROR(MakeRam(vm));
     if (mkdir(vm->spec.run_dir.c_str(), 0700) != 0 && errno != EEXIST) {
       return Status::FromErrno("creating run dir " + vm->spec.run_dir, errno);
     }
@@ -445,6 +647,8 @@ class QemuHypervisor final : public Hypervisor {
       SpawnOptions o;
       o.argv = Argv(vm, incoming);
       o.output_path = vm->log_path;
+      o.pass_fd = vm->lazy_ram.empty() ? vm->ram_fd.get() : -1;
+      o.no_huge_page_advice = !vm->lazy_ram.empty();
       SLINGSHOT_ASSIGN_OR_RETURN(std::unique_ptr<Child> child, Child::Spawn(o));
       {
         MutexLock l(&vm->state_mu);

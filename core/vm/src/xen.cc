@@ -174,6 +174,7 @@ class XenHypervisor final : public Hypervisor {
   }
 
   using Hypervisor::Checkpoint;
+  using Hypervisor::Restore;
   std::string Name() const override { return "xen"; }
   std::string StreamFormat() const override { return "xen"; }
   NbdDisk DiskAddress(const std::string&) const override { return NbdDisk{"", "127.0.0.1", 0, "disk", false}; }
@@ -281,7 +282,8 @@ class XenHypervisor final : public Hypervisor {
     return stats;
   }
 
-  Result<RestoreStats> Restore(const VmSpec& spec, const StreamProducer& stream) override {
+  Result<RestoreStats> Restore(const VmSpec& spec, const StreamProducer& stream, const RestoreRam* ram) override {
+    (void)ram;  // Xen streams hold their memory whole
     SLINGSHOT_ASSIGN_OR_RETURN(std::shared_ptr<XenVm> vm, Reserve(spec));
     MutexLock op(&vm->op_mu);
     auto t0 = Clock::now();

@@ -27,7 +27,10 @@
 namespace slingshot {
 
 // Home side: answers GetChunks, GetObject, GetRef and GetWorkingSet from a
-// store. Thread-safe (one server thread per connection calls it).
+// store, and stores a PutWorkingSet whose ids are all chunks of its table
+// (keeping the longest per table). Whether the peer may name that table at
+// all is the caller's to check. Thread-safe (one server thread per
+// connection calls it).
 class ChunkService final : public RequestHandler {
  public:
   explicit ChunkService(ChunkStore* store) : store_(store) {}
@@ -40,9 +43,13 @@ class ChunkService final : public RequestHandler {
   };
   Stats stats() const;
 
+  // PutWorkingSet's work, for callers that checked the peer's scope.
+  Status StoreWorkingSet(const ChunkId& table, std::vector<ChunkId> ids);
+
  private:
   ChunkStore* store_;
   std::atomic<uint64_t> chunks_sent_{0}, chunks_missing_{0}, bytes_sent_{0};
+  Mutex put_mu_;  // one working-set update at a time
 };
 
 struct HomeSourceOptions {
@@ -82,6 +89,10 @@ class HomeSource final : public ChunkSource {
   Result<Ref> GetRef(const std::string& name);
   // The recorded working set of a disk table (empty if none was recorded).
   Result<std::vector<ChunkId>> GetWorkingSet(const ChunkId& table);
+  // Records the order a replica first read table's chunks (at most
+  // wire::kMaxWorkingSet; nothing is sent for none). The home keeps the
+  // longest record it was given per table.
+  Status PutWorkingSet(const ChunkId& table, std::vector<ChunkId> ids);
 
   HomeSourceStats stats() const;
 

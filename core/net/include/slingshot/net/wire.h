@@ -79,6 +79,10 @@ enum class MessageType : uint16_t {
   kPair = 24,           // client -> home: proof that it knows the code
   kPaired = 25,         // home -> client: its certificate and the home's proof
   kHandOver = 26,       // home -> client: another device takes the service over
+  // A surrogate -> home: the order a replica first read a table's chunks
+  // (its RAM's, when served on demand); the reply is a WorkingSet with the
+  // table and no ids.
+  kPutWorkingSet = 27,
 };
 const char* MessageTypeName(MessageType t);
 
@@ -133,6 +137,11 @@ struct GetWorkingSet {
 struct WorkingSet {
   ChunkId table;
   std::vector<ChunkId> ids;  // first-read order; may be empty
+};
+
+struct PutWorkingSet {
+  ChunkId table;
+  std::vector<ChunkId> ids;  // first-read order, 1..kMaxWorkingSet, chunks of the table
 };
 
 // The largest logged input (an RFB cut-text message, say).
@@ -253,7 +262,7 @@ struct HandOver {
 using Message = std::variant<Hello, Error, GetChunks, ChunkData, GetObject, ObjectData, GetRef,
                              RefData, GetWorkingSet, WorkingSet, Attach, Attached, Input, Consumed,
                              Screen, Repaint, Checkpointed, GetCapability, Capability, Instantiate,
-                             Progress, GetStatus, AgentStatus, Pair, Paired, HandOver>;
+                             Progress, GetStatus, AgentStatus, Pair, Paired, HandOver, PutWorkingSet>;
 
 MessageType TypeOf(const Message& m);
 

@@ -6,7 +6,10 @@
 //   disk's chunk table is taken (ChunkTableExport::BeginFreeze) -> the
 //   VM's save streams into the chunker (no temp file) -> resume (inputs
 //   flow again) as soon as the guest runs: at once for a live checkpoint,
-//   whose memory streams on as it was at the pause, else after the save ->
+//   whose memory streams on as it was at the pause, else after the save;
+//   where the backend keeps RAM apart (QEMU), the stream is device state
+//   and RAM, copied aside in the pause, is stored after it as a table of
+//   64 KiB chunks by offset (the manifest's ram_table) ->
 //   the disk's new chunks stored (FinishFreeze) -> the memory list, table
 //   and working set stored -> the manifest signed and published as ref
 //   manifest/SERVICE -> Checkpointed{epoch, seq} to the attached client,
@@ -21,6 +24,7 @@
 #include "slingshot/base/keys.h"
 #include "slingshot/replica/instantiate.h"
 #include "slingshot/store/chunk_store.h"
+#include "slingshot/store/chunk_writer.h"
 #include "slingshot/store/manifest.h"
 #include "slingshot/vm/hypervisor.h"
 
@@ -30,8 +34,11 @@ struct CheckpointResult {
   Manifest manifest;  // as published
   ChunkId manifest_id;
   double pause_ms = 0;  // the guest stood still
+  double ram_copy_ms = 0;  // of the pause: RAM copied aside
   double total_ms = 0;
   bool live = false;    // its memory was saved while the guest ran
+  bool ram_apart = false;  // RAM stored as the manifest's ram_table
+  IngestStats ram;      // the RAM table's chunks (if ram_apart)
 };
 
 struct CheckpointOptions {

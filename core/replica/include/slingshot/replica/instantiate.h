@@ -5,7 +5,9 @@
 //
 //   signed manifest -> verified with the home's key -> boot files fetched
 //   -> ReplicaDisk on the checkpoint's disk table -> VmSpec -> Restore (the
-//   memory image streamed from the source as it arrives) or Boot (a service
+//   memory image streamed from the source as it arrives; a RAM table's
+//   chunks served on demand through a LazyImage on a surrogate, fetched
+//   whole while the VM starts at home) or Boot (a service
 //   with state_on_disk whose memory image is another backend's, or when
 //   asked to) -> ReplicaHost connected at the manifest's seq.
 //
@@ -22,10 +24,12 @@
 #include <atomic>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "slingshot/base/keys.h"
+#include "slingshot/disk/lazy_image.h"
 #include "slingshot/replica/replica_disk.h"
 #include "slingshot/replica/replica_host.h"
 #include "slingshot/store/chunk_store.h"
@@ -100,6 +104,9 @@ struct ReplicaPlan {
   ReplicaDiskOptions disk;
   std::vector<uint16_t> extra_ports;  // also forwarded (diagnostics)
   StreamProducer memory;  // restore from this stream; empty: boot
+  std::optional<RestoreRam> ram;  // the RAM of a stream that kept it apart
+  // Serves ram.lazy_file; the replica keeps it until its VM is gone.
+  std::unique_ptr<LazyImage> lazy_ram;
   int connect_timeout_ms = 60000;
   std::function<void(const Status&)> on_lost;  // the service connection failed
   ProgressFn progress;
@@ -120,6 +127,8 @@ class LiveReplica {
   const Manifest& manifest() const { return manifest_; }
   bool booted() const { return booted_; }  // booted rather than restored
   double restore_ms() const { return restore_ms_; }
+  // The RAM served on demand, if the replica was restored lazily; else null.
+  LazyImage* lazy_ram() const { return lazy_ram_.get(); }
 
   // The VM died (the hypervisor's death callback) or its service
   // connection was lost: the replica is of no further use.
@@ -134,6 +143,7 @@ class LiveReplica {
   Hypervisor& hv_;
   std::string vm_name_;
   std::unique_ptr<ReplicaDisk> disk_;
+  std::unique_ptr<LazyImage> lazy_ram_;  // after the VM in Destroy()
   std::shared_ptr<ReplicaHost> host_;
   Endpoint service_;
   Manifest manifest_;
@@ -161,6 +171,11 @@ struct InstantiateOptions {
   // Boot a state_on_disk service from its checkpoint's disk even when its
   // memory image would restore here.
   bool prefer_boot = false;
+  // A checkpoint with a RAM table restores with its RAM served on demand
+  // (LazyImage, mounted under boot_dir) where the source has a fetch chain;
+  // the rest of it is prefetched meanwhile. Otherwise (or if FUSE is not
+  // there) the RAM is fetched whole while the VM starts.
+  bool lazy_memory = true;
   std::vector<uint16_t> extra_ports;
   int restore_connect_ms = 60000;
   int boot_connect_ms = 600000;  // a boot runs the guest's whole start-up

@@ -11,6 +11,7 @@
 #define SLINGSHOT_STORE_DISK_TABLE_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -51,6 +52,19 @@ struct DiskImport {
 // stored (see ChunkStore::PutObject).
 Result<DiskImport> ImportDisk(const std::string& path, ChunkStore* store,
                               const DiskImportOptions& options = {});
+
+// Cuts an image held in memory (a guest's RAM) into a table of
+// options.chunk_size chunks and stores them. Chunk i with known_zero[i] set
+// is taken as zero without being read (the caller knows it was never
+// written); known_zero may be shorter than the table (the rest is read).
+Result<DiskImport> ImportImage(ByteView image, const std::vector<bool>& known_zero, ChunkStore* store,
+                               const DiskImportOptions& options = {});
+
+// Hands every non-zero chunk of table to put (its offset and bytes), in
+// table order, fetched from source with GetMany (pipelined where the source
+// can) and each checked against the table's length.
+Status ReadImage(const DiskTable& table, ChunkSource* source,
+                 const std::function<Status(uint64_t offset, ByteView bytes)>& put);
 
 // Writes the image described by table to path (created or truncated),
 // fetching chunks from source; zero chunks become holes. Every chunk is

@@ -2,7 +2,7 @@
 // by the home's Ed25519 key. A surrogate trusts chunks only through a
 // manifest whose signature verifies with the home key it was given.
 //
-// Manifest body: sealed frame (coding.h), magic "SSMF", version 4:
+// Manifest body: sealed frame (coding.h), magic "SSMF", version 5:
 //   str service_id (<= 256)  str service_type (<= 64, e.g. "rfb")
 //   u64 epoch                u64 last_seq (last event the primary consumed)
 //   i64 created_ns           u32 memory_mib  u32 vcpus
@@ -14,14 +14,19 @@
 //   u8  state_on_disk (0 or 1)                                  (version 3)
 //   u16 service_port (1..65535: the guest port its service       (version 4)
 //       listens on; earlier versions mean 5900)
+//   id  ram_table (object id of a DiskTable: the guest's main      (version 5)
+//       memory by offset, when the memory image kept it apart; the
+//       memory image is then device state only)
+//   u64 ram_size (== memory_mib MiB)
+// A manifest without a RAM table is written as version 4.
 // The boot files travel with the checkpoint because a hypervisor restoring
 // the VM elsewhere needs the same kernel and initrd it booted from.
 // state_on_disk: the service keeps its whole state on its disk whenever it
 // has consumed every input (the barrier), so a surrogate whose hypervisor
 // cannot restore this memory image (another StreamFormat) may boot the
 // guest from the checkpoint's disk instead and replay from last_seq.
-// Version 1 bodies (no boot files), 2 (no state_on_disk) and 3 (no
-// service_port) are still read.
+// Version 1 bodies (no boot files), 2 (no state_on_disk), 3 (no
+// service_port) and 4 (no RAM table) are still read.
 // (str = u32 length + bytes; id = 32 bytes.) The memory chunk list is held
 // by id rather than inline: the signature covers it just the same, and the
 // manifest stays small enough to fetch first, before anything else.
@@ -70,6 +75,8 @@ struct Manifest {
   uint64_t initrd_size = 0;
   bool state_on_disk = false;  // version 3; see above
   uint16_t service_port = kDefaultServicePort;  // version 4
+  ChunkId ram_table;  // version 5; null: the memory image holds the RAM
+  uint64_t ram_size = 0;
   friend bool operator==(const Manifest&, const Manifest&) = default;
 
   Bytes Encode() const;

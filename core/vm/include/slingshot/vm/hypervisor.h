@@ -88,9 +88,23 @@ struct CheckpointStats {
   double pause_ms = 0;        // guest stopped (stop .. cont)
   double total_ms = 0;
   bool live = false;          // memory saved while the guest ran
+  bool ram_apart = false;     // RAM went to CheckpointHooks::ram, not the stream
+  double ram_copy_ms = 0;     // of the pause: copying RAM aside
 };
 
-// What a checkpoint's caller does at its two moments; both are optional.
+// A guest's RAM as it was at a checkpoint's pause, held by the backend
+// until the hook that receives it returns: bytes[i] is guest-physical byte
+// i of main memory. Only the extents in data may hold anything but zeros
+// (the rest was never written); extents are sorted, disjoint, page-aligned.
+struct GuestRam {
+  struct Extent {
+    uint64_t offset = 0, length = 0;
+  };
+  ByteView bytes;
+  std::vector<Extent> data;
+};
+
+// What a checkpoint's caller does at its moments; all are optional.
 struct CheckpointHooks {
   // The guest stands still at the instant the checkpoint captures (the
   // start of a QEMU background snapshot, the final pause of a Xen live
@@ -106,6 +120,29 @@ struct CheckpointHooks {
   // checkpoint's included (not if it died), on the checkpointing thread,
   // after at_pause; it must not block (hand slow work to another thread).
   std::function<void()> running;
+  // RAM apart: with this hook, a backend that keeps guest RAM in memory of
+  // its own (QEMU) leaves main memory out of the stream, which then holds
+  // device state only, and hands the RAM, copied while the guest stood
+  // still, here once the guest runs again (CheckpointStats::ram_apart).
+  // The caller stores it (e.g. as a chunk table) and must give it back to
+  // Restore (RestoreRam). A backend that cannot (Xen) writes its whole
+  // state into the stream as without the hook, and never calls it. An error
+  // abandons the checkpoint and is returned.
+  std::function<Status(const GuestRam&)> ram;
+};
+
+// Main memory for Restore() of a stream whose RAM was kept apart. Exactly
+// one of fill and lazy_file is set.
+struct RestoreRam {
+  uint64_t size = 0;  // bytes; must be the VM's memory size
+  // Writes the RAM: calls put with every non-zero range, any order (what
+  // it never writes reads as zeros). The guest starts after fill returns.
+  using Put = std::function<Status(uint64_t offset, ByteView bytes)>;
+  std::function<Status(const Put& put)> fill;
+  // Or a file of size bytes whose pages are read on demand as the guest
+  // touches them (a FUSE file that fetches chunks): mapped privately, so
+  // the guest's own writes stay in its memory and never reach the file.
+  std::string lazy_file;
 };
 
 struct RestoreStats {
@@ -173,7 +210,13 @@ class Hypervisor {
   // InvalidArgument). Corruption for a damaged or truncated stream (the
   // half-built VM is destroyed first), Unsupported for another backend's
   // stream or a newer version.
-  virtual Result<RestoreStats> Restore(const VmSpec& spec, const StreamProducer& stream) = 0;
+  // A stream whose RAM was kept apart (CheckpointHooks::ram) needs it
+  // back as ram (else InvalidArgument); a whole stream ignores ram.
+  virtual Result<RestoreStats> Restore(const VmSpec& spec, const StreamProducer& stream,
+                                       const RestoreRam* ram) = 0;
+  Result<RestoreStats> Restore(const VmSpec& spec, const StreamProducer& stream) {
+    return Restore(spec, stream, nullptr);
+  }
 
   // Stops the VM at once and forgets it. NotFound if unknown.
   virtual Status Destroy(const std::string& name) = 0;
