@@ -306,6 +306,9 @@ Result<std::unique_ptr<AgentServer>> AgentServer::Start(AgentOptions options) {
       if (n.rfind(kPrefix, 0) != 0) continue;
       const std::string pid = n.substr(kPrefix.size());
       if (pid.find_first_not_of("0123456789") == std::string::npos && !fs::exists("/proc/" + pid)) {
+        if (int n = DetachLazyImagesUnder(e.path().string())) {
+          LogInfo("detached " + std::to_string(n) + " lazy RAM mount(s) a killed agent left in " + e.path().string());
+        }
         fs::remove_all(e.path(), ec);
       }
     }

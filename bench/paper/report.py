@@ -5,12 +5,17 @@ OUT/report.md (tables) and OUT/plot.png (gnuplot), prints the tables, and
 ends with the RESULT line of the 2005 profile (or of the first one run):
 
   RESULT speedup_vs_remote=X stick_reduction=Y instantiate_vs_limit=Z
+         first_nostick_2005_s=T current_stick_today_vs_limit=C
 
   X = remote task time / Slingshot task time
   Y = 1 - first-replica instantiation time with a current stick / without
-  Z = first-replica instantiation time without a stick / its physical limit
-      (WAN bytes / WAN rate + 5 WAN round trips: TCP, TLS 1.3, the
+  Z = the worst instantiation time / its physical limit over every case of
+      every profile run (limit: the WAN bytes moved while the replica was
+      made and caught up / WAN rate + 5 WAN round trips: TCP, TLS 1.3, the
       capability, the manifest, the first chunks)
+  T = the first replica without a stick in the 2005 profile, seconds
+  C = the first replica with a current stick in the today profile / its limit
+  (T and C are 0 when their profile was not run.)
 
 usage: report.py OUT PROFILE...
 """
@@ -102,7 +107,7 @@ def profile(out, name):
     s = r["sessions"]
     r["X"] = s["remote"]["task"] / s["slingshot"]["task"]
     r["Y"] = 1 - r["inst"]["first_current"]["ms"] / r["inst"]["first_nostick"]["ms"]
-    r["Z"] = r["inst"]["first_nostick"]["ms"] / r["inst"]["first_nostick"]["limit"]
+    r["Z"] = max(i["ms"] / i["limit"] for i in r["inst"].values())
     return r
 
 
@@ -182,7 +187,7 @@ def tables(results):
     lines.append("")
     lines.append("## Headline figures (notepad guest)\n")
     lines.append("| profile | speedup vs remote (X, target >= 2.6) | stick reduction (Y, target >= 0.85) | "
-                 "instantiation / limit (Z, target <= 1.5) |")
+                 "worst instantiation / limit (Z, target <= 1.5) |")
     lines.append("|---|---|---|---|")
     for r in results:
         lines.append("| `%s` | %.2f | %.2f | %.2f |" % (r["name"], r["X"], r["Y"], r["Z"]))
@@ -249,8 +254,12 @@ def main():
     print("\n".join(tables(results)))
     print("report: %s/report.md, plot: %s/plot.png" % (out, out))
     head = next((r for r in results if r["name"] == "2005"), results[0])
-    print("RESULT speedup_vs_remote=%.2f stick_reduction=%.2f instantiate_vs_limit=%.2f" %
-          (head["X"], head["Y"], head["Z"]))
+    p2005 = next((r for r in results if r["name"] == "2005"), None)
+    today = next((r for r in results if r["name"] == "today"), None)
+    t = p2005["inst"]["first_nostick"]["ms"] / 1e3 if p2005 else 0.0
+    c = today["inst"]["first_current"]["ms"] / today["inst"]["first_current"]["limit"] if today else 0.0
+    print("RESULT speedup_vs_remote=%.2f stick_reduction=%.2f instantiate_vs_limit=%.2f first_nostick_2005_s=%.1f "
+          "current_stick_today_vs_limit=%.2f" % (head["X"], head["Y"], max(r["Z"] for r in results), t, c))
 
 
 if __name__ == "__main__":

@@ -648,6 +648,62 @@ TEST_F(E2eTest, TheClientLeavesASurrogateAndItsAgentDestroysTheReplica) {
   EXPECT_TRUE(WaitHomeDoc(doc_ + "stay and go on", 60s).ok()) << proxy_->Output();
 }
 
+// A lazy replica's RAM working set: the surrogate records the order its
+// replica first read its RAM in and sends it home, which keeps it beside the
+// checkpoint's RAM table; the next replica of that checkpoint, on another
+// surrogate, fetches those chunks first.
+TEST_F(E2eTest, AReplicasRamWorkingSetGoesHomeAndTheNextReplicaFetchesItFirst) {
+  StartProxy();
+  // No input from here on, so no new checkpoint: first let one that an
+  // earlier test's typing made due come and go.
+  auto home_log = [] {
+    std::ifstream in(kWorld + "/home.log");
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  };
+  auto count = [](const std::string& text, const std::string& what) {
+    size_t n = 0;
+    for (size_t at = 0; (at = text.find(what, at)) != std::string::npos; at += what.size()) ++n;
+    return n;
+  };
+  size_t checkpoints = count(home_log(), "checkpoint epoch");
+  for (auto quiet = Clock::now(), end = Clock::now() + 60s; Clock::now() < end && Clock::now() - quiet < 7s;
+       std::this_thread::sleep_for(250ms)) {
+    size_t now = count(home_log(), "checkpoint epoch");
+    if (now != checkpoints) {
+      checkpoints = now;
+      quiet = Clock::now();
+    }
+  }
+  const size_t recorded = count(home_log(), "working set for table ");
+  Process* cafe = StartAgent("ss-surr", "10.77.0.3", "cafe", {"--working-set-seconds", "2"});
+  int rc;
+  std::string out = Use("10.77.0.3:7391", &rc);
+  ASSERT_EQ(rc, 0) << out;
+  ASSERT_TRUE(cafe->WaitFor("is served on demand", 5s)) << cafe->Output();
+  ASSERT_TRUE(cafe->WaitFor("sent home the order of its first", 30s)) << cafe->Output();
+  for (auto end = Clock::now() + 10s; Clock::now() < end && count(home_log(), "working set for table ") <= recorded;) {
+    std::this_thread::sleep_for(200ms);
+  }
+  ASSERT_GT(count(home_log(), "working set for table "), recorded) << home_log();
+
+  Process* station = StartAgent("ss-surr2", "10.77.0.4", "station");
+  out = Use("10.77.0.4:7391", &rc);
+  ASSERT_EQ(rc, 0) << out;
+  ASSERT_TRUE(station->WaitFor("chunks of its recorded working set are fetched first", 5s)) << station->Output();
+  // "the RAM of notepad (epoch E, 128.0 MiB) is served on demand; N chunks ..."
+  auto epoch_of = [](const std::string& log) {
+    size_t at = log.find("is served on demand; ");
+    size_t e = log.rfind("(epoch ", at);
+    return at == std::string::npos || e == std::string::npos ? std::string("?")
+                                                              : log.substr(e + 7, log.find(',', e) - e - 7);
+  };
+  ASSERT_EQ(epoch_of(cafe->Output()), epoch_of(station->Output())) << "a checkpoint came between the two replicas";
+  const std::string line = station->Output().substr(station->Output().find("is served on demand; ") + 21);
+  ASSERT_TRUE(std::isdigit(static_cast<unsigned char>(line[0]))) << "no working set was used:\n" << station->Output();
+  EXPECT_GT(std::stol(line), 0) << station->Output();
+  EXPECT_EQ(count(home_log(), "checkpoint epoch"), checkpoints);
+}
+
 // Every file under dir whose bytes contain needle.
 std::vector<std::string> FilesHolding(const std::string& dir, const std::string& needle) {
   std::vector<std::string> hits;

@@ -9,7 +9,10 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 #include <thread>
+#include <unordered_set>
 
 #include "slingshot/base/log.h"
 #include "slingshot/base/mutex.h"
@@ -35,6 +38,7 @@ struct LazyImage::Impl {
 
   mutable Mutex mu;
   std::vector<ChunkId> first_reads GUARDED_BY(mu);
+  std::unordered_set<ChunkId, ChunkIdHash> recorded GUARDED_BY(mu);
   uint64_t chunks_read GUARDED_BY(mu) = 0;
   Status error GUARDED_BY(mu);
 
@@ -78,7 +82,9 @@ struct LazyImage::Impl {
     if (touched[i].exchange(true, std::memory_order_relaxed)) return;
     MutexLock l(&mu);
     ++chunks_read;
-    if (!options.table.ids[i].IsNull()) first_reads.push_back(options.table.ids[i]);
+    // A chunk's content may sit at several offsets: recorded once.
+    const ChunkId& id = options.table.ids[i];
+    if (!id.IsNull() && recorded.insert(id).second) first_reads.push_back(id);
   }
 
   // Fills out with the image's bytes at [off, off + out.size()).
@@ -235,6 +241,34 @@ Result<std::unique_ptr<LazyImage>> LazyImage::Mount(LazyImageOptions options) {
     impl->prefetcher = std::make_unique<Prefetcher>(impl->options.prefetch, impl->options.order);
   }
   return std::unique_ptr<LazyImage>(new LazyImage(std::move(impl)));
+}
+
+int DetachLazyImagesUnder(const std::string& dir) {
+  // /proc/self/mountinfo: "id parent major:minor root mountpoint options ...
+  // - fstype source superoptions"; ours are fuse.slingshot from
+  // slingshot-lazy. Mount points escape spaces as \040.
+  std::ifstream in("/proc/self/mountinfo");
+  std::vector<std::string> ours;
+  for (std::string line; std::getline(in, line);) {
+    std::istringstream f(line);
+    std::string id, parent, dev, root, point;
+    f >> id >> parent >> dev >> root >> point;
+    size_t dash = line.find(" - ");
+    if (dash == std::string::npos || line.compare(dash + 3, 15, "fuse.slingshot ") != 0) continue;
+    std::string unescaped;
+    for (size_t i = 0; i < point.size(); ++i) {
+      if (point[i] == '\\' && i + 3 < point.size()) {
+        unescaped += static_cast<char>(std::stoi(point.substr(i + 1, 3), nullptr, 8));
+        i += 3;
+      } else {
+        unescaped += point[i];
+      }
+    }
+    if (unescaped == dir || unescaped.rfind(dir + "/", 0) == 0) ours.push_back(unescaped);
+  }
+  int n = 0;
+  for (const auto& p : ours) n += umount2(p.c_str(), MNT_DETACH) == 0;
+  return n;
 }
 
 const std::string& LazyImage::path() const { return impl_->path; }

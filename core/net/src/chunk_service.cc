@@ -4,6 +4,7 @@
 #include <deque>
 #include <unordered_set>
 
+#include "slingshot/base/log.h"
 #include "slingshot/store/disk_table.h"
 #include "slingshot/store/working_set.h"
 
@@ -77,9 +78,16 @@ Status ChunkService::StoreWorkingSet(const ChunkId& table, std::vector<ChunkId> 
   // fresh one will read.
   MutexLock l(&put_mu_);
   auto old = LoadWorkingSet(store_, table);
-  if (old.ok() && old->ids.size() >= ids.size()) return Status::OK();
+  if (old.ok() && old->ids.size() >= ids.size()) {
+    LogInfo("working set for table " + table.Short() + ": kept the one of " + std::to_string(old->ids.size()) +
+            " chunks (" + std::to_string(ids.size()) + " sent)");
+    return Status::OK();
+  }
   if (!old.ok() && !old.status().IsNotFound()) return old.status();
-  return SaveWorkingSet(store_, WorkingSetRecord{table, std::move(ids)});
+  const size_t n = ids.size();
+  SLINGSHOT_RETURN_IF_ERROR(SaveWorkingSet(store_, WorkingSetRecord{table, std::move(ids)}));
+  LogInfo("working set for table " + table.Short() + ": recorded " + std::to_string(n) + " chunks");
+  return Status::OK();
 }
 
 ChunkService::Stats ChunkService::stats() const {

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <filesystem>
 
+#include "slingshot/base/coding.h"
 #include "slingshot/base/log.h"
 #include "slingshot/net/chunk_service.h"
 #include "slingshot/store/memory_image.h"
@@ -214,9 +215,13 @@ Result<std::unique_ptr<LiveReplica>> Instantiate(Hypervisor& hv, CheckpointSourc
         lo.prefetch = source.chain();
         auto ws = source.WorkingSet(m.ram_table);
         lo.order = PrefetchOrder(ram, ws.ok() ? *ws : std::vector<ChunkId>{});
+        const size_t recorded = ws.ok() ? ws->size() : 0;
         lo.table = ram;
         auto lazy = LazyImage::Mount(std::move(lo));
         if (lazy.ok()) {
+          LogInfo("the RAM of " + options.service + " (epoch " + std::to_string(m.epoch) + ", " +
+                  HumanBytes(ram.image_size) + ") is served on demand; " + std::to_string(recorded) +
+                  " chunks of its recorded working set are fetched first, then the rest");
           given.lazy_file = (*lazy)->path();
           plan.lazy_ram = std::move(*lazy);
         } else {

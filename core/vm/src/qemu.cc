@@ -29,6 +29,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -132,15 +133,16 @@ Result<std::vector<GuestRam::Extent>> DataExtents(int fd, uint64_t size) {
   return out;
 }
 
-// Faults in the pages of extents in m ahead of a copy that must be quick
-// (MADV_POPULATE_*, Linux 5.14; without it the copy faults them itself).
-void Populate(const Mapping& m, const std::vector<GuestRam::Extent>& extents, bool write) {
-#ifdef MADV_POPULATE_WRITE
+// Maps the pages of extents in m (a view of pages that exist) ahead of a
+// copy that must be quick (MADV_POPULATE_READ, Linux 5.14; without it the
+// copy maps them itself).
+void Populate(const Mapping& m, const std::vector<GuestRam::Extent>& extents) {
+#ifdef MADV_POPULATE_READ
   for (const auto& e : extents) {
-    if (madvise(m.data() + e.offset, e.length, write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ) != 0) return;
+    if (madvise(m.data() + e.offset, e.length, MADV_POPULATE_READ) != 0) return;
   }
 #else
-  (void)m, (void)extents, (void)write;
+  (void)m, (void)extents;
 #endif
 }
 
@@ -476,19 +478,44 @@ class QemuHypervisor final : public Hypervisor {
       if (p == MAP_FAILED) return Status::FromErrno("mapping room for a copy of the guest's RAM", errno);
       vm->shadow = Mapping(p, bytes);
     }
+    // The copy's pages are written once here, while the guest runs: a
+    // first write to a page costs its fault and zeroing (and, on a
+    // machine that is itself a VM, its host's fault too: 470 ms for
+    // 128 MiB on these, against 12 ms for the copy into written pages).
+    // MADV_POPULATE_WRITE alone did not spare the copy that cost here.
     auto extents = DataExtents(vm->ram_fd.get(), bytes);
     if (extents.ok()) {
-      Populate(vm->shadow, *extents, /*write=*/true);
-      Populate(vm->ram_view, *extents, /*write=*/false);
+      for (const auto& e : *extents) std::memset(vm->shadow.data() + e.offset, 0, e.length);
+      Populate(vm->ram_view, *extents);
     }
     return Status::OK();
   }
 
-  // In the pause: RAM's data extents copied into the shadow.
+  // In the pause: RAM's data extents copied into the shadow, by up to four
+  // threads (memory bandwidth is what bounds it; the guest is stopped).
   Status CopyRamAside(Vm* vm, std::vector<GuestRam::Extent>* extents, double* ms) REQUIRES(vm->op_mu) {
     auto t = Clock::now();
     SLINGSHOT_ASSIGN_OR_RETURN(*extents, DataExtents(vm->ram_fd.get(), vm->ram_view.size()));
-    for (const auto& e : *extents) std::memcpy(vm->shadow.data() + e.offset, vm->ram_view.data() + e.offset, e.length);
+    uint64_t total = 0;
+    for (const auto& e : *extents) total += e.length;
+    const unsigned n = std::clamp(std::thread::hardware_concurrency(), 1u, 4u);
+    uint8_t* to = vm->shadow.data();
+    const uint8_t* from = vm->ram_view.data();
+    // Part i copies bytes [i * total / n, (i + 1) * total / n) of the
+    // extents laid end to end.
+    auto part = [&](unsigned i) {
+      uint64_t begin = total * i / n, end = total * (i + 1) / n, at = 0;
+      for (const auto& e : *extents) {
+        const uint64_t lo = std::max(begin, at), hi = std::min(end, at + e.length);
+        if (lo < hi) std::memcpy(to + e.offset + (lo - at), from + e.offset + (lo - at), hi - lo);
+        at += e.length;
+        if (at >= end) break;
+      }
+    };
+    std::vector<std::thread> helpers;
+    for (unsigned i = 1; i < n; ++i) helpers.emplace_back(part, i);
+    part(0);
+    for (auto& h : helpers) h.join();
     *ms = MsSince(t);
     return Status::OK();
   }

@@ -9,8 +9,9 @@
 // each page the guest touches first faults in through here, and the
 // kernel's page cache keeps it. The guest's own writes stay in its private
 // mapping. A background prefetch (Prefetcher, through the chain) fetches
-// the rest in the order given, and a read of a chunk the prefetch has
-// queued is served at once, not behind the queue (the chain's Get).
+// the rest in the order given (the recorded working set first), and a read
+// of a chunk the prefetch has queued is served at once, not behind the
+// queue (the chain's Get).
 //
 // A chunk that cannot be had (the home gone, every copy damaged) fails the
 // read with EIO: QEMU then dies of SIGBUS on that page, so a lazy replica
@@ -79,6 +80,11 @@ class LazyImage {
   explicit LazyImage(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
+
+// Detaches every lazy image mounted at or below dir (by this or a killed
+// process), so that dir can be removed; returns how many. For a program's
+// start-up, to clear what a killed run left.
+int DetachLazyImagesUnder(const std::string& dir);
 
 }  // namespace slingshot
 
