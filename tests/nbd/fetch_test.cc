@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <cstdio>
+#include <fcntl.h>
 #include <fstream>
 #include <thread>
 
@@ -17,6 +18,7 @@
 #include "slingshot/net/chunk_service.h"
 #include "slingshot/store/chunk_store.h"
 #include "slingshot/disk/chunk_table_export.h"
+#include "slingshot/disk/lazy_image.h"
 #include "slingshot/base/coding.h"
 #include "slingshot/base/crc32c.h"
 #include "slingshot/store/disk_table.h"
@@ -284,6 +286,82 @@ TEST_F(FetchTest, ACorruptedStickChunkIsCaughtAndFetchedFromHome) {
   // The good copy is now cached: reading again touches no source.
   EXPECT_TRUE(ReadDisk(&chain) == image_);
   EXPECT_EQ(chain.stats().cache_hits, ids_.size());
+}
+
+// A table's image read through a LazyImage (as a lazy replica's RAM is):
+// the file's bytes are the image's, a damaged chunk on the stick is caught
+// and read from home instead, and each chunk read is recorded once, in the
+// order first read.
+TEST_F(FetchTest, ALazyImageReadsTheImageAndADamagedStickChunkComesFromHome) {
+  std::string stick = dir_ / "stick";
+  WriteStick(stick, ids_);
+  std::string pack = stick + "/slingshot-chunks/pack-00000001.dat";
+  Bytes p = *ReadFileBounded(pack, 1 << 30);
+  p[16 + 32 + 16 + 100] ^= 0xff;
+  WriteFile(pack, p);
+  auto portable = PortableSource::Open(stick);
+  ASSERT_TRUE(portable.ok());
+  auto home = OpenHome();
+  auto cache = OpenCache("cache");
+  FetchChain chain(cache.get(), {portable->get(), home.get()});
+  LazyImageOptions lo;
+  lo.dir = dir_ / "lazy";
+  lo.table = table_;
+  lo.chunks = &chain;
+  ::testing::internal::CaptureStderr();
+  auto lazy = LazyImage::Mount(lo);
+  ASSERT_TRUE(lazy.ok()) << lazy.status().ToString();
+  EXPECT_EQ((*lazy)->size(), image_.size());
+  // Read the last MiB first, then the whole file.
+  UniqueFd fd(open((*lazy)->path().c_str(), O_RDONLY | O_CLOEXEC));
+  ASSERT_TRUE(fd.valid()) << strerror(errno);
+  Bytes tail(1 << 20);
+  ASSERT_EQ(pread(fd.get(), tail.data(), tail.size(), static_cast<off_t>(image_.size() - tail.size())),
+            static_cast<ssize_t>(tail.size()));
+  EXPECT_TRUE(std::equal(tail.begin(), tail.end(), image_.end() - static_cast<ptrdiff_t>(tail.size())));
+  Bytes all(image_.size());
+  ASSERT_EQ(pread(fd.get(), all.data(), all.size(), 0), static_cast<ssize_t>(all.size()));
+  const std::string said = ::testing::internal::GetCapturedStderr();
+  EXPECT_TRUE(all == image_);
+  EXPECT_TRUE((*lazy)->error().ok()) << (*lazy)->error().ToString();
+  EXPECT_EQ(chain.stats().sources[0].corrupt, 1u);
+  EXPECT_NE(said.find("is damaged"), std::string::npos) << said;
+  // Every stored chunk once, the tail's first.
+  std::vector<ChunkId> first = (*lazy)->FirstReads();
+  EXPECT_EQ(first.size(), ids_.size());
+  EXPECT_EQ(first.front(), table_.ids[(image_.size() - tail.size()) / table_.chunk_size]);
+  fd.Reset();
+}
+
+// The home stops answering while a lazy image is read: what was read stays
+// readable (the page cache and the cache store hold it), a chunk never read
+// fails its read with EIO, and the image says why.
+TEST_F(FetchTest, ALazyImageWhoseHomeGoesAwayFailsTheReadsItCannotServe) {
+  auto home = OpenHome();
+  auto cache = OpenCache("cache");
+  FetchChain chain(cache.get(), {home.get()});
+  LazyImageOptions lo;
+  lo.dir = dir_ / "lazy";
+  lo.table = table_;
+  lo.chunks = &chain;
+  auto lazy = LazyImage::Mount(lo);
+  ASSERT_TRUE(lazy.ok()) << lazy.status().ToString();
+  UniqueFd fd(open((*lazy)->path().c_str(), O_RDONLY | O_CLOEXEC));
+  ASSERT_TRUE(fd.valid());
+  Bytes head(1 << 20);
+  ASSERT_EQ(pread(fd.get(), head.data(), head.size(), 0), static_cast<ssize_t>(head.size()));
+  EXPECT_TRUE(std::equal(head.begin(), head.end(), image_.begin()));
+  server_->Stop();
+  Bytes tail(64 << 10);
+  errno = 0;
+  ssize_t n = pread(fd.get(), tail.data(), tail.size(), static_cast<off_t>(image_.size() - tail.size()));
+  EXPECT_EQ(n, -1);
+  EXPECT_EQ(errno, EIO);
+  EXPECT_FALSE((*lazy)->error().ok());
+  // What was read before is still there.
+  ASSERT_EQ(pread(fd.get(), head.data(), head.size(), 0), static_cast<ssize_t>(head.size()));
+  EXPECT_TRUE(std::equal(head.begin(), head.end(), image_.begin()));
+  fd.Reset();
 }
 
 TEST_F(FetchTest, ACompleteStickServesTheDiskOverNbdWithHomeUnreachable) {

@@ -200,9 +200,16 @@ TEST_F(VmTest, RamKeptApartIsCopiedAtThePauseAndRestoresTheGuestExactly) {
     for (const auto& e : extents2) SLINGSHOT_RETURN_IF_ERROR(put(e.offset, ByteView(ram2.data() + e.offset, e.length)));
     return Status::OK();
   };
-  auto r2 = hv_->Restore(Spec("c"), From(ckpt2), &given2);
+  // And QEMU restores without the guest's boot files (its kernel is in the
+  // restored RAM): a replica need not fetch them.
+  EXPECT_FALSE(hv_->RestoreNeedsBootFiles());
+  VmSpec bare = Spec("c");
+  bare.kernel.clear();
+  bare.initrd.clear();
+  auto r2 = hv_->Restore(bare, From(ckpt2), &given2);
   ASSERT_TRUE(r2.ok()) << r2.status().ToString();
   EXPECT_TRUE(WaitForText(Ep("c", kControlPort), "kept apart!", 30s).ok());
+  TypeAndWait("c", "?", "kept apart!?");
 }
 
 // A checkpoint of vm with its RAM kept apart and stored in store as a RAM

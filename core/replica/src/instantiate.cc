@@ -136,13 +136,19 @@ Result<std::unique_ptr<LiveReplica>> Instantiate(Hypervisor& hv, CheckpointSourc
     SLINGSHOT_ASSIGN_OR_RETURN(Bytes b, source.GetObject(id));
     return ChunkList::Decode(b);
   };
-  SLINGSHOT_ASSIGN_OR_RETURN(ChunkList kernel, list_of(m.kernel));
-  ChunkList initrd;
-  if (!m.initrd.IsNull()) {
+  // A restore on a hypervisor that needs no boot files (the kernel is in
+  // the restored memory) fetches none: on a slow link they can be most of
+  // what a replica would otherwise wait for.
+  const bool files = boot || hv.RestoreNeedsBootFiles();
+  ChunkList kernel, initrd;
+  if (files) {
+    SLINGSHOT_ASSIGN_OR_RETURN(kernel, list_of(m.kernel));
+  }
+  if (files && !m.initrd.IsNull()) {
     SLINGSHOT_ASSIGN_OR_RETURN(initrd, list_of(m.initrd));
   }
   report("files", 0, kernel.total_size + initrd.total_size);
-  if (FetchChain* chain = source.chain()) {
+  if (FetchChain* chain = files ? source.chain() : nullptr) {
     // The boot files are needed whole before anything starts: fetch them
     // with every source at once.
     std::vector<ChunkId> ids;
@@ -157,14 +163,16 @@ Result<std::unique_ptr<LiveReplica>> Instantiate(Hypervisor& hv, CheckpointSourc
     if (ec) return Status::IOError("create " + boot_dir + ": " + ec.message());
     fs::permissions(boot_dir, fs::perms::owner_all, ec);
   }
-  SLINGSHOT_RETURN_IF_ERROR(WriteFileFromList(kernel, source.chunks(), boot_dir + "/kernel"));
-  if (!m.initrd.IsNull()) SLINGSHOT_RETURN_IF_ERROR(WriteFileFromList(initrd, source.chunks(), boot_dir + "/initrd"));
+  if (files) {
+    SLINGSHOT_RETURN_IF_ERROR(WriteFileFromList(kernel, source.chunks(), boot_dir + "/kernel"));
+    if (!m.initrd.IsNull()) SLINGSHOT_RETURN_IF_ERROR(WriteFileFromList(initrd, source.chunks(), boot_dir + "/initrd"));
+  }
   report("files", kernel.total_size + initrd.total_size, kernel.total_size + initrd.total_size);
 
   ReplicaPlan plan;
   plan.spec.name = options.vm_name;
-  plan.spec.kernel = boot_dir + "/kernel";
-  if (!m.initrd.IsNull()) plan.spec.initrd = boot_dir + "/initrd";
+  if (files) plan.spec.kernel = boot_dir + "/kernel";
+  if (files && !m.initrd.IsNull()) plan.spec.initrd = boot_dir + "/initrd";
   plan.spec.cmdline = m.vm.kernel_cmdline;
   plan.spec.memory_mib = m.vm.memory_mib;
   plan.spec.vcpus = m.vm.vcpus;
@@ -219,6 +227,10 @@ Result<std::unique_ptr<LiveReplica>> Instantiate(Hypervisor& hv, CheckpointSourc
         lo.table = ram;
         auto lazy = LazyImage::Mount(std::move(lo));
         if (lazy.ok()) {
+          // Its RAM arrives while it runs: the service answers once the
+          // pages it needs have come, which on a slow link takes as long
+          // as fetching them did before it could start.
+          plan.connect_timeout_ms = std::max(plan.connect_timeout_ms, options.boot_connect_ms);
           LogInfo("the RAM of " + options.service + " (epoch " + std::to_string(m.epoch) + ", " +
                   HumanBytes(ram.image_size) + ") is served on demand; " + std::to_string(recorded) +
                   " chunks of its recorded working set are fetched first, then the rest");

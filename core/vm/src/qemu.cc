@@ -146,9 +146,28 @@ void Populate(const Mapping& m, const std::vector<GuestRam::Extent>& extents) {
 #endif
 }
 
-Status ValidateSpec(const VmSpec& s) {
+// A kernel image that QEMU's x86 loader takes (a boot protocol 2.15
+// header, one setup sector, a few bytes of "kernel") for a restore made
+// without the guest's boot files: the guest never runs it, its kernel is
+// in the restored RAM; QEMU only needs one to set up the same option ROM.
+Status WriteStubKernel(const std::string& path) {
+  Bytes k(4096, 0);
+  k[0x1f1] = 1;                       // setup_sects
+  k[0x1fe] = 0x55, k[0x1ff] = 0xaa;   // boot_flag
+  std::memcpy(&k[0x202], "HdrS", 4);  // header magic
+  k[0x206] = 0x0f, k[0x207] = 0x02;   // version 2.15
+  k[0x211] = 0x01;                    // loadflags: LOADED_HIGH
+  k[0x22c] = 0xff, k[0x22d] = 0xff, k[0x22e] = 0xff, k[0x22f] = 0x7f;  // initrd_addr_max
+  k[0x238] = 0x00, k[0x239] = 0x08;   // cmdline_size 2048
+  return WriteFileAtomic(path, k);
+}
+
+// restore: the kernel may be left out (RestoreNeedsBootFiles()).
+Status ValidateSpec(const VmSpec& s, bool restore) {
   SLINGSHOT_RETURN_IF_ERROR(ValidateVmName(s.name));
-  if (s.kernel.empty() || access(s.kernel.c_str(), R_OK) != 0) {
+  if (restore && s.kernel.empty()) {
+    if (!s.initrd.empty()) return Status::InvalidArgument("VM " + s.name + ": an initrd without its kernel");
+  } else if (s.kernel.empty() || access(s.kernel.c_str(), R_OK) != 0) {
     return Status::InvalidArgument("VM " + s.name + ": kernel '" + s.kernel + "' is not readable");
   }
   if (!s.initrd.empty() && access(s.initrd.c_str(), R_OK) != 0) {
@@ -226,12 +245,13 @@ class QemuHypervisor final : public Hypervisor {
   using Hypervisor::Restore;
   std::string Name() const override { return kvm_ ? "qemu-kvm" : "qemu-tcg"; }
   std::string StreamFormat() const override { return "qemu"; }
+  bool RestoreNeedsBootFiles() const override { return false; }
   NbdDisk DiskAddress(const std::string& run_dir) const override {
     return NbdDisk{run_dir + "/disk.sock", "", 0, "disk", false};
   }
 
   Status Boot(const VmSpec& spec) override {
-    SLINGSHOT_ASSIGN_OR_RETURN(std::shared_ptr<Vm> vm, Reserve(spec));
+    SLINGSHOT_ASSIGN_OR_RETURN(std::shared_ptr<Vm> vm, Reserve(spec, /*restore=*/false));
     MutexLock op(&vm->op_mu);
     Status s = Start(vm.get(), /*incoming=*/false);
     if (!s.ok()) {
@@ -366,7 +386,7 @@ class QemuHypervisor final : public Hypervisor {
   }
 
   Result<RestoreStats> Restore(const VmSpec& spec, const StreamProducer& stream, const RestoreRam* ram) override {
-    SLINGSHOT_ASSIGN_OR_RETURN(std::shared_ptr<Vm> vm, Reserve(spec));
+    SLINGSHOT_ASSIGN_OR_RETURN(std::shared_ptr<Vm> vm, Reserve(spec, /*restore=*/true));
     MutexLock op(&vm->op_mu);
     auto t0 = Clock::now();
     UniqueFd ours;
@@ -658,6 +678,13 @@ class QemuHypervisor final : public Hypervisor {
   // Spawns QEMU and connects QMP; retries with new host ports if QEMU could
   // not bind the ones picked (another process took them meanwhile).
   Status Start(Vm* vm, bool incoming) REQUIRES(vm->op_mu) {
+    if (mkdir(vm->spec.run_dir.c_str(), 0700) != 0 && errno != EEXIST) {
+      return Status::FromErrno("creating run dir " + vm->spec.run_dir, errno);
+    }
+    if (vm->spec.kernel.empty()) {
+      vm->spec.kernel = vm->spec.run_dir + "/stub-kernel";
+      SLINGSHOT_RETURN_IF_ERROR(WriteStubKernel(vm->spec.kernel));
+    }
     if (vm->lazy_ram.empty() && !vm->ram_fd.valid()) SLINGSHOT_RETURN_IF_ERROR(MakeRam(vm));
     if (mkdir(vm->spec.run_dir.c_str(), 0700) != 0 && errno != EEXIST) {
       return Status::FromErrno("creating run dir " + vm->spec.run_dir, errno);
@@ -775,8 +802,8 @@ class QemuHypervisor final : public Hypervisor {
     return Status::OK();
   }
 
-  Result<std::shared_ptr<Vm>> Reserve(const VmSpec& spec) {
-    SLINGSHOT_RETURN_IF_ERROR(ValidateSpec(spec));
+  Result<std::shared_ptr<Vm>> Reserve(const VmSpec& spec, bool restore) {
+    SLINGSHOT_RETURN_IF_ERROR(ValidateSpec(spec, restore));
     return vms_.Reserve(spec);
   }
 

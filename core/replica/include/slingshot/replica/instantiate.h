@@ -4,6 +4,7 @@
 // own store).
 //
 //   signed manifest -> verified with the home's key -> boot files fetched
+//   (unless the hypervisor restores without them: RestoreNeedsBootFiles)
 //   -> ReplicaDisk on the checkpoint's disk table -> VmSpec -> Restore (the
 //   memory image streamed from the source as it arrives; a RAM table's
 //   chunks served on demand through a LazyImage on a surrogate, fetched

@@ -205,9 +205,16 @@ class Hypervisor {
     return Checkpoint(name, sink, keep_running, CheckpointHooks{});
   }
 
+  // Whether Restore() needs the guest's kernel and initrd (VmSpec::kernel,
+  // ::initrd). QEMU does not: the kernel lives in the guest's memory by
+  // then, and a restore without one gives QEMU's loader a stub (a guest
+  // that rebooted would find no kernel, and a replica is never rebooted:
+  // -no-reboot ends it). Xen's restore wants the domain's boot files.
+  virtual bool RestoreNeedsBootFiles() const { return true; }
+
   // Starts a VM from a VM stream. The spec gives the name, run_dir, disk and
-  // service ports; its memory_mib and vcpus must match the stream's (else
-  // InvalidArgument). Corruption for a damaged or truncated stream (the
+  // service ports (and the boot files if RestoreNeedsBootFiles()); its
+  // memory_mib and vcpus must match the stream's (else InvalidArgument). Corruption for a damaged or truncated stream (the
   // half-built VM is destroyed first), Unsupported for another backend's
   // stream or a newer version.
   // A stream whose RAM was kept apart (CheckpointHooks::ram) needs it
