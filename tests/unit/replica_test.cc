@@ -403,15 +403,32 @@ TEST_F(ReplicaTest, RamKeptApartTravelsAsATableByOffsetAndRestoresExactly) {
   EXPECT_EQ(again->ram.new_chunks, 0u);
   EXPECT_EQ(again->manifest.ram_table, m->ram_table);
 
+  // A surrogate's RAM working set for that table is carried to the next
+  // checkpoint's table by offset when the RAM changed.
+  ASSERT_TRUE(SaveWorkingSet(store_.get(), WorkingSetRecord{m->ram_table, {ram->ids[9], ram->ids[2]}}).ok());
+  Bytes changed = home.Guest("notes")->Memory();
+  for (size_t i = 0; i < changed.size(); i += 4096) changed[i] ^= 0x5a;
+  home.Guest("notes")->SetMemory(changed);
+  ASSERT_TRUE(p->host()->Apply(In(6)).ok());
+  ASSERT_TRUE(WaitApplied(*p, 6));
+  auto third = Checkpoint(home, *p, base);
+  ASSERT_TRUE(third.ok()) << third.status().ToString();
+  ASSERT_NE(third->manifest.ram_table, m->ram_table);
+  auto next_ram = DiskTable::Decode(*store_->GetObject(third->manifest.ram_table));
+  ASSERT_TRUE(next_ram.ok());
+  auto carried = LoadWorkingSet(store_.get(), third->manifest.ram_table);
+  ASSERT_TRUE(carried.ok()) << carried.status().ToString();
+  EXPECT_EQ(carried->ids, (std::vector<ChunkId>{next_ram->ids[9], next_ram->ids[2]}));
+
   StoreCheckpointSource src(store_.get());
   auto r = Instantiate(cafe, src, Options("replica-1"));
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   EXPECT_EQ(cafe.Guest("replica-1")->Digest(), home.Guest("notes")->Digest());
-  EXPECT_EQ(cafe.Guest("replica-1")->last_seq(), 5u);
+  EXPECT_EQ(cafe.Guest("replica-1")->last_seq(), 6u);
   r->reset();
 
   // A RAM chunk missing: refused, and nothing runs.
-  std::vector<ChunkId> gone{ram->ids[7]};
+  std::vector<ChunkId> gone{next_ram->ids[7]};
   ASSERT_TRUE(store_->Delete(gone).ok());
   auto broken = Instantiate(cafe, src, Options("replica-2"));
   ASSERT_FALSE(broken.ok());

@@ -2,6 +2,8 @@
 
 #include <future>
 #include <optional>
+#include <unordered_map>
+#include <unordered_set>
 
 #include "slingshot/base/log.h"
 #include "slingshot/store/disk_table.h"
@@ -15,6 +17,36 @@ using Clock = std::chrono::steady_clock;
 int64_t WallNs() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
       .count();
+}
+// A RAM working set (the order a replica first read its RAM in, sent home
+// by its surrogate) is kept by the table it was read from; the guest reads
+// the same offsets first after the next checkpoint too. So the published
+// checkpoint's set, if any, is carried to the new table by offset. Best
+// effort: a prefetch order, nothing a replica needs.
+void CarryRamWorkingSet(ChunkStore* store, const std::string& service, const DiskTable& table, const ChunkId& id) {
+  auto ref = store->GetRef("manifest/" + service);
+  if (!ref.ok()) return;
+  auto bytes = store->GetObject(ref->object);
+  auto prev = bytes.ok() ? DecodeSignedManifestUnverified(*bytes) : Result<Manifest>(bytes.status());
+  if (!prev.ok() || prev->ram_table.IsNull() || prev->ram_table == id) return;
+  auto ws = LoadWorkingSet(store, prev->ram_table);
+  auto old_bytes = ws.ok() ? store->GetObject(prev->ram_table) : Result<Bytes>(ws.status());
+  auto old = old_bytes.ok() ? DiskTable::Decode(*old_bytes) : Result<DiskTable>(old_bytes.status());
+  if (!old.ok() || old->chunk_size != table.chunk_size) return;
+  std::unordered_map<ChunkId, size_t, ChunkIdHash> at;
+  for (size_t i = 0; i < old->ids.size(); ++i) at.emplace(old->ids[i], i);
+  std::unordered_set<ChunkId, ChunkIdHash> seen;
+  WorkingSetRecord next{id, {}};
+  for (const auto& c : ws->ids) {
+    auto it = at.find(c);
+    if (it == at.end() || it->second >= table.ids.size()) continue;
+    const ChunkId& now = table.ids[it->second];
+    if (!now.IsNull() && seen.insert(now).second) next.ids.push_back(now);
+  }
+  if (next.ids.empty()) return;
+  if (Status s = SaveWorkingSet(store, next); !s.ok()) {
+    LogWarning("service " + service + ": its RAM working set was not carried to the new checkpoint: " + s.ToString());
+  }
 }
 }  // namespace
 
@@ -94,6 +126,7 @@ Result<CheckpointResult> TakeCheckpoint(Hypervisor& hv, LiveReplica& replica, co
     SLINGSHOT_ASSIGN_OR_RETURN(m.ram_table, options.store->PutObject(ram->table.Encode()));
     m.ram_size = ram->table.image_size;
     r.ram = ram->stats;
+    CarryRamWorkingSet(options.store, m.service_id, ram->table, m.ram_table);
   }
   SLINGSHOT_ASSIGN_OR_RETURN(r.manifest_id, options.store->PutObject(SignManifest(m, *options.key)));
   SLINGSHOT_RETURN_IF_ERROR(
