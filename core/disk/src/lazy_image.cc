@@ -222,6 +222,7 @@ Result<std::unique_ptr<LazyImage>> LazyImage::Mount(LazyImageOptions options) {
   for (auto& a : argv) cargv.push_back(a.data());
   fuse_args args = FUSE_ARGS_INIT(static_cast<int>(cargv.size()), cargv.data());
   impl->session = fuse_session_new(&args, &ops, sizeof ops, impl.get());
+  fuse_opt_free_args(&args);  // what fuse_session_new's parsing allocated
   if (!impl->session) return Status::IOError("could not start a FUSE session for the lazy image (see the log)");
   if (fuse_session_mount(impl->session, impl->options.dir.c_str()) != 0) {
     fuse_session_destroy(impl->session);
