@@ -1,6 +1,20 @@
 // QemuHypervisor: one qemu-system-x86_64 per VM, driven over QMP.
 //
-// Checkpoint: stop, the caller's at_pause hook, then migrate to an fd
+// Guest RAM is a file QEMU maps (memory-backend-file): a memfd of ours,
+// shared, handed over as QEMU's fd 3; or, for a lazy restore, the caller's
+// file (a LazyImage), mapped private, with QEMU under a seccomp filter that
+// fails MADV_HUGEPAGE (else the kernel reads megabytes around each fault).
+//
+// Checkpoint with the caller's ram hook (RAM apart, decisions/0014): the
+// copy's buffer is written while the guest runs; then stop, at_pause,
+// migrate with x-ignore-shared (device state only) while RAM's written
+// extents are copied aside; cont once both are done; the hook gets the
+// copy. Restore of such a stream: the memfd is filled (or the lazy file
+// mapped) while QEMU starts, then the device state loads with
+// x-ignore-shared on. A restore may leave out the boot files: QEMU's
+// loader then gets a stub kernel.
+//
+// Checkpoint without a ram hook: stop, the caller's at_pause hook, then migrate to an fd
 // handed over with getfd (one end of a socketpair whose other end we read).
 // Live (keep_running, HypervisorOptions::live_checkpoints, and a QEMU and
 // kernel that can write-protect guest RAM with userfaultfd): the migration
