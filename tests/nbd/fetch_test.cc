@@ -103,6 +103,16 @@ class FetchTest : public ::testing::Test {
     ASSERT_TRUE((*w)->Commit().ok());
   }
 
+  // A stick with every chunk, one of them damaged in the pack (past its id
+  // and value header).
+  void WriteDamagedStick(const std::string& stick) {
+    WriteStick(stick, ids_);
+    std::string pack = stick + "/slingshot-chunks/pack-00000001.dat";
+    Bytes p = *ReadFileBounded(pack, 1 << 30);
+    p[16 + 32 + 16 + 100] ^= 0xff;
+    WriteFile(pack, p);
+  }
+
   // Reads the whole disk through a chunk-table export over the given source.
   Bytes ReadDisk(ChunkSource* source) {
     auto exp = ChunkTableExport::Open(table_, source, dir_ / "overlay");
@@ -256,12 +266,7 @@ TEST_F(FetchTest, MalformedFramesGetACleanErrorAndTheServerKeepsServing) {
 
 TEST_F(FetchTest, ACorruptedStickChunkIsCaughtAndFetchedFromHome) {
   std::string stick = dir_ / "stick";
-  WriteStick(stick, ids_);
-  // Damage one chunk's bytes in the pack (past its id and value header).
-  std::string pack = stick + "/slingshot-chunks/pack-00000001.dat";
-  Bytes p = *ReadFileBounded(pack, 1 << 30);
-  p[16 + 32 + 16 + 100] ^= 0xff;
-  WriteFile(pack, p);
+  WriteDamagedStick(stick);
 
   auto portable = PortableSource::Open(stick);
   ASSERT_TRUE(portable.ok());
@@ -294,11 +299,7 @@ TEST_F(FetchTest, ACorruptedStickChunkIsCaughtAndFetchedFromHome) {
 // order first read.
 TEST_F(FetchTest, ALazyImageReadsTheImageAndADamagedStickChunkComesFromHome) {
   std::string stick = dir_ / "stick";
-  WriteStick(stick, ids_);
-  std::string pack = stick + "/slingshot-chunks/pack-00000001.dat";
-  Bytes p = *ReadFileBounded(pack, 1 << 30);
-  p[16 + 32 + 16 + 100] ^= 0xff;
-  WriteFile(pack, p);
+  WriteDamagedStick(stick);
   auto portable = PortableSource::Open(stick);
   ASSERT_TRUE(portable.ok());
   auto home = OpenHome();

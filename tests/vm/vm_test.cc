@@ -237,6 +237,14 @@ Result<DiskTable> CheckpointRamApart(Hypervisor& hv, const std::string& vm, Chun
   return *table;
 }
 
+// The RAM a restore maps lazily from image.
+RestoreRam LazyRam(const LazyImage& image) {
+  RestoreRam ram;
+  ram.size = image.size();
+  ram.lazy_file = image.path();
+  return ram;
+}
+
 // A source that fails every read once told to (the home gone).
 class FailingSource final : public ChunkSource {
  public:
@@ -279,9 +287,7 @@ TEST_F(VmTest, ALazyRestoreRunsTheGuestBeforeItsRamHasArrived) {
   // No prefetch yet: what the guest reads, it reads on demand.
   auto lazy = LazyImage::Mount(lo);
   ASSERT_TRUE(lazy.ok()) << lazy.status().ToString();
-  RestoreRam given;
-  given.size = table->image_size;
-  given.lazy_file = (*lazy)->path();
+  RestoreRam given = LazyRam(**lazy);
   auto r = hv_->Restore(Spec("b"), From(stream), &given);
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   auto text = DocumentText(Ep("b", kControlPort));
@@ -321,7 +327,7 @@ TEST_F(VmTest, ALazyRestoreRunsTheGuestBeforeItsRamHasArrived) {
   }
   auto lazy2 = LazyImage::Mount(lo);
   ASSERT_TRUE(lazy2.ok()) << lazy2.status().ToString();
-  given.lazy_file = (*lazy2)->path();
+  given = LazyRam(**lazy2);
   auto r2 = hv_->Restore(Spec("c"), From(stream), &given);
   ASSERT_TRUE(r2.ok()) << r2.status().ToString();
   TypeAndWait("c", "?", "lazy?");
@@ -362,9 +368,7 @@ TEST_F(VmTest, ALazyReplicaWhoseSourceFailsDiesCleanly) {
   lo.chunks = &source;
   auto lazy = LazyImage::Mount(lo);
   ASSERT_TRUE(lazy.ok()) << lazy.status().ToString();
-  RestoreRam given;
-  given.size = table->image_size;
-  given.lazy_file = (*lazy)->path();
+  RestoreRam given = LazyRam(**lazy);
   auto r = hv_->Restore(Spec("b"), From(stream), &given);
   if (r.ok()) {
     auto deadline = std::chrono::steady_clock::now() + 60s;

@@ -12,7 +12,7 @@
 // copy. Restore of such a stream: the memfd is filled (or the lazy file
 // mapped) while QEMU starts, then the device state loads with
 // x-ignore-shared on. A restore may leave out the boot files: QEMU's
-// loader then gets a stub kernel.
+// loader then gets a placeholder kernel.
 //
 // Checkpoint without a ram hook: stop, the caller's at_pause hook, then migrate to an fd
 // handed over with getfd (one end of a socketpair whose other end we read).
@@ -60,6 +60,7 @@
 #include "vm_registry.h"
 #include "slingshot/vm/hypervisor.h"
 #include "slingshot/base/coding.h"
+#include "slingshot/base/file_util.h"
 #include "slingshot/base/log.h"
 #include "slingshot/base/mutex.h"
 #include "slingshot/vm/vm_stream.h"
@@ -164,7 +165,7 @@ void Populate(const Mapping& m, const std::vector<GuestRam::Extent>& extents) {
 // header, one setup sector, a few bytes of "kernel") for a restore made
 // without the guest's boot files: the guest never runs it, its kernel is
 // in the restored RAM; QEMU only needs one to set up the same option ROM.
-Status WriteStubKernel(const std::string& path) {
+Status WritePlaceholderKernel(const std::string& path) {
   Bytes k(4096, 0);
   k[0x1f1] = 1;                       // setup_sects
   k[0x1fe] = 0x55, k[0x1ff] = 0xaa;   // boot_flag
@@ -572,22 +573,14 @@ class QemuHypervisor final : public Hypervisor {
     }
     SLINGSHOT_RETURN_IF_ERROR(MakeRam(vm));
     const int fd = vm->ram_fd.get();
-    *filled = std::async(std::launch::async, [ram, fd, bytes] {
-     return ram->fill([fd, bytes](uint64_t offset, ByteView b) -> Status {
+    auto put = [fd, bytes](uint64_t offset, ByteView b) -> Status {
       if (offset > bytes || b.size() > bytes - offset) {
         return Status::Corruption("RAM piece at " + std::to_string(offset) + " (+" + std::to_string(b.size()) +
                                   ") lies beyond the guest's " + std::to_string(bytes) + " bytes");
       }
-      while (!b.empty()) {
-        ssize_t n = pwrite(fd, b.data(), b.size(), static_cast<off_t>(offset));
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return Status::FromErrno("writing the guest's RAM", n < 0 ? errno : ENOSPC);
-        b = b.subspan(static_cast<size_t>(n));
-        offset += static_cast<uint64_t>(n);
-      }
-      return Status::OK();
-     });
-    });
+      return PwriteAll(fd, b.data(), b.size(), offset, "the guest's RAM");
+    };
+    *filled = std::async(std::launch::async, [ram, put] { return ram->fill(put); });
     return Status::OK();
   }
 
@@ -696,8 +689,8 @@ class QemuHypervisor final : public Hypervisor {
       return Status::FromErrno("creating run dir " + vm->spec.run_dir, errno);
     }
     if (vm->spec.kernel.empty()) {
-      vm->spec.kernel = vm->spec.run_dir + "/stub-kernel";
-      SLINGSHOT_RETURN_IF_ERROR(WriteStubKernel(vm->spec.kernel));
+      vm->spec.kernel = vm->spec.run_dir + "/placeholder-kernel";
+      SLINGSHOT_RETURN_IF_ERROR(WritePlaceholderKernel(vm->spec.kernel));
     }
     if (vm->lazy_ram.empty() && !vm->ram_fd.valid()) SLINGSHOT_RETURN_IF_ERROR(MakeRam(vm));
     if (mkdir(vm->spec.run_dir.c_str(), 0700) != 0 && errno != EEXIST) {

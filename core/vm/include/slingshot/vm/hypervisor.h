@@ -207,7 +207,7 @@ class Hypervisor {
 
   // Whether Restore() needs the guest's kernel and initrd (VmSpec::kernel,
   // ::initrd). QEMU does not: the kernel lives in the guest's memory by
-  // then, and a restore without one gives QEMU's loader a stub (a guest
+  // then, and a restore without one gives QEMU's loader a placeholder (a guest
   // that rebooted would find no kernel, and a replica is never rebooted:
   // -no-reboot ends it). Xen's restore wants the domain's boot files.
   virtual bool RestoreNeedsBootFiles() const { return true; }
