@@ -51,6 +51,10 @@ uint16_t FreePort(const std::string& host) {
 struct Link final : public ReplicaChannel {
   std::string name;
   bool is_home = false;
+  // A surrogate's agent, to attach to it again.
+  std::string host;
+  uint16_t port = 0;
+  std::string fingerprint;
   std::unique_ptr<Connection> conn;
   ReplicaSet::Handle member;
   std::atomic<bool> leaving{false};  // the user asked to leave it
@@ -275,10 +279,10 @@ struct Proxy::Impl {
                                    wire::MessageTypeName(wire::TypeOf(f.message)));
   }
 
-  // Runs k's session until it ends; k->conn is connected and has sent (or
-  // been sent) its Attach, and k->member is in the set. first: an Attached
-  // already received, if any.
-  void RunLink(const std::shared_ptr<Link>& k, const wire::Attached* first) {
+  // Runs k's session until it ends, and returns why; k->conn is connected
+  // and has sent (or been sent) its Attach, and k->member is in the set.
+  // first: an Attached already received, if any.
+  Status RunLink(const std::shared_ptr<Link>& k, const wire::Attached* first) {
     {
       MutexLock l(&mu);
       links.push_back(k);
@@ -301,6 +305,81 @@ struct Proxy::Impl {
       LogInfo("replica " + k->name + " left at the user's request");
     } else {
       LogWarning("replica " + k->name + " dropped: " + end.message());
+    }
+    return end;
+  }
+
+  // A surrogate's sessions: the first (k, which sent first), then, each
+  // time one breaks, another on a new connection to the same replica.
+  void RunSurrogate(std::shared_ptr<Link> k, wire::Attached first) {
+    Status end = RunLink(k, &first);
+    // Only a broken or silent link is tried again: an agent that refused or
+    // replaced the session, or a replica the log cannot catch up, is not.
+    while (end.code() == Status::Code::kUnavailable && !k->leaving && !Stopping() && !Halted()) {
+      auto next = Reattach(*k, &first);
+      if (!next) return;
+      k = std::move(next);
+      end = RunLink(k, &first);  // Reattach left its Attached in first
+    }
+  }
+
+  // A session with the replica k was on, on a new connection; null if it
+  // is gone or reattach_ms ran out. *attached: what it sent.
+  std::shared_ptr<Link> Reattach(const Link& k, wire::Attached* attached) {
+    auto n = std::make_shared<Link>();
+    n->name = k.name;
+    n->host = k.host;
+    n->port = k.port;
+    n->fingerprint = k.fingerprint;
+    const std::string where = n->host + ":" + std::to_string(n->port);
+    // Its pin keeps what the replica will be replayed while we try.
+    n->member = set->Add(n->name, false, n.get(), /*pin=*/true);
+    const auto deadline = Clock::now() + std::chrono::milliseconds(options.reattach_ms);
+    int backoff = 250;
+    LogInfo("attaching to replica " + n->name + " at " + where + " again");
+    for (;;) {
+      ConnectOptions ao;
+      ao.verify_server_ca = false;
+      ao.server_fingerprint = n->fingerprint;
+      ao.software = "slingshot-client";
+      ao.timeout_ms = 5000;
+      ao.refused_is_not_found = true;  // its agent is gone, and the replica with it
+      Status why;
+      auto c = Connection::Connect(n->host, n->port, options.creds, ao);
+      if (c.ok()) {
+        n->conn = std::move(*c);
+        why = n->conn->Send(0, wire::Attach{options.service, false}, 5000);
+        if (why.ok()) {
+          auto f = n->conn->Receive(10000);
+          if (!f.ok()) {
+            why = f.status();
+          } else if (auto* a = std::get_if<wire::Attached>(&f->message)) {
+            *attached = *a;
+            LogInfo("replica " + n->name + " attached again at seq " + std::to_string(a->consumed_seq));
+            return n;
+          } else if (auto* e = std::get_if<wire::Error>(&f->message)) {
+            why = e->ToStatus(where);
+          } else {
+            why = Status::Corruption(where + " sent " + wire::MessageTypeName(wire::TypeOf(f->message)) +
+                                     " in answer to Attach");
+          }
+        }
+        n->conn.reset();
+      } else {
+        why = c.status();
+      }
+      // Unavailable: not reachable yet; anything else is an answer (the
+      // replica is gone, or this agent does not keep replicas).
+      const bool again = why.code() == Status::Code::kUnavailable;
+      if (!again || Clock::now() >= deadline || Stopping() || Halted()) {
+        set->Remove(n->member);
+        LogWarning("replica " + n->name + " is lost: " + why.message() +
+                   (again ? " (gave up after " + std::to_string(options.reattach_ms / 1000) + " s)" : ""));
+        return nullptr;
+      }
+      MutexLock l(&mu);
+      if (!stopping) cv.WaitFor(&mu, std::chrono::milliseconds(backoff));
+      backoff = std::min(backoff * 2, 4000);
     }
   }
 
@@ -325,7 +404,7 @@ struct Proxy::Impl {
         k->conn = std::move(*c);
         if (k->conn->Send(0, wire::Attach{options.service, take_over}).ok()) {
           k->member = set->Add(k->name, true, k.get(), /*pin=*/false);
-          RunLink(k, nullptr);
+          (void)RunLink(k, nullptr);  // it is tried again below, whatever ended it
           backoff = 500;
         }
       } else {
@@ -485,8 +564,11 @@ Status Proxy::Leave(const std::string& name) {
   if (!k) return Status::NotFound("no replica called \"" + name + "\" (slingshot-client status lists them)");
   if (k->is_home) return Status::InvalidArgument("home holds the primary replica: it cannot be left");
   k->leaving = true;
-  // Ends the session: the agent destroys the replica, and RunLink drops it
-  // (choosing another leader if it led).
+  // The agent destroys the replica and ends the session; RunLink drops it
+  // (choosing another leader if it led). An agent that does not answer is
+  // cut off (it then keeps the replica until it gives up on us).
+  k->conn->Post(wire::Leave{});
+  for (int t = 0; t < 100 && !i.set->IsGone(k->member); ++t) std::this_thread::sleep_for(std::chrono::milliseconds(30));
   k->conn->Close();
   return Status::OK();
 }
@@ -527,11 +609,14 @@ Status Proxy::Use(const control::UseRequest& where, const std::function<void(con
 
   auto k = std::make_shared<Link>();
   k->name = where.host + ":" + std::to_string(where.port);
+  k->host = where.host;
+  k->port = where.port;
   ConnectOptions ao;
   ao.verify_server_ca = false;
   ao.server_fingerprint = where.fingerprint;
   ao.software = "slingshot-client";
   SLINGSHOT_ASSIGN_OR_RETURN(k->conn, Connection::Connect(where.host, where.port, i.options.creds, ao));
+  k->fingerprint = k->conn->peer().fingerprint;  // a new session goes to this agent only
   // The log keeps what the new replica will need until it has it.
   k->member = i.set->Add(k->name, false, k.get(), /*pin=*/true);
   auto fail = [&](Status st) {
@@ -569,7 +654,7 @@ Status Proxy::Use(const control::UseRequest& where, const std::function<void(con
     ++i.running_links;
   }
   std::thread([&i, k, attached] {
-    i.RunLink(k, &attached);
+    i.RunSurrogate(k, attached);
     MutexLock l(&i.mu);
     --i.running_links;
     i.cv.SignalAll();

@@ -10,7 +10,10 @@
 //   screen is repainted from a new leader (Framebuffer keeps the copy the
 //   viewer sees).
 // - A replica is dropped when its connection fails or it is silent for
-//   3 s (replicas send a heartbeat every 500 ms).
+//   3 s (replicas send a heartbeat every 500 ms). A dropped surrogate is
+//   attached to again (its agent keeps it a while for this), with backoff,
+//   until its agent says it is gone or reattach_ms runs out; it is then
+//   replayed what it missed. Only `leave` (or the agent) ends it.
 // - When the home reports a published checkpoint, the log is truncated up
 //   to its seq (never past the seq of a replica still being instantiated).
 // - The home decides which device holds the service (one at a time). A
@@ -53,6 +56,7 @@ struct ProxyOptions {
   bool sync_every_input = true;
   bool take_over = false;  // take the service over from another device of the user
   int silent_ms = 3000;
+  int reattach_ms = 120000;  // how long a dropped surrogate is tried again
 };
 
 class Proxy {
@@ -69,9 +73,9 @@ class Proxy {
   // replica has caught up.
   Status Use(const control::UseRequest& where, const std::function<void(const control::Event&)>& report);
 
-  // Ends the session with the surrogate replica called name: its agent
-  // destroys it; typing goes on with the others. NotFound if there is no
-  // such replica; home cannot be left.
+  // Ends the session with the surrogate replica called name, telling its
+  // agent to destroy it; typing goes on with the others. NotFound if there
+  // is no such replica; home cannot be left.
   Status Leave(const std::string& name);
 
   struct Impl;

@@ -39,6 +39,12 @@ struct Replica {
   std::unique_ptr<LiveReplica> live;
   std::shared_ptr<ReplicaHost> host;  // live's, once it runs
   std::unique_ptr<Admission::Ticket> admitted;  // its room here, once it fits
+  std::string ca_pem;  // the home CA its client's certificate chains to
+  // Its sessions (under AgentServer::Impl::mu): a re-attach may overlap the
+  // session it replaces.
+  int sessions = 0;
+  bool ending = false;  // no more sessions: it is being destroyed
+  Clock::time_point detached_since;  // when the last session ended
 };
 
 struct AgentServer::Impl final : public RequestHandler {
@@ -53,12 +59,14 @@ struct AgentServer::Impl final : public RequestHandler {
   std::unique_ptr<Server> server;
 
   Mutex mu;
+  CondVar cv;  // a session ended, or the agent stops
+  bool stopping GUARDED_BY(mu) = false;
   std::set<std::string> used_capabilities GUARDED_BY(mu);  // fingerprints, until the agent stops
   std::list<std::shared_ptr<Replica>> replicas GUARDED_BY(mu);
   uint64_t next_id GUARDED_BY(mu) = 0;
   FetchedBytes gone GUARDED_BY(mu);  // what replicas now destroyed fetched
 
-  // Ends replica id's session (if it runs): Instantiate then destroys it.
+  // Ends replica id's session (if it runs): its keeper then destroys it.
   void EndSession(const std::string& id) EXCLUDES(mu) {
     std::shared_ptr<ReplicaHost> host;
     {
@@ -72,6 +80,7 @@ struct AgentServer::Impl final : public RequestHandler {
 
   Status Handle(Connection& c, uint32_t request, wire::Message&& m) override {
     if (auto* in = std::get_if<wire::Instantiate>(&m)) return Instantiate(c, request, *in);
+    if (auto* a = std::get_if<wire::Attach>(&m)) return Reattach(c, *a);
     if (std::holds_alternative<wire::GetStatus>(m)) return c.Send(request, StatusReport());
     return Status::InvalidArgument(std::string("a surrogate agent does not take ") +
                                    wire::MessageTypeName(wire::TypeOf(m)));
@@ -220,6 +229,92 @@ struct AgentServer::Impl final : public RequestHandler {
     if (!boot_root.empty()) fs::remove_all(boot_root + "/" + r->id, ec);
   }
 
+  // A session of r ended: why is OK if its client said Leave.
+  void SessionEnded(Replica& r, const Status& why) {
+    MutexLock l(&mu);
+    --r.sessions;
+    if (why.ok()) {
+      LogInfo("replica " + r.id + " of " + r.service + ": client " + r.client + " left; destroying it");
+      r.ending = true;
+    } else if (r.sessions == 0 && !r.ending && !r.host->stopped()) {
+      LogInfo("replica " + r.id + " of " + r.service + ": the session ended (" + why.message() + "); kept " +
+              std::to_string(options.reattach_after.count()) + " s for client " + r.client + " to attach again");
+    }
+    if (r.sessions == 0) r.detached_since = Clock::now();
+    cv.SignalAll();
+  }
+
+  // Runs for r's life once it is ready: sends its RAM working set home when
+  // it has run a while, and decides when it ends. Then shuts its sessions.
+  void Keep(Replica& r) {
+    const auto ready = Clock::now();
+    bool sent_working_set = false;
+    std::string why;
+    for (;;) {
+      if (!sent_working_set && Clock::now() - ready >= options.working_set_after) {
+        SendWorkingSet(r);  // the order the replica first read its RAM in
+        sent_working_set = true;
+      }
+      const bool vm_gone = r.host->stopped();  // its VM died, or its service was lost
+      MutexLock l(&mu);
+      if (stopping) why = "the agent stops";
+      else if (r.ending) why = "its client left";
+      else if (vm_gone) why = "its VM or service is gone";
+      else if (std::time(nullptr) >= r.expires) why = "the capability expired";
+      else if (r.sessions == 0 && Clock::now() - r.detached_since >= options.reattach_after) {
+        why = "client " + r.client + " did not attach again within " +
+              std::to_string(options.reattach_after.count()) + " s";
+      }
+      if (!why.empty()) {
+        r.ending = true;
+        break;
+      }
+      cv.WaitFor(&mu, std::chrono::milliseconds(200));
+    }
+    if (!sent_working_set && std::time(nullptr) < r.expires) SendWorkingSet(r);
+    LogInfo("replica " + r.id + " of " + r.service + ": " + why + "; destroying it");
+    r.host->Shutdown();  // ends a session that still runs
+  }
+
+  // The client of a replica here attaches again (its connection broke).
+  Status Reattach(Connection& c, const wire::Attach& a) {
+    if (a.take_over) {
+      return Status::InvalidArgument("a surrogate's replica is attached to, not taken over: take the service "
+                                     "over at home");
+    }
+    std::shared_ptr<Replica> r;
+    {
+      MutexLock l(&mu);
+      for (const auto& x : replicas) {
+        if (x->service == a.service && x->client == c.peer().common_name && x->host && !x->ending &&
+            !x->host->stopped()) {
+          r = x;
+        }
+      }
+    }
+    auto none = [&] {
+      return Status::NotFound("this surrogate holds no replica of " + a.service + " for " + c.peer().common_name +
+                              " (it was destroyed, or never made here): make one with `slingshot-client use`");
+    };
+    if (!r) return none();
+    // The same client: a certificate from the CA the replica was made for,
+    // with the same name (TLS proved it holds the key).
+    if (Status ok = VerifyCertificate(c.peer().cert_pem, r->ca_pem, "the client's certificate"); !ok.ok()) {
+      LogWarning("refused a re-attach from " + c.peer().Describe() + ": " + ok.message());
+      return ok;
+    }
+    SLINGSHOT_RETURN_IF_ERROR(c.Authorize());
+    {
+      MutexLock l(&mu);
+      if (r->ending) return none();
+      ++r->sessions;
+    }
+    LogInfo("replica " + r->id + " of " + r->service + ": " + c.peer().Describe() + " attached again at seq " +
+            std::to_string(r->host->consumed()));
+    SessionEnded(*r, r->host->Serve(c));
+    return Status::OK();
+  }
+
   Status Instantiate(Connection& c, uint32_t request, const wire::Instantiate& in) {
     auto start = Clock::now();
     Capability cap;
@@ -242,6 +337,7 @@ struct AgentServer::Impl final : public RequestHandler {
     r->service = in.service;
     r->client = c.peer().common_name;
     r->expires = cap.not_after;
+    r->ca_pem = in.ca_pem;
     r->dir = options.cache_dir + "/" + r->id;
     std::error_code ec;
     fs::create_directories(r->dir, ec);
@@ -253,32 +349,19 @@ struct AgentServer::Impl final : public RequestHandler {
     }
     LogInfo("replica " + r->id + " of " + in.service + " for " + c.peer().Describe() + " ready in " +
             std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count()) + " ms");
-    // The capability's expiry ends the session. Meanwhile, the order the
-    // replica first read its RAM in goes home once it has run a while (and
-    // at the end if it did not run that long), for the next replica to
-    // prefetch first.
-    std::atomic<bool> done{false};
-    bool sent_working_set = false;
-    const auto ready = Clock::now();
-    std::thread expiry([&] {
-      while (!done) {
-        if (std::time(nullptr) >= r->expires) {
-          LogInfo("replica " + r->id + ": the capability expired; destroying it");
-          r->host->Shutdown();
-          return;
-        }
-        if (!sent_working_set && Clock::now() - ready >= options.working_set_after) {
-          SendWorkingSet(*r);
-          sent_working_set = true;
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(200));
-      }
-    });
-    Status end = r->host->Serve(c);
-    done = true;
-    expiry.join();
-    if (!sent_working_set && std::time(nullptr) < r->expires) SendWorkingSet(*r);
-    LogInfo("replica " + r->id + " of " + in.service + ": the session ended (" + end.message() + "); destroying it");
+    {
+      MutexLock l(&mu);
+      r->sessions = 1;
+    }
+    // This thread serves the first session; the keeper ends the replica's
+    // life (leave, expiry, no re-attach in time, VM death, agent stop).
+    std::thread keeper([&] { Keep(*r); });
+    SessionEnded(*r, r->host->Serve(c));
+    keeper.join();
+    {
+      MutexLock l(&mu);  // Shutdown ended them: they are leaving
+      while (r->sessions > 0) cv.Wait(&mu);
+    }
     Destroy(r);
     return Status::OK();
   }
@@ -360,7 +443,12 @@ std::string AgentServer::fingerprint() const { return impl_->fingerprint; }
 
 void AgentServer::Stop() {
   if (!impl_ || !impl_->server) return;
-  impl_->server->Stop();  // ends every session; each destroys its replica
+  {
+    MutexLock l(&impl_->mu);  // replicas waiting for their client end now
+    impl_->stopping = true;
+    impl_->cv.SignalAll();
+  }
+  impl_->server->Stop();  // ends every session; each replica is destroyed
   impl_->server.reset();
   impl_->hv.reset();
   impl_->cache.reset();

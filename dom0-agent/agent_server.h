@@ -18,8 +18,13 @@
 //      its log from there, and the session runs (ReplicaHost) on this same
 //      connection, so the replica's service is reachable by this client
 //      only.
-// The replica is destroyed when the client leaves, when the capability
-// expires, or when the agent stops. The cache directory is wiped at start;
+// A session that ends without the client's Leave (the link broke, or the
+// client took a stall for a death) does not end the replica at once: for
+// reattach_after it waits, and the same client (a certificate from the
+// same CA with the same name) may send Attach{service} on a new connection
+// to take it up again from what it has consumed. The replica is destroyed
+// when the client leaves, when that wait runs out, when the capability
+// expires, when its VM dies, or when the agent stops. The cache directory is wiped at start;
 // capabilities and keys are held in memory only.
 #ifndef SLINGSHOT_DOM0_AGENT_AGENT_SERVER_H_
 #define SLINGSHOT_DOM0_AGENT_AGENT_SERVER_H_
@@ -64,6 +69,9 @@ struct AgentOptions {
   // ends, if sooner), for the next replica to prefetch first.
   bool lazy_memory = true;
   std::chrono::seconds working_set_after{30};
+  // How long a replica whose session broke waits for its client to attach
+  // again (0: destroyed at once).
+  std::chrono::seconds reattach_after{60};
   HypervisorOptions hypervisor;
 };
 

@@ -173,6 +173,7 @@ Status RunCmd(const cli::po::variables_map& vm) {
   o.prefer_boot = vm.count("prefer-boot") > 0;
   o.lazy_memory = vm["lazy-memory"].as<bool>();
   o.working_set_after = std::chrono::seconds(std::max(vm["working-set-seconds"].as<int>(), 0));
+  o.reattach_after = std::chrono::seconds(std::max(vm["reattach-seconds"].as<int>(), 0));
   o.hypervisor.backend = vm["hypervisor"].as<std::string>();
   o.hypervisor.accel = vm["accel"].as<std::string>();
   o.hypervisor.qemu_binary = vm["qemu"].as<std::string>();
@@ -245,7 +246,10 @@ int main(int argc, char** argv) {
               "restore a replica before its RAM has arrived, each page fetched as the guest first touches it "
               "(QEMU; false: fetch the RAM whole first)")
              ("working-set-seconds", value<int>()->default_value(30),
-              "send the home the order a replica first read its RAM in once it has run this long");
+              "send the home the order a replica first read its RAM in once it has run this long")
+             ("reattach-seconds", value<int>()->default_value(60),
+              "keep a replica whose client's connection broke this long, for the client to attach again "
+              "(0: destroy it at once)");
        },
        RunCmd},
       {"cache stats", "print what the chunk cache holds", "", cli::NoOptions, CacheStats},

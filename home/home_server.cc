@@ -502,7 +502,7 @@ struct HomeServer::Impl final : public RequestHandler {
       std::shared_ptr<ReplicaHost> host = p->primary->host();  // waits out a checkpoint or bring-up
       if (!host) return Status::Unavailable("service " + a->service + " is starting; try again shortly");
       Status end = host->Serve(c);
-      LogInfo(c.peer().Describe() + " left " + a->service + ": " + end.message());
+      LogInfo(c.peer().Describe() + " left " + a->service + ": " + (end.ok() ? "it said so" : end.message()));
       return Status::OK();
     }
     if (auto* g = std::get_if<wire::GetCapability>(&m)) {

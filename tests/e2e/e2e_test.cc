@@ -823,6 +823,57 @@ TEST_F(E2eTest, ALaggingLeaderLosesTheLeadAndCatchesUpAfter) {
 }
 
 
+// A surrogate that stalls (its agent frozen, as an overloaded hotspot or a
+// radio gap would) is dropped as silent, then attached to again once it
+// answers: the same replica, sent what it missed, and no new instantiate.
+TEST_F(E2eTest, AStalledSurrogateIsAttachedToAgainAndCatchesUp) {
+  std::string typed = UseCafeUntilItLeads();
+  ASSERT_EQ(Leader(), "cafe") << StatusText();
+  const std::vector<int> vms = ProcessesMatching("-name replica-");
+  ASSERT_EQ(vms.size(), 1u);
+  Process* cafe = agents_[0].get();
+  ASSERT_EQ(::kill(cafe->pid(), SIGSTOP), 0);
+  Type(" stalled", 50);
+  const bool dropped = proxy_->WaitFor("replica cafe dropped", 15s);
+  Type(" meanwhile", 50);
+  const std::string during = StatusText();
+  ::kill(cafe->pid(), SIGCONT);
+  ASSERT_TRUE(dropped) << proxy_->Output();
+  typed += " stalled meanwhile";
+  EXPECT_TRUE(WaitLeader("home", 1s) || during.find(" leader") != std::string::npos) << during;
+  EXPECT_TRUE(proxy_->WaitFor("replica cafe attached again", 60s)) << proxy_->Output();
+  EXPECT_TRUE(cafe->WaitFor("attached again at seq", 10s)) << cafe->Output();
+  Type(" back");
+  typed += " back";
+  EXPECT_TRUE(WaitHomeDoc(doc_ + typed, 60s).ok()) << proxy_->Output();
+  const uint64_t last = LastSeq();
+  EXPECT_TRUE(WaitStatus("replica cafe consumed " + std::to_string(last) + " live", 30s)) << last << "\n"
+                                                                                           << StatusText();
+  // The same VM, never destroyed or made again.
+  EXPECT_EQ(ProcessesMatching("-name replica-"), vms);
+  EXPECT_EQ(cafe->Output().find("destroying it"), std::string::npos) << cafe->Output();
+  EXPECT_EQ(cafe->Output().find("replica-2"), std::string::npos) << cafe->Output();
+}
+
+// A client that never comes back (its proxy killed): the agent keeps the
+// replica for --reattach-seconds, then destroys it.
+TEST_F(E2eTest, AReplicaWhoseClientDoesNotComeBackIsDestroyedAfterTheWait) {
+  StartProxy();
+  Process* cafe = StartAgent("ss-surr", "10.77.0.3", "cafe", {"--reattach-seconds", "3"});
+  int rc;
+  std::string out = Use("10.77.0.3:7391", &rc);
+  ASSERT_EQ(rc, 0) << out;
+  ASSERT_EQ(ReplicaVms(), 1u);
+  proxy_->Kill(SIGKILL);
+  rfb_.reset();
+  EXPECT_TRUE(cafe->WaitFor("kept 3 s for client", 20s)) << cafe->Output();
+  EXPECT_TRUE(cafe->WaitFor("did not attach again within 3 s; destroying it", 30s)) << cafe->Output();
+  EXPECT_TRUE(WaitReplicaVms(0, 20s)) << "the replica's VM outlived the wait";
+  StartProxy();  // the log is intact: typing goes on at home
+  Type("after");
+  EXPECT_TRUE(WaitHomeDoc(doc_ + "after", 60s).ok()) << proxy_->Output();
+}
+
 // A device of another user (bob) gets nothing of alice's service: no
 // session, no capability, no checkpoint; its proxy says why and stops.
 TEST_F(E2eTest, AnotherUsersDeviceIsRefusedTheServiceAndItsCheckpoints) {

@@ -60,6 +60,11 @@ say() { echo "appliance_nested [$(( $(date +%s) - t0 )) s]: $*"; }
 fail() {
   echo "APPLIANCE-NESTED FAILED: $*" >&2
   for f in "$w"/console-*.log; do [[ -f $f ]] && { echo "--- $f ends:" >&2; tail -30 "$f" >&2; }; done
+  for f in proxy alice-proxy; do
+    [[ -f $w/$f.log ]] || continue
+    echo "--- $f.log on surrogate replicas:" >&2
+    grep -a -E "replica slingshot-[^ ]* (dropped|attached again|is lost|left)|attaching to replica" "$w/$f.log" | tail -10 >&2
+  done
   [[ -f $w/proxy.log ]] && { echo "--- proxy.log ends:" >&2; tail -15 "$w/proxy.log" >&2; }
   [[ -f $w/home.log ]] && { echo "--- home.log ends:" >&2; tail -15 "$w/home.log" >&2; }
   [[ -f $w/alice-proxy.log ]] && { echo "--- alice-proxy.log ends:" >&2; tail -15 "$w/alice-proxy.log" >&2; }

@@ -53,6 +53,7 @@ TEST(WireTest, EveryMessageRoundTrips) {
       Paired{"cert", "ca", Bytes(32, 1), "10.0.0.1:7390", Bytes(kPairProofSize, 6)},
       HandOver{"alice-tablet"},
       PutWorkingSet{a, {b, a}},
+      Leave{},
   };
   for (const auto& m : all) {
     FrameHeader h;

@@ -438,8 +438,10 @@ Result<std::unique_ptr<Connection>> Connection::Connect(const std::string& host,
                       [&](const error_code& e, const tcp::endpoint&) { result = e; });
   SLINGSHOT_RETURN_IF_ERROR(impl->Run(options.timeout_ms, "connecting"));
   if (result) {
-    return Status::Unavailable("cannot connect to " + impl->peer.address + ": " + result.message() +
-                               " (is the service running and the address right?)");
+    std::string why = "cannot connect to " + impl->peer.address + ": " + result.message() +
+                      " (is the service running and the address right?)";
+    if (options.refused_is_not_found && result == asio::error::connection_refused) return Status::NotFound(why);
+    return Status::Unavailable(why);
   }
   impl->stream.lowest_layer().set_option(tcp::no_delay(true), ec);
   impl->fd = impl->stream.lowest_layer().native_handle();

@@ -87,6 +87,7 @@ void Put(Encoder& e, const Screen& m) {
   }
 }
 void Put(Encoder&, const Repaint&) {}
+void Put(Encoder&, const Leave&) {}
 void Put(Encoder& e, const Checkpointed& m) {
   e.U64(m.epoch);
   e.U64(m.seq);
@@ -306,6 +307,7 @@ Message Get(Decoder& d, MessageType t) {
       return m;
     }
     case MessageType::kRepaint: return Repaint{};
+    case MessageType::kLeave: return Leave{};
     case MessageType::kCheckpointed: {
       Checkpointed m;
       m.epoch = d.U64();
@@ -408,7 +410,7 @@ constexpr MessageType kTypes[] = {
     MessageType::kRepaint,    MessageType::kCheckpointed, MessageType::kGetCapability,
     MessageType::kCapability, MessageType::kInstantiate, MessageType::kProgress,
     MessageType::kGetStatus,  MessageType::kAgentStatus, MessageType::kPair,
-    MessageType::kPaired,     MessageType::kHandOver,   MessageType::kPutWorkingSet};
+    MessageType::kPaired,     MessageType::kHandOver,   MessageType::kPutWorkingSet, MessageType::kLeave};
 static_assert(std::size(kTypes) == std::variant_size_v<Message>);
 
 }  // namespace
@@ -442,6 +444,7 @@ const char* MessageTypeName(MessageType t) {
     case MessageType::kPair: return "Pair";
     case MessageType::kPaired: return "Paired";
     case MessageType::kPutWorkingSet: return "PutWorkingSet";
+    case MessageType::kLeave: return "Leave";
   }
   return "unknown";
 }

@@ -103,6 +103,7 @@ Status ReplicaHost::Serve(Connection& c) {
     c.Post(wire::Attached{service_, replica_, width_, height_, consumed});
     if (adapter_) c.Post(adapter_->FullScreen());
   }
+  bool left = false;
   std::function<Status(Frame&&)> on_frame = [&](Frame&& f) -> Status {
     if (auto* in = std::get_if<wire::Input>(&f.message)) {
       Status s = Apply(std::move(*in));
@@ -114,6 +115,10 @@ Status ReplicaHost::Serve(Connection& c) {
       if (adapter_) c.Post(adapter_->FullScreen());
       return Status::OK();
     }
+    if (std::holds_alternative<wire::Leave>(f.message)) {
+      left = true;
+      return Status::Unavailable(c.peer().Describe() + " left");  // ends Duplex
+    }
     Status bad = Status::InvalidArgument(std::string("a replica session does not take ") +
                                          wire::MessageTypeName(wire::TypeOf(f.message)));
     c.Post(wire::Error{bad.code(), bad.message()});
@@ -123,7 +128,7 @@ Status ReplicaHost::Serve(Connection& c) {
   MutexLock l(&mu_);
   if (session_id_ == id) session_ = nullptr;
   cv_.SignalAll();
-  return end;
+  return left ? Status::OK() : end;
 }
 
 Result<uint64_t> ReplicaHost::Quiesce(int timeout_ms) {
@@ -211,6 +216,11 @@ uint64_t ReplicaHost::applied() const {
   MutexLock l(&mu_);
   if (!held_.empty()) return held_.back().seq;
   return adapter_ ? adapter_->applied() : base_seq_;
+}
+
+bool ReplicaHost::stopped() const {
+  MutexLock l(&mu_);
+  return stopping_;
 }
 
 bool ReplicaHost::attached() const {

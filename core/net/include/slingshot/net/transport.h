@@ -71,6 +71,9 @@ struct ConnectOptions {
   // server_fingerprint is set it must have that fingerprint.
   bool verify_server_ca = true;
   std::string server_fingerprint;
+  // A refused TCP connection (the host is up and nothing listens there) is
+  // NotFound instead of Unavailable: for a caller to whom that is final.
+  bool refused_is_not_found = false;
 };
 
 class Connection {

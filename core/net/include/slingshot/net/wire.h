@@ -83,6 +83,10 @@ enum class MessageType : uint16_t {
   // (its RAM's, when served on demand); the reply is a WorkingSet with the
   // table and no ids.
   kPutWorkingSet = 27,
+  // Client -> replica host, in a session: the user is done with this
+  // replica; a surrogate destroys it at once instead of holding it for the
+  // client to attach again.
+  kLeave = 28,
 };
 const char* MessageTypeName(MessageType t);
 
@@ -258,11 +262,12 @@ struct Paired {
 struct HandOver {
   std::string device;  // who takes over
 };
+struct Leave {};
 
 using Message = std::variant<Hello, Error, GetChunks, ChunkData, GetObject, ObjectData, GetRef,
                              RefData, GetWorkingSet, WorkingSet, Attach, Attached, Input, Consumed,
                              Screen, Repaint, Checkpointed, GetCapability, Capability, Instantiate,
-                             Progress, GetStatus, AgentStatus, Pair, Paired, HandOver, PutWorkingSet>;
+                             Progress, GetStatus, AgentStatus, Pair, Paired, HandOver, PutWorkingSet, Leave>;
 
 MessageType TypeOf(const Message& m);
 

@@ -10,6 +10,7 @@
 //                                heartbeat (the client drops a silent replica)
 //   host -> Screen               each update of the service's screen
 //   client -> Repaint            host -> a full Screen from its copy
+//   client -> Leave              the client is done with this replica
 //   host -> Checkpointed         (home) a published checkpoint covers <= seq
 // A second Attach replaces the first client's session (a restarted proxy of
 // the same device; the home decides who may attach): the first is sent an
@@ -51,7 +52,8 @@ class ReplicaHost {
   Status Connect(const Endpoint& ep, uint64_t consumed_seq, int timeout_ms);
 
   // Serves c (which sent `Attach`) until the client leaves, is replaced,
-  // or Shutdown(). Returns why the session ended.
+  // or Shutdown(). Returns OK if the client said Leave (it is done with
+  // this replica), else why the session ended.
   Status Serve(Connection& c);
 
   // For a checkpoint: returns the seq the VM's state covers.
@@ -76,6 +78,7 @@ class ReplicaHost {
   uint64_t applied() const;
   bool attached() const;
   std::string client() const;  // the attached client's name, or ""
+  bool stopped() const;        // Shutdown() was called
   // Ends the session and closes the service connections.
   void Shutdown();
 
