@@ -24,6 +24,7 @@
 #include "slingshot/replica/checkpoint_scope.h"
 #include "slingshot/replica/instantiate.h"
 #include "slingshot/replica/primary.h"
+#include "slingshot/replica/ram_rehearsal.h"
 #include "slingshot/replica/retention.h"
 #include "slingshot/store/disk_table.h"
 #include "slingshot/store/manifest.h"
@@ -153,6 +154,10 @@ struct Service {
   // one whose log the primary's inputs come from. Kept in DIR/holder.
   Mutex hold_mu;
   std::string holder GUARDED_BY(hold_mu);
+  // Its RAM working set is still to be recorded (ram_rehearsal.h); off for
+  // good once it cannot be here.
+  std::atomic<bool> rehearse{false};
+  bool rehearsal_unsupported = false;  // the runner's
 };
 
 // How long a holder has to send what it logged and leave when another
@@ -284,6 +289,7 @@ struct HomeServer::Impl final : public RequestHandler {
       Status rec = RecordCheckpoint(store, raw->def.name, r.manifest.epoch, r.manifest_id);
       if (!rec.ok()) LogWarning("service " + raw->def.name + ": " + rec.message());
       ++checkpoints_since_gc;
+      if (options.record_ram_working_set && r.ram_apart) raw->rehearse = true;
       Status st = WriteFileAtomic(raw->dir + "/status", AsBytes("epoch " + std::to_string(r.manifest.epoch) + " seq " +
                                                                 std::to_string(r.manifest.last_seq) + "\n"));
       if (!st.ok()) LogWarning("service " + raw->def.name + ": " + st.message());
@@ -308,9 +314,38 @@ struct HomeServer::Impl final : public RequestHandler {
         continue;
       }
       backoff_ms = 1000;
+      if (svc->rehearse.exchange(false) && !svc->rehearsal_unsupported) Rehearse(*svc);
       if (!Nap(200)) break;
     }
     svc->primary->TearDown();
+  }
+
+  // Records the RAM working set of svc's published checkpoint, if it has
+  // none (ram_rehearsal.h). The primary runs on meanwhile; only its next
+  // checkpoint waits.
+  void Rehearse(Service& svc) {
+    std::shared_lock publishing(publish_mu);  // GC must not take the checkpoint away meanwhile
+    if (!RamWorkingSetMissing(store, svc.def.name)) return;
+    RamRehearsalOptions o;
+    o.service = svc.def.name;
+    o.manifest_key = key.public_key();
+    o.dir = svc.dir + "/rehearsal";
+    o.connect_ms = options.boot_timeout_ms;
+    const auto start = Clock::now();
+    auto n = RecordRamWorkingSet(*hv, store, o);
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count();
+    if (n.ok()) {
+      if (*n) {
+        LogInfo("service " + svc.def.name + ": recorded the order a restored guest reads its RAM in (" +
+                std::to_string(*n) + " chunks, " + std::to_string(ms) + " ms), for its first replica to prefetch");
+      }
+    } else if (n.status().code() == Status::Code::kUnsupported) {
+      svc.rehearsal_unsupported = true;
+      LogWarning("service " + svc.def.name + ": " + n.status().message() +
+                 "; its first replica prefetches its RAM by offset");
+    } else {
+      LogWarning("service " + svc.def.name + ": recording its RAM working set failed: " + n.status().ToString());
+    }
   }
 
   void Manage() {

@@ -83,6 +83,10 @@ struct HomeOptions {
   int gc_seconds = 60;
   int capability_max_seconds = 3600;
   int boot_timeout_ms = 180000;
+  // After a checkpoint whose RAM table has no working set yet, restore it
+  // once in a scratch VM with its RAM on demand and record the order the
+  // guest reads it in (ram_rehearsal.h), for a service's first replica.
+  bool record_ram_working_set = true;
   HypervisorOptions hypervisor;
 };
 

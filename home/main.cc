@@ -363,6 +363,7 @@ Status RunCmd(const cli::po::variables_map& vm) {
   o.checkpoint_seconds = vm["checkpoint-seconds"].as<int>();
   o.keep_checkpoints = vm["keep-checkpoints"].as<uint32_t>();
   o.gc_seconds = vm["gc-seconds"].as<int>();
+  o.record_ram_working_set = vm["record-ram-working-set"].as<bool>();
   if (o.keep_checkpoints == 0 || o.gc_seconds <= 0) {
     return Status::InvalidArgument("--keep-checkpoints and --gc-seconds must be positive");
   }
@@ -604,6 +605,9 @@ int main(int argc, char** argv) {
              ("keep-checkpoints", value<uint32_t>()->default_value(3),
               "checkpoints kept per service (and any a live capability may still read); older ones are collected")
              ("gc-seconds", value<int>()->default_value(60), "collect garbage at most this often, after new checkpoints")
+             ("record-ram-working-set", value<bool>()->default_value(true),
+              "once per service, restore its checkpoint in a scratch VM with its RAM on demand and record the order "
+              "the guest reads it in, so that its first replica on a surrogate prefetches in that order (QEMU, FUSE)")
              ("capability-max-seconds", value<int>()->default_value(3600), "longest capability issued")
              ("hypervisor", value<std::string>()->default_value("auto"), "auto, qemu or xen")
              ("accel", value<std::string>()->default_value("auto"), "QEMU: auto, kvm or tcg")

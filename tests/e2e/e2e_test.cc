@@ -708,6 +708,66 @@ TEST_F(E2eTest, AReplicasRamWorkingSetGoesHomeAndTheNextReplicaFetchesItFirst) {
   EXPECT_EQ(count(home_log(), "checkpoint epoch"), checkpoints);
 }
 
+// The home rehearses a restore of its first checkpoint with the RAM on
+// demand and records the order the guest read it in, so that a service's
+// very first replica already prefetches in that order.
+TEST_F(E2eTest, TheHomeRecordsTheRamOrderOfARestoreForTheFirstReplica) {
+  std::ifstream in(kWorld + "/home.log");
+  const std::string log((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string what = "recorded the order a restored guest reads its RAM in (";
+  const size_t at = log.find(what);
+  ASSERT_NE(at, std::string::npos) << log;
+  EXPECT_GT(std::stol(log.substr(at + what.size())), 0) << log.substr(at, 200);
+  // No scratch VM is left behind.
+  EXPECT_TRUE(ProcessesMatching("-name notepad-rehearsal").empty());
+  StartProxy();
+  Process* cafe = StartAgent("ss-surr", "10.77.0.3", "cafe");
+  int rc;
+  std::string out = Use("10.77.0.3:7391", &rc);
+  ASSERT_EQ(rc, 0) << out;
+  const std::string o = cafe->Output();
+  const size_t d = o.find("is served on demand; ");
+  ASSERT_NE(d, std::string::npos) << o;
+  EXPECT_GT(std::stol(o.substr(d + 21)), 0) << o;
+}
+
+// The home dies while a lazy replica's RAM is still arriving: the replica
+// either runs on what it has or ends, `use` returns either way, no VM is
+// left behind for a replica that ended, and once the home is back nothing
+// typed is missing.
+TEST_F(E2eTest, ALazyReplicaWhoseHomeDiesMidFetchFailsCleanly) {
+  StartProxy();
+  Type("before ");
+  ASSERT_TRUE(WaitHomeDoc(doc_ + "before ", 60s).ok()) << proxy_->Output();
+  Process* cafe = StartAgent("ss-surr", "10.77.0.3", "cafe");
+  int use_rc = -1;
+  std::string use_out;
+  std::thread use([&] { use_out = Use("10.77.0.3:7391", &use_rc); });
+  const bool lazy = cafe->WaitFor("is served on demand", 60s);
+  int rc;
+  Shell("kill -9 $(cat " + kWorld + "/home.pid)", &rc);
+  use.join();
+  ASSERT_TRUE(lazy) << cafe->Output();
+  Type("while home is down ");
+  StartWorldHome();
+  Type("and after");
+  EXPECT_TRUE(WaitHomeDoc(doc_ + "before while home is down and after", 120s).ok()) << proxy_->Output();
+  if (use_rc != 0) {
+    // It failed, and said why.
+    EXPECT_NE(use_out.find("slingshot-client use:"), std::string::npos) << use_out;
+  }
+  // Either the replica runs and has every input, or it is gone with its VM.
+  const uint64_t last = LastSeq();
+  bool settled = false;
+  for (auto end = Clock::now() + 60s; !settled && Clock::now() < end; std::this_thread::sleep_for(500ms)) {
+    const std::string st = StatusText();
+    const bool runs = st.find("replica cafe consumed " + std::to_string(last) + " live") != std::string::npos;
+    const bool gone = st.find("replica cafe") == std::string::npos && ReplicaVms() == 0;
+    settled = runs || gone;
+  }
+  EXPECT_TRUE(settled) << StatusText() << "\n" << cafe->Output();
+}
+
 // Every file under dir whose bytes contain needle.
 std::vector<std::string> FilesHolding(const std::string& dir, const std::string& needle) {
   std::vector<std::string> hits;

@@ -570,6 +570,47 @@ TEST_F(FetchTest, AReadDoesNotWaitBehindAPrefetchQueue) {
   EXPECT_EQ(prefetched, ids_.size());
 }
 
+// On one shared slow link (an access link: every connection's bytes queue
+// behind the others'), a bulk fetch keeps only about a round trip's worth
+// plus a short queue in flight, so a single read on another connection is
+// not stuck behind megabytes the prefetch asked for.
+TEST_F(FetchTest, APrefetchLeavesAShortQueueOnASharedSlowLink) {
+  LinkProfile slow;
+  slow.rate_bits_per_s = 8e6;  // the whole disk takes ~4 s
+  slow.rtt_ms = 60;
+  slow.shared = true;
+  auto link = LinkEmulator::Start("127.0.0.1", server_->port(), slow);
+  ASSERT_TRUE(link.ok());
+  auto home = HomeSource::Open("127.0.0.1", (*link)->port(), surrogate_creds_);
+  ASSERT_TRUE(home.ok()) << home.status().ToString();
+  auto cache = OpenCache("cache");
+  FetchChain chain(cache.get(), {home->get()});
+  std::atomic<size_t> prefetched{0};
+  std::thread prefetch([&] {
+    EXPECT_TRUE(chain.Fetch(ids_, [&](const ChunkId&, Result<Bytes>&& r) {
+      EXPECT_TRUE(r.ok());
+      ++prefetched;
+    }).ok());
+  });
+  // Once the prefetch is under way, reads of chunks it has not reached.
+  while (prefetched < 4) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  std::vector<size_t> at;
+  for (size_t k = 1; k <= 3; ++k) {
+    auto r = chain.Get(ids_[ids_.size() - k]);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    at.push_back(prefetched);
+  }
+  const size_t window = (*home)->bulk_window();
+  prefetch.join();
+  EXPECT_EQ(prefetched, ids_.size());
+  // Unpaced, the prefetch asked for every chunk at once and each read came
+  // back only after the whole disk had crossed the link.
+  EXPECT_LT(at.back(), ids_.size() / 2) << "the reads waited behind the prefetch";
+  // About (8 Mbit/s x (60 + 100) ms) / 64 KiB = 2.4 chunks; the pacer's
+  // ceiling is 512.
+  EXPECT_LE(window, 8u);
+}
+
 // A chunk fetched from home reached the cache decompressed and compressed
 // again; it is kept as the value the home sent, once verified.
 TEST_F(FetchTest, FetchedChunksAreCachedAsTheHomesVerifiedValue) {

@@ -276,14 +276,27 @@ int main(int argc, char** argv) {
   if (Status s = TypeAndCheck(h, "notepad", "!", "typed in Xen!"); !s.ok()) {
     return Fail(s, "typing into the restored domain");
   }
-  if (Status s = TwoAtOnce(h); !s.ok()) return Fail(s, "two guests at once");
+  int crashes = 0;
+  Status two = TwoAtOnce(h);
+  if (!two.ok() && DiedUnderUs(h, "notepad")) {
+    // A PVH guest under nested TCG triple-faults now and then (QEMU's
+    // emulation of nested SVM; docs/testing.md): once more, counted.
+    crashes++;
+    (void)h.Destroy("second");
+    (void)h.Destroy("notepad");
+    auto again = h.Restore(spec, [&](const ByteSink& sink) { return sink(ckpt); });
+    if (!again.ok()) return Fail(again.status(), "restoring after a crash");
+    ctl = h.ServiceEndpoint("notepad", kControlPort);
+    if (Status s = TypeAndCheck(h, "notepad", "!", "typed in Xen!"); !s.ok()) return Fail(s, "typing after a crash");
+    two = TwoAtOnce(h);
+  }
+  if (!two.ok()) return Fail(two, "two guests at once");
   // A viewer connected across the checkpoints (as the home's service
   // adapter is) keeps working after them.
   auto held_ep = h.ServiceEndpoint("notepad", kRfbPort);
   auto held = held_ep.ok() ? RfbSession::Connect(*held_ep) : Result<std::unique_ptr<RfbSession>>(held_ep.status());
   if (!held.ok()) return Fail(held.status(), "a viewer before the checkpoints");
   bool first_live = false;
-  int crashes = 0;
   auto first_pause = MedianPause(h, "notepad", 3, &first_live);
   if (!first_pause.ok() && DiedUnderUs(h, "notepad")) {
     // Once more, on the checkpoint restored again, with a new viewer.

@@ -97,14 +97,14 @@ void LinkEmulator::AcceptLoop() {
     MutexLock lock(&mu_);
     fds_.push_back(client);
     fds_.push_back(server);
-    pumps_.emplace_back([this, client, server] { Pump(client, server); });
-    pumps_.emplace_back([this, client, server] { Pump(server, client); });
+    pumps_.emplace_back([this, client, server] { Pump(client, server, 0); });
+    pumps_.emplace_back([this, client, server] { Pump(server, client, 1); });
   }
 }
 
 // One direction: a reader stamps each piece with its delivery time, a writer
 // delivers it then.
-void LinkEmulator::Pump(int from, int to) {
+void LinkEmulator::Pump(int from, int to, int direction) {
   struct Piece {
     Bytes data;
     Clock::time_point deliver;
@@ -155,7 +155,13 @@ void LinkEmulator::Pump(int from, int to) {
     if (n <= 0) break;
     auto now = Clock::now();
     auto serialize = std::chrono::duration<double>(double(n) * 8 / profile_.rate_bits_per_s);
-    departure = std::max(departure, now) + std::chrono::duration_cast<Clock::duration>(serialize);
+    if (profile_.shared) {
+      MutexLock lock(&shared_mu_);
+      departure = std::max(shared_departure_[direction], now) + std::chrono::duration_cast<Clock::duration>(serialize);
+      shared_departure_[direction] = departure;
+    } else {
+      departure = std::max(departure, now) + std::chrono::duration_cast<Clock::duration>(serialize);
+    }
     MutexLock lock(&m);
     q.push_back(Piece{Bytes(buf.begin(), buf.begin() + n),
                       departure + std::chrono::duration_cast<Clock::duration>(one_way)});

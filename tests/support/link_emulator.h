@@ -12,6 +12,7 @@
 #define SLINGSHOT_TESTS_LINK_EMULATOR_H_
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -27,6 +28,10 @@ struct LinkProfile {
   double rate_bits_per_s = 50e6;  // per direction
   double rtt_ms = 40;             // round trip: each direction gets half
   size_t queue_bytes = 4 << 20;   // bytes in flight per direction before the reader blocks
+  // One bottleneck for all connections (an access link): in each direction
+  // every connection's bytes depart behind the others'. Else each
+  // connection has a link of its own.
+  bool shared = false;
 };
 
 class LinkEmulator {
@@ -44,7 +49,7 @@ class LinkEmulator {
  private:
   LinkEmulator() = default;
   void AcceptLoop();
-  void Pump(int from, int to);
+  void Pump(int from, int to, int direction);  // 0: to the target, 1: back
 
   std::string target_host_;
   uint16_t target_port_ = 0;
@@ -57,6 +62,8 @@ class LinkEmulator {
   Mutex mu_;
   std::vector<std::thread> pumps_ GUARDED_BY(mu_);
   std::vector<int> fds_ GUARDED_BY(mu_);
+  Mutex shared_mu_;
+  std::chrono::steady_clock::time_point shared_departure_[2] GUARDED_BY(shared_mu_);
 };
 
 }  // namespace slingshot::testing

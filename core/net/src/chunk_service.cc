@@ -96,8 +96,71 @@ ChunkService::Stats ChunkService::stats() const {
 
 // --- surrogate side ---
 
+BulkPacer::BulkPacer(size_t max_ids, size_t initial_ids, size_t min_ids, std::chrono::milliseconds queue_target)
+    : max_ids_(std::max<size_t>(max_ids, 1)),
+      initial_ids_(std::clamp<size_t>(initial_ids, 1, max_ids_)),
+      min_ids_(std::clamp<size_t>(min_ids, 1, max_ids_)),
+      queue_target_s_(std::chrono::duration<double>(queue_target).count()) {}
+
+size_t BulkPacer::WindowLocked() const {
+  if (rate_ <= 0 || mean_bytes_ <= 0) return initial_ids_;
+  double ids = rate_ * (min_rtt_s_ + queue_target_s_) / mean_bytes_;
+  return std::clamp<size_t>(static_cast<size_t>(ids), min_ids_, max_ids_);
+}
+
+size_t BulkPacer::window() const {
+  MutexLock l(&mu_);
+  return WindowLocked();
+}
+
+size_t BulkPacer::Reserve(size_t want, bool have_in_flight) {
+  MutexLock l(&mu_);
+  const size_t w = WindowLocked();
+  size_t room = in_flight_ < w ? w - in_flight_ : 0;
+  if (room == 0 && !have_in_flight) room = 1;
+  const size_t n = std::min(want, room);
+  if (in_flight_ == 0 && n > 0) {  // a new busy period: rate samples start here
+    sample_start_ = Clock::now();
+    sample_bytes_ = 0;
+  }
+  in_flight_ += n;
+  return n;
+}
+
+void BulkPacer::Unreserve(size_t n) {
+  MutexLock l(&mu_);
+  in_flight_ -= std::min(n, in_flight_);
+}
+
+void BulkPacer::Arrived(size_t wire_bytes, bool reserved, Clock::time_point now) {
+  MutexLock l(&mu_);
+  if (reserved && in_flight_ > 0) --in_flight_;
+  mean_bytes_ = mean_bytes_ == 0 ? double(wire_bytes) : 0.9 * mean_bytes_ + 0.1 * double(wire_bytes);
+  sample_bytes_ += wire_bytes;
+  // A rate sample every 50 ms of a busy period (chunks in flight all
+  // along); the estimate keeps the best recent one, decaying slowly, so a
+  // pause of the fetch does not read as a slow link.
+  const double elapsed = std::chrono::duration<double>(now - sample_start_).count();
+  if (elapsed >= 0.05) {
+    const double sample = double(sample_bytes_) / elapsed;
+    rate_ = std::max(sample, 0.9 * rate_);
+    sample_start_ = now;
+    sample_bytes_ = 0;
+  }
+}
+
+void BulkPacer::RoundTrip(Clock::duration rtt) {
+  const double s = std::chrono::duration<double>(rtt).count();
+  MutexLock l(&mu_);
+  if (min_rtt_s_ == 0 || s < min_rtt_s_) min_rtt_s_ = s;
+}
+
 HomeSource::HomeSource(std::string host, uint16_t port, TlsCredentials creds, HomeSourceOptions options)
-    : host_(std::move(host)), port_(port), creds_(std::move(creds)), options_(std::move(options)) {}
+    : host_(std::move(host)),
+      port_(port),
+      creds_(std::move(creds)),
+      options_(std::move(options)),
+      pacer_(size_t(options_.batch) * options_.window, 8, 2, options_.queue_target) {}
 
 HomeSource::~HomeSource() = default;
 
@@ -157,46 +220,68 @@ Status HomeSource::GetMany(std::span<const ChunkId> ids, const Sink& sink) {
 
 Status HomeSource::GetManyWithValues(std::span<const ChunkId> ids, const ValueSink& sink) {
   if (ids.empty()) return Status::OK();
-  const size_t batch = options_.batch;
-  const size_t nbatches = (ids.size() + batch - 1) / batch;
+  // A single read (a fault) goes out at once; a bulk fetch keeps within the
+  // pacer's window, shared by this source's bulk fetches.
+  const bool bulk = ids.size() > 1;
   size_t delivered = 0;  // ids handed to the sink
   // A pooled connection may have been closed by the home while idle: one
-  // retry on a fresh connection, from the first undelivered id.
+  // retry on a fresh connection, from the first undelivered id, if nothing
+  // of the request that failed was delivered.
   for (int attempt = 0;; ++attempt) {
     SLINGSHOT_ASSIGN_OR_RETURN(auto c, Acquire());
-    std::deque<uint32_t> in_flight;
-    size_t first_batch = delivered / batch;  // delivered is a batch multiple at a retry
-    size_t sent = first_batch, done = first_batch;
+    struct Sent {
+      uint32_t request;
+      size_t from, to;
+      BulkPacer::Clock::time_point at;
+    };
+    std::deque<Sent> in_flight;
+    size_t next = delivered;  // the first id not asked for yet
     Status failed;
-    while (done < nbatches && failed.ok()) {
-      while (sent < nbatches && sent - done < options_.window) {
-        size_t from = sent * batch, to = std::min(ids.size(), from + batch);
-        wire::GetChunks g{std::vector<ChunkId>(ids.begin() + from, ids.begin() + to)};
+    bool partial = false;
+    auto unreserve = [&] {
+      if (bulk) pacer_.Unreserve(next - delivered);
+    };
+    while (delivered < ids.size() && failed.ok()) {
+      while (next < ids.size() && in_flight.size() < options_.window) {
+        size_t want = std::min<size_t>(options_.batch, ids.size() - next);
+        size_t n = bulk ? pacer_.Reserve(want, !in_flight.empty()) : want;
+        if (n == 0) break;
+        wire::GetChunks g{std::vector<ChunkId>(ids.begin() + next, ids.begin() + next + n)};
         uint32_t req = next_request_++;
         failed = c->Send(req, g, options_.timeout_ms);
-        if (!failed.ok()) break;
+        if (!failed.ok()) {
+          if (bulk) pacer_.Unreserve(n);
+          break;
+        }
         ++requests_;
-        in_flight.push_back(req);
-        ++sent;
+        in_flight.push_back(Sent{req, next, next + n, BulkPacer::Clock::now()});
+        next += n;
       }
       if (!failed.ok()) break;
-      size_t from = done * batch, to = std::min(ids.size(), from + batch);
-      for (size_t i = from; i < to; ++i) {
+      const Sent s = in_flight.front();
+      for (size_t i = s.from; i < s.to; ++i) {
         auto f = c->Receive(options_.timeout_ms);
         if (!f.ok()) {
           failed = f.status();
+          partial = i > s.from;
           break;
         }
-        if (f->request != in_flight.front()) {
+        if (f->request != s.request) {
+          unreserve();
           c->Close();
           return Status::Corruption(Describe() + " answered request " + std::to_string(f->request) + " out of turn");
         }
+        const auto now = BulkPacer::Clock::now();
+        if (i == s.from) pacer_.RoundTrip(now - s.at);
         if (auto* e = std::get_if<wire::Error>(&f->message)) {
+          pacer_.Arrived(64, bulk, now);
           sink(ids[i], e->ToStatus(Describe()), Bytes());
         } else if (auto* d = std::get_if<wire::ChunkData>(&f->message); d && d->id == ids[i]) {
+          pacer_.Arrived(d->value.size() + 64, bulk, now);
           auto raw = Verify(*d, ids[i]);
           sink(ids[i], std::move(raw), raw.ok() ? std::move(d->value) : Bytes());
         } else {
+          unreserve();
           c->Close();
           return Status::Corruption(Describe() + " sent something other than chunk " + ids[i].Short() +
                                     " where it was due");
@@ -205,14 +290,13 @@ Status HomeSource::GetManyWithValues(std::span<const ChunkId> ids, const ValueSi
       }
       if (!failed.ok()) break;
       in_flight.pop_front();
-      ++done;
     }
+    unreserve();  // what was asked for and will not be read on this connection
     if (failed.ok()) {
       Release(std::move(c));
       return Status::OK();
     }
-    // Retry only if nothing of the failed batch was delivered.
-    if (attempt > 0 || delivered % batch != 0 || failed.code() != Status::Code::kUnavailable) {
+    if (attempt > 0 || partial || failed.code() != Status::Code::kUnavailable) {
       return failed.Annotate("fetching chunks from " + Describe());
     }
   }

@@ -216,11 +216,11 @@ Result<std::unique_ptr<LiveReplica>> Instantiate(Hypervisor& hv, CheckpointSourc
       }
       RestoreRam given;
       given.size = ram.image_size;
-      if (options.lazy_memory && source.chain()) {
+      if (options.lazy_memory && (source.chain() || options.record_ram_reads)) {
         LazyImageOptions lo;
         lo.dir = boot_dir + "/ram";
         lo.chunks = chunks;
-        lo.prefetch = source.chain();
+        lo.prefetch = options.record_ram_reads ? nullptr : source.chain();
         auto ws = source.WorkingSet(m.ram_table);
         lo.order = PrefetchOrder(ram, ws.ok() ? *ws : std::vector<ChunkId>{});
         const size_t recorded = ws.ok() ? ws->size() : 0;

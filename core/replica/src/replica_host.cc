@@ -60,7 +60,10 @@ Status ReplicaHost::Connect(const Endpoint& ep, uint64_t consumed_seq, int timeo
     }
     last = a.status();
     if (last.code() != Status::Code::kUnavailable || Clock::now() >= deadline) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    // A restored guest answers within moments (each poll it waits is
+    // time to ready); a booting one takes its start-up.
+    const bool early = Clock::now() < deadline - std::chrono::milliseconds(timeout_ms) + std::chrono::seconds(3);
+    std::this_thread::sleep_for(std::chrono::milliseconds(early ? 20 : 200));
   }
   return last.Annotate("service " + service_ + " did not come up within " + std::to_string(timeout_ms) + " ms");
 }

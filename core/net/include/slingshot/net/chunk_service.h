@@ -9,12 +9,21 @@
 // connection) so a cold fetch keeps the link full instead of waiting a round
 // trip per chunk.
 //
+// But not fuller than that: what a bulk fetch has asked for and not yet
+// received waits in the link's queue, and a single read (a page fault, a
+// disk read) waits behind it. So the chunks in flight of a HomeSource's
+// bulk fetches together are kept to what the link carries in its round
+// trip plus a queue of queue_target (BulkPacer): the delivery rate and the
+// shortest round trip are measured as chunks arrive. A single read is never
+// held back.
+//
 // Only peers with a certificate from the home's CA reach the service at all
 // (transport.h); the role a server requires is set in its ServerOptions.
 #ifndef SLINGSHOT_NET_CHUNK_SERVICE_H_
 #define SLINGSHOT_NET_CHUNK_SERVICE_H_
 
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <string>
 #include <vector>
@@ -52,9 +61,40 @@ class ChunkService final : public RequestHandler {
   Mutex put_mu_;  // one working-set update at a time
 };
 
+// The window of a HomeSource's bulk fetches, in chunks: rate x (shortest
+// round trip + queue_target) / mean chunk size, between min_ids and
+// max_ids; initial_ids until the first rate is measured. Thread-safe.
+class BulkPacer {
+ public:
+  using Clock = std::chrono::steady_clock;
+  BulkPacer(size_t max_ids, size_t initial_ids, size_t min_ids, std::chrono::milliseconds queue_target);
+  size_t window() const;
+  // Up to want ids may go out now (0: wait for some to arrive); a caller
+  // with nothing in flight gets at least one.
+  size_t Reserve(size_t want, bool have_in_flight);
+  // A chunk of wire_bytes arrived (reserved: it was counted by Reserve).
+  void Arrived(size_t wire_bytes, bool reserved, Clock::time_point now);
+  void Unreserve(size_t n);  // reserved ids that will not arrive
+  void RoundTrip(Clock::duration rtt);  // request sent -> its first chunk
+
+ private:
+  size_t WindowLocked() const REQUIRES(mu_);
+  const size_t max_ids_, initial_ids_, min_ids_;
+  const double queue_target_s_;
+  mutable Mutex mu_;
+  size_t in_flight_ GUARDED_BY(mu_) = 0;
+  double rate_ GUARDED_BY(mu_) = 0;          // bytes/s, 0 until measured
+  double min_rtt_s_ GUARDED_BY(mu_) = 0;     // 0 until measured
+  double mean_bytes_ GUARDED_BY(mu_) = 0;
+  Clock::time_point sample_start_ GUARDED_BY(mu_);
+  size_t sample_bytes_ GUARDED_BY(mu_) = 0;
+};
+
 struct HomeSourceOptions {
   uint32_t batch = 32;       // ids per request
-  uint32_t window = 16;      // requests in flight per connection
+  uint32_t window = 16;      // requests in flight per connection, at most
+  // The queue a bulk fetch may build in the link (BulkPacer).
+  std::chrono::milliseconds queue_target{100};
   size_t max_idle_connections = 4;
   int timeout_ms = 30000;    // per reply
   ConnectOptions connect;    // expected_role defaults to "home"
@@ -95,6 +135,8 @@ class HomeSource final : public ChunkSource {
   Status PutWorkingSet(const ChunkId& table, std::vector<ChunkId> ids);
 
   HomeSourceStats stats() const;
+  // The bulk fetches' window now, in chunks.
+  size_t bulk_window() const { return pacer_.window(); }
 
  private:
   HomeSource(std::string host, uint16_t port, TlsCredentials creds, HomeSourceOptions options);
@@ -110,6 +152,7 @@ class HomeSource final : public ChunkSource {
   const HomeSourceOptions options_;
   Mutex mu_;
   std::vector<std::unique_ptr<Connection>> idle_ GUARDED_BY(mu_);
+  BulkPacer pacer_;
   std::atomic<uint32_t> next_request_{1};
   std::atomic<uint64_t> chunks_{0}, wire_bytes_{0}, raw_bytes_{0}, missing_{0}, corrupt_{0}, requests_{0},
       connects_{0};

@@ -177,6 +177,10 @@ struct InstantiateOptions {
   // the rest of it is prefetched meanwhile. Otherwise (or if FUSE is not
   // there) the RAM is fetched whole while the VM starts.
   bool lazy_memory = true;
+  // Serve the RAM on demand even from a local source (no chain), with no
+  // prefetch: every page the guest reads is then a read the LazyImage sees
+  // and records (ram_rehearsal.h).
+  bool record_ram_reads = false;
   std::vector<uint16_t> extra_ports;
   int restore_connect_ms = 60000;
   int boot_connect_ms = 600000;  // a boot runs the guest's whole start-up
