@@ -39,6 +39,7 @@
 #include "notepad_client.h"
 #include "slingshot/disk/lazy_image.h"
 #include "slingshot/store/chunk_store.h"
+#include "slingshot/replica/checkpoint.h"
 #include "slingshot/store/disk_table.h"
 #include "slingshot/base/coding.h"
 #include "slingshot/vm/hypervisor.h"
@@ -175,13 +176,7 @@ int main(int argc, char** argv) {
     CheckpointHooks hooks;
     hooks.running = [&] { running.set_value(); };
     hooks.ram = [&](const GuestRam& g) -> Status {
-      std::vector<bool> known_zero((g.bytes.size() + kDefaultDiskChunkSize - 1) / kDefaultDiskChunkSize, true);
-      for (const auto& e : g.data) {
-        for (uint64_t c = e.offset / kDefaultDiskChunkSize; c <= (e.offset + e.length - 1) / kDefaultDiskChunkSize; ++c) {
-          known_zero[c] = false;
-        }
-      }
-      SLINGSHOT_ASSIGN_OR_RETURN(ram, ImportImage(g.bytes, known_zero, store->get()));
+      SLINGSHOT_ASSIGN_OR_RETURN(ram, ImportGuestRam(g, store->get()));
       return Status::OK();
     };
     std::future<Result<double>> during = std::async(std::launch::async, [&]() -> Result<double> {

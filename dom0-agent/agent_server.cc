@@ -300,8 +300,10 @@ struct AgentServer::Impl final : public RequestHandler {
     // The same client: a certificate from the CA the replica was made for,
     // with the same name (TLS proved it holds the key).
     if (Status ok = VerifyCertificate(c.peer().cert_pem, r->ca_pem, "the client's certificate"); !ok.ok()) {
+      // Answered as if there were none: a stranger learns nothing of who
+      // has a replica here.
       LogWarning("refused a re-attach from " + c.peer().Describe() + ": " + ok.message());
-      return ok;
+      return none();
     }
     SLINGSHOT_RETURN_IF_ERROR(c.Authorize());
     {

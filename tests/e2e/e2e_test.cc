@@ -909,6 +909,25 @@ TEST_F(E2eTest, AStalledSurrogateIsAttachedToAgainAndCatchesUp) {
   const uint64_t last = LastSeq();
   EXPECT_TRUE(WaitStatus("replica cafe consumed " + std::to_string(last) + " live", 30s)) << last << "\n"
                                                                                            << StatusText();
+  // A stranger with a certificate of the same name from another CA is told
+  // there is nothing to attach to, and the session goes on.
+  auto mallory = CertificateAuthority::Create("mallory", 3600);
+  ASSERT_TRUE(mallory.ok());
+  TlsCredentials fake = *mallory->Issue("alice", Role::kClient, 300);
+  Status stranger = InNetns("ss-client", [&]() -> Status {
+    ConnectOptions o;
+    o.verify_server_ca = false;
+    SLINGSHOT_ASSIGN_OR_RETURN(auto c, Connection::Connect("10.77.0.3", 7391, fake, o));
+    SLINGSHOT_RETURN_IF_ERROR(c->Send(1, wire::Attach{"notepad", false}));
+    SLINGSHOT_ASSIGN_OR_RETURN(Frame f, c->Receive(10000));
+    if (auto* e = std::get_if<wire::Error>(&f.message)) return e->ToStatus("agent");
+    return Status::IOError(std::string("the agent answered ") + wire::MessageTypeName(wire::TypeOf(f.message)));
+  });
+  EXPECT_EQ(stranger.code(), Status::Code::kNotFound) << stranger.ToString();
+  Type("!");
+  typed += "!";
+  EXPECT_TRUE(WaitHomeDoc(doc_ + typed, 60s).ok()) << proxy_->Output();
+  EXPECT_TRUE(WaitStatus("replica cafe consumed " + std::to_string(LastSeq()) + " live", 30s)) << StatusText();
   // The same VM, never destroyed or made again.
   EXPECT_EQ(ProcessesMatching("-name replica-"), vms);
   EXPECT_EQ(cafe->Output().find("destroying it"), std::string::npos) << cafe->Output();

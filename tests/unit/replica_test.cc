@@ -381,12 +381,12 @@ TEST_F(ReplicaTest, RamKeptApartTravelsAsATableByOffsetAndRestoresExactly) {
   EXPECT_EQ(m->ram_size, 1u << 20);
   auto ram = DiskTable::Decode(*store_->GetObject(m->ram_table));
   ASSERT_TRUE(ram.ok()) << ram.status().ToString();
-  EXPECT_EQ(ram->chunk_size, kDefaultDiskChunkSize);
+  EXPECT_EQ(ram->chunk_size, kRamChunkSize);
   EXPECT_EQ(ram->image_size, 1u << 20);
   EXPECT_LT(m->memory_size, 64u << 10) << "the memory image should hold no RAM";
   // The table is the guest's memory, chunk by chunk.
   Bytes memory = home.Guest("notes")->Memory();
-  EXPECT_EQ(ram->ids[3], ChunkId::Of(ByteView(memory.data() + 3 * 65536, 65536)));
+  EXPECT_EQ(ram->ids[3], ChunkId::Of(ByteView(memory.data() + 3 * kRamChunkSize, kRamChunkSize)));
 
   // Reachable by a capability for the service.
   CheckpointScope scope(store_.get());

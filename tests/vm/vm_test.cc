@@ -19,6 +19,7 @@
 #include "notepad_client.h"
 #include "slingshot/disk/lazy_image.h"
 #include "slingshot/store/chunk_store.h"
+#include "slingshot/replica/checkpoint.h"
 #include "slingshot/store/disk_table.h"
 #include "slingshot/store/fetch_chain.h"
 #include "slingshot/base/coding.h"
@@ -218,13 +219,7 @@ Result<DiskTable> CheckpointRamApart(Hypervisor& hv, const std::string& vm, Chun
   std::optional<DiskTable> table;
   CheckpointHooks hooks;
   hooks.ram = [&](const GuestRam& g) -> Status {
-    std::vector<bool> known_zero((g.bytes.size() + kDefaultDiskChunkSize - 1) / kDefaultDiskChunkSize, true);
-    for (const auto& e : g.data) {
-      for (uint64_t c = e.offset / kDefaultDiskChunkSize; c <= (e.offset + e.length - 1) / kDefaultDiskChunkSize; ++c) {
-        known_zero[c] = false;
-      }
-    }
-    SLINGSHOT_ASSIGN_OR_RETURN(DiskImport imp, ImportImage(g.bytes, known_zero, store));
+    SLINGSHOT_ASSIGN_OR_RETURN(DiskImport imp, ImportGuestRam(g, store));
     table = imp.table;
     return Status::OK();
   };

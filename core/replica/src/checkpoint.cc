@@ -50,6 +50,23 @@ void CarryRamWorkingSet(ChunkStore* store, const std::string& service, const Dis
 }
 }  // namespace
 
+Result<DiskImport> ImportGuestRam(const GuestRam& g, ChunkStore* store) {
+  // A big guest's table must stay one object (kMaxChunkSize): its chunks
+  // grow with it past 4 GiB.
+  uint32_t chunk = kRamChunkSize;
+  while (g.bytes.size() / chunk * ChunkId::kSize > kMaxChunkSize / 2) chunk *= 2;
+  std::vector<bool> known_zero((g.bytes.size() + chunk - 1) / chunk, true);
+  for (const auto& e : g.data) {
+    if (e.length == 0) continue;
+    for (uint64_t i = e.offset / chunk; i <= (e.offset + e.length - 1) / chunk && i < known_zero.size(); ++i) {
+      known_zero[i] = false;
+    }
+  }
+  DiskImportOptions o;
+  o.chunk_size = chunk;
+  return ImportImage(g.bytes, known_zero, store, o);
+}
+
 Result<CheckpointResult> TakeCheckpoint(Hypervisor& hv, LiveReplica& replica, const CheckpointOptions& options) {
   if (!options.store || !options.key) return Status::InvalidArgument("a checkpoint needs a store and a signing key");
   const auto start = Clock::now();
@@ -78,17 +95,7 @@ Result<CheckpointResult> TakeCheckpoint(Hypervisor& hv, LiveReplica& replica, co
   // chunks outside the extents ever written are zero without a look.
   std::optional<DiskImport> ram;
   hooks.ram = [&](const GuestRam& g) -> Status {
-    const uint32_t chunk = kDefaultDiskChunkSize;
-    std::vector<bool> known_zero((g.bytes.size() + chunk - 1) / chunk, true);
-    for (const auto& e : g.data) {
-      if (e.length == 0) continue;
-      for (uint64_t i = e.offset / chunk; i <= (e.offset + e.length - 1) / chunk && i < known_zero.size(); ++i) {
-        known_zero[i] = false;
-      }
-    }
-    DiskImportOptions o;
-    o.chunk_size = chunk;
-    SLINGSHOT_ASSIGN_OR_RETURN(ram, ImportImage(g.bytes, known_zero, options.store, o));
+    SLINGSHOT_ASSIGN_OR_RETURN(ram, ImportGuestRam(g, options.store));
     return Status::OK();
   };
   auto ck = hv.Checkpoint(replica.vm_name(), [&](ByteView b) { return writer.Write(b); }, /*keep_running=*/true, hooks);

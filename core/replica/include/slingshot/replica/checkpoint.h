@@ -25,6 +25,7 @@
 #include "slingshot/replica/instantiate.h"
 #include "slingshot/store/chunk_store.h"
 #include "slingshot/store/chunk_writer.h"
+#include "slingshot/store/disk_table.h"
 #include "slingshot/store/manifest.h"
 #include "slingshot/vm/hypervisor.h"
 
@@ -55,6 +56,12 @@ struct CheckpointOptions {
 
 // Checkpoints replica and publishes the manifest.
 Result<CheckpointResult> TakeCheckpoint(Hypervisor& hv, LiveReplica& replica, const CheckpointOptions& options);
+
+// Stores RAM a backend kept apart (CheckpointHooks::ram) as a table of
+// kRamChunkSize chunks by offset (larger for a guest over 4 GiB, so that
+// the table stays one object); chunks outside the extents ever written
+// are zero without a look. The table itself is not stored.
+Result<DiskImport> ImportGuestRam(const GuestRam& ram, ChunkStore* store);
 
 // When a checkpoint is due: every `inputs` inputs, or `seconds` after the
 // last one if any input came since.
