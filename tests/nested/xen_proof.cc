@@ -287,6 +287,7 @@ int main(int argc, char** argv) {
     auto again = h.Restore(spec, [&](const ByteSink& sink) { return sink(ckpt); });
     if (!again.ok()) return Fail(again.status(), "restoring after a crash");
     ctl = h.ServiceEndpoint("notepad", kControlPort);
+    if (Status s = WaitForText(*ctl, "typed in Xen", 120s); !s.ok()) return Fail(s, "restored after a crash");
     if (Status s = TypeAndCheck(h, "notepad", "!", "typed in Xen!"); !s.ok()) return Fail(s, "typing after a crash");
     two = TwoAtOnce(h);
   }
@@ -305,6 +306,8 @@ int main(int argc, char** argv) {
     auto again = h.Restore(spec, [&](const ByteSink& sink) { return sink(ckpt); });
     if (!again.ok()) return Fail(again.status(), "restoring after a crash");
     ctl = h.ServiceEndpoint("notepad", kControlPort);
+    // Its network comes up a moment after the restore returns.
+    if (Status s = WaitForText(*ctl, "typed in Xen", 120s); !s.ok()) return Fail(s, "restored after a crash");
     if (Status s = TypeAndCheck(h, "notepad", "!", "typed in Xen!"); !s.ok()) return Fail(s, "typing after a crash");
     held_ep = h.ServiceEndpoint("notepad", kRfbPort);
     held = held_ep.ok() ? RfbSession::Connect(*held_ep) : Result<std::unique_ptr<RfbSession>>(held_ep.status());
