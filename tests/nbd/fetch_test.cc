@@ -113,6 +113,36 @@ class FetchTest : public ::testing::Test {
     WriteFile(pack, p);
   }
 
+  // A cache filled through a chain from the home over an emulated link, by a
+  // prefetch of every chunk running on its own thread (joined at the end).
+  struct SlowPrefetch {
+    std::unique_ptr<LinkEmulator> link;
+    std::unique_ptr<HomeSource> home;
+    std::unique_ptr<ChunkStore> cache;
+    std::unique_ptr<FetchChain> chain;
+    std::atomic<size_t> prefetched{0};
+    std::thread thread;
+    ~SlowPrefetch() {
+      if (thread.joinable()) thread.join();
+    }
+  };
+  void StartSlowPrefetch(const LinkProfile& profile, SlowPrefetch* p) {
+    auto link = LinkEmulator::Start("127.0.0.1", server_->port(), profile);
+    ASSERT_TRUE(link.ok());
+    p->link = std::move(*link);
+    auto home = HomeSource::Open("127.0.0.1", p->link->port(), surrogate_creds_);
+    ASSERT_TRUE(home.ok()) << home.status().ToString();
+    p->home = std::move(*home);
+    p->cache = OpenCache("cache");
+    p->chain = std::make_unique<FetchChain>(p->cache.get(), std::vector<ChunkSource*>{p->home.get()});
+    p->thread = std::thread([this, p] {
+      EXPECT_TRUE(p->chain->Fetch(ids_, [p](const ChunkId&, Result<Bytes>&& r) {
+        EXPECT_TRUE(r.ok());
+        ++p->prefetched;
+      }).ok());
+    });
+  }
+
   // Reads the whole disk through a chunk-table export over the given source.
   Bytes ReadDisk(ChunkSource* source) {
     auto exp = ChunkTableExport::Open(table_, source, dir_ / "overlay");
@@ -547,23 +577,15 @@ TEST_F(FetchTest, AReadDoesNotWaitBehindAPrefetchQueue) {
   LinkProfile slow;
   slow.rate_bits_per_s = 20e6;  // the whole disk takes ~1.6 s
   slow.rtt_ms = 10;
-  auto link = LinkEmulator::Start("127.0.0.1", server_->port(), slow);
-  ASSERT_TRUE(link.ok());
-  auto home = HomeSource::Open("127.0.0.1", (*link)->port(), surrogate_creds_);
-  ASSERT_TRUE(home.ok()) << home.status().ToString();
-  auto cache = OpenCache("cache");
-  FetchChain chain(cache.get(), {home->get()});
-  std::atomic<size_t> prefetched{0};
-  std::thread prefetch([&] {
-    EXPECT_TRUE(chain.Fetch(ids_, [&](const ChunkId&, Result<Bytes>&& r) {
-      EXPECT_TRUE(r.ok());
-      ++prefetched;
-    }).ok());
-  });
+  SlowPrefetch pf;
+  StartSlowPrefetch(slow, &pf);
+  ASSERT_FALSE(HasFatalFailure());
+  FetchChain& chain = *pf.chain;
+  std::atomic<size_t>& prefetched = pf.prefetched;
   while (prefetched == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   auto last = chain.Get(ids_.back());
   size_t when = prefetched;
-  prefetch.join();
+  pf.thread.join();
   ASSERT_TRUE(last.ok()) << last.status().ToString();
   EXPECT_EQ(ChunkId::Of(*last), ids_.back());
   EXPECT_LT(when, ids_.size() / 2) << "the read waited for the prefetch";
@@ -579,19 +601,11 @@ TEST_F(FetchTest, APrefetchLeavesAShortQueueOnASharedSlowLink) {
   slow.rate_bits_per_s = 8e6;  // the whole disk takes ~4 s
   slow.rtt_ms = 60;
   slow.shared = true;
-  auto link = LinkEmulator::Start("127.0.0.1", server_->port(), slow);
-  ASSERT_TRUE(link.ok());
-  auto home = HomeSource::Open("127.0.0.1", (*link)->port(), surrogate_creds_);
-  ASSERT_TRUE(home.ok()) << home.status().ToString();
-  auto cache = OpenCache("cache");
-  FetchChain chain(cache.get(), {home->get()});
-  std::atomic<size_t> prefetched{0};
-  std::thread prefetch([&] {
-    EXPECT_TRUE(chain.Fetch(ids_, [&](const ChunkId&, Result<Bytes>&& r) {
-      EXPECT_TRUE(r.ok());
-      ++prefetched;
-    }).ok());
-  });
+  SlowPrefetch pf;
+  StartSlowPrefetch(slow, &pf);
+  ASSERT_FALSE(HasFatalFailure());
+  FetchChain& chain = *pf.chain;
+  std::atomic<size_t>& prefetched = pf.prefetched;
   // Once the prefetch is under way, reads of chunks it has not reached.
   while (prefetched < 4) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   std::vector<size_t> at;
@@ -600,8 +614,8 @@ TEST_F(FetchTest, APrefetchLeavesAShortQueueOnASharedSlowLink) {
     ASSERT_TRUE(r.ok()) << r.status().ToString();
     at.push_back(prefetched);
   }
-  const size_t window = (*home)->bulk_window();
-  prefetch.join();
+  const size_t window = pf.home->bulk_window();
+  pf.thread.join();
   EXPECT_EQ(prefetched, ids_.size());
   // Unpaced, the prefetch asked for every chunk at once and each read came
   // back only after the whole disk had crossed the link.
