@@ -23,15 +23,14 @@
 #   4. the appliance is powered off (QEMU killed); both users type on at
 #      their homes, and both documents equal everything each typed;
 #   5. the appliance boots again, by UEFI this time (the first is by BIOS):
-#      its agent's cache is empty, no replica. Meanwhile the Xen home's
-#      dom0 measures the checkpoint pause of one guest as PVH and as PV
-#      (xen_proof pauses).
+#      its agent's cache is empty, no replica.
 #
 #   tests/nested/appliance_nested.sh BUILD_DIR
 # Needs root, BUILD_DIR/appliance/slingshot-appliance.iso (make appliance),
 # the test guest and debootstrap (the Xen home's dom0). Last line:
 # APPLIANCE-NESTED RESULT ... concurrent_replicas=2 memory_restored=yes
-# isolated=yes lost=0 pvh_pause_ms=P pv_pause_ms=Q
+# isolated=yes lost=0 (the PVH-against-PV checkpoint pause is xen_nested's:
+# it runs alone, and PVH guests fault when the host is loaded).
 set -euo pipefail
 
 build=$(cd "${1:?usage: appliance_nested.sh BUILD_DIR}" && pwd)
@@ -127,18 +126,13 @@ H="--store /xhome/store --key /xhome/home.key --tls-dir /xhome/tls --services-di
   --checkpoint-inputs 40 --checkpoint-seconds 5 > /tmp/home.log 2>&1 &
 tail -F /tmp/home.log | sed -u 's/^/xen-home: /' &
 tail -F /var/log/xen/console/guest-notepad.log 2>/dev/null | sed -u 's/^/xen-guest: /' &
-# The test asks for the pause figures once the users are done (port 7399).
-busybox nc -l -p 7399 -e true
-kill \$(busybox pidof slingshot-home)
-sleep 5
-SLINGSHOT_GUEST_DIR=/opt/slingshot/guest /opt/slingshot/xen_proof pauses 2>&1
-sleep 3600
+sleep 36000
 INIT
 copy_xhome() { cp -a "$w/xhome" "$DOM0_STAGE/xhome"; }
 BUILD=$build
 DOM0_ROOT_WORK=$build/nested
 . "$src/tests/nested/dom0.sh"
-DOM0_EXTRA=copy_xhome dom0_build "$w/xhome-dom0" "$w/xhome-init" "$build/tests/nested/xen_proof" "$home_bin" > "$w/xhome-dom0.log" 2>&1 ||
+DOM0_EXTRA=copy_xhome dom0_build "$w/xhome-dom0" "$w/xhome-init" "$home_bin" > "$w/xhome-dom0.log" 2>&1 ||
   fail "building the Xen home's dom0: $(tail -5 "$w/xhome-dom0.log")"
 dom0_qemu_args "$w/xhome-dom0" 1536
 ip netns exec $ns qemu-system-x86_64 "${DOM0_QEMU[@]}" -smp 2 -m 2304 -display none -serial "file:$w/console-xhome.log" \
@@ -307,6 +301,8 @@ say "after the power-off the home's document equals all ${#REF} characters typed
 atype " The cafe went dark; Alice carries on at home."
 ip netns exec $ns "$typist" screen 127.0.0.1:5910 "$AREF" 60 || fail "alice's screen (from her Xen home) is not all she typed"
 say "after the power-off alice's Xen home shows all ${#AREF} characters she typed"
+# Done with the Xen home: the second boot has the host to itself.
+kill -9 "$(cat "$w/qemu-xhome.pid")" 2>/dev/null || true
 
 # 5. A second boot keeps nothing.
 # (by UEFI this time: the ISO is hybrid, and OVMF is QEMU's UEFI firmware)
@@ -335,16 +331,4 @@ grep -Eq "^ *cache +0 B$" "$w/agent-status.log" || fail "the rebooted appliance'
 grep -Eq "^ *fetched from homes +0 B$" "$w/agent-status.log" || fail "the rebooted appliance remembers fetches"
 kill -9 "$(cat "$w/qemu.pid")" 2>/dev/null || true
 say "boot 2: no replica, an empty cache"
-# The Xen home's dom0 now measures PVH and PV checkpoint pauses of one
-# guest, with the appliance off (PVH guests under nested TCG triple-fault
-# now and then when the host is loaded: see docs/testing.md).
-ip netns exec $ns bash -c "exec 3<>/dev/tcp/$xhome_addr/7399" || fail "the Xen home's dom0 does not answer on 7399"
-for _ in $(seq 600); do
-  grep -aq "XEN-PROOF PAUSES\|XEN-PROOF FAILED" "$w/console-xhome.log" && break
-  sleep 1
-done
-pauses=$(grep -a "XEN-PROOF PAUSES" "$w/console-xhome.log" | tr -d '\r' | sed 's/.*XEN-PROOF PAUSES //')
-[[ -n $pauses ]] || fail "the Xen home's dom0 measured no pauses: $(grep -a "XEN-PROOF" "$w/console-xhome.log" | tail -5)"
-grep -a "XEN-PROOF" "$w/console-xhome.log" | tr -d '\r'
-kill -9 "$(cat "$w/qemu-xhome.pid")" 2>/dev/null || true
-echo "APPLIANCE-NESTED RESULT boot_s=$boot1_s instantiate_s=$use_s memory_instantiate_s=$alice_use_s typed=${#REF} alice_typed=${#AREF} concurrent_replicas=$concurrent memory_restored=$memory_restored isolated=$isolated lost=$(( ${#REF} - ${#doc} )) $pauses xen_home=$xen_type total_s=$(( $(date +%s) - t0 ))"
+echo "APPLIANCE-NESTED RESULT boot_s=$boot1_s instantiate_s=$use_s memory_instantiate_s=$alice_use_s typed=${#REF} alice_typed=${#AREF} concurrent_replicas=$concurrent memory_restored=$memory_restored isolated=$isolated lost=$(( ${#REF} - ${#doc} )) xen_home=$xen_type total_s=$(( $(date +%s) - t0 ))"
