@@ -600,6 +600,7 @@ Status Proxy::Use(const control::UseRequest& where, const std::function<void(con
   ConnectOptions home_opts;
   home_opts.expected_role = Role::kHome;
   home_opts.software = "slingshot-client";
+  home_opts.await_hello = false;  // the request follows our Hello at once
   SLINGSHOT_ASSIGN_OR_RETURN(auto home, Connection::Connect(i.options.home_host, i.options.home_port, i.options.creds, home_opts));
   SLINGSHOT_RETURN_IF_ERROR(home->Send(1, wire::GetCapability{i.options.service, 600}));
   SLINGSHOT_ASSIGN_OR_RETURN(wire::Message cm, home->Expect(1, wire::MessageType::kCapability));
@@ -632,6 +633,7 @@ Status Proxy::Use(const control::UseRequest& where, const std::function<void(con
   in.cert_pem = cap.cert_pem;
   in.key_pem = cap.key_pem;
   in.stick_dir = where.stick;
+  in.signed_manifest = cap.signed_manifest;
   if (Status sent = k->conn->Send(1, in); !sent.ok()) return fail(sent);
   wire::Attached attached;
   for (;;) {

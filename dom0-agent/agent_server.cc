@@ -147,7 +147,9 @@ struct AgentServer::Impl final : public RequestHandler {
   Status Build(Connection& c, uint32_t request, const wire::Instantiate& in, Replica& r) {
     Report(c, request, "manifest", 0, 0, r);
     TlsCredentials cap{in.ca_pem, in.cert_pem, in.key_pem};
-    SLINGSHOT_ASSIGN_OR_RETURN(r.home, HomeSource::Open(in.home_host, in.home_port, cap));
+    HomeSourceOptions ho;
+    ho.connect.await_hello = false;  // the first request follows our Hello at once
+    SLINGSHOT_ASSIGN_OR_RETURN(r.home, HomeSource::Open(in.home_host, in.home_port, cap, ho));
     SLINGSHOT_ASSIGN_OR_RETURN(PublicKey key, PublicKey::FromRaw(in.manifest_key));
     std::vector<ChunkSource*> sources;
     if (!in.stick_dir.empty()) {
@@ -164,7 +166,7 @@ struct AgentServer::Impl final : public RequestHandler {
       MutexLock l(&mu);  // StatusReport reads it
       r.chain = std::make_unique<FetchChain>(cache.get(), sources);
     }
-    RemoteCheckpointSource source(r.home.get(), r.chain.get());
+    RemoteCheckpointSource source(r.home.get(), r.chain.get(), in.signed_manifest);
     InstantiateOptions o;
     o.service = in.service;
     o.manifest_key = key;
@@ -193,6 +195,16 @@ struct AgentServer::Impl final : public RequestHandler {
       r.live = std::move(live);
     }
     return Status::OK();
+  }
+
+  // "; RAM: 812 chunks read by the guest, 1500 of 6115 prefetched" for a
+  // replica whose RAM is served on demand.
+  static std::string LazyRamNote(const LiveReplica& live) {
+    LazyImage* lazy = live.lazy_ram();
+    if (!lazy) return "";
+    LazyImageStats s = lazy->stats();
+    return "; RAM: " + std::to_string(s.chunks_read) + " chunks read by the guest, " + std::to_string(s.prefetched) +
+           " of " + std::to_string(s.prefetch_total) + " prefetched";
   }
 
   // The replica's RAM working set, to its home (best effort: a prefetch
@@ -350,7 +362,8 @@ struct AgentServer::Impl final : public RequestHandler {
       return built;
     }
     LogInfo("replica " + r->id + " of " + in.service + " for " + c.peer().Describe() + " ready in " +
-            std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count()) + " ms");
+            std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count()) + " ms (" +
+            r->live->times().Describe() + ")" + LazyRamNote(*r->live));
     {
       MutexLock l(&mu);
       r->sessions = 1;

@@ -551,7 +551,16 @@ struct HomeServer::Impl final : public RequestHandler {
       SLINGSHOT_ASSIGN_OR_RETURN(CertificateInfo info, InspectCertificate(cap.cert_pem));
       LogInfo("issued a capability for " + g->service + " to " + c.peer().Describe() + " (certificate " +
               info.fingerprint + ", " + std::to_string(ttl) + " s)");
-      return c.Send(request, wire::Capability{g->service, cap.cert_pem, cap.key_pem, info.not_after});
+      wire::Capability reply{g->service, cap.cert_pem, cap.key_pem, info.not_after, {}};
+      // The current manifest comes along, granted to the capability as if
+      // its holder had asked: the surrogate starts without that round trip.
+      // Without it (no checkpoint yet, say) the surrogate asks, as before.
+      Capability granted{g->service, c.peer().common_name, info.not_after, info.fingerprint};
+      if (auto ref = scope->GrantCurrent(granted, std::time(nullptr)); ref.ok()) {
+        auto m = store->GetObject(ref->object);
+        if (m.ok() && m->size() <= wire::kMaxCarriedManifest) reply.signed_manifest = std::move(*m);
+      }
+      return c.Send(request, reply);
     }
     // Reads: see MayReadRef.
     const int64_t now = std::time(nullptr);

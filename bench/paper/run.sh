@@ -111,12 +111,16 @@ wait_checkpoint() {
 }
 
 start_agent() {  # $1 namespace, $2 address, $3 name: a fresh agent (its cache is wiped at start)
+  # One log per agent name, each start appended (each "ready" line says
+  # where that replica's time went).
+  local log=$P_OUT/agent-$3.log seen=0
+  [ -f "$log" ] && seen=$(wc -l <"$log")
   ip netns exec "$1" "$AGENT" run --listen "$2:7391" --name "$3" --cache "$WORLD/$3-cache" --accel tcg \
-    --no-advertise >"$P_OUT/agent-$3.log" 2>&1 &
+    --no-advertise >>"$log" 2>&1 &
   AGENT_PID[$2]=$!
   track $!
-  for _ in $(seq 1 100); do grep -q listening "$P_OUT/agent-$3.log" && return 0; sleep 0.1; done
-  cat "$P_OUT/agent-$3.log" >&2
+  for _ in $(seq 1 100); do tail -n +$((seen + 1)) "$log" | grep -q listening && return 0; sleep 0.1; done
+  cat "$log" >&2
   return 1
 }
 stop_agent() { [ -n "${AGENT_PID[$1]:-}" ] && stop_pid "${AGENT_PID[$1]}"; unset "AGENT_PID[$1]"; }
@@ -160,8 +164,13 @@ instantiate() {
   local name=$1 agent=$2 stick=$3 before t0 t1
   local args=(use "$agent:7391" --state-dir "$STATE")
   [ -n "$stick" ] && args+=(--stick "$stick")
-  sync
-  echo 3 >/proc/sys/vm/drop_caches  # the stick is read from the disk, not from memory
+  # The stick is read from the disk, not from memory: its files leave the
+  # page cache (only they: a surrogate's own programs stay in memory, as
+  # on the appliance, which runs from RAM).
+  if [ -n "$stick" ]; then
+    sync
+    find "$stick" -type f -exec dd if={} iflag=nocache count=0 status=none \;
+  fi
   before=$(wan_bytes)
   t0=$(now_ms)
   ip netns exec ss-client "$CLIENT" "${args[@]}" >"$P_OUT/use-$name.log" 2>&1 ||

@@ -31,6 +31,7 @@
 #include "slingshot/base/keys.h"
 #include "slingshot/net/tls.h"
 #include "slingshot/net/transport.h"
+#include "slingshot/store/manifest.h"
 
 namespace slingshot::testing {
 namespace {
@@ -382,7 +383,7 @@ Pairing LoadPairing() {
 // Connects to the agent at 10.77.0.3 as client (from ss-client's thread)
 // and asks it for a notepad replica with cap.
 Result<std::unique_ptr<Connection>> SendInstantiate(const TlsCredentials& client, const TlsCredentials& cap,
-                                                    const Bytes& manifest_key) {
+                                                    const Bytes& manifest_key, const Bytes& signed_manifest = {}) {
   ConnectOptions o;
   o.verify_server_ca = false;
   SLINGSHOT_ASSIGN_OR_RETURN(auto c, Connection::Connect("10.77.0.3", 7391, client, o));
@@ -394,14 +395,16 @@ Result<std::unique_ptr<Connection>> SendInstantiate(const TlsCredentials& client
   in.manifest_key = manifest_key;
   in.cert_pem = cap.cert_pem;
   in.key_pem = cap.key_pem;
+  in.signed_manifest = signed_manifest;
   SLINGSHOT_RETURN_IF_ERROR(c->Send(1, in));
   return c;
 }
 
 // Sends Instantiate with cap to the agent at 10.77.0.3 and returns how it ended.
-Status Instantiate(const TlsCredentials& client, const TlsCredentials& cap, const Bytes& manifest_key) {
+Status Instantiate(const TlsCredentials& client, const TlsCredentials& cap, const Bytes& manifest_key,
+                   const Bytes& signed_manifest = {}) {
   return InNetns("ss-client", [&]() -> Status {
-    SLINGSHOT_ASSIGN_OR_RETURN(auto c, SendInstantiate(client, cap, manifest_key));
+    SLINGSHOT_ASSIGN_OR_RETURN(auto c, SendInstantiate(client, cap, manifest_key, signed_manifest));
     for (;;) {
       SLINGSHOT_ASSIGN_OR_RETURN(Frame f, c->Receive(120000));
       if (auto* e = std::get_if<wire::Error>(&f.message)) return e->ToStatus("agent");
@@ -410,7 +413,9 @@ Status Instantiate(const TlsCredentials& client, const TlsCredentials& cap, cons
   });
 }
 
-Result<TlsCredentials> CapabilityFromHome(const TlsCredentials& client) {
+// The home's capability for notepad; *manifest gets the signed manifest
+// that comes with it.
+Result<TlsCredentials> CapabilityFromHome(const TlsCredentials& client, Bytes* manifest = nullptr) {
   return InNetns("ss-client", [&]() -> Result<TlsCredentials> {
     ConnectOptions o;
     o.expected_role = Role::kHome;
@@ -418,6 +423,7 @@ Result<TlsCredentials> CapabilityFromHome(const TlsCredentials& client) {
     SLINGSHOT_RETURN_IF_ERROR(c->Send(1, wire::GetCapability{"notepad", 300}));
     SLINGSHOT_ASSIGN_OR_RETURN(wire::Message m, c->Expect(1, wire::MessageType::kCapability));
     auto& cap = std::get<wire::Capability>(m);
+    if (manifest) *manifest = cap.signed_manifest;
     return TlsCredentials{client.ca_pem, cap.cert_pem, cap.key_pem};
   });
 }
@@ -463,10 +469,27 @@ TEST_F(E2eTest, ForgedExpiredAndReplayedCapabilitiesAndAWrongManifestKeyAreRefus
   EXPECT_FALSE(s.ok());
   EXPECT_NE(s.message().find("manifest"), std::string::npos) << s.ToString();
 
+  // The manifest that comes with a capability verifies with the home's key;
+  // handed to the agent damaged, it is refused as a fetched one would be.
+  Bytes carried;
+  auto cap3 = CapabilityFromHome(p.creds, &carried);
+  ASSERT_TRUE(cap3.ok());
+  ASSERT_FALSE(carried.empty());
+  auto key = PublicKey::FromRaw(p.manifest_key);
+  ASSERT_TRUE(key.ok());
+  auto carried_m = VerifyManifest(carried, *key);
+  ASSERT_TRUE(carried_m.ok()) << carried_m.status().ToString();
+  EXPECT_EQ(carried_m->service_id, "notepad");
+  carried[carried.size() / 2] ^= 1;
+  s = Instantiate(p.creds, *cap3, p.manifest_key, carried);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("manifest"), std::string::npos) << s.ToString();
+
   // Replayed: a capability is good for one replica.
-  auto cap2 = CapabilityFromHome(p.creds);
+  Bytes carried2;
+  auto cap2 = CapabilityFromHome(p.creds, &carried2);
   ASSERT_TRUE(cap2.ok());
-  std::thread first([&] { EXPECT_TRUE(Instantiate(p.creds, *cap2, p.manifest_key).ok()); });
+  std::thread first([&] { EXPECT_TRUE(Instantiate(p.creds, *cap2, p.manifest_key, carried2).ok()); });
   first.join();
   s = Instantiate(p.creds, *cap2, p.manifest_key);
   EXPECT_EQ(s.code(), Status::Code::kPermissionDenied) << s.ToString();

@@ -242,6 +242,35 @@ TEST_F(FetchTest, UnauthenticatedPeersGetNothing) {
   EXPECT_GE(server_->stats().refused, 3u);
 }
 
+// A client that does not wait for the server's Hello sends its request
+// behind its own; the Hello is read and checked before the reply, and a
+// refusal of its credentials shows there.
+TEST_F(FetchTest, ARequestMayFollowHelloAtOnceAndARefusalShowsAtItsReply) {
+  ConnectOptions o;
+  o.expected_role = Role::kHome;
+  o.await_hello = false;
+  auto c = Connection::Connect("127.0.0.1", server_->port(), surrogate_creds_, o);
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_EQ((*c)->peer().software, "");  // not read yet
+  ASSERT_TRUE((*c)->Send(1, wire::GetObject{table_id_}).ok());
+  auto m = (*c)->Expect(1, wire::MessageType::kObjectData);
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  EXPECT_EQ(ChunkId::Of(std::get<wire::ObjectData>(*m).bytes), table_id_);
+  EXPECT_EQ((*c)->peer().software, "test-home");
+
+  auto expired = ca_->Issue("old", Role::kSurrogate, -60);
+  ASSERT_TRUE(expired.ok());
+  auto late = Connection::Connect("127.0.0.1", server_->port(), *expired, o);
+  Status s = late.status();
+  if (late.ok()) {
+    (void)(*late)->Send(1, wire::GetObject{table_id_});
+    s = (*late)->Expect(1, wire::MessageType::kObjectData).status();
+    EXPECT_TRUE((*late)->broken());
+  }
+  EXPECT_EQ(s.code(), Status::Code::kPermissionDenied) << s.ToString();
+  EXPECT_GE(server_->stats().refused, 1u);
+}
+
 TEST_F(FetchTest, MalformedFramesGetACleanErrorAndTheServerKeepsServing) {
   auto c = Connection::Connect("127.0.0.1", server_->port(), surrogate_creds_);
   ASSERT_TRUE(c.ok()) << c.status().ToString();
@@ -508,6 +537,45 @@ TEST_F(FetchTest, TheHomesWorkingSetIsPrefetchedInOrderByTheSurrogate) {
   for (size_t i : order) ASSERT_TRUE((*replica)->Read(i * table_.chunk_size + 10, buf).ok());
   EXPECT_EQ(home->stats().chunks, fetched);
   EXPECT_EQ(chain.stats().cache_hits, ws.size());
+}
+
+// What an instantiation asks before its VM starts (tables, lists, working
+// sets) goes out at once: six answers over a 300 ms link in about one
+// round trip, each verified and each failing on its own.
+TEST_F(FetchTest, ObjectsAndWorkingSetsComeTogetherInOneRoundTrip) {
+  ASSERT_TRUE(SaveWorkingSet(home_store_.get(), WorkingSetRecord{table_id_, {ids_[3], ids_[1]}}).ok());
+  auto list = home_store_->PutObject(AsBytes("a second object"));
+  ASSERT_TRUE(list.ok());
+  LinkProfile far;
+  far.rtt_ms = 300;
+  auto link = LinkEmulator::Start("127.0.0.1", server_->port(), far);
+  ASSERT_TRUE(link.ok());
+  auto home = HomeSource::Open("127.0.0.1", (*link)->port(), surrogate_creds_);
+  ASSERT_TRUE(home.ok()) << home.status().ToString();
+  const ChunkId absent = ChunkId::Of(AsBytes("no such object"));
+  const std::vector<ChunkId> objects{table_id_, absent, *list};
+  const std::vector<ChunkId> tables{table_id_, *list};
+  const auto start = std::chrono::steady_clock::now();
+  auto b = (*home)->GetObjectsAndWorkingSets(objects, tables);
+  const auto took = std::chrono::steady_clock::now() - start;
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  ASSERT_EQ(b->objects.size(), 3u);
+  ASSERT_TRUE(b->objects[0].ok()) << b->objects[0].status().ToString();
+  EXPECT_EQ(ChunkId::Of(*b->objects[0]), table_id_);
+  EXPECT_TRUE(b->objects[1].status().IsNotFound()) << b->objects[1].status().ToString();
+  ASSERT_TRUE(b->objects[2].ok());
+  EXPECT_EQ(std::string(b->objects[2]->begin(), b->objects[2]->end()), "a second object");
+  ASSERT_EQ(b->working_sets.size(), 2u);
+  ASSERT_TRUE(b->working_sets[0].ok());
+  EXPECT_EQ(*b->working_sets[0], (std::vector<ChunkId>{ids_[3], ids_[1]}));
+  ASSERT_TRUE(b->working_sets[1].ok());
+  EXPECT_TRUE(b->working_sets[1]->empty());
+  // One after the other they take six round trips (1.8 s).
+  EXPECT_LT(took, std::chrono::milliseconds(900));
+  EXPECT_EQ((*home)->stats().connects, 1u);
+  // The connection is still in order for what comes next.
+  auto again = (*home)->GetObject(*list);
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
 }
 
 TEST_F(FetchTest, PortableWriterKeepsOnlyWantedChunksAndADamagedIndexIsRefused) {

@@ -44,8 +44,10 @@ TEST(WireTest, EveryMessageRoundTrips) {
       Repaint{},
       Checkpointed{3, 18},
       GetCapability{"notepad", 600},
-      wire::Capability{"notepad", "-----BEGIN CERTIFICATE-----", "-----BEGIN PRIVATE KEY-----", 1800000000},
-      Instantiate{"notepad", "10.0.0.1", 7390, "ca", Bytes(32, 1), "cert", "key", "/media/stick"},
+      wire::Capability{"notepad", "-----BEGIN CERTIFICATE-----", "-----BEGIN PRIVATE KEY-----", 1800000000, {}},
+      wire::Capability{"notepad", "cert", "key", 1800000000, Bytes(700, 3)},
+      Instantiate{"notepad", "10.0.0.1", 7390, "ca", Bytes(32, 1), "cert", "key", "/media/stick", {}},
+      Instantiate{"notepad", "10.0.0.1", 7390, "ca", Bytes(32, 1), "cert", "key", "", Bytes(700, 3)},
       Progress{"memory", 10, 20, 1, 2, 3},
       GetStatus{},
       AgentStatus{"cafe", {ReplicaStatus{"notepad", "alice", 18, 1800000000}}, 1 << 20, 1, 2, 3, {8, 1536, 320, 900}},
@@ -87,6 +89,24 @@ TEST(WireTest, AStatusWithoutCapacityDecodesWithZeros) {
   h->length = static_cast<uint32_t>(cut.size());
   h->payload_crc = crc32c::Value(cut.data(), cut.size());
   EXPECT_FALSE(DecodePayload(*h, cut).ok());
+}
+
+// The signed manifest a capability carries to the agent is bounded, and
+// one that claims more bytes than it holds is refused.
+TEST(WireTest, ACarriedManifestIsBounded) {
+  auto carried = RoundTrip(5, Instantiate{"notepad", "h", 1, "ca", Bytes(32, 1), "c", "k", "", Bytes(900, 4)});
+  ASSERT_TRUE(carried.ok()) << carried.status().ToString();
+  EXPECT_EQ(std::get<Instantiate>(*carried).signed_manifest, Bytes(900, 4));
+  auto big = RoundTrip(5, wire::Capability{"notepad", "c", "k", 1, Bytes(kMaxCarriedManifest + 1, 4)});
+  ASSERT_FALSE(big.ok());
+  EXPECT_NE(big.status().message().find("signed manifest"), std::string::npos) << big.status().ToString();
+  Bytes f = EncodeFrame(5, wire::Capability{"notepad", "c", "k", 1, Bytes(16, 4)});
+  PutU32(f.data() + f.size() - 20, 17);  // the blob's length, one more than it holds
+  auto h = DecodeHeader(ByteView(f).first(kHeaderSize));
+  ASSERT_TRUE(h.ok());
+  ByteView payload = ByteView(f).subspan(kHeaderSize);
+  h->payload_crc = crc32c::Value(payload.data(), payload.size());
+  EXPECT_FALSE(DecodePayload(*h, payload).ok());
 }
 
 TEST(WireTest, BadHeadersAreRefusedWithTheReason) {

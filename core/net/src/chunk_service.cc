@@ -327,14 +327,66 @@ Result<wire::Message> HomeSource::Call(const wire::Message& request, wire::Messa
   }
 }
 
-Result<Bytes> HomeSource::GetObject(const ChunkId& id) {
-  SLINGSHOT_ASSIGN_OR_RETURN(wire::Message m, Call(wire::GetObject{id}, wire::MessageType::kObjectData));
-  auto& o = std::get<wire::ObjectData>(m);
+Result<std::vector<Result<wire::Message>>> HomeSource::CallMany(const std::vector<Exchange>& calls) {
+  for (int attempt = 0;; ++attempt) {
+    SLINGSHOT_ASSIGN_OR_RETURN(auto c, Acquire());
+    std::vector<uint32_t> ids;
+    Status st;
+    for (const Exchange& x : calls) {
+      ids.push_back(next_request_++);
+      ++requests_;
+      st = c->Send(ids.back(), x.request, options_.timeout_ms);
+      if (!st.ok()) break;
+    }
+    std::vector<Result<wire::Message>> out;
+    for (size_t i = 0; st.ok() && i < calls.size(); ++i) {
+      auto m = c->Expect(ids[i], calls[i].reply, options_.timeout_ms);
+      if (!m.ok() && c->broken()) st = m.status();
+      else out.push_back(std::move(m));
+    }
+    if (st.ok()) {
+      Release(std::move(c));
+      return out;
+    }
+    // A pooled connection the home closed while idle: once more, afresh,
+    // if nothing came back on it.
+    if (attempt > 0 || !out.empty() || st.code() != Status::Code::kUnavailable) return st;
+  }
+}
+
+Result<Bytes> HomeSource::CheckObject(Result<wire::Message> m, const ChunkId& id) {
+  SLINGSHOT_RETURN_IF_ERROR(m.status());
+  auto& o = std::get<wire::ObjectData>(*m);
   if (o.id != id || ChunkId::Of(o.bytes) != id) {
     ++corrupt_;
     return Status::Corruption("object " + id.Short() + " from " + Describe() + " does not match its id");
   }
   return std::move(o.bytes);
+}
+
+Result<std::vector<ChunkId>> HomeSource::CheckWorkingSet(Result<wire::Message> m, const ChunkId& table) {
+  SLINGSHOT_RETURN_IF_ERROR(m.status());
+  auto& ws = std::get<wire::WorkingSet>(*m);
+  if (ws.table != table) return Status::Corruption(Describe() + " sent the working set of another table");
+  return std::move(ws.ids);
+}
+
+Result<Bytes> HomeSource::GetObject(const ChunkId& id) {
+  return CheckObject(Call(wire::GetObject{id}, wire::MessageType::kObjectData), id);
+}
+
+Result<HomeSource::Batch> HomeSource::GetObjectsAndWorkingSets(std::span<const ChunkId> objects,
+                                                               std::span<const ChunkId> tables) {
+  std::vector<Exchange> calls;
+  for (const ChunkId& id : objects) calls.push_back({wire::GetObject{id}, wire::MessageType::kObjectData});
+  for (const ChunkId& t : tables) calls.push_back({wire::GetWorkingSet{t}, wire::MessageType::kWorkingSet});
+  SLINGSHOT_ASSIGN_OR_RETURN(auto replies, CallMany(calls));
+  Batch b;
+  for (size_t i = 0; i < objects.size(); ++i) b.objects.push_back(CheckObject(std::move(replies[i]), objects[i]));
+  for (size_t i = 0; i < tables.size(); ++i) {
+    b.working_sets.push_back(CheckWorkingSet(std::move(replies[objects.size() + i]), tables[i]));
+  }
+  return b;
 }
 
 Result<Ref> HomeSource::GetRef(const std::string& name) {
@@ -353,10 +405,7 @@ Status HomeSource::PutWorkingSet(const ChunkId& table, std::vector<ChunkId> ids)
 }
 
 Result<std::vector<ChunkId>> HomeSource::GetWorkingSet(const ChunkId& table) {
-  SLINGSHOT_ASSIGN_OR_RETURN(wire::Message m, Call(wire::GetWorkingSet{table}, wire::MessageType::kWorkingSet));
-  auto& ws = std::get<wire::WorkingSet>(m);
-  if (ws.table != table) return Status::Corruption(Describe() + " sent the working set of another table");
-  return std::move(ws.ids);
+  return CheckWorkingSet(Call(wire::GetWorkingSet{table}, wire::MessageType::kWorkingSet), table);
 }
 
 HomeSourceStats HomeSource::stats() const {

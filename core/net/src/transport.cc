@@ -316,6 +316,7 @@ struct Connection::Impl {
   std::string verify_error;
   bool is_server = false;
   bool broken = false;
+  bool hello_pending = false;  // a client's Hello is out, the server's not yet read
   std::atomic<int> fd{-1};
   // Hostile peers (transport.h): this connection's frame cap, the server's
   // budget and pool (unset for a client's own connections).
@@ -380,6 +381,7 @@ void Connection::Close() {
 Status Connection::Duplex(const std::function<Status(Frame&&)>& on_frame, int idle_timeout_ms) {
   Impl& i = *impl_;
   if (i.broken) return Status::Unavailable("the connection to " + i.peer.Describe() + " is closed");
+  if (i.hello_pending) SLINGSHOT_RETURN_IF_ERROR(AwaitHello(idle_timeout_ms));
   i.on_frame = &on_frame;
   i.idle_ms = idle_timeout_ms;
   i.duplex_done = false;
@@ -466,11 +468,26 @@ Result<std::unique_ptr<Connection>> Connection::Connect(const std::string& host,
   wire::Hello hello;
   hello.software = options.software;
   SLINGSHOT_RETURN_IF_ERROR(c->Send(0, hello, options.timeout_ms));
-  SLINGSHOT_ASSIGN_OR_RETURN(wire::Message reply, c->Expect(0, wire::MessageType::kHello, options.timeout_ms));
-  const auto& theirs = std::get<wire::Hello>(reply);
-  c->impl_->peer.software = theirs.software;
-  SLINGSHOT_RETURN_IF_ERROR(theirs.Check(c->impl_->peer.Describe()));
+  c->impl_->hello_pending = true;
+  if (options.await_hello) SLINGSHOT_RETURN_IF_ERROR(c->AwaitHello(options.timeout_ms));
   return c;
+}
+
+Status Connection::AwaitHello(int timeout_ms) {
+  impl_->hello_pending = false;
+  auto reply = Expect(0, wire::MessageType::kHello, timeout_ms);
+  Status st = reply.status();
+  if (st.ok()) {
+    const auto& theirs = std::get<wire::Hello>(*reply);
+    impl_->peer.software = theirs.software;
+    st = theirs.Check(impl_->peer.Describe());
+  }
+  // A server that refuses us answers Error in place of Hello, and closes.
+  if (!st.ok()) {
+    impl_->broken = true;
+    Close();
+  }
+  return st;
 }
 
 Status Connection::Send(uint32_t request, const wire::Message& m, int timeout_ms) {
@@ -482,6 +499,7 @@ Status Connection::SendRaw(ByteView bytes, int timeout_ms) { return impl_->Write
 
 Result<Frame> Connection::Receive(int timeout_ms) {
   if (impl_->broken) return Status::Unavailable("the connection to " + impl_->peer.Describe() + " is closed");
+  if (impl_->hello_pending) SLINGSHOT_RETURN_IF_ERROR(AwaitHello(timeout_ms));
   uint8_t header[wire::kHeaderSize];
   SLINGSHOT_RETURN_IF_ERROR(impl_->ReadExact(header, sizeof(header), timeout_ms));
   auto h = wire::DecodeHeader(ByteView(header, sizeof(header)));

@@ -101,6 +101,10 @@ void Put(Encoder& e, const Capability& m) {
   e.Str(m.cert_pem);
   e.Str(m.key_pem);
   e.U64(static_cast<uint64_t>(m.not_after));
+  if (!m.signed_manifest.empty()) {
+    e.U32(static_cast<uint32_t>(m.signed_manifest.size()));
+    e.Raw(m.signed_manifest.data(), m.signed_manifest.size());
+  }
 }
 void Put(Encoder& e, const Instantiate& m) {
   e.Str(m.service);
@@ -112,6 +116,10 @@ void Put(Encoder& e, const Instantiate& m) {
   e.Str(m.cert_pem);
   e.Str(m.key_pem);
   e.Str(m.stick_dir);
+  if (!m.signed_manifest.empty()) {
+    e.U32(static_cast<uint32_t>(m.signed_manifest.size()));
+    e.Raw(m.signed_manifest.data(), m.signed_manifest.size());
+  }
 }
 void Put(Encoder& e, const Progress& m) {
   e.Str(m.phase);
@@ -326,6 +334,7 @@ Message Get(Decoder& d, MessageType t) {
       m.cert_pem = d.Str(kMaxPem, "certificate");
       m.key_pem = d.Str(kMaxPem, "key");
       m.not_after = static_cast<int64_t>(d.U64());
+      if (d.remaining() > 0) m.signed_manifest = Blob(d, kMaxCarriedManifest, "signed manifest");
       return m;
     }
     case MessageType::kInstantiate: {
@@ -338,6 +347,7 @@ Message Get(Decoder& d, MessageType t) {
       m.cert_pem = d.Str(kMaxPem, "capability certificate");
       m.key_pem = d.Str(kMaxPem, "capability key");
       m.stick_dir = d.Str(kMaxText, "stick directory");
+      if (d.remaining() > 0) m.signed_manifest = Blob(d, kMaxCarriedManifest, "signed manifest");
       return m;
     }
     case MessageType::kProgress: {

@@ -13,6 +13,16 @@ namespace slingshot {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
+namespace {
+double MsSince(Clock::time_point t) { return std::chrono::duration<double, std::milli>(Clock::now() - t).count(); }
+}  // namespace
+
+std::string InstantiateTimes::Describe() const {
+  auto ms = [](double v) { return std::to_string(static_cast<long long>(v + 0.5)) + " ms"; };
+  return "manifest " + ms(manifest_ms) + ", files " + ms(files_ms) + ", tables " + ms(tables_ms) + ", restore " +
+         ms(restore_ms) + ", connect " + ms(connect_ms);
+}
+
 Result<Bytes> StoreCheckpointSource::SignedManifest(const std::string& service) {
   SLINGSHOT_ASSIGN_OR_RETURN(Ref ref, store_->GetRef("manifest/" + service));
   return store_->GetObject(ref.object);
@@ -26,12 +36,33 @@ Result<std::vector<ChunkId>> StoreCheckpointSource::WorkingSet(const ChunkId& ta
 }
 
 Result<Bytes> RemoteCheckpointSource::SignedManifest(const std::string& service) {
+  if (!given_manifest_.empty()) return std::move(given_manifest_);
   SLINGSHOT_ASSIGN_OR_RETURN(Ref ref, home_->GetRef("manifest/" + service));
   return home_->GetObject(ref.object);
 }
-Result<Bytes> RemoteCheckpointSource::GetObject(const ChunkId& id) { return home_->GetObject(id); }
+Result<Bytes> RemoteCheckpointSource::GetObject(const ChunkId& id) {
+  if (auto it = objects_.find(id); it != objects_.end()) {
+    Result<Bytes> r = std::move(it->second);
+    objects_.erase(it);
+    return r;
+  }
+  return home_->GetObject(id);
+}
 Result<std::vector<ChunkId>> RemoteCheckpointSource::WorkingSet(const ChunkId& table) {
+  if (auto it = working_sets_.find(table); it != working_sets_.end()) {
+    Result<std::vector<ChunkId>> r = std::move(it->second);
+    working_sets_.erase(it);
+    return r;
+  }
   return home_->GetWorkingSet(table);
+}
+void RemoteCheckpointSource::Prefetch(std::span<const ChunkId> objects, std::span<const ChunkId> tables) {
+  auto batch = home_->GetObjectsAndWorkingSets(objects, tables);
+  if (!batch.ok()) return;  // each is asked for again, and fails on its own
+  for (size_t i = 0; i < objects.size(); ++i) objects_.insert_or_assign(objects[i], std::move(batch->objects[i]));
+  for (size_t i = 0; i < tables.size(); ++i) {
+    working_sets_.insert_or_assign(tables[i], std::move(batch->working_sets[i]));
+  }
 }
 ChunkSource* RemoteCheckpointSource::chunks() { return chain_ ? static_cast<ChunkSource*>(chain_) : home_; }
 
@@ -55,6 +86,7 @@ Result<std::unique_ptr<LiveReplica>> StartReplica(Hypervisor& hv, ReplicaPlan pl
   r->manifest_ = plan.manifest;
   r->booted_ = !plan.memory;
   r->lazy_ram_ = std::move(plan.lazy_ram);
+  r->times_ = plan.times;
   r->destroyed_ = true;  // nothing to destroy until the VM is asked for
   SLINGSHOT_ASSIGN_OR_RETURN(r->disk_, ReplicaDisk::Open(plan.table, plan.chunks, hv, plan.disk));
   VmSpec spec = plan.spec;
@@ -81,12 +113,12 @@ Result<std::unique_ptr<LiveReplica>> StartReplica(Hypervisor& hv, ReplicaPlan pl
     };
     auto restored = hv.Restore(spec, counted, plan.ram ? &*plan.ram : nullptr);
     SLINGSHOT_RETURN_IF_ERROR(restored.status());
-    r->restore_ms_ = restored->total_ms;
   } else {
     report("boot", 0, 0);
     SLINGSHOT_RETURN_IF_ERROR(hv.Boot(spec));
-    r->restore_ms_ = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
   }
+  r->times_.restore_ms = MsSince(start);
+  const auto connecting = Clock::now();
   SLINGSHOT_ASSIGN_OR_RETURN(r->service_, hv.ServiceEndpoint(spec.name, plan.manifest.service_port));
   auto host = std::make_shared<ReplicaHost>(plan.manifest.service_id, plan.manifest.service_type, plan.label);
   LiveReplica* raw = r.get();
@@ -95,6 +127,7 @@ Result<std::unique_ptr<LiveReplica>> StartReplica(Hypervisor& hv, ReplicaPlan pl
     if (on_lost) on_lost(why);
   });
   SLINGSHOT_RETURN_IF_ERROR(host->Connect(r->service_, plan.manifest.last_seq, plan.connect_timeout_ms));
+  r->times_.connect_ms = MsSince(connecting);
   r->host_ = std::move(host);
   report("ready", plan.manifest.memory_size, plan.manifest.memory_size);
   return r;
@@ -104,6 +137,13 @@ Result<std::unique_ptr<LiveReplica>> Instantiate(Hypervisor& hv, CheckpointSourc
                                                  const InstantiateOptions& options) {
   auto report = [&](const std::string& phase, uint64_t done, uint64_t total) {
     if (options.progress) options.progress(InstantiateProgress{phase, done, total});
+  };
+  InstantiateTimes times;
+  auto phase = Clock::now();
+  auto lap = [&phase]() {
+    double ms = MsSince(phase);
+    phase = Clock::now();
+    return ms;
   };
   report("manifest", 0, 0);
   SLINGSHOT_ASSIGN_OR_RETURN(Bytes signed_manifest, source.SignedManifest(options.service));
@@ -128,9 +168,25 @@ Result<std::unique_ptr<LiveReplica>> Instantiate(Hypervisor& hv, CheckpointSourc
   }
   // Before anything is fetched: whether the replica fits here.
   if (options.admit) SLINGSHOT_RETURN_IF_ERROR(options.admit(m));
+  times.manifest_ms = lap();
   std::error_code ec;
   fs::create_directories(options.dir, ec);
   if (ec) return Status::IOError("create " + options.dir + ": " + ec.message());
+
+  // What follows asks for these: from a remote home, in one round trip.
+  const bool files = boot || hv.RestoreNeedsBootFiles();
+  const bool ram_table = !boot && !m.ram_table.IsNull();
+  {
+    std::vector<ChunkId> objects{m.disk_table}, tables;
+    if (files) objects.push_back(m.kernel);
+    if (files && !m.initrd.IsNull()) objects.push_back(m.initrd);
+    if (!boot) objects.push_back(m.memory_list);
+    if (ram_table) objects.push_back(m.ram_table);
+    if (source.chain()) tables.push_back(m.disk_table);
+    if (ram_table && options.lazy_memory && source.chain()) tables.push_back(m.ram_table);
+    source.Prefetch(objects, tables);
+  }
+  times.tables_ms = lap();  // and what follows the files, below
 
   auto list_of = [&](const ChunkId& id) -> Result<ChunkList> {
     SLINGSHOT_ASSIGN_OR_RETURN(Bytes b, source.GetObject(id));
@@ -139,7 +195,6 @@ Result<std::unique_ptr<LiveReplica>> Instantiate(Hypervisor& hv, CheckpointSourc
   // A restore on a hypervisor that needs no boot files (the kernel is in
   // the restored memory) fetches none: on a slow link they can be most of
   // what a replica would otherwise wait for.
-  const bool files = boot || hv.RestoreNeedsBootFiles();
   ChunkList kernel, initrd;
   if (files) {
     SLINGSHOT_ASSIGN_OR_RETURN(kernel, list_of(m.kernel));
@@ -168,6 +223,7 @@ Result<std::unique_ptr<LiveReplica>> Instantiate(Hypervisor& hv, CheckpointSourc
     if (!m.initrd.IsNull()) SLINGSHOT_RETURN_IF_ERROR(WriteFileFromList(initrd, source.chunks(), boot_dir + "/initrd"));
   }
   report("files", kernel.total_size + initrd.total_size, kernel.total_size + initrd.total_size);
+  times.files_ms = lap();
 
   ReplicaPlan plan;
   plan.spec.name = options.vm_name;
@@ -246,6 +302,8 @@ Result<std::unique_ptr<LiveReplica>> Instantiate(Hypervisor& hv, CheckpointSourc
       plan.ram = std::move(given);
     }
   }
+  times.tables_ms += lap();
+  plan.times = times;
   return StartReplica(hv, std::move(plan));
 }
 

@@ -368,9 +368,18 @@ class RfbAdapter : public ServiceAdapter {
     // update goes out before the reply to the input session's probe, which
     // would otherwise hold it back by one more send from the VM.
     SLINGSHOT_RETURN_IF_ERROR(in_.Connect(ep, timeout_ms));
-    SLINGSHOT_ASSIGN_OR_RETURN(si_, Handshake(in_, timeout_ms));
     SLINGSHOT_RETURN_IF_ERROR(out_.Connect(ep, timeout_ms));
-    SLINGSHOT_ASSIGN_OR_RETURN(ServerInit si2, Handshake(out_, timeout_ms));
+    // Both handshakes at once: each waits on the service four times, and a
+    // just-restored VM is slow to answer each.
+    Result<ServerInit> out_init = Status::Unavailable("the " + out_.what() + " handshake did not run");
+    std::thread screen([&] { out_init = Handshake(out_, timeout_ms); });
+    auto in_init = Handshake(in_, timeout_ms);
+    if (!in_init.ok()) out_.Shutdown();  // no need to wait out its deadline
+    screen.join();
+    SLINGSHOT_RETURN_IF_ERROR(in_init.status());
+    SLINGSHOT_RETURN_IF_ERROR(out_init.status());
+    si_ = *in_init;
+    const ServerInit& si2 = *out_init;
     if (si2.width != si_.width || si2.height != si_.height) {
       return Status::Corruption("the " + out_.what() + " reported two screen sizes");
     }

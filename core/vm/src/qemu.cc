@@ -9,9 +9,9 @@
 // copy's buffer is written while the guest runs; then stop, at_pause,
 // migrate with x-ignore-shared (device state only) while RAM's written
 // extents are copied aside; cont once both are done; the hook gets the
-// copy. Restore of such a stream: the memfd is filled (or the lazy file
-// mapped) while QEMU starts, then the device state loads with
-// x-ignore-shared on. A restore may leave out the boot files: QEMU's
+// copy. Restore of such a stream: QEMU starts at once, before the stream's
+// first bytes have come, while the memfd is filled (or with the lazy file
+// mapped), then the device state loads with x-ignore-shared on. A restore may leave out the boot files: QEMU's
 // loader then gets a placeholder kernel.
 //
 // Checkpoint without a ram hook: stop, the caller's at_pause hook, then migrate to an fd
@@ -406,18 +406,35 @@ class QemuHypervisor final : public Hypervisor {
     auto t0 = Clock::now();
     UniqueFd ours;
     bool started = false;
+    // RAM given apart (on demand, or filled while QEMU starts): QEMU starts
+    // at once, while the stream's first bytes are still on their way; the
+    // header must then say its RAM is apart.
+    std::future<Status> filled;
+    Status early;
+    if (ram) {
+      early = TakeRam(vm.get(), ram, &filled);
+      if (early.ok()) {
+        early = Start(vm.get(), /*incoming=*/true);
+        started = early.ok();
+      }
+    }
     VmStreamReader reader(
         [&](const VmStreamHeader& h) -> Status {
           vm->op_mu.AssertHeld();  // called from stream() below, under op
           SLINGSHOT_RETURN_IF_ERROR(CheckHeader(h, spec));
           const bool apart = json::parse(h.config, nullptr, false).value("ram", "") == "apart";
-          // RAM is filled while QEMU starts.
-          std::future<Status> filled;
-          if (apart) SLINGSHOT_RETURN_IF_ERROR(TakeRam(vm.get(), ram, &filled));
-          Status up = Start(vm.get(), /*incoming=*/true);
-          started = up.ok();
+          if (ram && !apart) {
+            return Status::InvalidArgument("the restore was given the guest's RAM apart, but this checkpoint's "
+                                           "stream holds its RAM");
+          }
+          if (!ram) {
+            if (apart) SLINGSHOT_RETURN_IF_ERROR(TakeRam(vm.get(), ram, &filled));  // says what is missing
+            Status up = Start(vm.get(), /*incoming=*/true);
+            started = up.ok();
+            SLINGSHOT_RETURN_IF_ERROR(up);
+          }
+          SLINGSHOT_RETURN_IF_ERROR(early);
           Status fill = filled.valid() ? filled.get() : Status::OK();
-          SLINGSHOT_RETURN_IF_ERROR(up);
           SLINGSHOT_RETURN_IF_ERROR(fill.Annotate("filling the guest's RAM"));
           SLINGSHOT_RETURN_IF_ERROR(SetIgnoreShared(vm.get(), apart));
           int sv[2];
@@ -431,8 +448,11 @@ class QemuHypervisor final : public Hypervisor {
           return Qmp(vm.get(), "migrate-incoming", {{"uri", "fd:slingshot-rst"}}).status();
         },
         [&](ByteView b) -> Status { return SendAll(vm.get(), ours.get(), b); });
-    Status s = stream([&](ByteView b) { return reader.Feed(b); });
+    Status s = early.ok() ? stream([&](ByteView b) { return reader.Feed(b); }) : early;
     if (s.ok()) s = reader.Finish();
+    // A fill still running (the stream failed before the header) is waited
+    // for: it writes into the VM's RAM.
+    if (filled.valid()) (void)filled.get();
     if (s.ok()) {
       shutdown(ours.get(), SHUT_WR);
       s = WaitIncoming(vm.get());

@@ -112,7 +112,9 @@ struct HomeSourceStats {
 
 class HomeSource final : public ChunkSource {
  public:
-  // Connects once to check the address and credentials.
+  // Connects once to check the address and credentials (with
+  // options.connect.await_hello off, only the address and the home's
+  // certificate: a refusal of ours shows at the first request).
   static Result<std::unique_ptr<HomeSource>> Open(const std::string& host, uint16_t port,
                                                   const TlsCredentials& creds,
                                                   HomeSourceOptions options = {});
@@ -129,6 +131,16 @@ class HomeSource final : public ChunkSource {
   Result<Ref> GetRef(const std::string& name);
   // The recorded working set of a disk table (empty if none was recorded).
   Result<std::vector<ChunkId>> GetWorkingSet(const ChunkId& table);
+  // Objects and working sets asked for together: every request is sent
+  // before the first reply is read, so they all cost one round trip. Each
+  // answer is verified as GetObject's and GetWorkingSet's are, and has its
+  // own result, in the order asked; the call fails only if the connection
+  // does.
+  struct Batch {
+    std::vector<Result<Bytes>> objects;
+    std::vector<Result<std::vector<ChunkId>>> working_sets;
+  };
+  Result<Batch> GetObjectsAndWorkingSets(std::span<const ChunkId> objects, std::span<const ChunkId> tables);
   // Records the order a replica first read table's chunks (at most
   // wire::kMaxWorkingSet; nothing is sent for none). The home keeps the
   // longest record it was given per table.
@@ -144,6 +156,15 @@ class HomeSource final : public ChunkSource {
   void Release(std::unique_ptr<Connection> c);
   // One request-reply exchange on a pooled connection.
   Result<wire::Message> Call(const wire::Message& request, wire::MessageType reply);
+  // Several, pipelined on one pooled connection: a result per request, in
+  // order (an Error reply is that request's status).
+  struct Exchange {
+    wire::Message request;
+    wire::MessageType reply;
+  };
+  Result<std::vector<Result<wire::Message>>> CallMany(const std::vector<Exchange>& calls);
+  Result<Bytes> CheckObject(Result<wire::Message> m, const ChunkId& id);
+  Result<std::vector<ChunkId>> CheckWorkingSet(Result<wire::Message> m, const ChunkId& table);
   Result<Bytes> Verify(const wire::ChunkData& d, const ChunkId& want);
 
   const std::string host_;

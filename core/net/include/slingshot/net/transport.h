@@ -74,6 +74,11 @@ struct ConnectOptions {
   // A refused TCP connection (the host is up and nothing listens there) is
   // NotFound instead of Unavailable: for a caller to whom that is final.
   bool refused_is_not_found = false;
+  // Connect returns once the server's Hello has come (our credentials were
+  // accepted). Without: once ours is sent, so that a first request follows
+  // it at once and the server's Hello is read (and checked) before the
+  // first reply; a refusal then shows there. A round trip less.
+  bool await_hello = true;
 };
 
 class Connection {
@@ -123,6 +128,8 @@ class Connection {
 
  private:
   explicit Connection(std::unique_ptr<Impl> impl);
+  // Reads and checks the server's Hello (ConnectOptions::await_hello).
+  Status AwaitHello(int timeout_ms);
   friend class Server;
   std::unique_ptr<Impl> impl_;
 };

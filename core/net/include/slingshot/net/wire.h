@@ -202,7 +202,13 @@ struct Capability {
   std::string cert_pem;
   std::string key_pem;
   int64_t not_after = 0;  // unix seconds
+  // Trailing, absent from older homes: the service's current signed
+  // manifest, already granted to this capability, for the client to hand
+  // the agent (which then need not ask home for it). Empty: none.
+  Bytes signed_manifest;
 };
+// The largest signed manifest that travels in a Capability or Instantiate.
+constexpr uint32_t kMaxCarriedManifest = 64u << 10;
 struct Instantiate {
   std::string service;
   std::string home_host;
@@ -212,6 +218,9 @@ struct Instantiate {
   std::string cert_pem;     // the capability
   std::string key_pem;
   std::string stick_dir;    // portable storage plugged into the surrogate ("" = none)
+  // Trailing, absent from older clients: the Capability's signed manifest
+  // (verified by the agent all the same). Empty: the agent asks home.
+  Bytes signed_manifest;
 };
 struct Progress {
   std::string phase;        // "manifest", "files", "restore" or "boot", "ready"
