@@ -85,10 +85,47 @@ struct Proxy::Impl {
   uint16_t vnc_port = 0;
   std::string title GUARDED_BY(screen_mu) = "slingshot";  // the desktop's name viewers see
 
-  std::thread home_thread, control_thread;
+  std::thread home_thread, control_thread, warm_thread;
+  // The connection capabilities are asked for on: made once the home has
+  // answered and kept between uses, since a new one costs two WAN round
+  // trips before the request.
+  Mutex ask_mu;
+  std::unique_ptr<Connection> ask GUARDED_BY(ask_mu);
   int control_fd = -1;
   std::list<std::thread> control_workers;
   Mutex workers_mu;
+
+  Result<std::unique_ptr<Connection>> ConnectHome() {
+    ConnectOptions o;
+    o.expected_role = Role::kHome;
+    o.software = "slingshot-client";
+    o.await_hello = false;  // the request follows our Hello at once
+    return Connection::Connect(options.home_host, options.home_port, options.creds, o);
+  }
+
+  // A capability for this service and this client, from home.
+  Result<wire::Capability> AskCapability() {
+    MutexLock l(&ask_mu);
+    for (int attempt = 0;; ++attempt) {
+      const bool kept = ask != nullptr;
+      if (!ask) {
+        SLINGSHOT_ASSIGN_OR_RETURN(ask, ConnectHome());
+      }
+      Status sent = ask->Send(1, wire::GetCapability{options.service, 600});
+      Result<wire::Message> m = sent.ok() ? ask->Expect(1, wire::MessageType::kCapability) : Result<wire::Message>(sent);
+      if (m.ok()) return std::get<wire::Capability>(std::move(*m));
+      if (ask->broken()) ask.reset();
+      // A kept connection the home closed while idle: once more, afresh.
+      if (!kept || attempt > 0 || m.status().code() != Status::Code::kUnavailable) return m.status();
+    }
+  }
+
+  // Makes the connection capabilities are asked on ahead of the first use.
+  void WarmAsk() {
+    auto c = ConnectHome();
+    MutexLock l(&ask_mu);
+    if (c.ok() && !ask) ask = std::move(*c);
+  }
 
   // --- inputs ---
 
@@ -515,6 +552,7 @@ Result<std::unique_ptr<Proxy>> Proxy::Start(ProxyOptions options) {
   if (w == 0) return Status::Unavailable("no replica of " + raw->options.service + " attached within 300 s: is the home reachable?");
   SLINGSHOT_RETURN_IF_ERROR(raw->StartVnc(w, h));
   raw->set->RepaintLeader();  // the first leader was chosen before the screen existed
+  raw->warm_thread = std::thread([raw] { raw->WarmAsk(); });
   return proxy;
 }
 
@@ -529,6 +567,11 @@ void Proxy::Stop() {
   }
   if (i.home_thread.joinable()) i.home_thread.join();
   if (i.control_thread.joinable()) i.control_thread.join();
+  if (i.warm_thread.joinable()) i.warm_thread.join();
+  {
+    MutexLock l(&i.ask_mu);
+    i.ask.reset();
+  }
   {
     MutexLock w(&i.workers_mu);
     for (auto& t : i.control_workers) t.join();
@@ -597,15 +640,7 @@ Status Proxy::Use(const control::UseRequest& where, const std::function<void(con
     if (!i.stopped.empty()) return Status::Unavailable("this proxy takes no more input: " + i.stopped);
   }
   // A capability from home, for this service and this client.
-  ConnectOptions home_opts;
-  home_opts.expected_role = Role::kHome;
-  home_opts.software = "slingshot-client";
-  home_opts.await_hello = false;  // the request follows our Hello at once
-  SLINGSHOT_ASSIGN_OR_RETURN(auto home, Connection::Connect(i.options.home_host, i.options.home_port, i.options.creds, home_opts));
-  SLINGSHOT_RETURN_IF_ERROR(home->Send(1, wire::GetCapability{i.options.service, 600}));
-  SLINGSHOT_ASSIGN_OR_RETURN(wire::Message cm, home->Expect(1, wire::MessageType::kCapability));
-  const auto& cap = std::get<wire::Capability>(cm);
-  home.reset();
+  SLINGSHOT_ASSIGN_OR_RETURN(const wire::Capability cap, i.AskCapability());
   report(control::Note{"capability for " + cap.service + " valid until " + std::to_string(cap.not_after)});
 
   auto k = std::make_shared<Link>();
