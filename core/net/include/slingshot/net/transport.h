@@ -77,7 +77,10 @@ struct ConnectOptions {
   // Connect returns once the server's Hello has come (our credentials were
   // accepted). Without: once ours is sent, so that a first request follows
   // it at once and the server's Hello is read (and checked) before the
-  // first reply; a refusal then shows there. A round trip less.
+  // first reply. A round trip less; but a refusal then fails the first
+  // request, and its reason may be lost when the server's close overtakes
+  // it ("the connection is closed"): for callers whose credentials were
+  // just issued or were accepted before.
   bool await_hello = true;
 };
 
