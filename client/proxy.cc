@@ -95,11 +95,13 @@ struct Proxy::Impl {
   std::list<std::thread> control_workers;
   Mutex workers_mu;
 
-  Result<std::unique_ptr<Connection>> ConnectHome() {
+  // A connection to home. Without await_hello, a request may follow our
+  // Hello at once (transport.h).
+  Result<std::unique_ptr<Connection>> ConnectHome(bool await_hello) {
     ConnectOptions o;
     o.expected_role = Role::kHome;
     o.software = "slingshot-client";
-    o.await_hello = false;  // the request follows our Hello at once
+    o.await_hello = await_hello;
     return Connection::Connect(options.home_host, options.home_port, options.creds, o);
   }
 
@@ -109,7 +111,7 @@ struct Proxy::Impl {
     for (int attempt = 0;; ++attempt) {
       const bool kept = ask != nullptr;
       if (!ask) {
-        SLINGSHOT_ASSIGN_OR_RETURN(ask, ConnectHome());
+        SLINGSHOT_ASSIGN_OR_RETURN(ask, ConnectHome(/*await_hello=*/false));
       }
       Status sent = ask->Send(1, wire::GetCapability{options.service, 600});
       Result<wire::Message> m = sent.ok() ? ask->Expect(1, wire::MessageType::kCapability) : Result<wire::Message>(sent);
@@ -122,7 +124,7 @@ struct Proxy::Impl {
 
   // Makes the connection capabilities are asked on ahead of the first use.
   void WarmAsk() {
-    auto c = ConnectHome();
+    auto c = ConnectHome(/*await_hello=*/false);
     MutexLock l(&ask_mu);
     if (c.ok() && !ask) ask = std::move(*c);
   }
@@ -430,10 +432,7 @@ struct Proxy::Impl {
         if (stopping) return;
         take_over = take_over_pending;
       }
-      ConnectOptions co;
-      co.expected_role = Role::kHome;
-      co.software = "slingshot-client";
-      auto c = Connection::Connect(options.home_host, options.home_port, options.creds, co);
+      auto c = ConnectHome(/*await_hello=*/true);
       if (c.ok()) {
         auto k = std::make_shared<Link>();
         k->name = "home";

@@ -310,21 +310,8 @@ Result<Bytes> HomeSource::Get(const ChunkId& id) {
 }
 
 Result<wire::Message> HomeSource::Call(const wire::Message& request, wire::MessageType reply) {
-  for (int attempt = 0;; ++attempt) {
-    SLINGSHOT_ASSIGN_OR_RETURN(auto c, Acquire());
-    uint32_t req = next_request_++;
-    ++requests_;
-    Status st = c->Send(req, request, options_.timeout_ms);
-    if (st.ok()) {
-      auto m = c->Expect(req, reply, options_.timeout_ms);
-      if (m.ok() || !c->broken()) {
-        Release(std::move(c));
-        return m;
-      }
-      st = m.status();
-    }
-    if (attempt > 0 || st.code() != Status::Code::kUnavailable) return st;
-  }
+  SLINGSHOT_ASSIGN_OR_RETURN(auto replies, CallMany({Exchange{request, reply}}));
+  return std::move(replies.front());
 }
 
 Result<std::vector<Result<wire::Message>>> HomeSource::CallMany(const std::vector<Exchange>& calls) {

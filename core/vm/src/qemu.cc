@@ -11,8 +11,9 @@
 // extents are copied aside; cont once both are done; the hook gets the
 // copy. Restore of such a stream: QEMU starts at once, before the stream's
 // first bytes have come, while the memfd is filled (or with the lazy file
-// mapped), then the device state loads with x-ignore-shared on. A restore may leave out the boot files: QEMU's
-// loader then gets a placeholder kernel.
+// mapped), then the device state loads with x-ignore-shared on. A restore
+// may leave out the boot files: QEMU's loader then gets a placeholder
+// kernel.
 //
 // Checkpoint without a ram hook: stop, the caller's at_pause hook, then migrate to an fd
 // handed over with getfd (one end of a socketpair whose other end we read).
@@ -428,7 +429,7 @@ class QemuHypervisor final : public Hypervisor {
                                            "stream holds its RAM");
           }
           if (!ram) {
-            if (apart) SLINGSHOT_RETURN_IF_ERROR(TakeRam(vm.get(), ram, &filled));  // says what is missing
+            if (apart) return TakeRam(vm.get(), nullptr, &filled);  // fails, saying the RAM is missing
             Status up = Start(vm.get(), /*incoming=*/true);
             started = up.ok();
             SLINGSHOT_RETURN_IF_ERROR(up);

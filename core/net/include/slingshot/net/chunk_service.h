@@ -157,7 +157,8 @@ class HomeSource final : public ChunkSource {
   // One request-reply exchange on a pooled connection.
   Result<wire::Message> Call(const wire::Message& request, wire::MessageType reply);
   // Several, pipelined on one pooled connection: a result per request, in
-  // order (an Error reply is that request's status).
+  // order (an Error reply is that request's status). A pooled connection the
+  // home closed while idle is replaced once.
   struct Exchange {
     wire::Message request;
     wire::MessageType reply;
