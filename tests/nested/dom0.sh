@@ -11,8 +11,10 @@
 #       xenconsoled); then packs WORK/dom0-initrd.img, WORK/xen and
 #       WORK/dom0-vmlinuz. Files to add go in $DOM0_STAGE before packing:
 #       set DOM0_EXTRA to a function that copies them.
-#   dom0_qemu_args WORK DOM0_MIB
-#       sets DOM0_QEMU to the QEMU arguments that boot that Xen and dom0.
+#   dom0_qemu_args WORK DOM0_MIB [DOM0_ARGS]
+#       sets DOM0_QEMU to the QEMU arguments that boot that Xen and dom0;
+#       DOM0_ARGS join dom0's kernel command line (its init reads them in
+#       /proc/cmdline).
 # BUILD must be set (the build directory). PLATFORM.md has the why of each
 # step of the common start.
 
@@ -97,9 +99,9 @@ START
 }
 
 dom0_qemu_args() {
-  local work=$1 mib=$2
+  local work=$1 mib=$2 args=${3:-}
   DOM0_QEMU=(-accel tcg,thread=multi -cpu qemu64,+svm,+npt -no-reboot -nodefaults
     -kernel "$work/xen"
-    -initrd "$work/dom0-vmlinuz console=hvc0 earlyprintk=xen quiet,$work/dom0-initrd.img"
+    -initrd "$work/dom0-vmlinuz console=hvc0 earlyprintk=xen quiet${args:+ $args},$work/dom0-initrd.img"
     -append "console=com1 com1=115200,8n1 guest_loglvl=info dom0_mem=${mib}M,max:${mib}M")
 }
