@@ -175,6 +175,7 @@ struct AgentServer::Impl final : public RequestHandler {
     o.label = options.name;
     o.prefer_boot = options.prefer_boot;
     o.lazy_memory = options.lazy_memory;
+    o.fill_ram_page_cache = options.ram_page_cache;
     o.cipher = cipher;
     if (!boot_root.empty()) o.boot_dir = boot_root + "/" + r.id;
     o.on_lost = [this, id = r.id](const Status& why) {
@@ -197,21 +198,25 @@ struct AgentServer::Impl final : public RequestHandler {
     return Status::OK();
   }
 
-  // "; RAM: 812 chunks read by the guest, 1500 of 6115 prefetched" for a
+  // "; RAM: 812 chunks read by the guest, 1500 of 6115 prefetched, 1400
+  // stored into the page cache" for a
   // replica whose RAM is served on demand.
   static std::string LazyRamNote(const LiveReplica& live) {
     LazyImage* lazy = live.lazy_ram();
     if (!lazy) return "";
     LazyImageStats s = lazy->stats();
     return "; RAM: " + std::to_string(s.chunks_read) + " chunks read by the guest, " + std::to_string(s.prefetched) +
-           " of " + std::to_string(s.prefetch_total) + " prefetched";
+           " of " + std::to_string(s.prefetch_total) + " prefetched, " + std::to_string(s.stored) +
+           " stored into the page cache";
   }
 
   // The replica's RAM working set, to its home (best effort: a prefetch
-  // order, nothing a replica needs).
+  // order, nothing a replica needs). Only a whole record goes: once the
+  // prefetch has stored pages into the page cache, the guest's touches of
+  // them are not seen, and the home's own record stands.
   void SendWorkingSet(const Replica& r) {
     LazyImage* lazy = r.live ? r.live->lazy_ram() : nullptr;
-    if (!lazy || !r.home) return;
+    if (!lazy || !r.home || lazy->stats().stored != 0) return;
     std::vector<ChunkId> first = lazy->FirstReads();
     Status s = r.home->PutWorkingSet(r.live->manifest().ram_table, first);
     if (s.ok()) {

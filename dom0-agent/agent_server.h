@@ -69,6 +69,11 @@ struct AgentOptions {
   // ends, if sooner), for the next replica to prefetch first.
   bool lazy_memory = true;
   std::chrono::seconds working_set_after{30};
+  // The RAM the prefetch has goes into the page cache before the guest
+  // touches it: no round trip per first touch, but those touches are not
+  // seen, so such a replica sends no working set (the home's own record
+  // stands: ram_rehearsal.h).
+  bool ram_page_cache = true;
   // How long a replica whose session broke waits for its client to attach
   // again (0: destroyed at once).
   std::chrono::seconds reattach_after{60};

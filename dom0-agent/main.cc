@@ -172,6 +172,7 @@ Status RunCmd(const cli::po::variables_map& vm) {
   o.admission.reserve_mib = vm["memory-reserve-mb"].as<uint64_t>();
   o.prefer_boot = vm.count("prefer-boot") > 0;
   o.lazy_memory = vm["lazy-memory"].as<bool>();
+  o.ram_page_cache = vm["ram-page-cache"].as<bool>();
   o.working_set_after = std::chrono::seconds(std::max(vm["working-set-seconds"].as<int>(), 0));
   o.reattach_after = std::chrono::seconds(std::max(vm["reattach-seconds"].as<int>(), 0));
   o.hypervisor.backend = vm["hypervisor"].as<std::string>();
@@ -245,8 +246,13 @@ int main(int argc, char** argv) {
              ("lazy-memory", value<bool>()->default_value(true),
               "restore a replica before its RAM has arrived, each page fetched as the guest first touches it "
               "(QEMU; false: fetch the RAM whole first)")
+             ("ram-page-cache", value<bool>()->default_value(true),
+              "put the RAM chunks the prefetch has into the page cache before the guest touches them: no "
+              "round trip per first touch (false: every first touch is a read this agent sees, and their "
+              "order goes home as the RAM working set)")
              ("working-set-seconds", value<int>()->default_value(30),
-              "send the home the order a replica first read its RAM in once it has run this long")
+              "send the home the order a replica first read its RAM in once it has run this long "
+              "(with --ram-page-cache false)")
              ("reattach-seconds", value<int>()->default_value(60),
               "keep a replica whose client's connection broke this long, for the client to attach again "
               "(0: destroy it at once)");

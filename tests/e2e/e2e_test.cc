@@ -702,7 +702,8 @@ TEST_F(E2eTest, AReplicasRamWorkingSetGoesHomeAndTheNextReplicaFetchesItFirst) {
     }
   }
   const size_t recorded = count(home_log(), "working set for table ");
-  Process* cafe = StartAgent("ss-surr", "10.77.0.3", "cafe", {"--working-set-seconds", "2"});
+  Process* cafe =
+      StartAgent("ss-surr", "10.77.0.3", "cafe", {"--working-set-seconds", "2", "--ram-page-cache", "false"});
   int rc;
   std::string out = Use("10.77.0.3:7391", &rc);
   ASSERT_EQ(rc, 0) << out;

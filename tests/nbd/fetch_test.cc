@@ -400,6 +400,40 @@ TEST_F(FetchTest, ALazyImageReadsTheImageAndADamagedStickChunkComesFromHome) {
   fd.Reset();
 }
 
+// A lazy image's prefetch stores each chunk it has into the kernel's page
+// cache: reading the whole file then reads through the image only its zero
+// chunks (no round trip for the others), and the bytes are the image's.
+// Without that, every chunk is a read, recorded as the working set.
+TEST_F(FetchTest, ALazyImagesPrefetchFillsThePageCacheSoReadsNeedNoRoundTrip) {
+  for (bool fill : {true, false}) {
+    SCOPED_TRACE(fill ? "filling the page cache" : "not filling it");
+    auto home = OpenHome();
+    auto cache = OpenCache(fill ? "cache-fill" : "cache-nofill");
+    FetchChain chain(cache.get(), {home.get()});
+    LazyImageOptions lo;
+    lo.dir = dir_ / (fill ? "lazy-fill" : "lazy-nofill");
+    lo.table = table_;
+    lo.chunks = &chain;
+    lo.prefetch = &chain;
+    lo.order = ids_;
+    lo.fill_page_cache = fill;
+    auto lazy = LazyImage::Mount(lo);
+    ASSERT_TRUE(lazy.ok()) << lazy.status().ToString();
+    ASSERT_TRUE((*lazy)->WaitPrefetched().ok());
+    EXPECT_EQ((*lazy)->stats().prefetched, ids_.size());
+    EXPECT_EQ((*lazy)->stats().stored, fill ? ids_.size() : 0u);
+    UniqueFd fd(open((*lazy)->path().c_str(), O_RDONLY | O_CLOEXEC));
+    ASSERT_TRUE(fd.valid()) << strerror(errno);
+    Bytes all(image_.size());
+    ASSERT_EQ(pread(fd.get(), all.data(), all.size(), 0), static_cast<ssize_t>(all.size()));
+    EXPECT_TRUE(all == image_);
+    EXPECT_TRUE((*lazy)->error().ok()) << (*lazy)->error().ToString();
+    EXPECT_EQ((*lazy)->stats().chunks_read, fill ? table_.ids.size() - ids_.size() : table_.ids.size());
+    EXPECT_EQ((*lazy)->FirstReads().size(), fill ? 0u : ids_.size());
+    fd.Reset();
+  }
+}
+
 // The home stops answering while a lazy image is read: what was read stays
 // readable (the page cache and the cache store hold it), a chunk never read
 // fails its read with EIO, and the image says why.

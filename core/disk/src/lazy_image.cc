@@ -2,6 +2,7 @@
 #include "slingshot/disk/lazy_image.h"
 
 #include <fuse_lowlevel.h>
+#include <fcntl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -12,6 +13,7 @@
 #include <fstream>
 #include <sstream>
 #include <thread>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "slingshot/base/log.h"
@@ -32,8 +34,14 @@ struct LazyImage::Impl {
   fuse_session* session = nullptr;
   std::thread loop;
   std::unique_ptr<Prefetcher> prefetcher;
+  // Held open while the image is mounted, so the kernel keeps its inode
+  // (and the pages stored into it) whoever else has it open.
+  int pin = -1;
+  // Where each chunk sits (by index), for the prefetch to store it there.
+  std::unordered_map<ChunkId, std::vector<size_t>, ChunkIdHash> at;
 
-  std::atomic<uint64_t> reads{0}, bytes{0};
+  std::atomic<uint64_t> reads{0}, bytes{0}, stored{0};
+  std::atomic<bool> store_failed{false};
   std::unique_ptr<std::atomic<bool>[]> touched;  // per chunk: read at least once
 
   mutable Mutex mu;
@@ -45,6 +53,7 @@ struct LazyImage::Impl {
   ~Impl() {
     if (prefetcher) prefetcher->Stop();
     prefetcher.reset();
+    if (pin >= 0) ::close(pin);
     if (session) {
       fuse_session_exit(session);
       fuse_session_unmount(session);
@@ -109,6 +118,34 @@ struct LazyImage::Impl {
       std::memcpy(out.data() + (from - off), chunk->data() + (from - c0), to - from);
     }
     return Status::OK();
+  }
+
+  // A chunk the prefetch has had goes straight into the kernel's page
+  // cache at each offset it sits at that the guest has not read yet: the
+  // guest's first touch of those pages is then a minor fault, with no
+  // round trip through here. (Stored pages make no reads, so they are not
+  // in FirstReads: see LazyImageStats::stored.)
+  void Store(const ChunkId& id, const Result<Bytes>& chunk) {
+    if (!chunk.ok() || store_failed.load(std::memory_order_relaxed)) return;
+    auto it = at.find(id);
+    if (it == at.end()) return;
+    const DiskTable& t = options.table;
+    for (size_t i : it->second) {
+      if (touched[i].load(std::memory_order_relaxed)) continue;
+      if (chunk->size() != t.ChunkLength(i)) return;  // a read of it says why
+      fuse_bufvec v = FUSE_BUFVEC_INIT(chunk->size());
+      v.buf[0].mem = const_cast<uint8_t*>(chunk->data());
+      int rc = fuse_lowlevel_notify_store(session, kImageIno, static_cast<off_t>(i * t.chunk_size), &v,
+                                          static_cast<fuse_buf_copy_flags>(0));
+      if (rc != 0) {
+        // Not worth a retry: reads still work, one round trip each.
+        store_failed = true;
+        LogInfo("lazy image " + path + ": the kernel took no prefetched pages (" + std::strerror(-rc) +
+                "); the guest's reads fetch them");
+        return;
+      }
+      stored.fetch_add(1, std::memory_order_relaxed);
+    }
   }
 
   static Impl* Of(fuse_req_t req) { return static_cast<Impl*>(fuse_req_userdata(req)); }
@@ -239,7 +276,18 @@ Result<std::unique_ptr<LazyImage>> LazyImage::Mount(LazyImageOptions options) {
     fuse_loop_cfg_destroy(cfg);
   });
   if (impl->options.prefetch && !impl->options.order.empty()) {
-    impl->prefetcher = std::make_unique<Prefetcher>(impl->options.prefetch, impl->options.order);
+    ChunkSource::Sink store;
+    if (impl->options.fill_page_cache) {
+      const std::vector<ChunkId>& ids = impl->options.table.ids;
+      for (size_t i = 0; i < ids.size(); ++i) {
+        if (!ids[i].IsNull()) impl->at[ids[i]].push_back(i);
+      }
+      // Our own open makes the kernel look the file up: from then on it
+      // takes pages for it.
+      impl->pin = ::open(impl->path.c_str(), O_RDONLY | O_CLOEXEC);
+      if (impl->pin >= 0) store = [raw](const ChunkId& id, Result<Bytes>&& chunk) { raw->Store(id, chunk); };
+    }
+    impl->prefetcher = std::make_unique<Prefetcher>(impl->options.prefetch, impl->options.order, 256, std::move(store));
   }
   return std::unique_ptr<LazyImage>(new LazyImage(std::move(impl)));
 }
@@ -284,6 +332,7 @@ LazyImageStats LazyImage::stats() const {
   LazyImageStats s;
   s.reads = impl_->reads.load();
   s.bytes = impl_->bytes.load();
+  s.stored = impl_->stored.load();
   {
     MutexLock l(&impl_->mu);
     s.chunks_read = impl_->chunks_read;

@@ -277,6 +277,7 @@ Result<std::unique_ptr<LiveReplica>> Instantiate(Hypervisor& hv, CheckpointSourc
         lo.dir = boot_dir + "/ram";
         lo.chunks = chunks;
         lo.prefetch = options.record_ram_reads ? nullptr : source.chain();
+        lo.fill_page_cache = options.fill_ram_page_cache;
         auto ws = source.WorkingSet(m.ram_table);
         lo.order = PrefetchOrder(ram, ws.ok() ? *ws : std::vector<ChunkId>{});
         const size_t recorded = ws.ok() ? ws->size() : 0;

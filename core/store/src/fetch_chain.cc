@@ -369,8 +369,8 @@ Status FetchChain::GetMany(std::span<const ChunkId> ids, const Sink& sink) {
 
 // --- Prefetcher ---
 
-Prefetcher::Prefetcher(FetchChain* chain, std::vector<ChunkId> order, size_t step)
-    : chain_(chain), order_(std::move(order)), step_(std::max<size_t>(step, 1)) {
+Prefetcher::Prefetcher(FetchChain* chain, std::vector<ChunkId> order, size_t step, ChunkSource::Sink sink)
+    : chain_(chain), order_(std::move(order)), step_(std::max<size_t>(step, 1)), sink_(std::move(sink)) {
   thread_ = std::thread([this] { Run(); });
 }
 
@@ -389,7 +389,7 @@ Status Prefetcher::Wait() {
 void Prefetcher::Run() {
   for (size_t from = 0; from < order_.size() && !stop_; from += step_) {
     size_t n = std::min(step_, order_.size() - from);
-    Status st = chain_->Fetch(std::span<const ChunkId>(order_).subspan(from, n));
+    Status st = chain_->Fetch(std::span<const ChunkId>(order_).subspan(from, n), sink_);
     if (!st.ok()) {
       result_ = st.Annotate("prefetch");
       return;

@@ -11,7 +11,9 @@
 // mapping. A background prefetch (Prefetcher, through the chain) fetches
 // the rest in the order given (the recorded working set first), and a read
 // of a chunk the prefetch has queued is served at once, not behind the
-// queue (the chain's Get).
+// queue (the chain's Get). Each chunk the prefetch has had is also stored
+// into the kernel's page cache (FUSE notify_store) wherever the guest has
+// not read yet, so the guest's first touch of it costs no round trip here.
 //
 // A chunk that cannot be had (the home gone, every copy damaged) fails the
 // read with EIO: QEMU then dies of SIGBUS on that page, so a lazy replica
@@ -20,7 +22,8 @@
 //
 // The order chunks are first read in is recorded (FirstReads): the
 // replica's memory working set, which the next instantiation prefetches
-// first.
+// first. Pages the prefetch stored are never read, so with a prefetch that
+// fills the page cache the record is whole only while stats().stored is 0.
 //
 // Mounting needs root (or fusermount3). The destructor unmounts; the VM
 // mapping the file must be gone by then. A mount left by a killed process
@@ -46,6 +49,8 @@ struct LazyImageOptions {
   // typically PrefetchOrder of the working set and the table); null: none.
   FetchChain* prefetch = nullptr;
   std::vector<ChunkId> order;
+  // Whether the prefetch stores what it has into the page cache.
+  bool fill_page_cache = true;
 };
 
 struct LazyImageStats {
@@ -53,6 +58,7 @@ struct LazyImageStats {
   uint64_t bytes = 0;          // bytes they returned
   uint64_t chunks_read = 0;    // distinct chunks read so far
   uint64_t prefetched = 0;     // chunks the background prefetch has fetched
+  uint64_t stored = 0;         // chunk places it stored into the page cache before the guest read them
   uint64_t prefetch_total = 0;
 };
 

@@ -209,6 +209,10 @@ struct InstantiateOptions {
   // the rest of it is prefetched meanwhile. Otherwise (or if FUSE is not
   // there) the RAM is fetched whole while the VM starts.
   bool lazy_memory = true;
+  // The prefetch stores the RAM it has into the page cache, so the guest's
+  // first touch of it needs no round trip (LazyImageOptions); the replica
+  // then records no whole working set.
+  bool fill_ram_page_cache = true;
   // Serve the RAM on demand even from a local source (no chain), with no
   // prefetch: every page the guest reads is then a read the LazyImage sees
   // and records (ram_rehearsal.h).

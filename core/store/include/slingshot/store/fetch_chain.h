@@ -124,10 +124,12 @@ class FetchChain final : public ChunkSource {
 
 // Fetches a disk's chunks in the background, in the order given (the home's
 // recorded working set first, then the rest of the table), so that a new
-// replica's reads find them local.
+// replica's reads find them local. The sink (optional) sees each chunk as
+// it is had, from the prefetch's thread, as FetchChain::Fetch's does.
 class Prefetcher {
  public:
-  Prefetcher(FetchChain* chain, std::vector<ChunkId> order, size_t step = 256);
+  Prefetcher(FetchChain* chain, std::vector<ChunkId> order, size_t step = 256,
+             ChunkSource::Sink sink = nullptr);
   ~Prefetcher();  // stops and joins
   void Stop();
   // Blocks until every chunk was fetched (or the prefetch stopped) and says how it ended.
@@ -140,6 +142,7 @@ class Prefetcher {
   FetchChain* chain_;
   std::vector<ChunkId> order_;
   size_t step_;
+  ChunkSource::Sink sink_;
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> done_{0};
   Status result_;
