@@ -74,6 +74,9 @@ down() {
   for n in "${names[@]}"; do
     ip netns pids "ss-$n" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
     ip netns del "ss-$n" 2>/dev/null || true
+    # A namespace something still holds outlives its del, and with it the
+    # host end of its veth: ours (ss-), and in the way of the next up.
+    ip link del "ss-$n-h" 2>/dev/null || true
   done
   ip link del ssbr0 2>/dev/null || true
   # The fault campaign's small file system for the home's store.
