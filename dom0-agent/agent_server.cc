@@ -199,8 +199,7 @@ struct AgentServer::Impl final : public RequestHandler {
   }
 
   // "; RAM: 812 chunks read by the guest, 1500 of 6115 prefetched, 1400
-  // stored into the page cache" for a
-  // replica whose RAM is served on demand.
+  // stored into the page cache" for a replica whose RAM is served on demand.
   static std::string LazyRamNote(const LiveReplica& live) {
     LazyImage* lazy = live.lazy_ram();
     if (!lazy) return "";

@@ -156,7 +156,7 @@ Status TwoAtOnce(Hypervisor& h) {
 // checkpoints while it runs; prints the median pause. Each step is logged as
 // it starts, so a run that stalls says where.
 int PvPause() {
-  auto step = [](const char* what) { std::printf("XEN-PROOF pv-pause: %s\n", what); };
+  auto step = [](const std::string& what) { std::printf("XEN-PROOF pv-pause: %s\n", what.c_str()); };
   HypervisorOptions o;
   o.xen_guest_type = "pv";
   auto hv = OpenHypervisor(o);
@@ -171,7 +171,7 @@ int PvPause() {
     if (Status s = (*hv)->Boot(spec); !s.ok()) return Fail(s, "boot");
     auto ctl = (*hv)->ServiceEndpoint(name, kControlPort);
     if (Status s = ctl.ok() ? WaitForNotepad(*ctl, 300s) : ctl.status(); !s.ok()) return Fail(s, "waiting for the guest");
-    std::printf("XEN-PROOF pv-pause: booted in %.1f s\n", Seconds(t));
+    step("booted in " + std::to_string(static_cast<int>(Seconds(t) + 0.5)) + " s");
     step("typing");
     if (Status s = TypeAndCheck(**hv, name, "paused?", "paused?"); !s.ok()) return Fail(s, "typing");
     step("checkpoints");
